@@ -1,0 +1,1 @@
+"""Data sources (synthetic scenes, KITTI, Cityscapes, CamVid, BDD100K) in one example schema."""

@@ -1,0 +1,1 @@
+"""The multi-task Keras model: shared encoder, neck, detection / segmentation / depth decoders."""

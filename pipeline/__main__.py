@@ -1,0 +1,74 @@
+"""`python -m pipeline <stage> --config configs/<name>.yaml [key=value ...]`.
+
+Each stage reads what the stage before it wrote under `runs/<experiment>/` and writes its own
+sub-folder there. A user's mistake ends with one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# stage name -> (module, help). Modules are imported only when their stage runs (TensorFlow is slow
+# to import, and `--help` should not need it).
+STAGES = {
+    "data": ("pipeline.prepare", "render / read the sources into TFDS records under the run folder"),
+    "preview": ("pipeline.preview", "PNG grid of augmented training examples with their labels"),
+    "bench-input": ("pipeline.bench_input", "examples per second the input pipeline delivers"),
+    "train": ("pipeline.train", "train the multi-task model"),
+    "evaluate": ("pipeline.evaluate", "metrics.json, report.md and plots on the validation split"),
+    "baselines": ("pipeline.baselines", "single-task baselines and weighting strategies, same budget"),
+    "export": ("pipeline.export", "SavedModel + TFLite float32/float16/int8 with parity checks"),
+    "predict": ("pipeline.predict", "annotate images with any exported model"),
+    "clip": ("pipeline.clip", "annotated video, per-frame results and stability on dashcam clips"),
+    "bench": ("pipeline.bench", "measure speed against alternatives and the machine's limits"),
+    "run": ("pipeline.run_all", "every stage in order on one config"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="stage")
+    for name, (module, help_text) in STAGES.items():
+        stage = sub.add_parser(name, help=help_text)
+        stage.add_argument("--config", default="configs/default.yaml", help="YAML config file")
+        stage.add_argument("overrides", nargs="*", metavar="key=value",
+                           help="config overrides, e.g. train.epochs=2")
+        stage.set_defaults(module=module)
+    stages = sub.choices
+    stages["evaluate"].add_argument("--model", help="a .keras model to evaluate instead of the run's own")
+    stages["evaluate"].add_argument("--split", help="split to evaluate (default: evaluate.split)")
+    stages["predict"].add_argument("--model", required=True,
+                                   help="saved_model folder, .tflite or .keras file")
+    stages["predict"].add_argument("--images", nargs="+", required=True, help="image files")
+    stages["predict"].add_argument("--out", help="output folder (default: runs/<experiment>/predict)")
+    stages["clip"].add_argument("--model", help=".keras, saved_model folder or .tflite (default: the run's model)")
+    stages["clip"].add_argument("--input", help="video file or folder of videos (default: synthetic clip)")
+    stages["clip"].add_argument("--out", help="output folder (default: runs/<experiment>/clips)")
+    stages["bench"].add_argument("--quick", action="store_true", help="a reduced run of about a minute")
+    stages["train"].add_argument("--out", help="run folder to train into (default: runs/<experiment>)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from pipeline.config import load_config
+    from pipeline.errors import UserError
+    try:
+        config = load_config(args.config, args.overrides)
+        module = importlib.import_module(args.module)
+        module.main(config, args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
