@@ -1,0 +1,119 @@
+"""TensorFlow Datasets storage for every source, in the one example schema (data/schema.py).
+
+One `GeneratorBasedBuilder` with a config per source, so sharding, splits, PNG encoding and
+`as_dataset` come from TFDS. TFDS writes into an `incomplete.*` folder and renames it only when the
+build finished, so a crash never leaves a data set that the next stage would read as complete.
+
+Depth is stored as a 16-bit PNG in KITTI's convention (metres x 256, 0 = no measurement): exact to
+4 mm up to 256 m, lossless and a quarter of the size of float32.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Callable
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from data import schema
+
+DEPTH_SCALE = 256.0  # stored depth = metres * DEPTH_SCALE as uint16
+MAX_STORED_DEPTH = 65535 / DEPTH_SCALE
+VALIDATION_EVERY = 10  # real sources: every 10th frame (sorted by key) goes to validation
+
+
+@dataclasses.dataclass
+class BuildReport:
+    """What a build did, so drops are counted and shown, never silent."""
+    written: dict = dataclasses.field(default_factory=dict)
+    dropped: list = dataclasses.field(default_factory=list)
+
+
+def features() -> tfds.features.FeaturesDict:
+    return tfds.features.FeaturesDict({
+        "key": tfds.features.Text(),
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+        "boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+        "classes": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+        # Regions a detector must not be punished for (KITTI DontCare); empty for most sources.
+        "ignore_boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+        "segmentation": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+        "depth": tfds.features.Image(shape=(None, None, 1), dtype=np.uint16, encoding_format="png"),
+        "has_detection": tfds.features.Scalar(dtype=np.bool_),
+        "has_segmentation": tfds.features.Scalar(dtype=np.bool_),
+        "has_depth": tfds.features.Scalar(dtype=np.bool_),
+    })
+
+
+def encode(example: dict, key: str) -> dict:
+    """Schema example (NumPy) -> the feature dict TFDS stores."""
+    depth = np.clip(example["depth"], 0.0, MAX_STORED_DEPTH)
+    return {
+        "key": key,
+        "image": example["image"],
+        "boxes": example["boxes"].astype(np.float32).reshape(-1, 4),
+        "classes": example["classes"].astype(np.int32).reshape(-1),
+        "ignore_boxes": np.asarray(example.get("ignore_boxes", np.zeros((0, 4))), np.float32).reshape(-1, 4),
+        "segmentation": example["segmentation"][..., None],
+        "depth": np.round(depth * DEPTH_SCALE).astype(np.uint16)[..., None],
+        "has_detection": example["has_detection"],
+        "has_segmentation": example["has_segmentation"],
+        "has_depth": example["has_depth"],
+    }
+
+
+class DashcamScenes(tfds.core.GeneratorBasedBuilder):
+    """Dashcam frames with detection, segmentation and depth labels, one config per source.
+
+    `items` maps a split name to a list of (key, loader) pairs; a loader returns a schema example or
+    raises schema.BadExample. `on_bad` decides what a bad example does (raise, or count and drop).
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in
+                       ("synthetic", "kitti", "cityscapes", "camvid", "bdd100k")]
+
+    def __init__(self, *, items: dict[str, list[tuple[str, Callable[[], dict]]]] | None = None,
+                 on_bad: Callable[[str, Exception], None] | None = None, **kwargs):
+        self._items = items
+        self._on_bad = on_bad
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(features=features(), description=__doc__)
+
+    def _split_generators(self, dl_manager):
+        if self._items is None:
+            raise RuntimeError("DashcamScenes needs `items` to build; use data.builder.build()")
+        return {split: self._generate_examples(split) for split in self._items}
+
+    def _generate_examples(self, split):
+        for key, load in self._items[split]:
+            try:
+                raw = load()
+                example = schema.validate(raw, key)
+            except schema.BadExample as err:
+                self._on_bad(key, err)
+                continue
+            # validate() keeps only the schema's keys; ignore regions are optional extra labels.
+            example["ignore_boxes"] = raw.get("ignore_boxes", np.zeros((0, 4), np.float32))
+            yield key, encode(example, key)
+
+
+def split_items(keys: list[str]) -> dict[str, list[str]]:
+    """Deterministic train/validation split of a real source's keys (sorted, every Nth to validation)."""
+    keys = sorted(keys)
+    validation = [k for i, k in enumerate(keys) if i % VALIDATION_EVERY == VALIDATION_EVERY - 1]
+    if not validation and len(keys) > 1:
+        validation = keys[-1:]
+    chosen = set(validation)
+    return {"train": [k for k in keys if k not in chosen], "validation": validation}
+
+
+def builder_for(source: str, data_dir: pathlib.Path, **kwargs) -> DashcamScenes:
+    return DashcamScenes(config=source, data_dir=str(data_dir), **kwargs)
+
+
+def stored_dir(source: str, data_dir: pathlib.Path) -> pathlib.Path:
+    return pathlib.Path(data_dir) / "dashcam_scenes" / source

@@ -1,0 +1,108 @@
+"""Anchor-free CenterNet detection (Zhou et al. 2019, "Objects as Points") on the stride-4 feature.
+
+Output [B, H/4, W/4, C+4]: C centre heat-map logits, box size (w, h) in grid cells, sub-cell
+centre offset (x, y). A box centre in input pixels is (cell + offset) * STRIDE, its size
+size * STRIDE. Decoding is peak picking + top-k in plain TF ops (no NMS op) so it exports to TFLite.
+"""
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from data.schema import DETECTION_CLASSES
+from models.blocks import separable_block
+
+STRIDE = 4
+NUM_CLASSES = len(DETECTION_CLASSES)
+# Focal-loss prior (Lin et al. 2017): start every pixel at p=0.01 so the ~all-negative heat map
+# does not swamp the first steps with a huge loss.
+HEAT_PRIOR = 0.01
+SIZE_WEIGHT = 0.1
+OFFSET_WEIGHT = 1.0
+FOCAL_ALPHA = 2.0
+FOCAL_BETA = 4.0
+
+
+def build_detection_head(feature, width, num_classes=NUM_CLASSES, name="detection"):
+    """Stride-4 feature -> [B, h, w, C+4] float32 (see module docstring)."""
+    if num_classes < 1 or width < 1:
+        raise ValueError(f"detection head needs positive sizes; Received: num_classes={num_classes}, "
+                         f"width={width}")
+    heat = separable_block(feature, width, name=f"{name}_heat")
+    heat = keras.layers.Conv2D(
+        num_classes, 1, name=f"{name}_heat_logits",
+        bias_initializer=keras.initializers.Constant(-math.log((1 - HEAT_PRIOR) / HEAT_PRIOR)))(heat)
+    box = separable_block(feature, width, name=f"{name}_box")
+    # softplus keeps sizes positive without exp's overflow on a bad early step.
+    size = keras.layers.Conv2D(2, 1, activation="softplus", name=f"{name}_size")(box)
+    offset = keras.layers.Conv2D(2, 1, activation="sigmoid", name=f"{name}_offset")(box)
+    # float32 output: losses and decoding stay exact under mixed precision.
+    return keras.layers.Concatenate(name=name, dtype="float32")([heat, size, offset])
+
+
+def focal_loss(heat_true, logits):
+    """CenterNet's penalty-reduced pixel-wise focal loss, per example [B], / max(1, #centres)."""
+    positive = tf.cast(heat_true >= 1.0 - 1e-3, tf.float32)  # gaussian peaks are exactly 1
+    prob = tf.sigmoid(logits)
+    # log_sigmoid keeps log(p) and log(1-p) finite for large logits.
+    pos_term = -tf.pow(1.0 - prob, FOCAL_ALPHA) * tf.math.log_sigmoid(logits) * positive
+    neg_term = (-tf.pow(prob, FOCAL_ALPHA) * tf.math.log_sigmoid(-logits)
+                * tf.pow(1.0 - heat_true, FOCAL_BETA) * (1.0 - positive))
+    count = tf.reduce_sum(positive, axis=[1, 2, 3])
+    return tf.reduce_sum(pos_term + neg_term, axis=[1, 2, 3]) / tf.maximum(count, 1.0)
+
+
+def _masked_l1(pred, true, mask):
+    count = tf.reduce_sum(mask, axis=[1, 2])
+    total = tf.reduce_sum(tf.abs(pred - true) * mask[..., None], axis=[1, 2, 3])
+    return total / tf.maximum(count, 1.0)
+
+
+def detection_loss(y_true, y_pred):
+    """Per-example loss [B]: focal(heat) + 0.1 * L1(size) + 1.0 * L1(offset) at centre cells.
+
+    y_true: the batch dict (det_heatmap, det_size, det_offset, det_mask); y_pred: [B, h, w, C+4].
+    """
+    y_pred = tf.cast(y_pred, tf.float32)
+    classes = y_pred.shape[-1] - 4
+    mask = tf.cast(y_true["det_mask"], tf.float32)
+    heat = focal_loss(tf.cast(y_true["det_heatmap"], tf.float32), y_pred[..., :classes])
+    size = _masked_l1(y_pred[..., classes:classes + 2], tf.cast(y_true["det_size"], tf.float32), mask)
+    offset = _masked_l1(y_pred[..., classes + 2:], tf.cast(y_true["det_offset"], tf.float32), mask)
+    return heat + SIZE_WEIGHT * size + OFFSET_WEIGHT * offset
+
+
+def decode_detections(detection_output, top_k, stride=STRIDE):
+    """[B, h, w, C+4] -> {"boxes" [B,K,4] x1,y1,x2,y2 input px, "scores" [B,K], "classes" int32 [B,K]}.
+
+    A 3x3 max-pool keeps only local maxima (CenterNet's NMS substitute); top-k runs over all
+    h*w*C scores at once so classes compete for the K slots. K = min(top_k, h*w*C).
+    """
+    output = tf.convert_to_tensor(detection_output, tf.float32)
+    _, height, width, channels = output.shape
+    classes = channels - 4
+    if classes < 1 or top_k < 1:
+        raise ValueError(f"decode_detections needs C+4 channels and top_k >= 1; "
+                         f"Received: channels={channels}, top_k={top_k}")
+    batch = tf.shape(output)[0]
+    heat = tf.sigmoid(output[..., :classes])
+    peaks = tf.nn.max_pool2d(heat, ksize=3, strides=1, padding="SAME")
+    heat = heat * tf.cast(tf.equal(heat, peaks), heat.dtype)
+    k = min(int(top_k), height * width * classes)
+    scores, index = tf.math.top_k(tf.reshape(heat, [batch, height * width * classes]), k=k)
+    cell = index // classes
+    labels = index % classes
+    # Plain GATHER on a flattened batch (not gather(batch_dims=1)) keeps the TFLite graph simple.
+    flat_cell = cell + tf.range(batch)[:, None] * (height * width)
+    box = tf.gather(tf.reshape(output[..., classes:], [-1, 4]), tf.reshape(flat_cell, [-1]))
+    box = tf.reshape(box, [batch, k, 4])
+    cx = (tf.cast(cell % width, tf.float32) + box[..., 2]) * stride
+    cy = (tf.cast(cell // width, tf.float32) + box[..., 3]) * stride
+    half_w, half_h = box[..., 0] * stride / 2.0, box[..., 1] * stride / 2.0
+    max_x, max_y = float(width * stride), float(height * stride)
+    boxes = tf.stack([tf.clip_by_value(cx - half_w, 0.0, max_x), tf.clip_by_value(cy - half_h, 0.0, max_y),
+                      tf.clip_by_value(cx + half_w, 0.0, max_x), tf.clip_by_value(cy + half_h, 0.0, max_y)],
+                     axis=-1)
+    return {"boxes": boxes, "scores": scores, "classes": tf.cast(labels, tf.int32)}

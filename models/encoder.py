@@ -1,0 +1,117 @@
+"""The shared CNN encoder: image (0..255 floats) -> named feature pyramid.
+
+Pyramid keys are "P<level>" with stride 2**level: P1 (stride 2, used by the full-resolution heads
+as a skip for thin objects) and P2..P5 (strides 4..32, fused by the neck).
+
+"builtin" (the default) is a compact MobileNetV2-like CNN trained from scratch, so nothing has to
+be downloaded. The keras.applications backbones are for users who are online and want ImageNet
+weights; they rescale 0..255 inputs themselves (include_preprocessing=True), the built-in encoder
+does it with a Rescaling layer, so normalisation always lives inside the model and the exported
+TFLite file takes raw pixels.
+"""
+from __future__ import annotations
+
+import urllib.error
+
+import keras
+
+from models.blocks import conv_bn_act, inverted_residual
+from pipeline.errors import UserError
+
+BACKBONES = ("builtin", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnetv2_b0")
+LEVELS = (1, 2, 3, 4, 5)
+STAGE_DEPTHS = (1, 2, 3, 2)  # blocks per built-in stage (strides 4, 8, 16, 32)
+EXPANSION = 4
+
+_APPLICATIONS = {
+    "mobilenet_v3_small": lambda **kw: keras.applications.MobileNetV3Small(**kw),
+    "mobilenet_v3_large": lambda **kw: keras.applications.MobileNetV3Large(**kw),
+    "efficientnetv2_b0": lambda **kw: keras.applications.EfficientNetV2B0(**kw),
+}
+
+
+def check_backbone(config) -> None:
+    """Raises UserError for a backbone/weights combination we cannot build."""
+    if config.backbone not in BACKBONES:
+        raise UserError(f"unknown backbone '{config.backbone}'; valid: {', '.join(BACKBONES)}")
+    if config.weights not in (None, "imagenet"):
+        raise UserError(f"model.weights must be null or 'imagenet'; Received: weights={config.weights!r}")
+    if config.backbone == "builtin" and config.weights is not None:
+        raise UserError("model.weights=imagenet needs a keras.applications backbone; "
+                        "the builtin encoder trains from scratch (set model.weights=null)")
+    if config.backbone == "builtin" and len(config.widths) != 4:
+        raise UserError(f"model.widths needs 4 stage widths; Received: widths={list(config.widths)}")
+
+
+def builtin_stem(image, widths, prefix="encoder"):
+    """0..255 -> [-1, 1] -> stride-2 conv. Returns the P1 feature."""
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name=f"{prefix}_rescale")(image)
+    return conv_bn_act(x, max(8, widths[0] // 2), 3, strides=2, name=f"{prefix}_stem")
+
+
+def builtin_stage(x, index, widths, prefix="encoder"):
+    """Stage `index` (0..3): halves the resolution, then refines at widths[index] channels."""
+    for block in range(STAGE_DEPTHS[index]):
+        x = inverted_residual(x, widths[index], strides=2 if block == 0 else 1, expansion=EXPANSION,
+                              name=f"{prefix}_s{index + 1}b{block + 1}")
+    return x
+
+
+def _builtin_pyramid(image, config, prefix):
+    features = {"P1": builtin_stem(image, config.widths, prefix)}
+    x = features["P1"]
+    for index in range(4):
+        x = builtin_stage(x, index, config.widths, prefix)
+        features[f"P{index + 2}"] = x
+    return features
+
+
+def _application_pyramid(image, config):
+    try:
+        app = _APPLICATIONS[config.backbone](include_top=False, weights=config.weights,
+                                             input_tensor=image, include_preprocessing=True)
+    except Exception as err:  # Keras' get_file raises a bare Exception("URL fetch failure ...")
+        offline = isinstance(err, (OSError, urllib.error.URLError)) or "URL fetch failure" in str(err)
+        if config.weights == "imagenet" and offline:
+            raise UserError(f"could not download ImageNet weights for {config.backbone} (offline?): "
+                            f"set model.weights=null to train from scratch") from None
+        raise
+    # The applications name their layers differently; the last layer at each resolution is the
+    # richest feature at that stride, so pick by shape instead of keeping a per-backbone name table.
+    height, width = image.shape[1], image.shape[2]
+    features = {}
+    for layer in app.layers:
+        output = layer.output
+        if not hasattr(output, "shape") or len(output.shape) != 4:
+            continue
+        for level in LEVELS:
+            if tuple(output.shape[1:3]) == (height >> level, width >> level):
+                features[f"P{level}"] = output
+    missing = [f"P{level}" for level in LEVELS if f"P{level}" not in features]
+    if missing:
+        raise ValueError(f"backbone {config.backbone} has no feature at {missing}; "
+                         f"Received: image shape={tuple(image.shape[1:])}")
+    return features
+
+
+def build_encoder(image, config, prefix="encoder"):
+    """Builds the encoder on `image` (a Keras tensor, or an (H, W, 3) shape) -> pyramid dict.
+
+    `config` is a ModelConfig (backbone, weights, widths). `prefix` names the layers so that
+    per-task copies (soft / cross-stitch sharing) stay distinguishable.
+    """
+    check_backbone(config)
+    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+        image = keras.Input(shape=tuple(image), name="image")
+    height, width = image.shape[1], image.shape[2]
+    if height % 32 or width % 32:
+        raise ValueError(f"encoder input must be a multiple of 32 px; Received: image_size={(height, width)}")
+    if config.backbone == "builtin":
+        return _builtin_pyramid(image, config, prefix)
+    return _application_pyramid(image, config)
+
+
+def encoder_model(image_size, config, name="encoder"):
+    """The encoder as a nested keras.Model, so per-task copies are separate, comparable objects."""
+    image = keras.Input(shape=(*image_size, 3), name=f"{name}_image")
+    return keras.Model(image, build_encoder(image, config, prefix=name), name=name)

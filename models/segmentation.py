@@ -1,0 +1,32 @@
+"""Semantic segmentation: K logits per pixel at input resolution, cross-entropy ignoring 255."""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from data.schema import IGNORE, SEGMENTATION_CLASSES
+from models.blocks import dense_head
+
+NUM_CLASSES = len(SEGMENTATION_CLASSES)
+
+
+def build_segmentation_head(feature, skip, width, num_classes=NUM_CLASSES, name="segmentation"):
+    """Stride-4 feature (+ optional stride-2 skip) -> [B, H, W, K] float32 logits."""
+    if num_classes < 2 or width < 1:
+        raise ValueError(f"segmentation head needs >= 2 classes and a positive width; "
+                         f"Received: num_classes={num_classes}, width={width}")
+    logits = dense_head(feature, skip, num_classes, width, name=f"{name}_head")
+    # float32 output: softmax/cross-entropy stay exact under mixed precision.
+    return keras.layers.Activation("linear", name=name, dtype="float32")(logits)
+
+
+def segmentation_loss(labels, logits):
+    """Per-example mean cross-entropy over labelled pixels [B]; an all-IGNORE example gives 0."""
+    labels = tf.cast(labels, tf.int32)
+    valid = tf.not_equal(labels, IGNORE)
+    # IGNORE would be an out-of-range class id; replace it before the op, then mask it out.
+    safe = tf.where(valid, labels, tf.zeros_like(labels))
+    xent = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=tf.cast(logits, tf.float32))
+    valid = tf.cast(valid, tf.float32)
+    count = tf.reduce_sum(valid, axis=[1, 2])
+    return tf.reduce_sum(xent * valid, axis=[1, 2]) / tf.maximum(count, 1.0)

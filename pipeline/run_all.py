@@ -1,0 +1,29 @@
+"""`run` stage: every stage in order on one config (what `make run` does on a fresh machine)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+
+from pipeline.config import Config
+
+# (stage module, extra arguments the stage's parser would have set)
+STAGES = [
+    ("pipeline.prepare", {}),
+    ("pipeline.preview", {}),
+    ("pipeline.train", {"out": None}),
+    ("pipeline.evaluate", {"model": None, "split": None}),
+    ("pipeline.export", {}),
+    ("pipeline.clip", {"model": None, "input": None, "out": None}),
+]
+
+
+def main(config: Config, args=None) -> dict:
+    timings = {}
+    for module_name, extra in STAGES:
+        start = time.perf_counter()
+        print(f"\n=== {module_name.split('.')[-1]} ===", flush=True)
+        importlib.import_module(module_name).main(config, argparse.Namespace(**extra))
+        timings[module_name] = time.perf_counter() - start
+    print("\nrun: " + ", ".join(f"{name.split('.')[-1]} {seconds:.0f} s" for name, seconds in timings.items()))
+    return timings
