@@ -101,14 +101,30 @@ class DashcamScenes(tfds.core.GeneratorBasedBuilder):
             yield key, encode(example, key)
 
 
+OFFICIAL_SPLITS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
+
+
+def official_split(key: str) -> str | None:
+    """The data set's own split when the key carries it (`cityscapes-val/frankfurt/...`)."""
+    rest = key.split("-", 1)[-1]
+    return OFFICIAL_SPLITS.get(rest.split("/", 1)[0]) if "/" in rest else None
+
+
 def split_items(keys: list[str]) -> dict[str, list[str]]:
-    """Deterministic train/validation split of a real source's keys (sorted, every Nth to validation)."""
+    """Train/validation split of a real source's keys: the data set's own splits where the keys
+    carry them, else deterministic (sorted, every Nth to validation). Empty splits are left out."""
     keys = sorted(keys)
+    if keys and all(official_split(k) for k in keys):
+        splits = {}
+        for key in keys:
+            splits.setdefault(official_split(key), []).append(key)
+        return splits
     validation = [k for i, k in enumerate(keys) if i % VALIDATION_EVERY == VALIDATION_EVERY - 1]
     if not validation and len(keys) > 1:
         validation = keys[-1:]
     chosen = set(validation)
-    return {"train": [k for k in keys if k not in chosen], "validation": validation}
+    splits = {"train": [k for k in keys if k not in chosen], "validation": validation}
+    return {name: split_keys for name, split_keys in splits.items() if split_keys}
 
 
 def builder_for(source: str, data_dir: pathlib.Path, **kwargs) -> DashcamScenes:

@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 
 from data.schema import DETECTION_CLASSES
-from models.blocks import separable_block
+from models.blocks import separable_relu
 
 STRIDE = 4
 NUM_CLASSES = len(DETECTION_CLASSES)
@@ -30,11 +30,11 @@ def build_detection_head(feature, width, num_classes=NUM_CLASSES, name="detectio
     if num_classes < 1 or width < 1:
         raise ValueError(f"detection head needs positive sizes; Received: num_classes={num_classes}, "
                          f"width={width}")
-    heat = separable_block(feature, width, name=f"{name}_heat")
+    heat = separable_relu(feature, width, name=f"{name}_heat")
     heat = keras.layers.Conv2D(
         num_classes, 1, name=f"{name}_heat_logits",
         bias_initializer=keras.initializers.Constant(-math.log((1 - HEAT_PRIOR) / HEAT_PRIOR)))(heat)
-    box = separable_block(feature, width, name=f"{name}_box")
+    box = separable_relu(feature, width, name=f"{name}_box")
     # softplus keeps sizes positive without exp's overflow on a bad early step.
     size = keras.layers.Conv2D(2, 1, activation="softplus", name=f"{name}_size")(box)
     offset = keras.layers.Conv2D(2, 1, activation="sigmoid", name=f"{name}_offset")(box)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import keras
 
-from models.blocks import separable_block
+from models.blocks import separable_relu
 
 NECK_LEVELS = ("P2", "P3", "P4", "P5")
 
@@ -17,8 +17,8 @@ NECK_LEVELS = ("P2", "P3", "P4", "P5")
 def build_neck(pyramid, width, prefix="neck"):
     """pyramid: {"P2".."P5": tensors} -> (fused stride-4 feature, {"P2".."P5": fused levels}).
 
-    The final layer is named f"{prefix}_out_pw_conv": with hard sharing it is the last layer all
-    tasks share, which GradNorm needs to find.
+    The final layer is named f"{prefix}_out": with hard sharing it is the last layer all tasks
+    share, which GradNorm needs to find (its pointwise kernel).
     """
     if width < 1:
         raise ValueError(f"neck width must be positive; Received: width={width}")
@@ -30,9 +30,9 @@ def build_neck(pyramid, width, prefix="neck"):
             up = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"{prefix}_up_{level}")(top)
             lateral = keras.layers.Add(name=f"{prefix}_add_{level}")([lateral, up])
         fused[level] = top = lateral
-    return separable_block(fused["P2"], width, name=f"{prefix}_out"), fused
+    return separable_relu(fused["P2"], width, name=f"{prefix}_out"), fused
 
 
 def shared_layer_name(prefix="neck"):
     """Name of the neck's last conv (see build_neck)."""
-    return f"{prefix}_out_pw_conv"
+    return f"{prefix}_out"

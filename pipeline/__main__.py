@@ -54,7 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come before and after a stage's options (`clip x=1 --model m y=2`): argparse
+    # hands the later ones back as unknown, so collect them here.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [item for item in extra if item.startswith("-") or "=" not in item]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = list(args.overrides) + extra
     from pipeline.config import load_config
     from pipeline.errors import UserError
     try:

@@ -7,12 +7,12 @@ are dropped, counted and listed in `dropped.json` (`data.bad_examples: drop`).
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import pathlib
 import shutil
 
 from data import builder as storage
+from data import readers
 from pipeline.config import Config, SourceConfig, save_config
 from pipeline.errors import UserError
 
@@ -35,7 +35,7 @@ def source_items(config: Config, source: SourceConfig) -> dict:
                         for key, example in synthetic.generate(split, count, cfg.height, cfg.width,
                                                                 config.seed))
                 for split, count in counts.items()}
-    reader = importlib.import_module(f"data.{source.name}")
+    reader = readers.get(source.name)
     root = pathlib.Path(source.path)
     if not root.exists():
         raise UserError(f"{source.name}: data folder not found: {root}")

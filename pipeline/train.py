@@ -170,8 +170,7 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0),
         speed,
-        *multitask.weighting_callbacks(trainer),
-    ]
+    ]  # the trainer adds the weighting's own epoch hook (DWA) itself
     print(f"train: {len(tasks)} task(s) {tasks}, weighting={config.train.weighting}, "
           f"sharing={config.model.sharing}, precision={precision}, jit_compile={jit}, "
           f"replicas={strategy.num_replicas_in_sync}, {net.count_params():,} parameters")
@@ -196,7 +195,9 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
         "per_epoch": speed.per_epoch, "batch_size": global_batch, "precision": precision,
         "jit_compile": jit, "replicas": strategy.num_replicas_in_sync,
         "note": "the first epoch includes tracing/compilation and is left out of the median"}, indent=1))
-    print(f"train: saved {model_path}; task weights: {multitask.describe_weights(trainer)}")
+    weights = {task: round(float(w), 4) for task, w in trainer.weighting.effective_weights().items()}
+    (out / "task_weights.json").write_text(json.dumps(weights, indent=1))
+    print(f"train: saved {model_path}; effective task weights at the end: {weights}")
     return model_path
 
 

@@ -70,3 +70,10 @@ def test_split_items_is_deterministic_and_disjoint():
     assert splits == storage.split_items(keys)
     assert set(splits["train"]).isdisjoint(splits["validation"])
     assert len(splits["validation"]) == 2 and len(splits["train"]) == 23
+
+
+def test_official_splits_are_kept_when_keys_carry_them():
+    keys = ["cityscapes-train/a/x1", "cityscapes-val/b/x2", "cityscapes-train/a/x3"]
+    assert storage.split_items(keys) == {"train": ["cityscapes-train/a/x1", "cityscapes-train/a/x3"],
+                                         "validation": ["cityscapes-val/b/x2"]}
+    assert storage.split_items(["kitti-000001"]) == {"train": ["kitti-000001"]}

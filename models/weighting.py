@@ -1,0 +1,253 @@
+"""How per-task losses combine into one training loss: fixed, uncertainty, DWA, GradNorm.
+
+One interface (TaskWeighting), chosen by config.train.weighting through `make_weighting`. The
+trainer calls, per training step:
+    total = combine(losses, present)          # differentiable; `present` = task has labels in batch
+    observe(losses, present)                  # bookkeeping (DWA epoch sums, GradNorm's L(0))
+    extra_gradients(tape, losses, present, shared_kernel, grad_scale)  # GradNorm's own gradients
+    after_apply()                             # GradNorm renormalises its weights
+and `on_epoch_end()` once per epoch (WeightingCallback; MultiTaskTrainer.fit adds it).
+`losses` and `present` are dicts of float32 scalars keyed by task. A task with no labelled example
+in the batch (present = 0) contributes exactly nothing, including to its own weighting variables.
+The weighting objects are Keras layers so their variables are tracked by the trainer, saved by
+`save_weights` and restored by BackupAndRestore.
+"""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+WEIGHTINGS = ("fixed", "uncertainty", "dwa", "gradnorm")
+REGRESSION_TASKS = ("depth",)  # Gaussian likelihood: 1/(2 sigma^2); the others are softmax/logistic
+
+
+class TaskWeighting(keras.layers.Layer):
+    """Base class: the no-op hooks. Subclasses set how `combine` weights the losses."""
+
+    needs_persistent_tape = False
+
+    def __init__(self, tasks, **kwargs):
+        super().__init__(**kwargs)
+        tasks = tuple(tasks)
+        if not tasks or len(set(tasks)) != len(tasks):
+            raise ValueError(f"task weighting needs distinct task names; Received: tasks={list(tasks)}")
+        self.tasks = tasks
+        self.built = True  # variables are created in __init__; the layer is never called
+
+    def _stack(self, values):
+        return tf.stack([tf.cast(values[task], tf.float32) for task in self.tasks])
+
+    def effective_weights(self):
+        """{task: scalar} the factor each task's loss is multiplied by now (for logging)."""
+        raise NotImplementedError
+
+    def combine(self, losses, present):
+        weights = tf.stop_gradient(self._stack(self.effective_weights()))
+        return tf.reduce_sum(weights * self._stack(losses) * self._stack(present))
+
+    def extra_logs(self):
+        return {}
+
+    def observe(self, losses, present):
+        pass
+
+    def extra_gradients(self, tape, losses, present, shared_kernel, grad_scale):
+        return []
+
+    def after_apply(self):
+        pass
+
+    def on_epoch_end(self):
+        pass
+
+    def get_config(self):
+        return {**super().get_config(), "tasks": list(self.tasks)}
+
+
+@keras.saving.register_keras_serializable(package="dashcam")
+class FixedWeighting(TaskWeighting):
+    """Constant weights from config.train.fixed_weights."""
+
+    def __init__(self, tasks, weights=None, **kwargs):
+        super().__init__(tasks, **kwargs)
+        weights = dict(weights or {})
+        missing = [task for task in self.tasks if task not in weights]
+        if missing or any(float(weights[task]) < 0 for task in self.tasks):
+            raise ValueError(f"fixed weighting needs a weight >= 0 for every task {list(self.tasks)}; "
+                             f"Received: weights={weights}")
+        self.weights_by_task = {task: float(weights[task]) for task in self.tasks}
+
+    def effective_weights(self):
+        return {task: tf.constant(w) for task, w in self.weights_by_task.items()}
+
+    def get_config(self):
+        return {**super().get_config(), "weights": self.weights_by_task}
+
+
+@keras.saving.register_keras_serializable(package="dashcam")
+class UncertaintyWeighting(TaskWeighting):
+    """Kendall, Gal & Cipolla 2018: learn s_t = log sigma_t^2 per task.
+
+    regression (depth):       0.5 * exp(-s) * L + 0.5 * s   (minimum at s = log L)
+    classification (others):        exp(-s) * L + 0.5 * s   (minimum at s = log 2L)
+    s is named "log_var" so make_optimizer keeps AdamW's weight decay off it (decay would pull
+    every sigma to 1 regardless of the data).
+    """
+
+    def __init__(self, tasks, **kwargs):
+        super().__init__(tasks, **kwargs)
+        self.log_var = self.add_weight(shape=(len(self.tasks),), initializer="zeros", name="log_var")
+        self.factors = tf.constant([0.5 if t in REGRESSION_TASKS else 1.0 for t in self.tasks])
+
+    def effective_weights(self):
+        weights = self.factors * tf.exp(-tf.convert_to_tensor(self.log_var))
+        return {task: weights[i] for i, task in enumerate(self.tasks)}
+
+    def combine(self, losses, present):
+        log_var = tf.convert_to_tensor(self.log_var)
+        terms = self.factors * tf.exp(-log_var) * self._stack(losses) + 0.5 * log_var
+        return tf.reduce_sum(terms * self._stack(present))
+
+    def extra_logs(self):
+        return {f"{task}_log_var": self.log_var[i] for i, task in enumerate(self.tasks)}
+
+
+@keras.saving.register_keras_serializable(package="dashcam")
+class DWAWeighting(TaskWeighting):
+    """Liu, Johns & Davison 2019 (MTAN): Dynamic Weight Average.
+
+    w_t = T * softmax_t(r_t / temperature), r_t = L_t(epoch-1) / L_t(epoch-2); w = 1 for the first
+    two epochs. Epoch averages are kept in non-trainable variables (saved with the weights, so a
+    resumed run keeps its history); `on_epoch_end` rolls them.
+    """
+
+    def __init__(self, tasks, temperature=2.0, **kwargs):
+        super().__init__(tasks, **kwargs)
+        if temperature <= 0:
+            raise ValueError(f"DWA temperature must be > 0; Received: temperature={temperature}")
+        self.temperature = float(temperature)
+        count = len(self.tasks)
+
+        def state(name, value=0.0, shape=(count,)):
+            # "mean": per-replica updates under tf.distribute average into one value.
+            return self.add_weight(shape=shape, initializer=keras.initializers.Constant(value),
+                                   trainable=False, name=name, aggregation="mean")
+
+        self.weights_now = state("dwa_weight", 1.0)
+        self.epoch_sum = state("dwa_epoch_sum")
+        self.epoch_count = state("dwa_epoch_count")
+        self.previous = state("dwa_previous")  # L(epoch - 1)
+        self.before_previous = state("dwa_before_previous")  # L(epoch - 2)
+        self.epochs_seen = state("dwa_epochs_seen", shape=())
+
+    def effective_weights(self):
+        return {task: self.weights_now[i] for i, task in enumerate(self.tasks)}
+
+    def observe(self, losses, present):
+        present = self._stack(present)
+        self.epoch_sum.assign_add(self._stack(losses) * present)
+        self.epoch_count.assign_add(present)
+
+    def on_epoch_end(self):
+        count = tf.convert_to_tensor(self.epoch_count)
+        # A task without labels this epoch keeps its last average (ratio 1 next time).
+        average = tf.where(count > 0, self.epoch_sum / tf.maximum(count, 1.0), self.previous)
+        self.before_previous.assign(self.previous)
+        self.previous.assign(average)
+        self.epochs_seen.assign_add(1.0)
+        ratio = tf.where(self.before_previous > 0, self.previous / tf.maximum(self.before_previous, 1e-12), 1.0)
+        weights = len(self.tasks) * tf.nn.softmax(ratio / self.temperature)
+        self.weights_now.assign(tf.where(self.epochs_seen >= 2.0, weights, tf.ones_like(weights)))
+        self.epoch_sum.assign(tf.zeros_like(self.epoch_sum))
+        self.epoch_count.assign(tf.zeros_like(self.epoch_count))
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}
+
+
+@keras.saving.register_keras_serializable(package="dashcam")
+class GradNormWeighting(TaskWeighting):
+    """Chen et al. 2018: learn w_t so each task's gradient norm at the last shared layer W tracks
+    its relative training rate.
+
+    G_t = ||grad_W (w_t L_t)|| = w_t ||grad_W L_t||; r_t = (L_t / L_t(0)) / mean_j(L_j / L_j(0));
+    L_grad = sum_t |G_t - stop_gradient(mean(G) * r_t^alpha)|. The network gets the gradient of
+    sum w_t L_t (w held constant); w gets the gradient of L_grad through the same optimizer (as in
+    the paper), then is renormalised to sum to T. w is named "task_weight" (no weight decay).
+    """
+
+    needs_persistent_tape = True
+
+    def __init__(self, tasks, alpha=1.5, **kwargs):
+        super().__init__(tasks, **kwargs)
+        if alpha < 0:
+            raise ValueError(f"GradNorm alpha must be >= 0; Received: alpha={alpha}")
+        self.alpha = float(alpha)
+        count = len(self.tasks)
+        self.task_weight = self.add_weight(shape=(count,), initializer="ones", name="task_weight",
+                                           aggregation="mean")
+        self.initial_loss = self.add_weight(shape=(count,), initializer="zeros", trainable=False,
+                                            name="gradnorm_initial_loss", aggregation="mean")
+
+    def effective_weights(self):
+        return {task: self.task_weight[i] for i, task in enumerate(self.tasks)}
+
+    def observe(self, losses, present):
+        # L(0) is each task's loss the first time it has labels (partial labels may delay it).
+        losses, present = self._stack(losses), self._stack(present)
+        first = (self.initial_loss <= 0.0) & (present > 0.0)
+        self.initial_loss.assign(tf.where(first, losses, self.initial_loss))
+
+    def extra_gradients(self, tape, losses, present, shared_kernel, grad_scale):
+        """[(grad, task_weight)]; grad_scale = the factor the main loss was scaled by (loss scale /
+        replicas), applied here too so the optimizer's unscaling treats both alike."""
+        if shared_kernel is None:
+            raise ValueError("GradNorm needs a layer shared by all tasks (sharing=hard or cross_stitch)")
+        norms = []
+        for task in self.tasks:
+            # output_gradients=scale: scaled backprop (mixed precision) without re-recording the loss.
+            grad = tape.gradient(losses[task], shared_kernel,
+                                 output_gradients=tf.cast(grad_scale, tf.float32))
+            grad = tf.zeros_like(shared_kernel) if grad is None else grad
+            norms.append(tf.norm(tf.cast(grad, tf.float32)) / tf.cast(grad_scale, tf.float32))
+        norms = tf.stop_gradient(tf.stack(norms))
+        losses, present = self._stack(losses), self._stack(present)
+        count = tf.maximum(tf.reduce_sum(present), 1.0)
+        ratio = tf.where(self.initial_loss > 0, losses / tf.maximum(self.initial_loss, 1e-12), 1.0)
+        relative = ratio / tf.maximum(tf.reduce_sum(ratio * present) / count, 1e-12)
+        with tf.GradientTape() as weight_tape:
+            norm_weighted = tf.convert_to_tensor(self.task_weight) * norms
+            mean_norm = tf.reduce_sum(norm_weighted * present) / count
+            target = tf.stop_gradient(mean_norm * tf.pow(relative, self.alpha))
+            grad_loss = tf.reduce_sum(tf.abs(norm_weighted - target) * present)
+        grad = weight_tape.gradient(grad_loss, self.task_weight)
+        return [(grad * tf.cast(grad_scale, tf.float32), self.task_weight)]
+
+    def after_apply(self):
+        # Keep weights positive and summing to T so the overall learning rate is unchanged.
+        weights = tf.maximum(tf.convert_to_tensor(self.task_weight), 1e-3)
+        self.task_weight.assign(len(self.tasks) * weights / tf.reduce_sum(weights))
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}
+
+
+def make_weighting(train_config, tasks):
+    """The TaskWeighting named by train_config.weighting for `tasks`."""
+    name = train_config.weighting
+    if name == "fixed":
+        return FixedWeighting(tasks, weights=train_config.fixed_weights, name="weighting")
+    if name == "uncertainty":
+        return UncertaintyWeighting(tasks, name="weighting")
+    if name == "dwa":
+        return DWAWeighting(tasks, temperature=train_config.dwa_temperature, name="weighting")
+    if name == "gradnorm":
+        return GradNormWeighting(tasks, alpha=train_config.gradnorm_alpha, name="weighting")
+    raise ValueError(f"unknown weighting '{name}'; valid: {', '.join(WEIGHTINGS)}. Received: weighting={name!r}")
+
+
+class WeightingCallback(keras.callbacks.Callback):
+    """Calls model.weighting.on_epoch_end() after every training epoch (DWA needs it)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.weighting.on_epoch_end()
