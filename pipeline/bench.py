@@ -1,0 +1,230 @@
+"""`bench` stage: speed against the alternatives and against the machine's own limits.
+
+    python -m pipeline bench [--quick] --config configs/<name>.yaml
+
+Writes <run_root>/bench/bench.json (every figure with its samples and how it was measured) and
+<run_root>/bench/BENCH.md (tables, pasteable as the README's performance section). Sections:
+  1 input pipeline vs train step       (bench_train.InputBench, in this process)
+  2 train step: XLA, precision, task weighting   (bench_worker processes, alternated)
+  3 one multi-task model vs three single-task models          (bench_infer)
+  4 deployment formats (Keras, SavedModel, TFLite float32/float16/int8)
+  5 fraction of the machine's measured matmul peak
+  6 clip stage at 720p: end to end vs model alone
+  7 scaling with input size and batch: step time and peak memory (worker processes)
+
+Full mode uses the config as given and the run's trained model if present (else an untrained net of
+the same architecture: timing does not depend on weights) and the run's export (else section 4 says
+to run `make export`). --quick shrinks everything to the tiny config's sizes and exports the tiny
+net itself into a temporary folder. A run without its data set built gets a small synthetic one in a
+temporary folder, so the bench runs on a fresh clone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import pathlib
+import tempfile
+import time
+import traceback
+
+from pipeline import bench_report
+from pipeline import bench_timing as timing
+from pipeline.config import Config, SourceConfig, load_config, save_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# Rounds (alternations) and calls per round for each section.
+PLANS = {
+    True: dict(s1=dict(rounds=3, steps=3, batches=6), held=2, drain=2, s2=dict(rounds=3, steps=2),
+               s7=dict(rounds=3, steps=2), s3=dict(rounds=3, calls=5), s4=dict(rounds=3, calls=5),
+               s5=dict(rounds=3, calls=8, size=1024), clip_frames=6, clip_repeats=1, calibration=8,
+               small_data=(16, 8)),
+    False: dict(s1=dict(rounds=3, steps=3, batches=8), held=4, drain=4, s2=dict(rounds=4, steps=1),
+                s7=dict(rounds=3, steps=1), s3=dict(rounds=5, calls=10), s4=dict(rounds=5, calls=10),
+                s5=dict(rounds=3, calls=8, size=2048), clip_frames=24, clip_repeats=2, calibration=32,
+                small_data=(256, 32)),
+}
+
+
+def quick_config(config: Config) -> Config:
+    """The config at the tiny config's sizes (a tiny config stays as it is)."""
+    if config.tiny:
+        return config
+    tiny = load_config(REPO / "configs" / "tiny.yaml")
+    pick = lambda obj, src, *names: dataclasses.replace(obj, **{n: getattr(src, n) for n in names})  # noqa: E731
+    return dataclasses.replace(
+        config, tiny=True, experiment=f"{config.experiment}-quick",
+        data=pick(config.data, tiny.data, "image_size", "synthetic", "shuffle_buffer", "max_boxes"),
+        model=pick(config.model, tiny.model, "widths", "neck_width", "head_width", "top_k"),
+        train=pick(config.train, tiny.train, "batch_size", "epochs", "steps_per_epoch", "warmup_steps"),
+        export=pick(config.export, tiny.export, "representative_frames", "latency_runs", "parity_examples"))
+
+
+def ensure_data(config: Config, tmp: pathlib.Path, frames: tuple[int, int]) -> tuple[Config, str]:
+    """(config whose data_dir holds a built data set, what it is)."""
+    from data import builder as storage
+    from pipeline import prepare
+    try:
+        ready = all(storage.builder_for(s.name, config.data_dir).is_prepared() for s in config.data.sources)
+    except Exception:  # noqa: BLE001  (an unreadable or missing data set is simply not ready)
+        ready = False
+    if ready:
+        return config, f"the run's data set at {config.data_dir}"
+    syn = config.data.synthetic
+    synthetic = dataclasses.replace(syn, train_frames=min(syn.train_frames, frames[0]),
+                                    validation_frames=min(syn.validation_frames, frames[1]))
+    small = dataclasses.replace(config, run_root=str(tmp / "runs"),
+                                data=dataclasses.replace(config.data, sources=[SourceConfig()], synthetic=synthetic))
+    prepare.build_source(small, small.data.sources[0])
+    return small, (f"no data set at {config.data_dir}: a synthetic one of {synthetic.train_frames} training frames "
+                   f"({synthetic.height}x{synthetic.width}) built for the bench in a temporary folder")
+
+
+def model_for(config: Config, tmp: pathlib.Path):
+    """(net, .keras path, what it is): the run's trained model, else an untrained net saved to tmp."""
+    from pipeline import export
+    trained = export.model_path(config)
+    if trained.is_file():
+        return export.load_net(trained), trained, f"the run's trained model {trained}"
+    from models import multitask
+    net = multitask.build_model(config.model, tuple(config.data.image_size))
+    path = tmp / "model.keras"
+    net.save(str(path))
+    return net, path, "an untrained net of the config's architecture (no trained model at " \
+                      f"{trained}; timing does not depend on the weights)"
+
+
+def main(config: Config, args=None) -> dict:
+    quick = bool(getattr(args, "quick", False))
+    out = pathlib.Path(config.run_root) / "bench"
+    config = quick_config(config) if quick else config
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        results = run(config, quick, PLANS[quick], pathlib.Path(tmp))
+    results["seconds"] = time.perf_counter() - start
+    results["load_average_end"] = list(os.getloadavg())
+    results["targets"] = bench_report.targets(results["sections"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(_finite(results), indent=1))
+    (out / "BENCH.md").write_text(bench_report.markdown(results))
+    print(f"bench: wrote {out / 'BENCH.md'} and bench.json ({results['seconds']:.0f} s)")
+    for t in results["targets"]:
+        print(f"bench: {t['target']}: {bench_report._n(t['measured'])} (goal {t['goal']}): {t['status']}")
+    failed = [k for k, s in results["sections"].items() if "error" in s]
+    if failed:
+        raise RuntimeError(f"bench sections {', '.join(failed)} failed; see {out / 'bench.json'}")
+    return results
+
+
+def run(config: Config, quick: bool, plan: dict, tmp: pathlib.Path) -> dict:
+    from pipeline import bench_infer as infer
+    from pipeline import bench_train as train
+    from pipeline import bench_worker as workers_lib
+
+    results = {"quick": quick, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+               "machine": timing.machine(), "config": config.experiment,
+               "image_size": list(config.data.image_size), "batch_size": config.train.batch_size}
+    sections = results["sections"] = {}
+    timeline = results["timeline_s"] = {}
+    began = time.perf_counter()
+
+    def mark(step):  # seconds since the start at which each step began, and a progress line
+        timeline[step] = round(time.perf_counter() - began, 1)
+        print(f"bench: [{timeline[step]:6.1f} s] {step}", flush=True)
+
+    data_config, results["data"] = ensure_data(config, tmp, plan["small_data"])
+    mark("data ready")
+    print(f"bench: data: {results['data']}")
+    save_config(data_config, tmp / "config.yaml")
+    specs, by_variant, by_setting = train.worker_specs(data_config, str(tmp / "config.yaml"), quick)
+    pool = {key: workers_lib.Worker(key, spec, tmp) for key, spec in specs.items()}
+    mark(f"starting {len(pool)} train-step workers (two at a time) while section 1 warms up")
+    starter = workers_lib.start_workers(list(pool.values()))
+    try:
+        net, keras_path, results["model"] = model_for(config, tmp)
+        inputs = _section(sections, "1", lambda: train.InputBench(data_config, plan["held"], plan["drain"]))
+        mark("section 1 warmed up; waiting for the workers")
+        starter.join()
+        mark("1. input pipeline vs train step")
+        for worker in pool.values():
+            worker.check()
+        if inputs is not None:
+            _section(sections, "1", lambda: inputs.measure(**plan["s1"]))
+        mark("2. train step variants")
+        s2 = train.alternate_workers(pool, by_variant, **plan["s2"])
+        mark("7. scaling")
+        s7 = train.alternate_workers(pool, by_setting, **plan["s7"])
+        peaks = {key: worker.close() for key, worker in pool.items()}
+        _section(sections, "2", lambda: train.step_section(data_config, pool, by_variant, s2, peaks, plan["s2"]))
+        _section(sections, "7", lambda: train.scaling_section(data_config, by_setting, quick, s7, peaks, plan["s7"]))
+    finally:
+        for worker in pool.values():
+            worker.kill()
+
+    mark("3. one model vs three")
+    multi = _section(sections, "3", lambda: infer.one_vs_three(config, net, **plan["s3"]))
+    if multi is not None and inputs is not None:
+        mark("5. against the limit")
+        _section(sections, "5", lambda: _limit(infer, sections["3"], net, inputs, multi, plan["s5"]))
+    mark("4. deployment")
+    _section(sections, "4", lambda: _deployment(infer, config, data_config, net, keras_path, quick, tmp, plan))
+    mark("6. clip stage at 720p")
+    _section(sections, "6", lambda: infer.clip(config, keras_path, tmp / "clip", plan["clip_frames"],
+                                               plan["clip_repeats"]))
+    mark("done")
+    for key in "1234567":
+        sections.setdefault(key, {"title": f"{key}.", "method": "-", "error": "not run (an earlier step failed)"})
+    return results
+
+
+def _section(sections: dict, key: str, build):
+    """Runs one section; a failure is recorded in it (and re-raised at the end by main)."""
+    try:
+        value = build()
+    except Exception as err:  # noqa: BLE001
+        traceback.print_exc()
+        sections[key] = {"title": f"{key}.", "method": "-", "error": f"{type(err).__name__}: {err}"}
+        return None
+    if isinstance(value, tuple):  # (section, helper for later sections)
+        sections[key] = value[0]
+        return value[1]
+    if isinstance(value, dict):
+        sections[key] = value
+    return value
+
+
+def _limit(infer, s3: dict, net, inputs, multi, plan: dict) -> dict:
+    from pipeline import bench_worker, serving
+    batch = inputs.batch
+    forward_batch = infer.forward_function(net, serving.net_input_size(net), batch)
+    train_step = lambda: bench_worker.step(inputs.trainer, inputs.memory)  # noqa: E731
+    return infer.limit(s3["flops"]["multi"], multi, forward_batch, batch, train_step, batch, plan["size"],
+                       plan["rounds"], plan["calls"])
+
+
+def _deployment(infer, config, data_config, net, keras_path, quick, tmp, plan) -> dict:
+    from pipeline import export
+    folder = export.export_dir(config)
+    paths = infer.export_files(config, folder)
+    if all(p.exists() for p in paths.values()) and export.model_path(config).is_file():
+        return infer.deployment(config, export.model_path(config), paths, f"the run's export at {folder}",
+                                **plan["s4"])
+    if not quick:
+        return infer.skipped_deployment(config)
+    paths = infer.temp_export(config, data_config, net, tmp / "export", plan["calibration"])
+    return infer.deployment(config, keras_path, paths, "the bench's own export of the tiny net (temporary folder; "
+                            "`make export` writes the run's)", **plan["s4"])
+
+
+def _finite(value):
+    """JSON cannot hold NaN/inf; turn them into strings so a reader sees them (the test checks none are)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

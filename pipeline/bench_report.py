@@ -1,0 +1,136 @@
+"""BENCH.md: the bench's results as tables a person reads (and the README's performance section)."""
+from __future__ import annotations
+
+# (target name, where the value is, goal text, test)
+TARGETS = [
+    ("training fed by the pipeline / on held batches", ("1", "fed_over_held"), ">= 0.9", lambda v: v >= 0.9),
+    ("multi-task latency / three single-task nets", ("3", "latency_ratio"), "<= 0.45", lambda v: v <= 0.45),
+    ("multi-task parameters / three single-task nets", ("3", "params_ratio"), "<= 0.45", lambda v: v <= 0.45),
+    ("TFLite int8 speed-up over TFLite float32", ("4", "int8_speedup_vs_float32"), ">= 2.0", lambda v: v >= 2.0),
+]
+
+
+def targets(sections: dict) -> list[dict]:
+    rows = []
+    for name, (section, key), goal, test in TARGETS:
+        value = sections.get(section, {}).get(key)
+        status = "not measured" if value is None else ("met" if test(value) else "missed")
+        rows.append({"target": name, "goal": goal, "measured": value, "status": status,
+                     "why_not_measured": sections.get(section, {}).get("skipped") or sections.get(section, {}).get("error")})
+    return rows
+
+
+def _n(value, digits=2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int) or (abs(value) >= 1000 and float(value).is_integer()):
+        return f"{int(value):,}"
+    return f"{value:,.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_n(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
+    return lines
+
+
+def _s1(s):
+    st = s["samples_ms"]
+    return _table(["measure", "value", "how"], [
+        ["tf.data pipeline alone, images/s", s["pipeline_images_per_s"], f"median batch {_n(st['pipeline']['median_ms'])} ms"],
+        ["train step consumes, images/s (held batches)", s["train_consumes_images_per_s"], f"median step {_n(st['held']['median_ms'])} ms"],
+        ["pipeline supply / train demand", s["supply_over_demand"], "> 1: the pipeline keeps up"],
+        ["training fed by the pipeline, images/s", s["fed_images_per_s"], f"median step {_n(st['fed']['median_ms'])} ms"],
+        ["**fed / held training throughput**", s["fed_over_held"], "target >= 0.9"]])
+
+
+def _s2(s):
+    rows = []
+    for name, v in s["variants"].items():
+        rows.append([name, v["weighting"], v["precision"], "on" if v["jit"] else "off", v["step_ms"]["median_ms"],
+                     v["step_ms"]["p90_ms"], v["images_per_s"], v["step_time_vs_reference"], v["first_step_s"],
+                     v.get("peak_rss_mb")])
+    return _table(["variant", "weighting", "precision", "XLA", "step ms (median)", "step ms (p90)", "images/s",
+                   "step time / reference", "first step s (trace)", "peak RSS MB"], rows)
+
+
+def _s3(s):
+    lat, p, f = s["latency_ms"], s["params"], s["flops"]
+    return _table(["", "multi-task", f"three single-task ({', '.join(s['tasks'])})", "multi / three"], [
+        ["latency ms, batch 1 (median)", lat["multi"]["median_ms"], lat["three"]["median_ms"], s["latency_ratio"]],
+        ["latency ms, batch 1 (p90)", lat["multi"]["p90_ms"], lat["three"]["p90_ms"], "-"],
+        ["parameters", p["multi"], p["three"], s["params_ratio"]],
+        ["GFLOPs per frame", f["multi"] / 1e9, f["three"] / 1e9, s["flops_ratio"]]])
+
+
+def _s4(s):
+    rows = [[fmt, v["size_kb"], v["median_ms"], v["p90_ms"], v["speedup_vs_keras"], v["speedup_vs_tflite_float32"],
+             str(v["threads"])] for fmt, v in s["formats"].items()]
+    return _table(["format", "size KB", "ms (median)", "ms (p90)", "speed-up vs Keras", "speed-up vs TFLite float32",
+                   "threads"], rows) + ["", f"int8 speed-up over float32: **{_n(s['int8_speedup_vs_float32'])}x** "
+                                            f"(files: {s['source']})"]
+
+
+def _s5(s):
+    rows = [["peak: float32 matmul", s["peak_gflops"], 1.0]]
+    rows += [[name.replace("_", " "), s["achieved_gflops"][name], s["fraction_of_peak"][name]]
+             for name in s["achieved_gflops"]]
+    return _table(["measure", "GFLOP/s", "fraction of peak"], rows) + [
+        "", f"forward pass: {_n(s['forward_gflops_per_frame'], 3)} GFLOPs per frame"]
+
+
+def _s6(s):
+    sec = s["seconds_last_run"]
+    stages = ", ".join(f"{k} {_n(v)}" for k, v in sec.items())
+    return _table(["fps model", "fps end to end", "end to end / model"],
+                  [[s["fps_model"], s["fps_end_to_end"], s["end_to_end_over_model"]]]) + [
+        "", f"seconds per stage (last run; reader, writer and encoder threads overlap inference): {stages}"]
+
+
+def _s7(s):
+    rows = [[name, f"{v['image_size'][0]}x{v['image_size'][1]}", v["batch_size"], v["step_ms"]["median_ms"],
+             v["images_per_s"], v["step_time_vs_config"], v["peak_rss_mb"], v["training_rss_mb"]]
+            for name, v in s["settings"].items()]
+    return _table(["setting", "input", "batch", "step ms (median)", "images/s", "step time / config's",
+                   "peak RSS MB", "RSS added by training MB"], rows)
+
+
+RENDER = {"1": _s1, "2": _s2, "3": _s3, "4": _s4, "5": _s5, "6": _s6, "7": _s7}
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = ["## Performance", "",
+             f"Measured by `python -m pipeline bench{' --quick' if results['quick'] else ''}` "
+             f"({'quick: tiny sizes, few steps' if results['quick'] else 'full'}) on {results['date']}, "
+             f"{results['seconds']:.0f} s. Model: {results['model']}. Data: {results['data']}. "
+             "Every comparison alternates its candidates in the same run (order rotated each round); "
+             "figures are medians, ratios are ratios of medians.", "", "### Machine", ""]
+    lines += _table(["CPU", "cores", "GPU", "TensorFlow", "Keras", "LiteRT", "intra-op threads", "inter-op threads",
+                     "load average at start / end"],
+                    [[m["cpu"], m["cores"], ", ".join(m["gpus"]) or "none", m["tensorflow"], m["keras"],
+                      str(m["ai_edge_litert"]), _threads(m["intra_op_threads"]), _threads(m["inter_op_threads"]),
+                      f"{m['load_average'][0]:.2f} / {results['load_average_end'][0]:.2f}"]])
+    lines += ["", "### Targets", ""]
+    lines += _table(["target", "goal", "measured", "status"],
+                    [[t["target"], t["goal"], t["measured"], t["status"] + (f" ({t['why_not_measured']})"
+                                                                            if t["why_not_measured"] else "")]
+                     for t in results["targets"]])
+    for key in sorted(results["sections"]):
+        section = results["sections"][key]
+        lines += ["", f"### {section['title']}", "", f"*How: {section['method']}*", ""]
+        if "skipped" in section:
+            lines.append(f"Skipped: {section['skipped']}.")
+        elif "error" in section:
+            lines.append(f"Failed: {section['error']}")
+        else:
+            if section.get("setting"):
+                lines += [f"Setting: {', '.join(f'{k} {v}' for k, v in section['setting'].items())}.", ""]
+            lines += RENDER[key](section)
+    return "\n".join(lines) + "\n"
+
+
+def _threads(value: int) -> str:
+    return "TF default (0: one per core)" if not value else str(value)

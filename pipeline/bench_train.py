@@ -1,0 +1,210 @@
+"""Bench sections on training: the input pipeline against the train step (1), the train step's
+variants (2: XLA, precision, task weighting) and its scaling with input size and batch (7).
+
+Section 1 runs in the bench's own process (it needs the real pipeline with its filled cache);
+sections 2 and 7 run in worker processes (pipeline/bench_worker.py) that the parent alternates.
+"""
+from __future__ import annotations
+
+import math
+
+from pipeline import bench_timing as timing
+from pipeline import bench_worker, devices
+from pipeline.config import Config
+
+
+# ------------------------------------------------------------------------- 1. input pipeline
+class InputBench:
+    """The config's training pipeline and trainer, warmed up; `measure` alternates three runs per round:
+    the pipeline alone, train steps on batches held in memory, train steps fed by the pipeline.
+
+    Buffers: before the pipeline alone and the pipeline-fed steps, the batches tf.data already holds
+    are drained untimed (so the timing sees its steady rate, not its prefetch buffer); the held-batch
+    steps start with untimed steps while the pipeline refills its buffers in the background, so they
+    do not pay for that refill either."""
+
+    def __init__(self, config: Config, held: int = 4, drain: int = 4):
+        from pipeline import inputs
+        self.config, self.drain, self.held_count = config, drain, held
+        self.batch = config.train.batch_size
+        self.precision = devices.resolve_precision(config.train.precision)
+        self.jit = devices.resolve_jit(config.train.jit_compile)
+        self.pipeline = iter(inputs.make_dataset(config, "train", training=True))
+        frames = sum(inputs.split_size(config, source, "train") for source in config.data.sources)
+        # One pass over the split fills the cache (and the shuffle buffer); later epochs look like this.
+        self.warmup_batches = math.ceil(frames / self.batch) + 2
+        for _ in range(self.warmup_batches):
+            next(self.pipeline)
+        import tensorflow as tf
+        held_batches = [next(self.pipeline) for _ in range(held)]
+        self.memory = bench_worker.memory_iterator(
+            tf.nest.map_structure(lambda *parts: tf.stack(parts), *held_batches))
+        self.trainer = bench_worker.make_trainer(config, self.jit, self.precision)
+        for _ in range(2):  # trace, then one warm step, on both iterators
+            bench_worker.step(self.trainer, self.memory)
+            bench_worker.step(self.trainer, self.pipeline)
+        self.warm_steps = 1
+
+    def _drain(self):
+        for _ in range(self.drain):
+            next(self.pipeline)
+
+    def pipeline_alone(self, batches: int):
+        def run():
+            self._drain()
+            return timing.timed(lambda: next(self.pipeline), batches)
+        return run
+
+    def fed(self, steps: int):
+        def run():
+            self._drain()
+            timing.timed(lambda: bench_worker.step(self.trainer, self.pipeline), self.warm_steps)
+            return timing.timed(lambda: bench_worker.step(self.trainer, self.pipeline), steps)
+        return run
+
+    def held(self, steps: int):
+        def run():
+            timing.timed(lambda: bench_worker.step(self.trainer, self.memory), self.warm_steps)
+            return timing.timed(lambda: bench_worker.step(self.trainer, self.memory), steps)
+        return run
+
+    def measure(self, rounds: int, steps: int, batches: int) -> dict:
+        samples = timing.alternate({"pipeline": self.pipeline_alone(batches), "held": self.held(steps),
+                                    "fed": self.fed(steps)}, rounds)
+        per_image = {k: timing.median(v) / self.batch for k, v in samples.items()}
+        supply, demand = 1.0 / per_image["pipeline"], 1.0 / per_image["held"]
+        fed = 1.0 / per_image["fed"]
+        cfg = self.config
+        return {
+            "title": "1. Input pipeline vs train step",
+            "method": (f"one process; {rounds} rounds alternating (order rotated): tf.data alone ({batches} "
+                       f"batches), train steps on {self.held_count} held batches ({steps} steps), train "
+                       f"steps fed by the pipeline ({steps} steps); tf.data's buffered batches drained "
+                       f"({self.drain}) before each pipeline run and {self.warm_steps} untimed step before each "
+                       f"train run; medians; warm-up: {self.warmup_batches} batches (one pass: fills the "
+                       f"cache) and 2 steps per iterator (trace). Steps = trainer.train_function on a tf.data "
+                       f"iterator, as fit() runs them."),
+            "setting": {"image_size": list(cfg.data.image_size), "batch_size": self.batch,
+                        "augmentation": cfg.data.augment.enabled, "precision": self.precision,
+                        "jit_compile": self.jit, "weighting": cfg.train.weighting},
+            "pipeline_images_per_s": supply, "train_consumes_images_per_s": demand,
+            "supply_over_demand": supply / demand, "fed_images_per_s": fed,
+            "fed_over_held": fed / demand,
+            "samples_ms": {k: timing.stats(v) for k, v in samples.items()},
+        }
+
+
+# ----------------------------------------------------------------------- 2 and 7. train step
+def variants(config: Config) -> dict[str, dict]:
+    """name -> worker settings for section 2. The reference is fixed weights, float32, XLA off."""
+    reference = {"weighting": "fixed", "jit": False, "precision": "float32"}
+    out = {"reference": reference,
+           "xla": {**reference, "jit": True},
+           "mixed_bfloat16": {**reference, "precision": "mixed_bfloat16"}}
+    if devices.has_gpu():
+        out["mixed_float16"] = {**reference, "precision": "mixed_float16"}
+    for weighting in ("uncertainty", "dwa", "gradnorm"):
+        out[weighting] = {**reference, "weighting": weighting}
+    return out
+
+
+def scaling_settings(config: Config, quick: bool) -> dict[str, tuple[tuple[int, int], int]]:
+    """name -> (image size, batch) for section 7: the config's, then other sizes and batches."""
+    (height, width), batch = tuple(config.data.image_size), config.train.batch_size
+
+    def size(scale):
+        return (max(32, round(height * scale / 32) * 32), max(32, round(width * scale / 32) * 32))
+    settings = {"config": ((height, width), batch)}
+    sizes = [size(2.0)] if quick else [size(0.5), size(1.5)]
+    batches = [batch * 2] if quick else [max(1, batch // 2), batch * 2]
+    for hw in sizes:
+        settings[f"{hw[0]}x{hw[1]}/b{batch}"] = (hw, batch)
+    for b in batches:
+        settings[f"{height}x{width}/b{b}"] = ((height, width), b)
+    return settings
+
+
+def worker_specs(config: Config, config_yaml: str, quick: bool) -> tuple[dict, dict, dict]:
+    """(specs by worker key, section-2 variant -> key, section-7 setting -> key). Equal specs share one
+    worker (the config's own setting is usually one of section 2's variants)."""
+    common = ["data.cache=false", "data.shuffle_buffer=1"]  # the worker's held batches only
+    specs, by_variant, by_setting = {}, {}, {}
+
+    def add(overrides, jit, precision):
+        spec = {"config": config_yaml, "overrides": common + overrides, "jit": jit, "precision": precision,
+                "batches": 2}
+        key = json_key(spec)
+        specs.setdefault(key, spec)
+        return key
+
+    for name, v in variants(config).items():
+        by_variant[name] = add([f"train.weighting={v['weighting']}"], v["jit"], v["precision"])
+    jit = devices.resolve_jit(config.train.jit_compile)
+    precision = devices.resolve_precision(config.train.precision)
+    for name, ((h, w), batch) in scaling_settings(config, quick).items():
+        overrides = [f"train.weighting={config.train.weighting}"]
+        if (h, w) != tuple(config.data.image_size):
+            overrides.append(f"data.image_size=[{h},{w}]")
+        if batch != config.train.batch_size:
+            overrides.append(f"train.batch_size={batch}")
+        by_setting[name] = add(overrides, jit, precision)
+    return specs, by_variant, by_setting
+
+
+def json_key(spec: dict) -> str:
+    import hashlib
+    import json
+    return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def alternate_workers(workers: dict, keys: dict[str, str], rounds: int, steps: int) -> dict[str, list[float]]:
+    """name -> step times, the workers alternated; names that share a worker share its samples."""
+    distinct = {key: (lambda key=key: workers[key].run(steps)) for key in keys.values()}
+    samples = timing.alternate(distinct, rounds)
+    return {name: samples[key] for name, key in keys.items()}
+
+
+def step_section(config: Config, workers: dict, by_variant: dict, samples: dict, peaks: dict, plan: dict) -> dict:
+    batch = config.train.batch_size
+    reference = timing.median(samples["reference"])
+    rows = {}
+    for name, times in samples.items():
+        key = by_variant[name]
+        rows[name] = {**variants(config)[name], "step_ms": timing.stats(times),
+                      "images_per_s": batch / timing.median(times),
+                      "step_time_vs_reference": timing.median(times) / reference,
+                      "first_step_s": workers[key].ready["first_step_s"],
+                      "peak_rss_mb": peaks.get(key, {}).get("peak_rss_mb")}
+    return {"title": "2. Training step variants",
+            "method": (f"one worker process per variant, each warmed up (trace + 1 step) before any timing; "
+                       f"{plan['rounds']} rounds alternating the workers (order rotated), {plan['steps']} step(s) each, on 2 "
+                       f"augmented batches "
+                       f"held in memory (tf.data iterator, as fit() runs); medians. Reference: fixed weights, "
+                       f"float32, XLA off; the other rows change one thing."),
+            "setting": {"image_size": list(config.data.image_size), "batch_size": batch},
+            "variants": rows}
+
+
+def scaling_section(config: Config, by_setting: dict, quick: bool, samples: dict, peaks: dict, plan: dict) -> dict:
+    settings = scaling_settings(config, quick)
+    base = timing.median(samples["config"])
+    rows = {}
+    for name, times in samples.items():
+        (h, w), batch = settings[name]
+        peak = peaks[by_setting[name]]
+        rows[name] = {"image_size": [h, w], "batch_size": batch, "step_ms": timing.stats(times),
+                      "images_per_s": batch / timing.median(times),
+                      "step_time_vs_config": timing.median(times) / base,
+                      "peak_rss_mb": peak["peak_rss_mb"], "rss_before_first_step_mb": peak["rss_before_mb"],
+                      "training_rss_mb": peak["peak_rss_mb"] - peak["rss_before_mb"]}
+        if "gpu_peak_mb" in peak:
+            rows[name]["gpu_peak_mb"] = peak["gpu_peak_mb"]
+    gpu = "GPU: tf.config.experimental.get_memory_info peak; also " if devices.has_gpu() else ""
+    return {"title": "7. Scaling with input size and batch",
+            "method": (f"one worker process per setting (the config's weighting, precision and XLA choice), each "
+                       f"warmed up first; {plan['rounds']} rounds alternating, {plan['steps']} step(s) each; "
+                       f"medians. Memory: {gpu}each worker's peak RSS (VmHWM from /proc/self/status when it "
+                       f"ends; the process runs nothing else) and that minus its RSS just before the first train step "
+                       f"(= trace, optimizer state, activations)."),
+            "settings": rows}
+
