@@ -48,7 +48,8 @@ class CrossStitch(keras.layers.Layer):
     def call(self, inputs):
         # A Python loop over T <= 3 tasks lowers to plain MUL/ADD ops (TFLite and int8 friendly).
         alpha = tf.cast(self.alpha, inputs[0].dtype)
-        return [tf.add_n([alpha[i, j] * inputs[j] for j in range(self.num_tasks)])
+        # sum(), not tf.add_n: ADD_N has no int8 TFLite kernel and stayed float in the int8 export.
+        return [sum(alpha[i, j] * inputs[j] for j in range(self.num_tasks))
                 for i in range(self.num_tasks)]
 
     def compute_output_shape(self, input_shape):

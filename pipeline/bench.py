@@ -13,9 +13,9 @@ Writes <run_root>/bench/bench.json (every figure with its samples and how it was
   7 scaling with input size and batch: step time and peak memory (worker processes)
 
 Full mode uses the config as given and the run's trained model if present (else an untrained net of
-the same architecture: timing does not depend on weights) and the run's export (else section 4 says
-to run `make export`). --quick shrinks everything to the tiny config's sizes and exports the tiny
-net itself into a temporary folder. A run without its data set built gets a small synthetic one in a
+the same architecture: timing does not depend on weights) and the run's export (else it exports its
+model itself into a temporary folder with pipeline.export's functions, and says so). --quick shrinks
+everything to the tiny config's sizes. A run without its data set built gets a small synthetic one in a
 temporary folder, so the bench runs on a fresh clone.
 """
 from __future__ import annotations
@@ -38,11 +38,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Rounds (alternations) and calls per round for each section.
 PLANS = {
-    True: dict(s1=dict(rounds=3, steps=3, batches=6), held=2, drain=2, s2=dict(rounds=3, steps=2),
+    True: dict(s1=dict(rounds=3, steps=3, batches=6), held=2, s2=dict(rounds=3, steps=2),
                s7=dict(rounds=3, steps=2), s3=dict(rounds=3, calls=5), s4=dict(rounds=3, calls=5),
                s5=dict(rounds=3, calls=8, size=1024), clip_frames=6, clip_repeats=1, calibration=8,
                small_data=(16, 8)),
-    False: dict(s1=dict(rounds=3, steps=3, batches=8), held=4, drain=4, s2=dict(rounds=4, steps=1),
+    False: dict(s1=dict(rounds=3, steps=3, batches=8), held=4, s2=dict(rounds=5, steps=1),
                 s7=dict(rounds=3, steps=1), s3=dict(rounds=5, calls=10), s4=dict(rounds=5, calls=10),
                 s5=dict(rounds=3, calls=8, size=2048), clip_frames=24, clip_repeats=2, calibration=32,
                 small_data=(256, 32)),
@@ -112,7 +112,7 @@ def main(config: Config, args=None) -> dict:
     (out / "BENCH.md").write_text(bench_report.markdown(results))
     print(f"bench: wrote {out / 'BENCH.md'} and bench.json ({results['seconds']:.0f} s)")
     for t in results["targets"]:
-        print(f"bench: {t['target']}: {bench_report._n(t['measured'])} (goal {t['goal']}): {t['status']}")
+        print(f"bench: {t['target']}: {bench_report.number(t['measured'])} (goal {t['goal']}): {t['status']}")
     failed = [k for k, s in results["sections"].items() if "error" in s]
     if failed:
         raise RuntimeError(f"bench sections {', '.join(failed)} failed; see {out / 'bench.json'}")
@@ -120,7 +120,9 @@ def main(config: Config, args=None) -> dict:
 
 
 def run(config: Config, quick: bool, plan: dict, tmp: pathlib.Path) -> dict:
-    from pipeline import bench_infer as infer
+    """Order: wave 1 of train-step workers starts while section 1 warms up; sections 1 and 2 are timed;
+    wave 2 (section 7's other settings) starts while sections 3-6 prepare (traces, FLOPs, export, clip);
+    then section 7 and sections 3-6 are timed. Nothing is timed while a worker is still starting."""
     from pipeline import bench_train as train
     from pipeline import bench_worker as workers_lib
 
@@ -131,92 +133,129 @@ def run(config: Config, quick: bool, plan: dict, tmp: pathlib.Path) -> dict:
     timeline = results["timeline_s"] = {}
     began = time.perf_counter()
 
-    def mark(step):  # seconds since the start at which each step began, and a progress line
+    def mark(step):  # when each step began (seconds from the start), and a progress line
         timeline[step] = round(time.perf_counter() - began, 1)
         print(f"bench: [{timeline[step]:6.1f} s] {step}", flush=True)
 
     data_config, results["data"] = ensure_data(config, tmp, plan["small_data"])
-    mark("data ready")
-    print(f"bench: data: {results['data']}")
+    mark(f"data: {results['data']}")
     save_config(data_config, tmp / "config.yaml")
     specs, by_variant, by_setting = train.worker_specs(data_config, str(tmp / "config.yaml"), quick)
     pool = {key: workers_lib.Worker(key, spec, tmp) for key, spec in specs.items()}
-    mark(f"starting {len(pool)} train-step workers (two at a time) while section 1 warms up")
-    starter = workers_lib.start_workers(list(pool.values()))
+    wave1 = sorted(set(by_variant.values()))
+    wave2 = sorted(set(by_setting.values()) - set(wave1))
+    peaks, measures = {}, {}
     try:
+        mark(f"starting {len(wave1)} train-step workers (two at a time) while section 1 warms up")
+        starter = workers_lib.start_workers([pool[k] for k in wave1])
         net, keras_path, results["model"] = model_for(config, tmp)
-        inputs = _section(sections, "1", lambda: train.InputBench(data_config, plan["held"], plan["drain"]))
-        mark("section 1 warmed up; waiting for the workers")
+        inputs = _section(sections, "1", lambda: train.InputBench(data_config, plan["held"]))
         starter.join()
+        ok = _section(sections, "2", lambda: _ready(pool, wave1))
         mark("1. input pipeline vs train step")
-        for worker in pool.values():
-            worker.check()
         if inputs is not None:
             _section(sections, "1", lambda: inputs.measure(**plan["s1"]))
-        mark("2. train step variants")
-        s2 = train.alternate_workers(pool, by_variant, **plan["s2"])
-        mark("7. scaling")
-        s7 = train.alternate_workers(pool, by_setting, **plan["s7"])
-        peaks = {key: worker.close() for key, worker in pool.items()}
-        _section(sections, "2", lambda: train.step_section(data_config, pool, by_variant, s2, peaks, plan["s2"]))
-        _section(sections, "7", lambda: train.scaling_section(data_config, by_setting, quick, s7, peaks, plan["s7"]))
+        if ok:
+            mark("2. train step variants")
+            s2 = train.alternate_workers(pool, by_variant, **plan["s2"])
+            peaks.update({k: pool[k].close() for k in wave1 if k not in by_setting.values()})
+            mark(f"starting {len(wave2)} more workers while sections 3-6 prepare")
+            starter = workers_lib.start_workers([pool[k] for k in wave2])
+        measures = _prepare(sections, config, data_config, net, keras_path, inputs, quick, plan, tmp)
+        if ok:
+            starter.join()
+            if _section(sections, "7", lambda: _ready(pool, wave2)):
+                mark("7. scaling")
+                s7 = train.alternate_workers(pool, by_setting, **plan["s7"])
+                peaks.update({k: pool[k].close() for k in pool if k not in peaks})
+                _section(sections, "7", lambda: train.scaling_section(data_config, by_setting, quick, s7, peaks,
+                                                                      plan["s7"]))
+            peaks.update({k: pool[k].close() for k in pool if k not in peaks})
+            _section(sections, "2", lambda: train.step_section(data_config, pool, by_variant, s2, peaks,
+                                                               plan["s2"]))
     finally:
         for worker in pool.values():
             worker.kill()
-
-    mark("3. one model vs three")
-    multi = _section(sections, "3", lambda: infer.one_vs_three(config, net, **plan["s3"]))
-    if multi is not None and inputs is not None:
-        mark("5. against the limit")
-        _section(sections, "5", lambda: _limit(infer, sections["3"], net, inputs, multi, plan["s5"]))
-    mark("4. deployment")
-    _section(sections, "4", lambda: _deployment(infer, config, data_config, net, keras_path, quick, tmp, plan))
-    mark("6. clip stage at 720p")
-    _section(sections, "6", lambda: infer.clip(config, keras_path, tmp / "clip", plan["clip_frames"],
-                                               plan["clip_repeats"]))
+    for key in ("3", "5", "4", "6"):
+        if key in measures:
+            mark(sections_title(key))
+            _section(sections, key, measures[key])
     mark("done")
     for key in "1234567":
         sections.setdefault(key, {"title": f"{key}.", "method": "-", "error": "not run (an earlier step failed)"})
     return results
 
 
+def _ready(pool: dict, keys) -> bool:
+    for key in keys:
+        pool[key].check()  # raises the worker's failure (with the end of its log)
+    return True
+
+
+def sections_title(key: str) -> str:
+    return {"3": "3. one model vs three", "4": "4. deployment", "5": "5. against the limit",
+            "6": "6. clip stage at 720p"}[key]
+
+
+def _prepare(sections, config, data_config, net, keras_path, inputs, quick, plan, tmp) -> dict:
+    """Untimed preparation of sections 3-6; section key -> measure()."""
+    from pipeline import bench_infer as infer
+    measures = {}
+    prepared = _section(sections, "3", lambda: infer.one_vs_three(config, net, **plan["s3"]))
+    if prepared is not None:
+        measures["3"], multi, flops = prepared
+        if inputs is not None:
+            limit = _section(sections, "5", lambda: _limit(infer, net, inputs, multi, flops, plan["s5"]))
+            if limit is not None:
+                measures["5"] = limit
+    deployment = _section(sections, "4", lambda: _deployment(infer, config, data_config, net, keras_path, quick,
+                                                             tmp, plan))
+    if callable(deployment):
+        measures["4"] = deployment
+    clip = _section(sections, "6", lambda: infer.clip(config, keras_path, tmp / "clip", plan["clip_frames"],
+                                                      plan["clip_repeats"]))
+    if clip is not None:
+        measures["6"] = clip
+    return measures
+
+
 def _section(sections: dict, key: str, build):
-    """Runs one section; a failure is recorded in it (and re-raised at the end by main)."""
+    """Runs one step of a section; a dict result is the section, anything else is handed back. A failure
+    is recorded in the section (main raises at the end, after writing everything else)."""
     try:
         value = build()
     except Exception as err:  # noqa: BLE001
         traceback.print_exc()
         sections[key] = {"title": f"{key}.", "method": "-", "error": f"{type(err).__name__}: {err}"}
         return None
-    if isinstance(value, tuple):  # (section, helper for later sections)
-        sections[key] = value[0]
-        return value[1]
     if isinstance(value, dict):
         sections[key] = value
     return value
 
 
-def _limit(infer, s3: dict, net, inputs, multi, plan: dict) -> dict:
+def _limit(infer, net, inputs, multi, flops: int, plan: dict):
     from pipeline import bench_worker, serving
     batch = inputs.batch
     forward_batch = infer.forward_function(net, serving.net_input_size(net), batch)
     train_step = lambda: bench_worker.step(inputs.trainer, inputs.memory)  # noqa: E731
-    return infer.limit(s3["flops"]["multi"], multi, forward_batch, batch, train_step, batch, plan["size"],
-                       plan["rounds"], plan["calls"])
+    return infer.limit(flops, multi, forward_batch, batch, train_step, batch, plan["size"], plan["rounds"],
+                       plan["calls"])
 
 
-def _deployment(infer, config, data_config, net, keras_path, quick, tmp, plan) -> dict:
+def _deployment(infer, config, data_config, net, keras_path, quick, tmp, plan):
+    """measure() for the run's export; without one, for the bench's own export of its model into a
+    temporary folder (done while the section-7 workers start, so it costs little wall time)."""
     from pipeline import export
     folder = export.export_dir(config)
     paths = infer.export_files(config, folder)
     if all(p.exists() for p in paths.values()) and export.model_path(config).is_file():
         return infer.deployment(config, export.model_path(config), paths, f"the run's export at {folder}",
                                 **plan["s4"])
-    if not quick:
-        return infer.skipped_deployment(config)
     paths = infer.temp_export(config, data_config, net, tmp / "export", plan["calibration"])
-    return infer.deployment(config, keras_path, paths, "the bench's own export of the tiny net (temporary folder; "
-                            "`make export` writes the run's)", **plan["s4"])
+    return infer.deployment(config, keras_path, paths,
+                            f"no export at {folder} (`make export` writes the run's own): the bench exported "
+                            f"{'the tiny net' if quick else 'its model'} itself into a temporary folder with "
+                            f"pipeline.export (int8 calibrated on {plan['calibration']} frames)", **plan["s4"])
 
 
 def _finite(value):

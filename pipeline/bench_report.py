@@ -20,7 +20,7 @@ def targets(sections: dict) -> list[dict]:
     return rows
 
 
-def _n(value, digits=2) -> str:
+def number(value, digits=2) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -32,18 +32,24 @@ def _n(value, digits=2) -> str:
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_n(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(number(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
     return lines
 
 
 def _s1(s):
     st = s["samples_ms"]
     return _table(["measure", "value", "how"], [
-        ["tf.data pipeline alone, images/s", s["pipeline_images_per_s"], f"median batch {_n(st['pipeline']['median_ms'])} ms"],
-        ["train step consumes, images/s (held batches)", s["train_consumes_images_per_s"], f"median step {_n(st['held']['median_ms'])} ms"],
+        ["tf.data pipeline alone, images/s", s["pipeline_images_per_s"], f"median batch {number(st['pipeline']['median_ms'])} ms"],
+        ["train step consumes, images/s (held batches)", s["train_consumes_images_per_s"], f"median step {number(st['held']['median_ms'])} ms"],
         ["pipeline supply / train demand", s["supply_over_demand"], "> 1: the pipeline keeps up"],
-        ["training fed by the pipeline, images/s", s["fed_images_per_s"], f"median step {_n(st['fed']['median_ms'])} ms"],
-        ["**fed / held training throughput**", s["fed_over_held"], "target >= 0.9"]])
+        ["training fed by the pipeline, images/s", s["fed_images_per_s"], f"median step {number(st['fed']['median_ms'])} ms"],
+        ["**fed / held training throughput**", s["fed_over_held"], "target >= 0.9"],
+        ["CPU ms per batch: pipeline alone", s["cpu_ms"]["pipeline"], "process CPU time, all threads"],
+        ["CPU ms per step: held / fed", f"{number(s['cpu_ms']['held'])} / {number(s['cpu_ms']['fed'])}",
+         f"CPU / wall: {number(s['cpu_ms']['held'] / st['held']['median_ms'])} / "
+         f"{number(s['cpu_ms']['fed'] / st['fed']['median_ms'])} (cores busy)"],
+        ["fed / held expected if the pipeline's CPU time comes out of the step", s["fed_over_held_if_cpu_shared"],
+         "held CPU / (held CPU + pipeline CPU per batch)"]])
 
 
 def _s2(s):
@@ -68,9 +74,13 @@ def _s3(s):
 def _s4(s):
     rows = [[fmt, v["size_kb"], v["median_ms"], v["p90_ms"], v["speedup_vs_keras"], v["speedup_vs_tflite_float32"],
              str(v["threads"])] for fmt, v in s["formats"].items()]
+    rows += [[f"{fmt} (invoke only)", "-", v["median_ms"], v["p90_ms"], "-", v["speedup_vs_tflite_float32"],
+              str(v["threads"])] for fmt, v in s.get("invoke_only", {}).items()]
     return _table(["format", "size KB", "ms (median)", "ms (p90)", "speed-up vs Keras", "speed-up vs TFLite float32",
-                   "threads"], rows) + ["", f"int8 speed-up over float32: **{_n(s['int8_speedup_vs_float32'])}x** "
-                                            f"(files: {s['source']})"]
+                   "threads"], rows) + [
+        "", f"int8 speed-up over float32: **{number(s['int8_speedup_vs_float32'])}x** through predict(), "
+            f"{number(s.get('int8_speedup_vs_float32_invoke_only'))}x for the interpreter's invoke() alone. "
+            f"Files: {s['source']}."]
 
 
 def _s5(s):
@@ -78,12 +88,12 @@ def _s5(s):
     rows += [[name.replace("_", " "), s["achieved_gflops"][name], s["fraction_of_peak"][name]]
              for name in s["achieved_gflops"]]
     return _table(["measure", "GFLOP/s", "fraction of peak"], rows) + [
-        "", f"forward pass: {_n(s['forward_gflops_per_frame'], 3)} GFLOPs per frame"]
+        "", f"forward pass: {number(s['forward_gflops_per_frame'], 3)} GFLOPs per frame"]
 
 
 def _s6(s):
     sec = s["seconds_last_run"]
-    stages = ", ".join(f"{k} {_n(v)}" for k, v in sec.items())
+    stages = ", ".join(f"{k} {number(v)}" for k, v in sec.items())
     return _table(["fps model", "fps end to end", "end to end / model"],
                   [[s["fps_model"], s["fps_end_to_end"], s["end_to_end_over_model"]]]) + [
         "", f"seconds per stage (last run; reader, writer and encoder threads overlap inference): {stages}"]
@@ -108,9 +118,9 @@ def markdown(results: dict) -> str:
              f"{results['seconds']:.0f} s. Model: {results['model']}. Data: {results['data']}. "
              "Every comparison alternates its candidates in the same run (order rotated each round); "
              "figures are medians, ratios are ratios of medians.", "", "### Machine", ""]
-    lines += _table(["CPU", "cores", "GPU", "TensorFlow", "Keras", "LiteRT", "intra-op threads", "inter-op threads",
+    lines += _table(["CPU", "vector ISA", "cores", "GPU", "TensorFlow", "Keras", "LiteRT", "intra-op threads", "inter-op threads",
                      "load average at start / end"],
-                    [[m["cpu"], m["cores"], ", ".join(m["gpus"]) or "none", m["tensorflow"], m["keras"],
+                    [[m["cpu"], " ".join(m.get("cpu_flags", [])) or "-", m["cores"], ", ".join(m["gpus"]) or "none", m["tensorflow"], m["keras"],
                       str(m["ai_edge_litert"]), _threads(m["intra_op_threads"]), _threads(m["inter_op_threads"]),
                       f"{m['load_average'][0]:.2f} / {results['load_average_end'][0]:.2f}"]])
     lines += ["", "### Targets", ""]

@@ -53,12 +53,16 @@ def machine() -> dict:
     import keras
     import tensorflow as tf
 
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), []
     try:
         for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.lower().startswith("model name"):
+            key = line.split(":", 1)[0].strip().lower()
+            if key == "model name" and cpu == (platform.processor() or platform.machine()):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif key == "flags" and not flags:
+                # The vector ISA decides int8 (VNNI) and bfloat16 (AVX512_BF16 / AMX) speed.
+                flags = sorted(f for f in line.split(":", 1)[1].split()
+                               if f.startswith(("avx", "fma", "amx")) or "vnni" in f or "bf16" in f or f == "f16c")
     except OSError:
         pass
     try:
@@ -67,7 +71,7 @@ def machine() -> dict:
     except Exception:  # noqa: BLE001  (not installed: the TFLite rows say so themselves)
         litert = None
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpus": gpus, "python": platform.python_version(),
+    return {"cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(), "gpus": gpus, "python": platform.python_version(),
             "tensorflow": tf.__version__, "keras": keras.__version__, "ai_edge_litert": litert,
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),

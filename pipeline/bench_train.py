@@ -7,6 +7,7 @@ sections 2 and 7 run in worker processes (pipeline/bench_worker.py) that the par
 from __future__ import annotations
 
 import math
+import time
 
 from pipeline import bench_timing as timing
 from pipeline import bench_worker, devices
@@ -18,14 +19,18 @@ class InputBench:
     """The config's training pipeline and trainer, warmed up; `measure` alternates three runs per round:
     the pipeline alone, train steps on batches held in memory, train steps fed by the pipeline.
 
-    Buffers: before the pipeline alone and the pipeline-fed steps, the batches tf.data already holds
-    are drained untimed (so the timing sees its steady rate, not its prefetch buffer); the held-batch
-    steps start with untimed steps while the pipeline refills its buffers in the background, so they
-    do not pay for that refill either."""
+    Buffers: a slow train step lets tf.data fill its prefetch buffers (autotuned, often dozens of
+    batches), and reading those back says nothing about its rate. So before the pipeline-alone and the
+    pipeline-fed runs the buffered batches are drained untimed, until a batch takes long enough to have
+    been made on demand; the held-batch runs start with an untimed step while tf.data refills its
+    buffers in the background. CPU time (all threads of the process) is counted per run kind: it says
+    how much of the two cores the pipeline takes from the step."""
 
-    def __init__(self, config: Config, held: int = 4, drain: int = 4):
+    FRESH_BATCH_S = 0.002  # a buffered batch comes back in well under this; a fresh one takes longer
+
+    def __init__(self, config: Config, held: int = 4, max_drain: int = 256):
         from pipeline import inputs
-        self.config, self.drain, self.held_count = config, drain, held
+        self.config, self.held_count, self.max_drain = config, held, max_drain
         self.batch = config.train.batch_size
         self.precision = devices.resolve_precision(config.train.precision)
         self.jit = devices.resolve_jit(config.train.jit_compile)
@@ -44,28 +49,44 @@ class InputBench:
             bench_worker.step(self.trainer, self.memory)
             bench_worker.step(self.trainer, self.pipeline)
         self.warm_steps = 1
+        self.drained = []
+        self.cpu = {"pipeline": [0.0, 0], "held": [0.0, 0], "fed": [0.0, 0]}  # kind -> [cpu s, calls]
 
     def _drain(self):
-        for _ in range(self.drain):
+        fastest, count = self.FRESH_BATCH_S / 5, 0
+        while count < self.max_drain:
+            start = time.perf_counter()
             next(self.pipeline)
+            took, count = time.perf_counter() - start, count + 1
+            if took > max(self.FRESH_BATCH_S, 5 * fastest):
+                break  # this one had to be made: the buffers are empty
+            fastest = min(fastest, took)
+        self.drained.append(count)
+
+    def _timed(self, kind, fn, calls):
+        start = time.process_time()
+        times = timing.timed(fn, calls)
+        self.cpu[kind][0] += time.process_time() - start
+        self.cpu[kind][1] += calls
+        return times
 
     def pipeline_alone(self, batches: int):
         def run():
             self._drain()
-            return timing.timed(lambda: next(self.pipeline), batches)
+            return self._timed("pipeline", lambda: next(self.pipeline), batches)
         return run
 
     def fed(self, steps: int):
         def run():
             self._drain()
             timing.timed(lambda: bench_worker.step(self.trainer, self.pipeline), self.warm_steps)
-            return timing.timed(lambda: bench_worker.step(self.trainer, self.pipeline), steps)
+            return self._timed("fed", lambda: bench_worker.step(self.trainer, self.pipeline), steps)
         return run
 
     def held(self, steps: int):
         def run():
             timing.timed(lambda: bench_worker.step(self.trainer, self.memory), self.warm_steps)
-            return timing.timed(lambda: bench_worker.step(self.trainer, self.memory), steps)
+            return self._timed("held", lambda: bench_worker.step(self.trainer, self.memory), steps)
         return run
 
     def measure(self, rounds: int, steps: int, batches: int) -> dict:
@@ -74,22 +95,29 @@ class InputBench:
         per_image = {k: timing.median(v) / self.batch for k, v in samples.items()}
         supply, demand = 1.0 / per_image["pipeline"], 1.0 / per_image["held"]
         fed = 1.0 / per_image["fed"]
+        cpu_ms = {k: 1000.0 * cpu / max(n, 1) for k, (cpu, n) in self.cpu.items()}
         cfg = self.config
         return {
             "title": "1. Input pipeline vs train step",
             "method": (f"one process; {rounds} rounds alternating (order rotated): tf.data alone ({batches} "
                        f"batches), train steps on {self.held_count} held batches ({steps} steps), train "
-                       f"steps fed by the pipeline ({steps} steps); tf.data's buffered batches drained "
-                       f"({self.drain}) before each pipeline run and {self.warm_steps} untimed step before each "
-                       f"train run; medians; warm-up: {self.warmup_batches} batches (one pass: fills the "
-                       f"cache) and 2 steps per iterator (trace). Steps = trainer.train_function on a tf.data "
-                       f"iterator, as fit() runs them."),
+                       f"steps fed by the pipeline ({steps} steps); before each pipeline run tf.data's "
+                       f"buffered batches are drained untimed (until one takes > {self.FRESH_BATCH_S * 1000:g} "
+                       f"ms, i.e. was made on demand; {min(self.drained)}-{max(self.drained)} drained), before "
+                       f"each train run 1 untimed step; medians; CPU ms = process CPU time (all threads) per "
+                       f"batch or step; warm-up: {self.warmup_batches} batches (one pass: fills the cache) and "
+                       f"2 steps per iterator (trace). Steps = trainer.train_function on a tf.data iterator, "
+                       f"as fit() runs them."),
             "setting": {"image_size": list(cfg.data.image_size), "batch_size": self.batch,
                         "augmentation": cfg.data.augment.enabled, "precision": self.precision,
                         "jit_compile": self.jit, "weighting": cfg.train.weighting},
             "pipeline_images_per_s": supply, "train_consumes_images_per_s": demand,
             "supply_over_demand": supply / demand, "fed_images_per_s": fed,
             "fed_over_held": fed / demand,
+            "cpu_ms": cpu_ms,
+            # If the step already keeps every core busy, the pipeline's CPU time per batch comes out of it:
+            "fed_over_held_if_cpu_shared": cpu_ms["held"] / (cpu_ms["held"] + cpu_ms["pipeline"]),
+            "drained_batches": self.drained,
             "samples_ms": {k: timing.stats(v) for k, v in samples.items()},
         }
 
@@ -116,7 +144,7 @@ def scaling_settings(config: Config, quick: bool) -> dict[str, tuple[tuple[int, 
         return (max(32, round(height * scale / 32) * 32), max(32, round(width * scale / 32) * 32))
     settings = {"config": ((height, width), batch)}
     sizes = [size(2.0)] if quick else [size(0.5), size(1.5)]
-    batches = [batch * 2] if quick else [max(1, batch // 2), batch * 2]
+    batches = [batch * 2]
     for hw in sizes:
         settings[f"{hw[0]}x{hw[1]}/b{batch}"] = (hw, batch)
     for b in batches:

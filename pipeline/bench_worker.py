@@ -113,7 +113,7 @@ def worker(spec: dict) -> None:
             if gpu:
                 result["gpu_peak_mb"] = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
             _say(result)
-            return
+            os._exit(0)  # the answer is out; TensorFlow's teardown would only cost seconds
 
 
 # ----------------------------------------------------------------------------------------- parent
@@ -138,7 +138,7 @@ class Worker:
             with open(self.log, "w") as log:
                 self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.bench_worker", json.dumps(self.spec)],
                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                                             text=True, env=env, cwd=str(REPO))
+                                             text=True, env=env)  # same cwd: relative run_root, paths
             self.ready = self._answer()
         except Exception as err:  # noqa: BLE001  (handed to the caller by check())
             self.error = err
@@ -170,9 +170,9 @@ class Worker:
             result = self._answer()
         finally:
             try:
-                self.proc.wait(timeout=60)
+                self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self.kill()
         return result
 
     def kill(self) -> None:

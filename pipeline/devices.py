@@ -32,29 +32,54 @@ def resolve_jit(jit_compile) -> bool:
     return value == "true"
 
 
-def split_cpu(count: int = 2) -> None:
-    """Two logical CPU devices, so MirroredStrategy can be exercised without a GPU."""
+def split_cpu(count: int = 2) -> bool:
+    """Two logical CPU devices, so MirroredStrategy can be exercised without a GPU.
+
+    Must run before TensorFlow initialises its devices (before the first op); returns whether the
+    CPU now has `count` logical devices (False when TensorFlow was already initialised unsplit).
+    """
     cpus = tf.config.list_physical_devices("CPU")
     try:
         tf.config.set_logical_device_configuration(
             cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
     except RuntimeError:
         pass  # already initialised (e.g. an earlier stage in this process); use what exists
+    return len(tf.config.list_logical_devices("CPU")) >= count
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
     if name == "mirrored":
         if has_gpu():
             return tf.distribute.MirroredStrategy()
-        split_cpu(2)
+        if not split_cpu(2):
+            print("train: strategy mirrored: TensorFlow was initialised before the CPU could be split "
+                  "into 2 logical devices; mirroring over 1 device (run the train stage in its own process "
+                  "for 2 replicas)")
         cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(cpus)
     if name == "multi_worker":
+        from pipeline.errors import UserError
         if "TF_CONFIG" not in os.environ:
-            from pipeline.errors import UserError
             raise UserError("strategy multi_worker needs TF_CONFIG (cluster and task) in the environment")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except json.JSONDecodeError as err:
+            raise UserError(f"TF_CONFIG is not valid JSON: {err}") from None
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except RuntimeError as err:  # collectives can only be set up before TensorFlow initialises
+            raise UserError(f"strategy multi_worker must be created before TensorFlow starts: run the "
+                            f"train stage in its own process ({err})") from None
     return tf.distribute.get_strategy()
+
+
+def _task(strategy) -> tuple[str, int]:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is not None and resolver.task_type is not None:
+        return resolver.task_type, int(resolver.task_id or 0)
+    config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task = config.get("task", {})
+    return task.get("type", "worker"), int(task.get("index", 0))
 
 
 def task_index() -> int:
@@ -63,6 +88,17 @@ def task_index() -> int:
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return task_index() == 0
-    return True
+    """The task that writes the run folder: the "chief" task, else worker 0 (TF_CONFIG's rule)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    task_type, index = _task(strategy)
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    if task_type == "chief":
+        return True
+    return task_type == "worker" and index == 0 and "chief" not in cluster
+
+
+def worker_folder(strategy: tf.distribute.Strategy) -> str:
+    """Scratch sub-folder of a non-chief task, e.g. "worker-1"."""
+    task_type, index = _task(strategy)
+    return f"{task_type}-{index}"

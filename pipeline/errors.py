@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """A bad input, missing file or bad config: reported as one clear line, never a traceback."""
+
+
+class ParityError(UserError):
+    """An export that was written completely but drifts from the Keras model beyond tolerance."""

@@ -22,7 +22,6 @@ dropping them keeps the evaluator small. COCO keeps at most 100 detections per i
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import shutil
 import time
@@ -32,6 +31,7 @@ import numpy as np
 from data import schema
 from pipeline.config import TASKS, Config, SourceConfig
 from pipeline.errors import UserError
+from pipeline.files import replace_dir
 
 SCORE_FLOOR = 0.01
 LATENCY_RUNS = 20
@@ -162,7 +162,7 @@ def _sources(config: Config, sources) -> list[SourceConfig]:
     return chosen
 
 
-def _new_evaluators(config: Config, tasks: list[str]) -> dict:
+def new_evaluators(config: Config, tasks: list[str]) -> dict:
     from pipeline.metrics import DepthEvaluator, DetectionEvaluator, SegmentationEvaluator
     makers = {
         "detection": lambda: DetectionEvaluator(schema.DETECTION_CLASSES),
@@ -178,7 +178,7 @@ def _real_boxes(boxes: np.ndarray) -> np.ndarray:
     return boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
 
 
-def _add_batch(evaluators: dict, y: dict, pred: dict, first_id: int, counts: dict) -> None:
+def add_batch(evaluators: dict, y: dict, pred: dict, first_id: int, counts: dict) -> None:
     """Feeds one batch to the evaluators, each task only on examples that have its labels; counts[task]
     += the examples added."""
     for task, evaluator in evaluators.items():
@@ -232,7 +232,7 @@ def evaluate_source(config: Config, model, split: str, source: SourceConfig, max
     from pipeline import inputs
 
     tasks = model_tasks(model)
-    evaluators = _new_evaluators(config, tasks)
+    evaluators = new_evaluators(config, tasks)
     dataset = inputs.make_dataset(config, split, training=False, sources=[source])
     total = inputs.split_size(config, source, split)
     if max_examples:
@@ -247,7 +247,7 @@ def evaluate_source(config: Config, model, split: str, source: SourceConfig, max
             x = {key: value.numpy()[:count] for key, value in x.items()}
             y = {key: value.numpy()[:count] for key, value in y.items()}
             pred = predict_batch(model, x["image"], config.model.top_k)
-            _add_batch(evaluators, y, pred, seen + 1, counts)
+            add_batch(evaluators, y, pred, seen + 1, counts)
             if len(frames) < grid_frames:
                 frames += _frames(x, y, pred, grid_frames - len(frames))
             seen += count
@@ -301,16 +301,6 @@ def output_dir(config: Config, split: str, model_path: pathlib.Path | None = Non
     return config.run_dir / name
 
 
-def _replace_dir(partial: pathlib.Path, final: pathlib.Path) -> None:
-    """Swaps a finished folder in; the old one is removed only after the new one is in place."""
-    old = final.with_name(f".{final.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(partial, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def main(config: Config, args=None) -> pathlib.Path:
     from pipeline import report
 
@@ -332,7 +322,7 @@ def main(config: Config, args=None) -> pathlib.Path:
         (partial / "metrics.json").write_text(json.dumps(metrics, indent=1))
         report.write_report(partial, metrics, config, frames=frames,
                             history_csv=model_path.parent / "history.csv")
-        _replace_dir(partial, out)
+        replace_dir(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -42,7 +42,8 @@ import warnings
 import numpy as np
 
 from pipeline.config import Config
-from pipeline.errors import UserError
+from pipeline.errors import ParityError, UserError
+from pipeline.files import replace_dir
 
 TFLITE_FORMATS = ("tflite-float32", "tflite-float16", "tflite-int8")
 FORMATS = ("keras", "saved_model", *TFLITE_FORMATS)
@@ -215,12 +216,12 @@ def run_predictor(predictor, images: list[np.ndarray]) -> dict:
 
 def metrics_of(config: Config, tasks, labels: list[dict], pred: dict) -> dict:
     """mAP50 / mIoU / AbsRel exactly as the evaluate stage computes them (its evaluators and feeding)."""
-    from pipeline.evaluate import _add_batch, _new_evaluators  # one definition of the metrics
+    from pipeline.evaluate import add_batch, new_evaluators  # one definition of the metrics
 
-    evaluators, counts, start = _new_evaluators(config, list(tasks)), {}, 0
+    evaluators, counts, start = new_evaluators(config, list(tasks)), {}, 0
     for y in labels:
         count = len(y["key"])
-        _add_batch(evaluators, y, {k: v[start:start + count] for k, v in pred.items()}, start + 1, counts)
+        add_batch(evaluators, y, {k: v[start:start + count] for k, v in pred.items()}, start + 1, counts)
         start += count
     result = {}
     for task, metric in PARITY_METRICS:
@@ -359,16 +360,6 @@ def table(report: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------- stage
-def _swap_in(staging: pathlib.Path, final: pathlib.Path) -> None:
-    """Replaces `final` with the finished `staging`; the old export goes only once the new one is in place."""
-    old = final.with_name(f".{final.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(staging, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def run_export(config: Config, progress=print) -> tuple[pathlib.Path, dict]:
     """Writes the export folder; returns (folder, parity report). Parity failures are the caller's call."""
     trained = model_path(config)
@@ -400,7 +391,7 @@ def run_export(config: Config, progress=print) -> tuple[pathlib.Path, dict]:
         report["conversion"] = notes
         report["num_detections_threshold"] = _score_threshold()
         (staging / "parity.json").write_text(json.dumps(report, indent=1))
-        _swap_in(staging, final)
+        replace_dir(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -423,6 +414,6 @@ def main(config: Config, args=None) -> pathlib.Path:
         detail = ", ".join(f"{m} drifts {drift[m]:.3g}{'' if m == 'abs_rel' else ' points'} (allowed {allowed[m]:g})"
                            for m in metrics)
         more = f"; {len(failed) - 1} more format(s) fail too" if len(failed) > 1 else ""
-        raise UserError(f"{fmt} is beyond the parity tolerance vs Keras: {detail}{more}; "
+        raise ParityError(f"{fmt} is beyond the parity tolerance vs Keras: {detail}{more}; "
                         f"the export is kept, see {out / 'parity.json'}")
     return out

@@ -120,12 +120,18 @@ class DecodeDetections(keras.layers.Layer):
         self.top_k = int(top_k)
 
     def call(self, detection):
-        from models.detection import decode_detections
+        from models.detection import decode_detections, decode_parts
+        if isinstance(detection, (list, tuple)):  # (heat logits, size, offset) before concatenation
+            return decode_parts(*detection, self.top_k)
         return decode_detections(detection, self.top_k)
 
     def compute_output_shape(self, input_shape):
-        batch, height, width, channels = input_shape
-        k = min(self.top_k, height * width * (channels - 4))
+        if isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple)):
+            batch, height, width, classes = input_shape[0]
+        else:
+            batch, height, width, channels = input_shape
+            classes = channels - 4
+        k = min(self.top_k, height * width * classes)
         return {"boxes": (batch, k, 4), "scores": (batch, k), "classes": (batch, k)}
 
     def get_config(self):
@@ -204,7 +210,11 @@ def fixed_size_model(net, top_k: int, log_depth: bool = False) -> keras.Model:
     outputs = dict(net.output) if isinstance(net.output, dict) else dict(zip(net.output_names, net.outputs))
     result = {}
     if "detection" in outputs:
-        result.update(DecodeDetections(top_k, name="decode")(outputs["detection"]))
+        # Decode from the head's three tensors, not their concatenation, so that an int8 export
+        # quantises logits, sizes and offsets each with its own scale.
+        layer = _output_layer(net, "detection")
+        parts = layer.input if isinstance(layer, keras.layers.Concatenate) else outputs["detection"]
+        result.update(DecodeDetections(top_k, name="decode")(parts))
     if "segmentation" in outputs:
         result["segmentation"] = ArgmaxClasses(name="argmax")(outputs["segmentation"])
     if "depth" in outputs:

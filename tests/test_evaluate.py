@@ -49,9 +49,9 @@ def _hand_made(config, has_depth=1.0):
     """(metrics, frames) as the evaluate stage builds them, from the real evaluators."""
     rng = np.random.default_rng(0)
     x, y, pred = _fake_batch(rng, has_depth=has_depth)
-    evaluators = evaluate._new_evaluators(config, list(schema.TASK_FLAGS))
+    evaluators = evaluate.new_evaluators(config, list(schema.TASK_FLAGS))
     counts = {}
-    evaluate._add_batch(evaluators, y, pred, first_id=1, counts=counts)
+    evaluate.add_batch(evaluators, y, pred, first_id=1, counts=counts)
     source = {"examples": 3, **{task: evaluate._task_result(task, evaluators[task], counts[task], "synthetic",
                                                             "validation")
                                 for task in evaluators}}

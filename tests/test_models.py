@@ -383,3 +383,13 @@ def test_optimizer_warms_up_and_skips_decay_for_log_vars_and_biases():
 def test_models_package_import_registers_layers():
     assert keras.saving.get_registered_object("dashcam>CrossStitch") is CrossStitch
     assert models.depth.LogSigmoidDepth is LogSigmoidDepth
+
+
+def test_a_plateau_of_equal_scores_gives_one_detection():
+    """int8 scores come in steps of 1/256, so equal neighbours are common; each plateau is one peak."""
+    from models.detection import _local_peaks
+    heat = np.zeros((1, 6, 6, 1), np.float32)
+    heat[0, 2:4, 2:4, 0] = 0.8
+    heat[0, 0, 5, 0] = 0.5
+    peaks = np.argwhere(_local_peaks(tf.constant(heat)).numpy()[0, ..., 0])
+    np.testing.assert_array_equal(peaks, [[0, 5], [2, 2]])
