@@ -106,13 +106,14 @@ def decode_detections(detection_output, top_k, stride=STRIDE):
                         output[..., classes + 2:], top_k, stride)
 
 
-def decode_parts(heat_logits, size, offset, top_k, stride=STRIDE):
+def decode_parts(heat_logits, size, offset, top_k, stride=STRIDE, box_parts=False):
     """decode_detections on the three head tensors before they are concatenated.
 
     The int8 export decodes from these: one int8 scale for the concatenated tensor (logits down to
     about -20, sizes up to ~40 cells, offsets in 0..1) rounded offsets to a quarter cell.
     """
     heat_logits = tf.cast(heat_logits, tf.float32)
+    size, offset = tf.cast(size, tf.float32), tf.cast(offset, tf.float32)
     _, height, width, classes = heat_logits.shape
     batch = tf.shape(heat_logits)[0]
     heat = tf.sigmoid(heat_logits)
@@ -123,13 +124,29 @@ def decode_parts(heat_logits, size, offset, top_k, stride=STRIDE):
     labels = index % classes
     # Plain GATHER on a flattened batch (not gather(batch_dims=1)) keeps the TFLite graph simple.
     flat_cell = tf.reshape(cell + tf.range(batch)[:, None] * (height * width), [-1])
-    size = tf.reshape(tf.gather(tf.reshape(tf.cast(size, tf.float32), [-1, 2]), flat_cell), [batch, k, 2])
-    offset = tf.reshape(tf.gather(tf.reshape(tf.cast(offset, tf.float32), [-1, 2]), flat_cell), [batch, k, 2])
+    size = tf.reshape(tf.gather(tf.reshape(size, [-1, 2]), flat_cell), [batch, k, 2])
+    offset = tf.reshape(tf.gather(tf.reshape(offset, [-1, 2]), flat_cell), [batch, k, 2])
+    result = {"scores": scores, "classes": tf.cast(labels, tf.int32)}
+    if box_parts:
+        # int8 export: the box arithmetic below, done in int8, rounds at every step (cell index,
+        # x4 stride, +-half size, clip) and a uint8 box is 1 px coarse at best: 10 mAP50 points
+        # lost, against 0.3 for the head itself. The model returns the exact int32 cell and the
+        # gathered offset / size (each with its own scale); the runtime calls boxes_from_parts.
+        return {**result, "box_cells": cell, "box_offsets": offset, "box_sizes": size}
+    return {**result, "boxes": boxes_from_parts(cell, offset, size, height, width, stride)}
+
+
+def boxes_from_parts(cell, offset, size, height, width, stride=STRIDE):
+    """Cell index [B,K] (row-major on the h x w map), offset and size [B,K,2] -> boxes [B,K,4] px.
+
+    TF ops; the TFLite runtime calls it on an int8 model's `box_cells`/`box_offsets`/`box_sizes`.
+    """
+    cell = tf.convert_to_tensor(cell, tf.int32)
+    offset, size = tf.cast(offset, tf.float32), tf.cast(size, tf.float32)
     cx = (tf.cast(cell % width, tf.float32) + offset[..., 0]) * stride
     cy = (tf.cast(cell // width, tf.float32) + offset[..., 1]) * stride
     half_w, half_h = size[..., 0] * stride / 2.0, size[..., 1] * stride / 2.0
     max_x, max_y = float(width * stride), float(height * stride)
-    boxes = tf.stack([tf.clip_by_value(cx - half_w, 0.0, max_x), tf.clip_by_value(cy - half_h, 0.0, max_y),
-                      tf.clip_by_value(cx + half_w, 0.0, max_x), tf.clip_by_value(cy + half_h, 0.0, max_y)],
-                     axis=-1)
-    return {"boxes": boxes, "scores": scores, "classes": tf.cast(labels, tf.int32)}
+    return tf.stack([tf.clip_by_value(cx - half_w, 0.0, max_x), tf.clip_by_value(cy - half_h, 0.0, max_y),
+                     tf.clip_by_value(cx + half_w, 0.0, max_x), tf.clip_by_value(cy + half_h, 0.0, max_y)],
+                    axis=-1)

@@ -143,12 +143,13 @@ def convert_tflite(net, path: pathlib.Path, kind: str, config: Config, frames=No
                    "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
                    "inference_input_type": io_type, "inference_output_type": io_type}
         notes.update(representative_frames=len(frames), int8_io=config.export.int8_io,
-                     supported_ops=["TFLITE_BUILTINS_INT8"], depth_output="log_depth (runtime takes exp)")
+                     supported_ops=["TFLITE_BUILTINS_INT8"], depth_output="log_depth (runtime takes exp)",
+                     box_output="box_cells/box_offsets/box_sizes (runtime composes boxes)")
     with (serving.int8_friendly(net) if int8 else contextlib.nullcontext([])) as rewritten, \
             warnings.catch_warnings():
         # int8 calibration runs TF's own deprecated tf.lite.Interpreter internally; not ours to fix.
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
-        model = serving.fixed_size_model(net, config.model.top_k, log_depth=int8)
+        model = serving.fixed_size_model(net, config.model.top_k, log_depth=int8, box_parts=int8)
         try:
             model.export(str(path), format="litert", input_signature=signature, verbose=False, **options)
         except Exception as err:  # noqa: BLE001  (the converter raises several types)

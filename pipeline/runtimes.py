@@ -68,7 +68,7 @@ def _numpy(outputs: dict) -> dict:
 def _tasks_from_outputs(names) -> list[str]:
     names = set(names)
     tasks = []
-    if "boxes" in names:
+    if "boxes" in names or "box_sizes" in names:
         tasks.append("detection")
     if "segmentation" in names:
         tasks.append("segmentation")
@@ -220,7 +220,7 @@ class TFLitePredictor(Predictor):
 
     def _dequantise(self, name: str, value: np.ndarray) -> np.ndarray:
         scale, zero = self._outputs[name]["quantization"]
-        if scale and np.dtype(value.dtype).kind in "iu" and name not in ("classes", "segmentation"):
+        if scale and np.dtype(value.dtype).kind in "iu" and name not in ("classes", "segmentation", "box_cells"):
             return (value.astype(np.float32) - zero) * np.float32(scale)
         return value
 
@@ -239,6 +239,9 @@ class TFLitePredictor(Predictor):
         decoded = {name: np.concatenate([f[name] for f in per_frame]) for name in per_frame[0]}
         if "log_depth" in decoded:
             decoded["depth"] = np.exp(decoded.pop("log_depth").astype(np.float32))
+        if "box_sizes" in decoded:  # int8 models: boxes from the peak cell, offset and size
+            decoded["boxes"] = _boxes_from_parts(decoded.pop("box_cells"), decoded.pop("box_offsets"),
+                                                 decoded.pop("box_sizes"), self.input_size)
         if "segmentation" in decoded:
             decoded["segmentation"] = decoded["segmentation"].astype(np.uint8)
         if same:  # nothing to map back: skip TF's eager ops (they cost more than a tiny model's invoke)
@@ -253,6 +256,19 @@ class TFLitePredictor(Predictor):
             return f"{dtype} {[int(v) for v in details['shape']]}{quantised}"
         return {"inputs": {self._input_name: text(self._input)},
                 "outputs": {name: text(d) for name, d in self._outputs.items()}}
+
+
+def _boxes_from_parts(cells, offsets, sizes, input_size) -> np.ndarray:
+    """models.detection.boxes_from_parts in NumPy (TF's eager ops cost more than the invoke)."""
+    from models.detection import STRIDE
+    height, width = input_size[0] // STRIDE, input_size[1] // STRIDE
+    offsets, sizes = offsets.astype(np.float32), sizes.astype(np.float32)
+    cx = ((cells % width).astype(np.float32) + offsets[..., 0]) * STRIDE
+    cy = ((cells // width).astype(np.float32) + offsets[..., 1]) * STRIDE
+    half_w, half_h = sizes[..., 0] * STRIDE / 2.0, sizes[..., 1] * STRIDE / 2.0
+    max_x, max_y = float(width * STRIDE), float(height * STRIDE)
+    return np.stack([np.clip(cx - half_w, 0.0, max_x), np.clip(cy - half_h, 0.0, max_y),
+                     np.clip(cx + half_w, 0.0, max_x), np.clip(cy + half_h, 0.0, max_y)], axis=-1)
 
 
 def _at_model_size(decoded: dict) -> dict:

@@ -88,6 +88,14 @@ class GuardedBackup(keras.callbacks.BackupAndRestore):
         super().__init__(backup_dir, double_checkpoint=True)
         self.nan_guard = nan_guard
 
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except (ValueError, OSError, KeyError) as err:  # a backup of other code or a broken file
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UserError(f"cannot restore the backup in {self.backup_dir} ({reason}); delete it "
+                            f"to start afresh") from None
+
     def on_epoch_end(self, epoch, logs=None):
         if not self.nan_guard.failed:
             super().on_epoch_end(epoch, logs)

@@ -63,6 +63,7 @@ def _env(**extra):
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
 
 
+@pytest.mark.slow  # 40-110 s on the shared 2-core machine: tracing for two replicas
 def test_mirrored_strategy_over_two_cpu_devices_keeps_replicas_identical(tiny_config, tmp_path):
     out = tmp_path / "train"
     result = subprocess.run(
