@@ -32,7 +32,8 @@ def encode_detection(boxes: tf.Tensor, classes: tf.Tensor, image_size: tuple[int
     gy = tf.exp(-tf.square(ys[None, :] - cell[:, 1:2]) / (2 * tf.square(sigma[:, 1:2])))  # [N,H]
     peaks = gy[:, :, None] * gx[:, None, :]  # [N,H,W]
     one_hot = tf.one_hot(classes, num_classes)  # [N,C]
-    heatmap = tf.reduce_max(peaks[..., None] * one_hot[:, None, None, :], axis=0)  # [H,W,C]
+    # max over no boxes is -inf: a frame without objects (every CamVid frame) must give zeros.
+    heatmap = tf.maximum(tf.reduce_max(peaks[..., None] * one_hot[:, None, None, :], axis=0), 0.0)  # [H,W,C]
     heatmap = tf.reshape(heatmap, [out_h, out_w, num_classes])  # static shape even when N = 0
 
     indices = tf.cast(tf.stack([cell[:, 1], cell[:, 0]], axis=1), tf.int32)

@@ -92,3 +92,9 @@ def test_alternating_schedule_cycles_tasks(two_sources):
     for step, (_, y) in enumerate(inputs.make_dataset(config, "train", training=True).take(6)):
         active = [t for t in config.model.tasks if y[schema.TASK_FLAGS[t]].numpy().any()]
         assert set(active) <= {config.model.tasks[step % 3]}
+
+
+def test_a_frame_without_objects_gets_an_all_zero_heat_map():
+    from pipeline import targets
+    maps = targets.encode_detection(tf.zeros([0, 4]), tf.zeros([0], tf.int32), (32, 64), 3)
+    assert float(tf.reduce_min(maps["det_heatmap"])) == 0.0 and float(tf.reduce_max(maps["det_heatmap"])) == 0.0

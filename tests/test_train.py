@@ -267,12 +267,8 @@ def test_nan_loss_stops_training_naming_the_task_and_keeps_the_last_good_state(
 # --- partial labels across real data sets --------------------------------------------------------
 
 
-# pipeline/targets.py's encode_detection gives a frame without boxes (every CamVid frame) a heat map
-# of -inf (max over zero boxes): its detection loss is inf and the partial-label mask makes 0 * inf =
-# NaN, so a KITTI + CamVid batch trains to NaN at step 1. Floor the heat map at 0 there
-# (tf.maximum(heatmap, 0.0)); with that one line both tests pass. strict: they fail once it is fixed,
-# as a reminder to drop the marker.
-BOXLESS_HEATMAP = "pipeline/targets.py: -inf detection heat map for frames without boxes"
+# A frame without boxes (every CamVid frame) once got a -inf heat map: 0 * inf = NaN under the
+# partial-label mask. These tests train and differentiate through such frames.
 
 
 @pytest.fixture(scope="module")
@@ -304,7 +300,6 @@ def _all_frames(config):
     return x, y
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=BOXLESS_HEATMAP)
 def test_partial_labels_unlabelled_examples_give_exactly_zero_gradient(mixed_config):
     import keras
     import tensorflow as tf
@@ -365,7 +360,6 @@ def test_partial_labels_unlabelled_examples_give_exactly_zero_gradient(mixed_con
             np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.xfail(strict=True, raises=UserError, reason=BOXLESS_HEATMAP)
 def test_mixed_kitti_camvid_training_runs_end_to_end(mixed_config, tmp_path):
     out = tmp_path / "train"
     model_path = train_stage.run_training(mixed_config, out, verbose=0)
