@@ -142,8 +142,8 @@ def run(config: Config, quick: bool, plan: dict, tmp: pathlib.Path) -> dict:
     save_config(data_config, tmp / "config.yaml")
     specs, by_variant, by_setting = train.worker_specs(data_config, str(tmp / "config.yaml"), quick)
     pool = {key: workers_lib.Worker(key, spec, tmp) for key, spec in specs.items()}
-    wave1 = sorted(set(by_variant.values()))
-    wave2 = sorted(set(by_setting.values()) - set(wave1))
+    wave1 = train.start_order(specs, by_variant.values())
+    wave2 = train.start_order(specs, set(by_setting.values()) - set(wave1))
     peaks, measures = {}, {}
     try:
         mark(f"starting {len(wave1)} train-step workers (two at a time) while section 1 warms up")

@@ -15,8 +15,9 @@ def targets(sections: dict) -> list[dict]:
     for name, (section, key), goal, test in TARGETS:
         value = sections.get(section, {}).get(key)
         status = "not measured" if value is None else ("met" if test(value) else "missed")
+        source = sections.get(section, {})
         rows.append({"target": name, "goal": goal, "measured": value, "status": status,
-                     "why_not_measured": sections.get(section, {}).get("skipped") or sections.get(section, {}).get("error")})
+                     "why_not_measured": source.get("skipped") or source.get("error")})
     return rows
 
 
@@ -38,11 +39,12 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 def _s1(s):
     st = s["samples_ms"]
+    median = {k: f"median {'batch' if k == 'pipeline' else 'step'} {number(v['median_ms'])} ms" for k, v in st.items()}
     return _table(["measure", "value", "how"], [
-        ["tf.data pipeline alone, images/s", s["pipeline_images_per_s"], f"median batch {number(st['pipeline']['median_ms'])} ms"],
-        ["train step consumes, images/s (held batches)", s["train_consumes_images_per_s"], f"median step {number(st['held']['median_ms'])} ms"],
+        ["tf.data pipeline alone, images/s", s["pipeline_images_per_s"], median["pipeline"]],
+        ["train step consumes, images/s (held batches)", s["train_consumes_images_per_s"], median["held"]],
         ["pipeline supply / train demand", s["supply_over_demand"], "> 1: the pipeline keeps up"],
-        ["training fed by the pipeline, images/s", s["fed_images_per_s"], f"median step {number(st['fed']['median_ms'])} ms"],
+        ["training fed by the pipeline, images/s", s["fed_images_per_s"], median["fed"]],
         ["**fed / held training throughput**", s["fed_over_held"], "target >= 0.9"],
         ["CPU ms per batch: pipeline alone", s["cpu_ms"]["pipeline"], "process CPU time, all threads"],
         ["CPU ms per step: held / fed", f"{number(s['cpu_ms']['held'])} / {number(s['cpu_ms']['fed'])}",
@@ -118,10 +120,11 @@ def markdown(results: dict) -> str:
              f"{results['seconds']:.0f} s. Model: {results['model']}. Data: {results['data']}. "
              "Every comparison alternates its candidates in the same run (order rotated each round); "
              "figures are medians, ratios are ratios of medians.", "", "### Machine", ""]
-    lines += _table(["CPU", "vector ISA", "cores", "GPU", "TensorFlow", "Keras", "LiteRT", "intra-op threads", "inter-op threads",
-                     "load average at start / end"],
-                    [[m["cpu"], " ".join(m.get("cpu_flags", [])) or "-", m["cores"], ", ".join(m["gpus"]) or "none", m["tensorflow"], m["keras"],
-                      str(m["ai_edge_litert"]), _threads(m["intra_op_threads"]), _threads(m["inter_op_threads"]),
+    lines += _table(["CPU", "vector ISA", "cores", "GPU", "TensorFlow", "Keras", "LiteRT", "intra-op threads",
+                     "inter-op threads", "load average at start / end"],
+                    [[m["cpu"], " ".join(m.get("cpu_flags", [])) or "-", m["cores"], ", ".join(m["gpus"]) or "none",
+                      m["tensorflow"], m["keras"], str(m["ai_edge_litert"]), _threads(m["intra_op_threads"]),
+                      _threads(m["inter_op_threads"]),
                       f"{m['load_average'][0]:.2f} / {results['load_average_end'][0]:.2f}"]])
     lines += ["", "### Targets", ""]
     lines += _table(["target", "goal", "measured", "status"],

@@ -19,22 +19,22 @@ class InputBench:
     """The config's training pipeline and trainer, warmed up; `measure` alternates three runs per round:
     the pipeline alone, train steps on batches held in memory, train steps fed by the pipeline.
 
-    Buffers: a slow train step lets tf.data fill its prefetch buffers (autotuned, often dozens of
-    batches), and reading those back says nothing about its rate. So before the pipeline-alone and the
-    pipeline-fed runs the buffered batches are drained untimed, until a batch takes long enough to have
-    been made on demand; the held-batch runs start with an untimed step while tf.data refills its
-    buffers in the background. CPU time (all threads of the process) is counted per run kind: it says
-    how much of the two cores the pipeline takes from the step."""
+    The pipeline alone is read from a fresh iterator of the same dataset each round: its memory cache
+    (filled by the warm-up pass) is shared, but its prefetch buffers start empty, so the timing sees
+    the rate batches are made at. (The long-lived iterator fills its autotuned buffers, often dozens of
+    batches, while a slow train step runs; reading those back would time nothing.) The fed steps need
+    no draining: the train step is far slower than the pipeline, so tf.data makes one batch per batch
+    taken whatever its buffers hold, which is exactly what training sees. Each train run starts with an
+    untimed step. CPU time (all threads of the process) is counted per run kind."""
 
-    FRESH_BATCH_S = 0.002  # a buffered batch comes back in well under this; a fresh one takes longer
-
-    def __init__(self, config: Config, held: int = 4, max_drain: int = 256):
+    def __init__(self, config: Config, held: int = 4, fresh_warmup: int = 4):
         from pipeline import inputs
-        self.config, self.held_count, self.max_drain = config, held, max_drain
+        self.config, self.held_count, self.fresh_warmup = config, held, fresh_warmup
         self.batch = config.train.batch_size
         self.precision = devices.resolve_precision(config.train.precision)
         self.jit = devices.resolve_jit(config.train.jit_compile)
-        self.pipeline = iter(inputs.make_dataset(config, "train", training=True))
+        self.dataset = inputs.make_dataset(config, "train", training=True)
+        self.pipeline = iter(self.dataset)
         frames = sum(inputs.split_size(config, source, "train") for source in config.data.sources)
         # One pass over the split fills the cache (and the shuffle buffer); later epochs look like this.
         self.warmup_batches = math.ceil(frames / self.batch) + 2
@@ -49,19 +49,7 @@ class InputBench:
             bench_worker.step(self.trainer, self.memory)
             bench_worker.step(self.trainer, self.pipeline)
         self.warm_steps = 1
-        self.drained = []
         self.cpu = {"pipeline": [0.0, 0], "held": [0.0, 0], "fed": [0.0, 0]}  # kind -> [cpu s, calls]
-
-    def _drain(self):
-        fastest, count = self.FRESH_BATCH_S / 5, 0
-        while count < self.max_drain:
-            start = time.perf_counter()
-            next(self.pipeline)
-            took, count = time.perf_counter() - start, count + 1
-            if took > max(self.FRESH_BATCH_S, 5 * fastest):
-                break  # this one had to be made: the buffers are empty
-            fastest = min(fastest, took)
-        self.drained.append(count)
 
     def _timed(self, kind, fn, calls):
         start = time.process_time()
@@ -72,13 +60,16 @@ class InputBench:
 
     def pipeline_alone(self, batches: int):
         def run():
-            self._drain()
-            return self._timed("pipeline", lambda: next(self.pipeline), batches)
+            fresh = iter(self.dataset)
+            for _ in range(self.fresh_warmup):
+                next(fresh)
+            times = self._timed("pipeline", lambda: next(fresh), batches)
+            del fresh
+            return times
         return run
 
     def fed(self, steps: int):
         def run():
-            self._drain()
             timing.timed(lambda: bench_worker.step(self.trainer, self.pipeline), self.warm_steps)
             return self._timed("fed", lambda: bench_worker.step(self.trainer, self.pipeline), steps)
         return run
@@ -101,10 +92,10 @@ class InputBench:
             "title": "1. Input pipeline vs train step",
             "method": (f"one process; {rounds} rounds alternating (order rotated): tf.data alone ({batches} "
                        f"batches), train steps on {self.held_count} held batches ({steps} steps), train "
-                       f"steps fed by the pipeline ({steps} steps); before each pipeline run tf.data's "
-                       f"buffered batches are drained untimed (until one takes > {self.FRESH_BATCH_S * 1000:g} "
-                       f"ms, i.e. was made on demand; {min(self.drained)}-{max(self.drained)} drained), before "
-                       f"each train run 1 untimed step; medians; CPU ms = process CPU time (all threads) per "
+                       f"steps fed by the pipeline ({steps} steps); the pipeline alone from a fresh iterator "
+                       f"each round (shared, filled cache; empty prefetch buffers; {self.fresh_warmup} untimed "
+                       f"batches first), each train run after 1 untimed step; medians; CPU ms = process CPU "
+                       f"time (all threads) per "
                        f"batch or step; warm-up: {self.warmup_batches} batches (one pass: fills the cache) and "
                        f"2 steps per iterator (trace). Steps = trainer.train_function on a tf.data iterator, "
                        f"as fit() runs them."),
@@ -117,7 +108,6 @@ class InputBench:
             "cpu_ms": cpu_ms,
             # If the step already keeps every core busy, the pipeline's CPU time per batch comes out of it:
             "fed_over_held_if_cpu_shared": cpu_ms["held"] / (cpu_ms["held"] + cpu_ms["pipeline"]),
-            "drained_batches": self.drained,
             "samples_ms": {k: timing.stats(v) for k, v in samples.items()},
         }
 
@@ -179,15 +169,31 @@ def worker_specs(config: Config, config_yaml: str, quick: bool) -> tuple[dict, d
     return specs, by_variant, by_setting
 
 
+def start_order(specs: dict, keys) -> list[str]:
+    """Most expensive first (XLA compiles, emulated bfloat16, larger inputs), so that starting two at a
+    time does not end on a long one alone."""
+    def cost(key):
+        spec = specs[key]
+        size = [o for o in spec["overrides"] if o.startswith(("data.image_size", "train.batch_size"))]
+        return (spec["jit"], spec["precision"] != "float32", "train.weighting=gradnorm" in spec["overrides"],
+                len(size), sorted(size))
+    return sorted(set(keys), key=cost, reverse=True)
+
+
 def json_key(spec: dict) -> str:
     import hashlib
     import json
     return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
 
 
+CHEAP_STEP_S = 2.0  # workers whose warm step is quicker run twice the steps per round (more samples)
+
+
 def alternate_workers(workers: dict, keys: dict[str, str], rounds: int, steps: int) -> dict[str, list[float]]:
     """name -> step times, the workers alternated; names that share a worker share its samples."""
-    distinct = {key: (lambda key=key: workers[key].run(steps)) for key in keys.values()}
+    def count(key):
+        return steps * (2 if workers[key].ready["warm_step_s"] < CHEAP_STEP_S else 1)
+    distinct = {key: (lambda key=key: workers[key].run(count(key))) for key in keys.values()}
     samples = timing.alternate(distinct, rounds)
     return {name: samples[key] for name, key in keys.items()}
 
@@ -205,7 +211,9 @@ def step_section(config: Config, workers: dict, by_variant: dict, samples: dict,
                       "peak_rss_mb": peaks.get(key, {}).get("peak_rss_mb")}
     return {"title": "2. Training step variants",
             "method": (f"one worker process per variant, each warmed up (trace + 1 step) before any timing; "
-                       f"{plan['rounds']} rounds alternating the workers (order rotated), {plan['steps']} step(s) each, on 2 "
+                       f"{plan['rounds']} rounds alternating the workers (order rotated), {plan['steps']} step(s) "
+                       f"each "
+                       f"({2 * plan['steps']} for workers whose step is under {CHEAP_STEP_S:g} s), on 2 "
                        f"augmented batches "
                        f"held in memory (tf.data iterator, as fit() runs); medians. Reference: fixed weights, "
                        f"float32, XLA off; the other rows change one thing."),
@@ -230,7 +238,8 @@ def scaling_section(config: Config, by_setting: dict, quick: bool, samples: dict
     gpu = "GPU: tf.config.experimental.get_memory_info peak; also " if devices.has_gpu() else ""
     return {"title": "7. Scaling with input size and batch",
             "method": (f"one worker process per setting (the config's weighting, precision and XLA choice), each "
-                       f"warmed up first; {plan['rounds']} rounds alternating, {plan['steps']} step(s) each; "
+                       f"warmed up first; {plan['rounds']} rounds alternating, {plan['steps']} step(s) each "
+                       f"({2 * plan['steps']} under {CHEAP_STEP_S:g} s a step); "
                        f"medians. Memory: {gpu}each worker's peak RSS (VmHWM from /proc/self/status when it "
                        f"ends; the process runs nothing else) and that minus its RSS just before the first train step "
                        f"(= trace, optimizer state, activations)."),

@@ -96,8 +96,10 @@ def worker(spec: dict) -> None:
     start = time.perf_counter()
     step(trainer, iterator)  # traces (and with XLA compiles)
     first = time.perf_counter() - start
+    start = time.perf_counter()
     step(trainer, iterator)
-    _say({"ready": True, "first_step_s": first, "rss_before_mb": rss_before,
+    _say({"ready": True, "first_step_s": first, "warm_step_s": time.perf_counter() - start,
+          "rss_before_mb": rss_before,
           "params": int(trainer.net.count_params())})
     for line in sys.stdin:
         command = line.split()
