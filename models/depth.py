@@ -12,11 +12,13 @@ SILOG_LAMBDA = 0.85  # Eigen et al. 2014: 1 = fully scale invariant, 0 = plain l
 
 
 @keras.saving.register_keras_serializable(package="dashcam")
-class LogSigmoidDepth(keras.layers.Layer):
-    """x -> exp(log(min) + (log(max) - log(min)) * sigmoid(x)) metres.
+class LogDepth(keras.layers.Layer):
+    """x -> exp(clip(log(mid) + x, log(min), log(max))) metres, mid = sqrt(min * max).
 
-    Bounded (no exp overflow from a bad early step, unlike exp(x)) and uniform in log-depth, the
-    space the SILog loss measures errors in, so near and far pixels get comparable gradients.
+    The raw output is log-depth itself, the space the SILog loss measures errors in, so a pixel at
+    60 m learns as fast as one at 6 m (the earlier log-sigmoid output's gradient was 5-20x smaller
+    at 40-80 m than at 6 m). The clip bounds the output (no exp overflow after a bad early step)
+    and passes the gradient straight through, so a prediction past a bound is still pulled back.
     Starts at the geometric mean of the range (x = 0).
     """
 
@@ -28,9 +30,14 @@ class LogSigmoidDepth(keras.layers.Layer):
         self.min_depth = float(min_depth)
         self.max_depth = float(max_depth)
 
-    def call(self, x):
+    def log_depth(self, x):
+        """The clipped log-depth (natural log of metres) for raw outputs x."""
         low, high = math.log(self.min_depth), math.log(self.max_depth)
-        return tf.exp(low + (high - low) * tf.sigmoid(x))
+        raw = tf.cast(x, tf.float32) + 0.5 * (low + high)
+        return raw + tf.stop_gradient(tf.clip_by_value(raw, low, high) - raw)
+
+    def call(self, x):
+        return tf.exp(self.log_depth(x))
 
     def get_config(self):
         return {**super().get_config(), "min_depth": self.min_depth, "max_depth": self.max_depth}
@@ -42,19 +49,28 @@ def build_depth_head(feature, skip, width, min_depth, max_depth, name="depth"):
         raise ValueError(f"depth head needs a positive width; Received: width={width}")
     raw = dense_head(feature, skip, 1, width, name=f"{name}_head")
     # Interpolate before the activation: bilinear in log-depth, computed in float32.
-    return LogSigmoidDepth(min_depth, max_depth, name=name, dtype="float32")(raw)
+    return LogDepth(min_depth, max_depth, name=name, dtype="float32")(raw)
 
 
-def depth_loss(depth_true, depth_pred):
-    """Per-example SILog [B]: mean(d^2) - lambda * mean(d)^2, d = log pred - log true, on true > 0.
+def valid_depth(depth_true, max_depth):
+    """The pixels depth is trained and scored on: 0 < gt <= max_depth (the model's range).
 
-    Examples without a valid pixel give exactly 0 (and a zero gradient).
+    Past max_depth the output saturates, so those pixels could never be matched, and through the
+    scale-invariant term they would bias every other pixel of the image. The evaluation protocol
+    uses the same rule (pipeline's DepthEvaluator is given the model's max_depth).
+    """
+    return (depth_true > 0.0) & (depth_true <= max_depth)
+
+
+def depth_loss(depth_true, depth_pred, max_depth):
+    """Per-example SILog [B]: mean(d^2) - lambda * mean(d)^2, d = log pred - log true, on the
+    valid pixels (valid_depth). Examples without a valid pixel give exactly 0 (and a zero gradient).
     """
     depth_true = tf.cast(depth_true, tf.float32)
     depth_pred = tf.cast(depth_pred, tf.float32)
     if depth_pred.shape.rank == 4:
         depth_pred = depth_pred[..., 0]
-    valid = depth_true > 0.0
+    valid = valid_depth(depth_true, max_depth)
     # log(0) would be -inf and poison the gradient even where masked: log a safe 1 instead.
     diff = tf.math.log(depth_pred) - tf.math.log(tf.where(valid, depth_true, tf.ones_like(depth_true)))
     valid = tf.cast(valid, tf.float32)

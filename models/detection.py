@@ -42,20 +42,30 @@ def build_detection_head(feature, width, num_classes=NUM_CLASSES, name="detectio
     return keras.layers.Concatenate(name=name, dtype="float32")([heat, size, offset])
 
 
-def focal_loss(heat_true, logits):
-    """CenterNet's penalty-reduced pixel-wise focal loss, per example [B], / max(1, #centres)."""
+def focal_loss(heat_true, logits, ignore=None):
+    """CenterNet's penalty-reduced pixel-wise focal loss, per example [B], / max(1, #centres).
+
+    ignore [B, h, w] (1 = ignore region: KITTI DontCare, crowds, objects below the size protocol)
+    removes the negative term there, as evaluation ignores detections there; a labelled centre
+    inside an ignore region stays positive.
+    """
     positive = tf.cast(heat_true >= 1.0 - 1e-3, tf.float32)  # gaussian peaks are exactly 1
     prob = tf.sigmoid(logits)
+    negative = 1.0 - positive
+    if ignore is not None:
+        negative *= 1.0 - tf.cast(ignore, tf.float32)[..., None]
     # log_sigmoid keeps log(p) and log(1-p) finite for large logits.
     pos_term = -tf.pow(1.0 - prob, FOCAL_ALPHA) * tf.math.log_sigmoid(logits) * positive
     neg_term = (-tf.pow(prob, FOCAL_ALPHA) * tf.math.log_sigmoid(-logits)
-                * tf.pow(1.0 - heat_true, FOCAL_BETA) * (1.0 - positive))
+                * tf.pow(1.0 - heat_true, FOCAL_BETA) * negative)
     count = tf.reduce_sum(positive, axis=[1, 2, 3])
     return tf.reduce_sum(pos_term + neg_term, axis=[1, 2, 3]) / tf.maximum(count, 1.0)
 
 
 def _masked_l1(pred, true, mask):
-    count = tf.reduce_sum(mask, axis=[1, 2])
+    """L1 at the centre cells, averaged over objects and coordinates (CenterNet's normalisation:
+    the sum over both coordinates divided by 2 x objects)."""
+    count = tf.reduce_sum(mask, axis=[1, 2]) * pred.shape[-1]
     total = tf.reduce_sum(tf.abs(pred - true) * mask[..., None], axis=[1, 2, 3])
     return total / tf.maximum(count, 1.0)
 
@@ -63,12 +73,14 @@ def _masked_l1(pred, true, mask):
 def detection_loss(y_true, y_pred):
     """Per-example loss [B]: focal(heat) + 0.1 * L1(size) + 1.0 * L1(offset) at centre cells.
 
-    y_true: the batch dict (det_heatmap, det_size, det_offset, det_mask); y_pred: [B, h, w, C+4].
+    y_true: the batch dict (det_heatmap, det_size, det_offset, det_mask, optional det_ignore);
+    y_pred: [B, h, w, C+4].
     """
     y_pred = tf.cast(y_pred, tf.float32)
     classes = y_pred.shape[-1] - 4
     mask = tf.cast(y_true["det_mask"], tf.float32)
-    heat = focal_loss(tf.cast(y_true["det_heatmap"], tf.float32), y_pred[..., :classes])
+    heat = focal_loss(tf.cast(y_true["det_heatmap"], tf.float32), y_pred[..., :classes],
+                      y_true.get("det_ignore"))
     size = _masked_l1(y_pred[..., classes:classes + 2], tf.cast(y_true["det_size"], tf.float32), mask)
     offset = _masked_l1(y_pred[..., classes + 2:], tf.cast(y_true["det_offset"], tf.float32), mask)
     return heat + SIZE_WEIGHT * size + OFFSET_WEIGHT * offset

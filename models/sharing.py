@@ -12,6 +12,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from models.encoder import STAGES
 from models.neck import shared_layer_name
 
 SHARING_MODES = ("hard", "soft", "cross_stitch")
@@ -83,14 +84,19 @@ def task_encoders(net, tasks):
 
 
 def shared_kernel(net):
-    """The last layer every task shares (GradNorm measures gradient norms there), or None.
+    """The weights every task's gradient reaches, where GradNorm measures gradient norms; or None.
 
-    hard: the neck's final conv (pointwise) kernel; cross_stitch: the last stitch matrix; soft: None (no
-    weight is shared, so GradNorm is undefined).
+    hard: [the neck's final (pointwise) kernel], the last layer all tasks share. cross_stitch: the
+    last encoder stage's projection kernel of every task stream; the last stitch mixes all streams
+    into every task, so each task's gradient reaches each of them (the stitch matrix itself is
+    not shared: its row i reaches task i alone). soft: None (no weight is shared, so GradNorm is
+    undefined).
     """
     names = [layer.name for layer in net.layers]
     if shared_layer_name() in names:
         layer = net.get_layer(shared_layer_name())
-        return layer.pointwise_kernel if hasattr(layer, "pointwise_kernel") else layer.kernel
-    stitches = [layer for layer in net.layers if isinstance(layer, CrossStitch)]
-    return stitches[-1].alpha if stitches else None
+        return [layer.pointwise_kernel if hasattr(layer, "pointwise_kernel") else layer.kernel]
+    if not any(isinstance(layer, CrossStitch) for layer in net.layers):
+        return None
+    last_block = f"s{len(STAGES)}b{STAGES[-1][1]}_project_conv"
+    return [layer.kernel for layer in net.layers if layer.name.endswith(last_block)]

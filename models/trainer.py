@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from models.depth import depth_loss
 from models.detection import detection_loss
+from models.optimizer import make_task_weight_optimizer
 from models.segmentation import segmentation_loss
 from models.sharing import shared_kernel, soft_sharing_penalty, task_encoders
 from models.weighting import WeightingCallback, make_weighting
@@ -22,12 +23,16 @@ from pipeline.errors import UserError
 
 TASK_ORDER = ("detection", "segmentation", "depth")
 
-# Per-example losses [B] from (batch targets y, model output for the task).
-PER_EXAMPLE_LOSSES = {
-    "detection": lambda y, out: detection_loss(y, out),
-    "segmentation": lambda y, out: segmentation_loss(y["segmentation"], out),
-    "depth": lambda y, out: depth_loss(y["depth"], out),
-}
+
+
+def per_example_losses(model_config):
+    """{task: (batch targets y, the task's output) -> per-example loss [B]}."""
+    return {
+        "detection": lambda y, out: detection_loss(y, out),
+        "segmentation": lambda y, out: segmentation_loss(y["segmentation"], out),
+        # Depth is scored on the range the model can output (the evaluation protocol's too).
+        "depth": lambda y, out: depth_loss(y["depth"], out, model_config.max_depth),
+    }
 
 
 def masked_task_loss(per_example, has_label):
@@ -57,7 +62,13 @@ class MultiTaskTrainer(keras.Model):
             raise ValueError(f"net outputs {sorted(built)} do not cover the configured tasks; "
                              f"Received: tasks={list(model_config.tasks)}")
         self.net = net
+        self.losses_by_task = per_example_losses(model_config)
         self.weighting = make_weighting(train_config, self.tasks)
+        # Task weights learn on their own optimizer (see models/optimizer.py); built here, inside
+        # the caller's strategy scope, so its slots exist before the first traced step.
+        self.task_weight_optimizer = make_task_weight_optimizer(train_config)
+        if self.weighting.trainable_variables:
+            self.task_weight_optimizer.build(self.weighting.trainable_variables)
         soft = model_config.sharing == "soft" and len(self.tasks) > 1
         self.soft_beta = float(model_config.soft_sharing_beta) if soft else 0.0
         if self.weighting.needs_persistent_tape and shared_kernel(net) is None:
@@ -95,7 +106,7 @@ class MultiTaskTrainer(keras.Model):
         """
         losses, present = {}, {}
         for task in self.tasks:
-            per_example = PER_EXAMPLE_LOSSES[task](y, outputs[task])
+            per_example = self.losses_by_task[task](y, outputs[task])
             losses[task], present[task] = masked_task_loss(per_example, y[f"has_{task}"])
         total = self.weighting.combine(losses, present)
         if self.soft_beta:
@@ -122,15 +133,22 @@ class MultiTaskTrainer(keras.Model):
             total, losses, present = self.compute_losses(y, outputs)
             # Mixed precision: a LossScaleOptimizer scales here and unscales in apply().
             scaled = self.optimizer.scale_loss(total / replicas)
-        variables = self.trainable_variables
-        grads = tape.gradient(scaled, variables)
+        net_variables = self.net.trainable_variables
+        weight_variables = self.weighting.trainable_variables
+        grads = tape.gradient(scaled, net_variables + weight_variables)
         self.weighting.observe(losses, present)
         grad_scale = self.optimizer.scale_loss(tf.constant(1.0)) / replicas
         extra = self.weighting.extra_gradients(tape, losses, present, shared_kernel(self.net), grad_scale)
         del tape
         own = {id(variable): grad for grad, variable in extra}
-        grads = [own.get(id(variable), grad) for grad, variable in zip(grads, variables)]
-        self.optimizer.apply(grads, variables)
+        self.optimizer.apply(grads[:len(net_variables)], net_variables)
+        if weight_variables:
+            # The network's optimizer unscales its own gradients (mixed precision); these are
+            # unscaled here. Replica division stays: the optimizer sums replicas into the mean.
+            loss_scale = self.optimizer.scale_loss(tf.constant(1.0))
+            weight_grads = [own.get(id(variable), grad) / loss_scale
+                            for grad, variable in zip(grads[len(net_variables):], weight_variables)]
+            self.task_weight_optimizer.apply(weight_grads, weight_variables)
         self.weighting.after_apply()
         return self._update_logs(total, losses, present)
 

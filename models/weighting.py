@@ -7,6 +7,8 @@ trainer calls, per training step:
     extra_gradients(tape, losses, present, shared_kernel, grad_scale)  # GradNorm's own gradients
     after_apply()                             # GradNorm renormalises its weights
 and `on_epoch_end()` once per epoch (WeightingCallback; MultiTaskTrainer.fit adds it).
+The trainable weighting variables (s, w) are stepped by the trainer's task-weight optimizer
+(models/optimizer.py: constant rate, lazy per task), not by the network's schedule.
 `losses` and `present` are dicts of float32 scalars keyed by task. A task with no labelled example
 in the batch (present = 0) contributes exactly nothing, including to its own weighting variables.
 The weighting objects are Keras layers so their variables are tracked by the trainer, saved by
@@ -173,7 +175,8 @@ class GradNormWeighting(TaskWeighting):
     G_t = ||grad_W (w_t L_t)|| = w_t ||grad_W L_t||; r_t = (L_t / L_t(0)) / mean_j(L_j / L_j(0));
     L_grad = sum_t |G_t - stop_gradient(mean(G) * r_t^alpha)|. The network gets the gradient of
     sum w_t L_t (w held constant); w gets the gradient of L_grad through the same optimizer (as in
-    the paper), then is renormalised to sum to T. w is named "task_weight" (no weight decay).
+    the paper: the trainer's task-weight optimizer), then is renormalised to sum to T. w is named
+    "task_weight" (no weight decay).
     """
 
     needs_persistent_tape = True
@@ -199,17 +202,18 @@ class GradNormWeighting(TaskWeighting):
         self.initial_loss.assign(tf.where(first, losses, self.initial_loss))
 
     def extra_gradients(self, tape, losses, present, shared_kernel, grad_scale):
-        """[(grad, task_weight)]; grad_scale = the factor the main loss was scaled by (loss scale /
-        replicas), applied here too so the optimizer's unscaling treats both alike."""
-        if shared_kernel is None:
+        """[(grad, task_weight)]. shared_kernel: the list of weights every task reaches (GradNorm's
+        W; their global norm is G_t). grad_scale: the factor the main loss was scaled by (loss
+        scale / replicas), applied here too so both gradients are unscaled alike."""
+        if not shared_kernel:
             raise ValueError("GradNorm needs a layer shared by all tasks (sharing=hard or cross_stitch)")
+        kernels = list(shared_kernel)
         norms = []
         for task in self.tasks:
             # output_gradients=scale: scaled backprop (mixed precision) without re-recording the loss.
-            grad = tape.gradient(losses[task], shared_kernel,
-                                 output_gradients=tf.cast(grad_scale, tf.float32))
-            grad = tf.zeros_like(shared_kernel) if grad is None else grad
-            norms.append(tf.norm(tf.cast(grad, tf.float32)) / tf.cast(grad_scale, tf.float32))
+            grads = tape.gradient(losses[task], kernels, output_gradients=tf.cast(grad_scale, tf.float32))
+            grads = [tf.cast(tf.zeros_like(k) if g is None else g, tf.float32) for g, k in zip(grads, kernels)]
+            norms.append(tf.linalg.global_norm(grads) / tf.cast(grad_scale, tf.float32))
         norms = tf.stop_gradient(tf.stack(norms))
         losses, present = self._stack(losses), self._stack(present)
         count = tf.maximum(tf.reduce_sum(present), 1.0)

@@ -36,6 +36,7 @@ class SourceConfig:
 class SyntheticConfig:
     train_frames: int = 2000
     validation_frames: int = 200
+    test_frames: int = 0  # > 0: a held-out test split from its own seed stream
     height: int = 192
     width: int = 384
     clip_frames: int = 48
@@ -91,7 +92,9 @@ class TrainConfig:
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 100
+    ema: float = 0.0  # > 0: keep an exponential moving average of the weights at this momentum
     weighting: str = "uncertainty"
+    task_weight_learning_rate: float = 0.05  # Adam for uncertainty s / GradNorm w, constant
     fixed_weights: dict[str, float] = field(
         default_factory=lambda: {"detection": 1.0, "segmentation": 1.0, "depth": 1.0})
     dwa_temperature: float = 2.0

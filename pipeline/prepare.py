@@ -30,7 +30,9 @@ def source_items(config: Config, source: SourceConfig) -> dict:
     if source.name == "synthetic":
         from data import synthetic
         cfg = config.data.synthetic
-        counts = {"train": cfg.train_frames, "validation": cfg.validation_frames}
+        # The test split is for headline numbers only: nothing (checkpoints, defaults) is chosen on it.
+        counts = {"train": cfg.train_frames, "validation": cfg.validation_frames, "test": cfg.test_frames}
+        counts = {split: count for split, count in counts.items() if count > 0}
         return {split: ((key, functools.partial(lambda e: e, example))
                         for key, example in synthetic.generate(split, count, cfg.height, cfg.width,
                                                                 config.seed))

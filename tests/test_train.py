@@ -96,7 +96,8 @@ def test_training_writes_its_outputs_and_lowers_the_loss(tmp_path):
     weights = json.loads((out / "task_weights.json").read_text())
     assert set(weights) == set(TASKS) and all(w > 0 for w in weights.values())
     # Uncertainty weighting, depth is a regression task: 1/(2 sigma^2), starting at 0.5.
-    assert weights["depth"] == pytest.approx(float(rows[-1]["depth_weight"]), abs=1e-3)
+    # Validation runs after the last step, with the weights fixed: its mean is the final weight.
+    assert weights["depth"] == pytest.approx(float(rows[-1]["val_depth_weight"]), abs=1e-4)
 
     net = evaluate.load_trained_model(model_path)
     assert set(net.output) == set(TASKS)
@@ -236,14 +237,20 @@ def test_nan_loss_stops_training_naming_the_task_and_keeps_the_last_good_state(
     # The depth loss turns NaN from its 8th evaluation on: epoch 1 uses calls 1-3 (train) and 4-5
     # (validation), so training breaks at epoch 2, step 3.
     calls = tf.Variable(0, dtype=tf.int64, trainable=False)
-    depth_loss = trainer_lib.PER_EXAMPLE_LOSSES["depth"]
+    real_losses = trainer_lib.per_example_losses
 
-    def nan_from_the_8th_call(y, out):
-        loss = depth_loss(y, out)
-        count = calls.assign_add(1)
-        return tf.where(count >= 8, tf.fill(tf.shape(loss), float("nan")), loss)
+    def losses_with_nan_depth(model_config):
+        losses = real_losses(model_config)
+        depth_loss = losses["depth"]
 
-    monkeypatch.setitem(trainer_lib.PER_EXAMPLE_LOSSES, "depth", nan_from_the_8th_call)
+        def nan_from_the_8th_call(y, out):
+            loss = depth_loss(y, out)
+            count = calls.assign_add(1)
+            return tf.where(count >= 8, tf.fill(tf.shape(loss), float("nan")), loss)
+
+        return {**losses, "depth": nan_from_the_8th_call}
+
+    monkeypatch.setattr(trainer_lib, "per_example_losses", losses_with_nan_depth)
     out = tmp_path / "train"
     with pytest.raises(UserError) as raised:
         train_stage.run_training(tiny(tiny_config.run_root, "train.epochs=3"), out, verbose=0)

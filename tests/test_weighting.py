@@ -95,7 +95,7 @@ def test_gradnorm_moves_weight_towards_the_slower_task():
         grads = tape.gradient(total, variables)
         assert grads[-1] is None  # the network loss never trains the task weights directly
         weighting.observe(losses, present)
-        [(grads[-1], _)] = weighting.extra_gradients(tape, losses, present, shared.kernel, ONE)
+        [(grads[-1], _)] = weighting.extra_gradients(tape, losses, present, [shared.kernel], ONE)
         optimizer.apply(grads, variables)
         weighting.after_apply()
     w_a, w_b = weighting.task_weight.numpy()
