@@ -7,8 +7,14 @@ the model's input size, so training and evaluation share one path; evaluation pa
 Depth stays physically right: a flip or translation keeps metres, but a crop that is resized back up
 is a zoom, which makes everything look closer by the zoom factor. A pinhole camera that sees an
 object k times larger sees it as if it were k times nearer, so depth is divided by the zoom factor
-(the crop keeps the aspect ratio, so the zoom is the same on both axes). Masks and depth are resized
-with nearest-neighbour so class ids stay ids and sparse LiDAR depth is not smeared.
+(the crop keeps the aspect ratio, so the zoom is the same on both axes). Masks are resized
+nearest-neighbour so class ids stay ids; depth is never interpolated (no smeared LiDAR) and no
+measurement is lost when it shrinks (`resize_depth`).
+
+Ignore regions (KITTI DontCare, heavily occluded synthetic objects) travel with the boxes. The
+size protocol turns boxes shorter than `min_box_height` model-input pixels into ignore regions,
+the same way for training and evaluation: such objects are neither taught nor scored (KITTI's
+difficulty levels do the same with a minimum height).
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from pipeline.config import AugmentConfig
 # the detector should not be taught to find a sliver of a car.
 MIN_VISIBILITY = 0.3
 MIN_BOX_PIXELS = 2.0
+IGNORE_CLASS = -1  # label of ignore regions while they travel through albumentations with the boxes
 
 
 def _photometric(cfg: AugmentConfig) -> list:
@@ -44,34 +51,76 @@ def _crop_window(rng: np.random.Generator, height: int, width: int, cfg: Augment
     return (x0, y0, x0 + crop_w, y0 + crop_h), width / crop_w
 
 
+def resize_depth(depth: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
+    """Depth [H, W] (0 = none) -> out_size without interpolation and without losing measurements.
+
+    Nearest-neighbour alone keeps one source pixel per output cell, so shrinking sparse LiDAR
+    depth dropped most points (about two thirds at KITTI's 375 px -> 128 px). Output cells whose
+    nearest sample is empty take the nearest surface (smallest depth) among the measurements
+    that fall into them; cells that had a value keep it, so dense maps are plain nearest-neighbour.
+    """
+    height, width = depth.shape
+    out_h, out_w = out_size
+    out = cv2.resize(depth, (out_w, out_h), interpolation=cv2.INTER_NEAREST)
+    if (out_h, out_w) == (height, width):
+        return out
+    ys, xs = np.nonzero(depth > 0)
+    cells = np.minimum(ys * out_h // height, out_h - 1) * out_w + np.minimum(xs * out_w // width, out_w - 1)
+    holes = out.reshape(-1) <= 0
+    fill = holes[cells]
+    if not fill.any():
+        return out
+    nearest = np.full(out_h * out_w, np.inf, np.float32)
+    np.minimum.at(nearest, cells[fill], depth[ys[fill], xs[fill]])
+    filled = np.isfinite(nearest)
+    out = out.reshape(-1).copy()
+    out[filled] = nearest[filled]
+    return out.reshape(out_h, out_w)
+
+
 def augment(image: np.ndarray, segmentation: np.ndarray, depth: np.ndarray, boxes: np.ndarray,
             classes: np.ndarray, seed: int, out_size: tuple[int, int], cfg: AugmentConfig,
-            training: bool):
-    """Returns (image, segmentation, depth, boxes, classes) at `out_size` (height, width)."""
+            training: bool, ignore_boxes: np.ndarray | None = None, min_box_height: float = 0.0):
+    """Returns (image, segmentation, depth, boxes, classes, ignore_boxes) at `out_size` (height,
+    width); boxes shorter than min_box_height (output pixels) are moved to ignore_boxes."""
     height, width = image.shape[:2]
     rng = np.random.default_rng(seed)
-    transforms, zoom = [], 1.0
+    window, zoom, flip = (0, 0, width, height), 1.0, False
+    transforms = []
     if training and cfg.enabled:
-        (x0, y0, x1, y1), zoom = _crop_window(rng, height, width, cfg)
+        window, zoom = _crop_window(rng, height, width, cfg)
+        flip = bool(rng.random() < cfg.hflip)
         if zoom != 1.0:
+            x0, y0, x1, y1 = window
             transforms.append(A.Crop(x_min=x0, y_min=y0, x_max=x1, y_max=y1))
     transforms.append(A.Resize(out_size[0], out_size[1], interpolation=cv2.INTER_LINEAR,
                                mask_interpolation=cv2.INTER_NEAREST))
+    if flip:
+        transforms.append(A.HorizontalFlip(p=1.0))
     if training and cfg.enabled:
-        transforms.append(A.HorizontalFlip(p=cfg.hflip))
         transforms += _photometric(cfg)
     pipeline = A.Compose(
         transforms,
+        # Tiny boxes are kept here and turned into ignore regions below: dropped, they would be
+        # taught as background while evaluation ignores them.
         bbox_params=A.BboxParams(format="pascal_voc", label_fields=["classes"], clip=True,
-                                 min_visibility=MIN_VISIBILITY, min_width=MIN_BOX_PIXELS,
-                                 min_height=MIN_BOX_PIXELS),
-        additional_targets={"depth": "mask"},
+                                 min_visibility=MIN_VISIBILITY),
         seed=int(seed) % (2**32),
     )
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-    result = pipeline(image=image, mask=segmentation, depth=depth, bboxes=boxes,
-                      classes=np.asarray(classes, np.int32).reshape(-1))
+    classes = np.asarray(classes, np.int32).reshape(-1)
+    ignore = np.asarray(ignore_boxes if ignore_boxes is not None else np.zeros((0, 4)), np.float32).reshape(-1, 4)
+    # Ignore regions ride along as boxes of class -1, so every geometric step treats both alike.
+    result = pipeline(image=image, mask=segmentation, bboxes=np.concatenate([boxes, ignore]),
+                      classes=np.concatenate([classes, np.full(len(ignore), IGNORE_CLASS, np.int32)]))
     out_boxes = np.asarray(result["bboxes"], np.float32).reshape(-1, 4)
     out_classes = np.asarray(result["classes"], np.int32).reshape(-1)
-    out_depth = result["depth"].astype(np.float32) / np.float32(zoom)
-    return (result["image"], result["mask"].astype(np.uint8), out_depth, out_boxes, out_classes)
+    sizes = out_boxes[:, 2:] - out_boxes[:, :2]
+    small = (sizes[:, 1] < max(min_box_height, MIN_BOX_PIXELS)) | (sizes[:, 0] < MIN_BOX_PIXELS)
+    regular = (out_classes != IGNORE_CLASS) & ~small
+    x0, y0, x1, y1 = window
+    out_depth = resize_depth(np.asarray(depth, np.float32)[y0:y1, x0:x1], out_size) / np.float32(zoom)
+    if flip:
+        out_depth = out_depth[:, ::-1].copy()
+    return (result["image"], result["mask"].astype(np.uint8), out_depth, out_boxes[regular],
+            out_classes[regular], out_boxes[~regular])

@@ -60,7 +60,10 @@ class DataConfig:
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     image_size: tuple[int, int] = (128, 256)  # model input (height, width)
-    max_boxes: int = 32
+    max_boxes: int = 32  # box-list length of a training batch (the losses read dense maps, not the list)
+    # Size protocol: boxes shorter than this (model-input px) become ignore regions, in training and
+    # evaluation alike. 0 = every object counts.
+    min_box_height: float = 0.0
     cache: bool = True
     shuffle_buffer: int = 1024
     deterministic: bool = False

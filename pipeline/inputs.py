@@ -50,21 +50,23 @@ def _augment_and_resize(example: dict, seed: tf.Tensor, config: Config, training
     height, width = config.data.image_size
     cfg = config.data.augment
 
-    def run(image, segmentation, depth, boxes, classes, seed):
+    def run(image, segmentation, depth, boxes, classes, ignore_boxes, seed):
         return augment_lib.augment(image, segmentation, depth, boxes, classes, int(seed),
-                                   (height, width), cfg, training)
+                                   (height, width), cfg, training, ignore_boxes=ignore_boxes,
+                                   min_box_height=config.data.min_box_height)
 
     depth = tf.cast(example["depth"][..., 0], tf.float32) / storage.DEPTH_SCALE
-    image, segmentation, depth, boxes, classes = tf.numpy_function(
+    image, segmentation, depth, boxes, classes, ignore_boxes = tf.numpy_function(
         run, [example["image"], example["segmentation"][..., 0], depth, example["boxes"],
-              example["classes"], seed],
-        [tf.uint8, tf.uint8, tf.float32, tf.float32, tf.int32], stateful=False)
+              example["classes"], example["ignore_boxes"], seed],
+        [tf.uint8, tf.uint8, tf.float32, tf.float32, tf.int32, tf.float32], stateful=False)
     return {
         "image": tf.ensure_shape(image, [height, width, 3]),
         "segmentation": tf.ensure_shape(segmentation, [height, width]),
         "depth": tf.ensure_shape(depth, [height, width]),
         "boxes": tf.ensure_shape(boxes, [None, 4]),
         "classes": tf.ensure_shape(classes, [None]),
+        "ignore_boxes": tf.ensure_shape(ignore_boxes, [None, 4]),
     }
 
 
@@ -72,23 +74,21 @@ def _to_model_io(example: dict, resized: dict, config: Config, training: bool):
     """(x, y) of the batch contract: image for the model, targets and flags for the losses."""
     image_size = tuple(config.data.image_size)
     det = targets.encode_detection(resized["boxes"], resized["classes"], image_size, NUM_CLASSES)
-    boxes, classes = targets.pad_boxes(resized["boxes"], resized["classes"], config.data.max_boxes)
     y = {**det,
+         "det_ignore": targets.encode_ignore(resized["ignore_boxes"], image_size),
          "segmentation": tf.cast(resized["segmentation"], tf.int32),
-         "depth": resized["depth"],
-         "boxes": boxes,
-         "classes": classes}
+         "depth": resized["depth"]}
     for flag in schema.TASK_FLAGS.values():
         y[flag] = tf.cast(example[flag], tf.float32)
-    if not training:
-        # Evaluation also needs the example's name and ignore regions (KITTI DontCare), scaled.
-        src_h = tf.cast(tf.shape(example["image"])[0], tf.float32)
-        src_w = tf.cast(tf.shape(example["image"])[1], tf.float32)
-        scale = tf.stack([image_size[1] / src_w, image_size[0] / src_h] * 2)
-        ignore, _ = targets.pad_boxes(example["ignore_boxes"] * scale,
-                                      tf.zeros_like(example["ignore_boxes"][:, 0], tf.int32),
-                                      config.data.max_boxes)
-        y["ignore_boxes"] = ignore
+    if training:
+        # Fixed-size box lists keep the training batch static (XLA); the losses use the maps above.
+        y["boxes"], y["classes"] = targets.pad_boxes(resized["boxes"], resized["classes"],
+                                                     config.data.max_boxes)
+    else:
+        # Evaluation keeps every box and ignore region (padded per batch, see make_dataset), and
+        # the example's name.
+        y["boxes"], y["classes"] = resized["boxes"], resized["classes"]
+        y["ignore_boxes"] = resized["ignore_boxes"]
         y["key"] = example["key"]
     x = {"image": tf.cast(resized["image"], tf.float32)}
     return x, y
@@ -112,6 +112,10 @@ def _alternate_tasks(batch_index, x, y, tasks: list[str]):
         flag = schema.TASK_FLAGS[task]
         y[flag] = y[flag] * tf.cast(tf.equal(active, i), tf.float32)
     return x, y
+
+
+def _zero(spec: tf.TensorSpec) -> tf.Tensor:
+    return tf.constant("" if spec.dtype == tf.string else 0, spec.dtype)
 
 
 def make_dataset(config: Config, split: str, training: bool, batch_size: int | None = None,
@@ -150,7 +154,16 @@ def make_dataset(config: Config, split: str, training: bool, batch_size: int | N
         return _to_model_io(example, resized, config, training)
 
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=config.data.deterministic or None)
-    ds = ds.batch(batch_size, drop_remainder=training)
+    if training:
+        ds = ds.batch(batch_size, drop_remainder=True)
+    else:
+        # Box lists padded to the batch's longest (class -1 marks padding): a frame with more
+        # objects than data.max_boxes is scored on all of them.
+        x_spec, y_spec = ds.element_spec
+        padding = ({key: _zero(spec) for key, spec in x_spec.items()},
+                   {key: tf.constant(-1, spec.dtype) if key == "classes" else _zero(spec)
+                    for key, spec in y_spec.items()})
+        ds = ds.padded_batch(batch_size, padding_values=padding)
     if training and config.data.schedule == "alternating":
         ds = ds.enumerate().map(lambda i, xy: _alternate_tasks(i, xy[0], xy[1], config.model.tasks))
     return ds.prefetch(AUTOTUNE).with_options(_options(config))

@@ -47,6 +47,23 @@ def encode_detection(boxes: tf.Tensor, classes: tf.Tensor, image_size: tuple[int
     }
 
 
+def encode_ignore(ignore_boxes: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """ignore_boxes [R,4] model-input pixels -> [h, w] float 1 where a stride-4 cell overlaps one.
+
+    The detection loss takes no negative term there (models.detection.focal_loss), just as
+    evaluation counts no false positive there.
+    """
+    out_h, out_w = image_size[0] // STRIDE, image_size[1] // STRIDE
+    boxes = tf.reshape(tf.cast(ignore_boxes, tf.float32), [-1, 4]) / STRIDE
+    xs = tf.range(out_w, dtype=tf.float32)
+    ys = tf.range(out_h, dtype=tf.float32)
+    in_x = (boxes[:, 0:1] < xs[None, :] + 1.0) & (boxes[:, 2:3] > xs[None, :])  # [R, W]
+    in_y = (boxes[:, 1:2] < ys[None, :] + 1.0) & (boxes[:, 3:4] > ys[None, :])  # [R, H]
+    inside = tf.cast(in_y[:, :, None] & in_x[:, None, :], tf.float32)  # [R, H, W]
+    # max over no regions is -inf: a frame without ignore regions must give zeros.
+    return tf.reshape(tf.maximum(tf.reduce_max(inside, axis=0), 0.0), [out_h, out_w])
+
+
 def pad_boxes(boxes: tf.Tensor, classes: tf.Tensor, max_boxes: int) -> tuple[tf.Tensor, tf.Tensor]:
     """Fixed-size box lists for batching: first `max_boxes` boxes, padded with class -1."""
     boxes = tf.reshape(boxes, [-1, 4])[:max_boxes]

@@ -326,8 +326,9 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
     global_batch = config.train.batch_size * strategy.num_replicas_in_sync
     train_ds = inputs.make_dataset(config, "train", training=True, batch_size=global_batch)
     val_ds = inputs.make_dataset(config, "validation", training=False, batch_size=global_batch)
-    # Evaluation batches carry names and ignore boxes the losses do not use.
-    val_ds = val_ds.map(lambda x, y: (x, {k: v for k, v in y.items() if k not in ("key", "ignore_boxes")}))
+    # Evaluation batches carry names and box lists (of varying length) that the losses do not use.
+    unused = ("key", "ignore_boxes", "boxes", "classes")
+    val_ds = val_ds.map(lambda x, y: (x, {k: v for k, v in y.items() if k not in unused}))
     # Never ask for more validation batches than the split has: Keras would warn that the input
     # ran out and later epochs could validate on nothing (no val_task_loss_sum, no checkpoint).
     val_examples = sum(inputs.split_size(config, source, "validation") for source in config.data.sources)
