@@ -9,7 +9,7 @@ CLIP ?=
 # Quieter TensorFlow logs; the stages print their own progress.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install run data preview train evaluate baselines export clip bench test test-all clean
+.PHONY: install run data preview train evaluate baselines ablate export clip bench test test-all clean
 
 install: $(STAMP)
 
@@ -24,7 +24,7 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 run: $(STAMP)
 	$(PY) -m pipeline run --config $(CONFIG) $(ARGS)
 
-data preview train evaluate baselines export bench: $(STAMP)
+data preview train evaluate baselines ablate export bench: $(STAMP)
 	$(PY) -m pipeline $@ --config $(CONFIG) $(ARGS)
 
 clip: $(STAMP)

@@ -21,6 +21,7 @@ STAGES = {
     "train": ("pipeline.train", "train the multi-task model"),
     "evaluate": ("pipeline.evaluate", "metrics.json, report.md and plots on the validation split"),
     "baselines": ("pipeline.baselines", "single-task baselines and weighting strategies, same budget"),
+    "ablate": ("pipeline.ablation", "learning-efficiency study: variants at the same wall-clock budget"),
     "export": ("pipeline.export", "SavedModel + TFLite float32/float16/int8 with parity checks"),
     "predict": ("pipeline.predict", "annotate images with any exported model"),
     "clip": ("pipeline.clip", "annotated video, per-frame results and stability on dashcam clips"),
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     stages["clip"].add_argument("--input", help="video file or folder of videos (default: synthetic clip)")
     stages["clip"].add_argument("--out", help="output folder (default: runs/<experiment>/clips)")
     stages["bench"].add_argument("--quick", action="store_true", help="a reduced run of about a minute")
+    stages["ablate"].add_argument("--variants", help="YAML of variant name -> overrides (default: configs/ablation.yaml)")
+    stages["ablate"].add_argument("--minutes", type=float, help="training minutes per variant (default 4)")
     stages["train"].add_argument("--out", help="run folder to train into (default: runs/<experiment>)")
     return parser
 
