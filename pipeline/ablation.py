@@ -2,8 +2,9 @@
 
 Every variant (a list of config overrides, read from a YAML file: configs are data) trains for the
 same wall-clock budget: its step time is measured first on its own input pipeline (a few steps
-after the trace), its step count is budget / step time, and its learning-rate schedule (warm-up
-share included) is laid over exactly those steps. Each model is then scored on the validation
+after the trace, as CPU time / cores, see measure_step_seconds), its step count is budget / step
+time, and its learning-rate schedule (warm-up share included) is laid over exactly those steps.
+The budget covers the optimisation steps; tracing and the per-epoch validation come on top. Each model is then scored on the validation
 split (never the test split: this study chooses defaults). Writes, under runs/<experiment>/ablation/:
   <variant>/            the variant's train folder (model.keras, history.csv, ...)
   ablation.json         per variant: overrides, step time, steps, budget, metrics, Delta vs reference
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import pathlib
 import shutil
 import time
@@ -53,8 +55,15 @@ def read_variants(path: pathlib.Path) -> dict[str, list[str]]:
     return out
 
 
-def measure_step_seconds(config: Config) -> float:
-    """Median wall time of one training step of `config` (its own data, model and optimizer)."""
+def measure_step_seconds(config: Config) -> tuple[float, float]:
+    """(step cost in seconds, median wall seconds) of one training step of `config` (its own data,
+    model and optimizer).
+
+    The cost is the process's CPU time per step (every thread: TensorFlow's and the input
+    pipeline's) divided by the core count: what the step takes on a quiet machine whose cores it
+    keeps busy, and unlike wall time it does not grow when other work shares the machine, so
+    variants measured at different moments get the same budget.
+    """
     from models import multitask
     from pipeline import devices, inputs
 
@@ -63,20 +72,21 @@ def measure_step_seconds(config: Config) -> float:
     trainer = multitask.MultiTaskTrainer(net, config.model, config.train)
     trainer.compile(optimizer=multitask.make_optimizer(config.train, 1000),
                     jit_compile=devices.resolve_jit(config.train.jit_compile))
-    times = []
+    cpu, wall = [], []
 
     class Timer(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
-            self.start = time.perf_counter()
+            self.start = (time.process_time(), time.perf_counter())
 
         def on_train_batch_end(self, batch, logs=None):
-            if batch >= 2:
-                times.append(time.perf_counter() - self.start)
+            if batch >= 2:  # the first steps trace and warm up
+                cpu.append(time.process_time() - self.start[0])
+                wall.append(time.perf_counter() - self.start[1])
 
     dataset = inputs.make_dataset(config, "train", training=True)
     trainer.fit(dataset, epochs=1, steps_per_epoch=PROBE_STEPS + 2, callbacks=[Timer()], verbose=0)
     keras.backend.clear_session()
-    return float(np.median(times))
+    return float(np.median(cpu)) / (os.cpu_count() or 1), float(np.median(wall))
 
 
 def budgeted(config_path, overrides: list[str], config: Config, step_seconds: float,
@@ -143,7 +153,7 @@ def write_table(results: dict, reference: str, budget_minutes: float, machine: s
     lines = [f"# Learning-efficiency study: {budget_minutes:g} training minutes per variant",
              "", f"Machine: {machine}. Validation split; Delta = % change against `{reference}` "
              "(positive = better; AbsRel's sign flipped).", "",
-             "| variant | overrides | step s | steps | mAP50 | mIoU | AbsRel | Delta det / seg / depth | mean Delta |",
+             "| variant | overrides | step s (CPU / cores) | steps | mAP50 | mIoU | AbsRel | Delta det / seg / depth | mean Delta |",
              "|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(value, digits=3):
@@ -192,17 +202,18 @@ def run_study(config_path, base_overrides: list[str], variants: dict[str, list[s
             continue
         shutil.rmtree(folder, ignore_errors=True)  # a stale or unfinished variant starts afresh
         print(f"ablate: {name}: measuring the step time ({' '.join(own) or 'the config'})", flush=True)
-        step_seconds = measure_step_seconds(variant)
+        step_seconds, step_wall = measure_step_seconds(variant)
         trained = budgeted(config_path, overrides, variant, step_seconds, budget_seconds)
         total = trained.train.epochs * trained.train.steps_per_epoch
-        print(f"ablate: {name}: {step_seconds:.3f} s/step -> {total} steps in {budget_seconds / 60:g} min",
-              flush=True)
+        print(f"ablate: {name}: {step_seconds:.3f} s/step (CPU time / cores; wall {step_wall:.3f} s) -> "
+              f"{total} steps in {budget_seconds / 60:g} min", flush=True)
         start = time.perf_counter()
         model_path = run_training(trained, folder, verbose=verbose)
         wall = time.perf_counter() - start
         metrics = evaluate_model(trained, load_trained_model(model_path), "validation")
         keras.backend.clear_session()
-        results[name] = {"key": key, "overrides": own, "step_seconds": step_seconds, "steps": total,
+        results[name] = {"key": key, "overrides": own, "step_seconds": step_seconds,
+                         "step_wall_seconds": step_wall, "steps": total,
                          "train_wall_seconds": wall, "headline": headline(metrics)}
         _finish(results, reference)
         _write(results, reference, budget_seconds, study_dir)

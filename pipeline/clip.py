@@ -454,7 +454,7 @@ def _run(predictor, source: VideoSource, labels, staging: pathlib.Path, config, 
     clip_config = config.clip
     threshold = float(score_threshold if score_threshold is not None else
                       getattr(clip_config, "score_threshold", SCORE_THRESHOLD))
-    max_depth = float(config.evaluate.max_depth)
+    max_depth = float(config.model.max_depth)
     tasks = tuple(getattr(predictor, "tasks", ()))
     model_hw = tuple(int(v) for v in predictor.input_size)
     if min(model_hw) <= 0:  # a SavedModel without our metadata: it resizes frames itself

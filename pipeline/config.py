@@ -84,7 +84,7 @@ class ModelConfig:
     sharing: str = "hard"
     soft_sharing_beta: float = 1e-3
     top_k: int = 50
-    max_depth: float = 80.0
+    max_depth: float = 80.0  # the depth output's range, and the range depth is trained and scored on
     min_depth: float = 0.5
 
 
@@ -111,7 +111,6 @@ class TrainConfig:
 
 @dataclass
 class EvaluateConfig:
-    max_depth: float = 80.0
     split: str = "validation"
     max_examples: int | None = None
     grid_frames: int = 6

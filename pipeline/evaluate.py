@@ -168,7 +168,7 @@ def new_evaluators(config: Config, tasks: list[str]) -> dict:
         "detection": lambda: DetectionEvaluator(schema.DETECTION_CLASSES),
         "segmentation": lambda: SegmentationEvaluator(len(schema.SEGMENTATION_CLASSES), schema.IGNORE,
                                                       schema.SEGMENTATION_CLASSES),
-        "depth": lambda: DepthEvaluator(max_depth=config.evaluate.max_depth),
+        "depth": lambda: DepthEvaluator(max_depth=config.model.max_depth),
     }
     return {task: makers[task]() for task in tasks}
 
@@ -273,7 +273,7 @@ def _evaluate(config: Config, model, split: str, sources=None, max_examples=None
         frames = frames or source_frames
     primary = sources[0].name
     metrics = {"split": split, "image_size": list(config.data.image_size), "tasks": tasks,
-               "top_k": config.model.top_k, "score_floor": SCORE_FLOOR, "max_depth": config.evaluate.max_depth,
+               "top_k": config.model.top_k, "score_floor": SCORE_FLOOR, "max_depth": config.model.max_depth,
                "max_examples": max_examples, "primary_source": primary, "sources": per_source}
     # Top level = the first (or only) source, so single-source consumers read metrics[task] directly.
     for task in TASKS:

@@ -153,7 +153,7 @@ def run_predict(model: str, images: list[str], out_dir: pathlib.Path, max_depth:
 
 def main(config: Config, args) -> pathlib.Path:
     out_dir = pathlib.Path(args.out) if getattr(args, "out", None) else config.run_dir / "predict"
-    result = run_predict(args.model, args.images, out_dir, max_depth=config.evaluate.max_depth)
+    result = run_predict(args.model, args.images, out_dir, max_depth=config.model.max_depth)
     for record in result["images"]:
         found = len(record.get("detections", []))
         extra = f", resized to {record['model_input_size']}" if record["resized"] else ""

@@ -343,7 +343,7 @@ def write_markdown(out_dir: pathlib.Path, metrics: dict, config: Config, history
 def write_report(out_dir: pathlib.Path, metrics: dict, config: Config, frames=None, history_csv=None) -> pathlib.Path:
     """All plots, then report.md, into out_dir."""
     from pipeline import plots
-    plots.make_plots(out_dir, metrics, config.evaluate.max_depth, frames=frames, history_csv=history_csv)
+    plots.make_plots(out_dir, metrics, config.model.max_depth, frames=frames, history_csv=history_csv)
     return write_markdown(out_dir, metrics, config, history_csv)
 
 

@@ -164,7 +164,7 @@ def test_synthetic_clip_with_labels_gets_metrics(tmp_path):
     assert metrics["frames"] == 5
     assert {"detection", "segmentation", "depth"} <= set(metrics)
     assert metrics["segmentation"]["examples"] == 5 and "mIoU" in metrics["segmentation"]
-    assert metrics["depth"]["max_depth"] == config_for(tmp_path).evaluate.max_depth
+    assert metrics["depth"]["max_depth"] == config_for(tmp_path).model.max_depth
     assert "mAP50" in metrics["detection"]
 
 

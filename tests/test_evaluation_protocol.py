@@ -73,3 +73,36 @@ def test_confident_detections_inside_an_ignore_region_cost_nothing():
     ignore[0, 2:4, 2:4] = 1.0
     ignored = float(focal_loss(heat, logits, ignore)[0])
     assert background > 1.0 and ignored < 1e-6
+
+
+def test_depth_is_trained_and_scored_on_the_same_pixels():
+    from models.depth import depth_loss, valid_depth
+    from pipeline.config import ModelConfig
+    from pipeline.evaluate import new_evaluators
+
+    config = tiny("/tmp/unused-run-root")
+    assert config.model.max_depth == ModelConfig().max_depth
+    gt = np.array([[[0.0, 0.004, 5.0, 79.9, 80.0, 80.1, 120.0, 250.0]]], np.float32)
+    evaluator = new_evaluators(config, ["depth"])["depth"]
+    evaluator.add(gt, np.full_like(gt, 10.0))
+    trained = int(np.sum(valid_depth(gt, config.model.max_depth)))
+    assert evaluator.result()["pixels"] == trained == 4  # 0.004, 5, 79.9 and 80 m
+    # Pixels past the range do not move the loss: a far pixel cannot bias the others.
+    near = gt.copy()
+    near[gt > config.model.max_depth] = 0.0
+    pred = np.full(gt.shape + (1,), 12.0, np.float32)
+    np.testing.assert_allclose(depth_loss(gt, pred, config.model.max_depth),
+                               depth_loss(near, pred, config.model.max_depth), rtol=1e-6)
+
+
+def test_far_depth_learns_as_fast_as_near_depth():
+    from models.depth import LogDepth
+
+    layer = LogDepth(0.5, 80.0)
+    for metres in (6.0, 60.0, 200.0):
+        raw = tf.Variable([[np.log(metres) - 0.5 * (np.log(0.5) + np.log(80.0))]], dtype=tf.float32)
+        with tf.GradientTape() as tape:
+            log_depth = tf.math.log(layer(raw))
+        # d log(depth) / d raw = 1 at any distance (straight through the clip past the range).
+        assert float(tape.gradient(log_depth, raw)) == pytest.approx(1.0, rel=1e-5), metres
+    assert float(layer(tf.constant([[50.0]]))) == pytest.approx(80.0, rel=1e-5)
