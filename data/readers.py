@@ -23,15 +23,14 @@ import cv2
 import numpy as np
 
 from data.schema import BadExample, validate
-from pipeline.errors import UserError
-
-SOURCES = ("kitti", "cityscapes", "camvid", "bdd100k")
+from data.errors import UserError
+from data.vocabulary import REAL_SOURCES
 
 
 def get(name: str) -> ModuleType:
     """The reader module for a source name. Imported on demand so readers may import this module."""
-    if name not in SOURCES:
-        raise UserError(f"unknown data source {name!r}; choose one of {', '.join(SOURCES)}")
+    if name not in REAL_SOURCES:
+        raise UserError(f"unknown data source {name!r}; choose one of {', '.join(REAL_SOURCES)}")
     return importlib.import_module(f"data.{name}")
 
 

@@ -17,9 +17,9 @@ import urllib.error
 import keras
 
 from models.blocks import conv_bn_act, fused_block, inverted_residual
-from pipeline.errors import UserError
+from data.errors import UserError
+from data.vocabulary import BACKBONES
 
-BACKBONES = ("builtin", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnetv2_b0")
 LEVELS = (1, 2, 3, 4, 5)
 # Built-in stages (strides 4, 8, 16, 32): (block type, blocks). Dense "fused" convs where the maps
 # are large (cheap on CPU and under XLA), depthwise inverted residuals where channels are many.

@@ -8,8 +8,13 @@ import pathlib
 
 import numpy as np
 
-from pipeline import bench_timing as timing
+from data import synthetic_clip
+from models import multitask
+from pipeline.bench import timing
+from pipeline import trained
 from pipeline.config import Config
+from pipeline.deploy import export, parity, runtimes
+from pipeline.video import clip as clip_loop
 
 
 def forward_function(model, image_size, batch: int = 1):
@@ -33,10 +38,7 @@ def forward_function(model, image_size, batch: int = 1):
 # --------------------------------------------------------------------------- 3. one model vs three
 def one_vs_three(config: Config, net, rounds: int, calls: int):
     """Prepares (nets, traced forward passes, FLOPs); returns (measure() -> section, multi forward, FLOPs)."""
-    from models import multitask
-    from pipeline import serving
-
-    size, tasks = serving.net_input_size(net), serving.net_tasks(net)
+    size, tasks = trained.input_size(net), trained.tasks(net)
     singles = {task: multitask.build_model(dataclasses.replace(config.model, tasks=[task]), size) for task in tasks}
     multi = forward_function(net, size)
     single_calls = [forward_function(model, size) for model in singles.values()]
@@ -73,13 +75,11 @@ def one_vs_three(config: Config, net, rounds: int, calls: int):
 
 # ------------------------------------------------------------------------------- 4. deployment
 def export_files(config: Config, folder: pathlib.Path) -> dict[str, pathlib.Path]:
-    from pipeline import export
     return {fmt: folder / name for fmt, name in export.FILES.items()}
 
 
 def temp_export(config: Config, data_config: Config, net, folder: pathlib.Path, frames: int) -> dict:
     """SavedModel + the three TFLite files of `net` into `folder`, with the export stage's own functions."""
-    from pipeline import export
     folder.mkdir(parents=True, exist_ok=True)
     paths = export_files(config, folder)
     export.write_saved_model(net, paths["saved_model"], config.model.top_k)
@@ -93,16 +93,14 @@ def temp_export(config: Config, data_config: Config, net, folder: pathlib.Path, 
 
 def deployment(config: Config, keras_path: pathlib.Path, paths: dict, source: str, rounds: int, calls: int):
     """Loads and warms every format's predictor; returns measure() -> section."""
-    from pipeline import export, runtimes
-
     threads = os.cpu_count() or 1
     paths = {"keras": keras_path, **paths}
     predictors = {fmt: runtimes.load_predictor(paths[fmt], num_threads=threads if fmt.startswith("tflite") else None,
-                                               top_k=config.model.top_k) for fmt in export.FORMATS}
+                                               top_k=config.model.top_k) for fmt in runtimes.FORMATS}
     size = tuple(predictors["keras"].input_size)
     frame = np.random.default_rng(0).integers(0, 256, (1, *size, 3), dtype=np.uint8)
     for predictor in predictors.values():
-        for _ in range(export.WARMUP_RUNS):
+        for _ in range(parity.WARMUP_RUNS):
             predictor.predict(frame)
     invokes = {fmt: _invoke(paths[fmt], threads) for fmt in export.TFLITE_FORMATS}
     runners = {fmt: (lambda p=p: timing.timed(lambda: p.predict(frame), calls)) for fmt, p in predictors.items()}
@@ -113,7 +111,7 @@ def deployment(config: Config, keras_path: pathlib.Path, paths: dict, source: st
         invoke = {fmt: samples.pop(f"{fmt} invoke") for fmt in invokes}
         invoke_f32 = timing.median(invoke["tflite-float32"])
         f32, keras_s = timing.median(samples["tflite-float32"]), timing.median(samples["keras"])
-        rows = {fmt: {**timing.stats(times), "size_kb": export.size_bytes(paths[fmt]) / 1024.0,
+        rows = {fmt: {**timing.stats(times), "size_kb": parity.size_bytes(paths[fmt]) / 1024.0,
                       "speedup_vs_keras": keras_s / timing.median(times),
                       "speedup_vs_tflite_float32": f32 / timing.median(times),
                       "threads": threads if fmt.startswith("tflite") else "TF default"}
@@ -123,7 +121,7 @@ def deployment(config: Config, keras_path: pathlib.Path, paths: dict, source: st
                            f"({size[0]}x{size[1]}; decoding and (de)quantisation included, no resize), and for "
                            f"the TFLite files also the bare LiteRT interpreter's invoke(); {rounds} rounds "
                            f"alternating all of them, {calls} calls each; median and p90; warm-up "
-                           f"{export.WARMUP_RUNS} calls each (invoke: 3); TFLite with {threads} threads "
+                           f"{parity.WARMUP_RUNS} calls each (invoke: 3); TFLite with {threads} threads "
                            f"(XNNPACK, LiteRT's default delegate)."),
                 "source": source, "formats": rows,
                 "int8_speedup_vs_float32": f32 / timing.median(samples["tflite-int8"]),
@@ -184,16 +182,12 @@ def limit(flops_per_frame: int, forward_b1, forward_batch, batch: int, train_ste
 # ------------------------------------------------------------------------------------ 6. clip stage
 def clip(config: Config, keras_path: pathlib.Path, folder: pathlib.Path, frames: int, repeats: int):
     """Renders the 720p clip and loads the Keras predictor; returns measure() -> section."""
-    from data import synthetic_clip
-    from pipeline import clip as clip_stage
-    from pipeline import runtimes
-
     video = synthetic_clip.render_clip(folder, "bench_720p", seed=config.seed + 2000, frames=frames,
                                        height=720, width=1280, fps=12)
     predictor = runtimes.load_predictor(keras_path, top_k=config.model.top_k)
 
     def measure() -> dict:
-        runs = [clip_stage.process_clip(predictor, video, folder / f"out-{i}", config, progress=False)
+        runs = [clip_loop.process_clip(predictor, video, folder / f"out-{i}", config, progress=False)
                 for i in range(repeats)]
         ratios = [run["fps_end_to_end"] / run["fps_model"] for run in runs]
         last = runs[-1]

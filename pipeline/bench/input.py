@@ -1,12 +1,11 @@
-"""`bench-input` stage: examples per second the training input pipeline delivers (augmentation on)."""
+"""Input pipeline speed (the bench-input stage): examples per second the training input pipeline delivers (augmentation on)."""
 from __future__ import annotations
 
-import json
 import math
 import time
 
-from pipeline import inputs
 from pipeline.config import Config
+from pipeline.inputs import dataset as inputs
 
 
 def measure(config: Config, batches: int = 40, warmup: int | None = None) -> dict:
@@ -27,13 +26,3 @@ def measure(config: Config, batches: int = 40, warmup: int | None = None) -> dic
     return {"examples_per_second": batches * batch / seconds, "batches": batches, "batch_size": batch,
             "warmup_batches": warmup, "image_size": list(config.data.image_size),
             "augmentation": config.data.augment.enabled}
-
-
-def main(config: Config, args=None) -> dict:
-    result = measure(config)
-    out = config.run_dir / "bench_input.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"bench-input: {result['examples_per_second']:.1f} examples/s "
-          f"(batch {result['batch_size']}, {result['batches']} batches after {result['warmup_batches']} warm-up)")
-    return result

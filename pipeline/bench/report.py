@@ -1,18 +1,32 @@
 """BENCH.md: the bench's results as tables a person reads (and the README's performance section)."""
 from __future__ import annotations
 
-# (target name, where the value is, goal text, test)
-TARGETS = [
-    ("training fed by the pipeline / on held batches", ("1", "fed_over_held"), ">= 0.9", lambda v: v >= 0.9),
-    ("multi-task latency / three single-task nets", ("3", "latency_ratio"), "<= 0.45", lambda v: v <= 0.45),
-    ("multi-task parameters / three single-task nets", ("3", "params_ratio"), "<= 0.45", lambda v: v <= 0.45),
-    ("TFLite int8 speed-up over TFLite float32", ("4", "int8_speedup_vs_float32"), ">= 2.0", lambda v: v >= 2.0),
+# The sections' keys in bench.json (numbers: the order they appear in BENCH.md).
+INPUT_VS_STEP = "1"  # input pipeline vs train step
+TRAIN_STEP = "2"  # train step: XLA, precision, task weighting
+ONE_VS_THREE = "3"  # one multi-task model vs three single-task models
+DEPLOYMENT = "4"  # deployment formats
+LIMIT = "5"  # fraction of the machine's matmul peak
+CLIP = "6"  # clip stage at 720p
+SCALING = "7"  # scaling with input size and batch
+SECTIONS = (INPUT_VS_STEP, TRAIN_STEP, ONE_VS_THREE, DEPLOYMENT, LIMIT, CLIP, SCALING)
+
+# Speed goals: (goal name, where the value is, goal text, test)
+SPEED_GOALS = [
+    ("training fed by the pipeline / on held batches", (INPUT_VS_STEP, "fed_over_held"), ">= 0.9",
+     lambda v: v >= 0.9),
+    ("multi-task latency / three single-task nets", (ONE_VS_THREE, "latency_ratio"), "<= 0.45", lambda v: v <= 0.45),
+    ("multi-task parameters / three single-task nets", (ONE_VS_THREE, "params_ratio"), "<= 0.45",
+     lambda v: v <= 0.45),
+    ("TFLite int8 speed-up over TFLite float32", (DEPLOYMENT, "int8_speedup_vs_float32"), ">= 2.0",
+     lambda v: v >= 2.0),
 ]
 
 
-def targets(sections: dict) -> list[dict]:
+def speed_goals(sections: dict) -> list[dict]:
+    """Each speed goal against its measured value (bench.json's "targets")."""
     rows = []
-    for name, (section, key), goal, test in TARGETS:
+    for name, (section, key), goal, test in SPEED_GOALS:
         value = sections.get(section, {}).get(key)
         status = "not measured" if value is None else ("met" if test(value) else "missed")
         source = sections.get(section, {})
@@ -37,7 +51,7 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return lines
 
 
-def _s1(s):
+def _input_vs_step(s):
     st = s["samples_ms"]
     median = {k: f"median {'batch' if k == 'pipeline' else 'step'} {number(v['median_ms'])} ms" for k, v in st.items()}
     return _table(["measure", "value", "how"], [
@@ -54,7 +68,7 @@ def _s1(s):
          "held CPU / (held CPU + pipeline CPU per batch)"]])
 
 
-def _s2(s):
+def _train_step(s):
     rows = []
     for name, v in s["variants"].items():
         rows.append([name, v["weighting"], v["precision"], "on" if v["jit"] else "off", v["step_ms"]["median_ms"],
@@ -64,7 +78,7 @@ def _s2(s):
                    "step time / reference", "first step s (trace)", "peak RSS MB"], rows)
 
 
-def _s3(s):
+def _one_vs_three(s):
     lat, p, f = s["latency_ms"], s["params"], s["flops"]
     return _table(["", "multi-task", f"three single-task ({', '.join(s['tasks'])})", "multi / three"], [
         ["latency ms, batch 1 (median)", lat["multi"]["median_ms"], lat["three"]["median_ms"], s["latency_ratio"]],
@@ -73,7 +87,7 @@ def _s3(s):
         ["GFLOPs per frame", f["multi"] / 1e9, f["three"] / 1e9, s["flops_ratio"]]])
 
 
-def _s4(s):
+def _deployment(s):
     rows = [[fmt, v["size_kb"], v["median_ms"], v["p90_ms"], v["speedup_vs_keras"], v["speedup_vs_tflite_float32"],
              str(v["threads"])] for fmt, v in s["formats"].items()]
     rows += [[f"{fmt} (invoke only)", "-", v["median_ms"], v["p90_ms"], "-", v["speedup_vs_tflite_float32"],
@@ -85,7 +99,7 @@ def _s4(s):
             f"Files: {s['source']}."]
 
 
-def _s5(s):
+def _limit(s):
     rows = [["peak: float32 matmul", s["peak_gflops"], 1.0]]
     rows += [[name.replace("_", " "), s["achieved_gflops"][name], s["fraction_of_peak"][name]]
              for name in s["achieved_gflops"]]
@@ -93,7 +107,7 @@ def _s5(s):
         "", f"forward pass: {number(s['forward_gflops_per_frame'], 3)} GFLOPs per frame"]
 
 
-def _s6(s):
+def _clip(s):
     sec = s["seconds_last_run"]
     stages = ", ".join(f"{k} {number(v)}" for k, v in sec.items())
     return _table(["fps model", "fps end to end", "end to end / model"],
@@ -101,7 +115,7 @@ def _s6(s):
         "", f"seconds per stage (last run; reader, writer and encoder threads overlap inference): {stages}"]
 
 
-def _s7(s):
+def _scaling(s):
     rows = [[name, f"{v['image_size'][0]}x{v['image_size'][1]}", v["batch_size"], v["step_ms"]["median_ms"],
              v["images_per_s"], v["step_time_vs_config"], v["peak_rss_mb"], v["training_rss_mb"]]
             for name, v in s["settings"].items()]
@@ -109,7 +123,8 @@ def _s7(s):
                    "peak RSS MB", "RSS added by training MB"], rows)
 
 
-RENDER = {"1": _s1, "2": _s2, "3": _s3, "4": _s4, "5": _s5, "6": _s6, "7": _s7}
+RENDER = {INPUT_VS_STEP: _input_vs_step, TRAIN_STEP: _train_step, ONE_VS_THREE: _one_vs_three, DEPLOYMENT: _deployment,
+          LIMIT: _limit, CLIP: _clip, SCALING: _scaling}
 
 
 def markdown(results: dict) -> str:

@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import os
 import platform
-import time
 from typing import Callable
 
 import numpy as np
 
+from pipeline.timing import median_p90, timed_ms
+
 
 def timed(fn: Callable[[], object], calls: int) -> list[float]:
     """Seconds of each of `calls` calls of fn (fn must block until its work is done)."""
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+    return [ms / 1000.0 for ms in timed_ms(fn, calls)]
 
 
 def alternate(runners: dict[str, Callable[[], list[float]]], rounds: int) -> dict[str, list[float]]:
@@ -40,8 +36,7 @@ def alternate(runners: dict[str, Callable[[], list[float]]], rounds: int) -> dic
 def stats(seconds: list[float]) -> dict:
     """median / p90 in milliseconds and the number of samples."""
     values = np.asarray(seconds, np.float64) * 1000.0
-    return {"median_ms": float(np.median(values)), "p90_ms": float(np.percentile(values, 90)),
-            "samples": int(values.size)}
+    return {**median_p90(values), "samples": int(values.size)}
 
 
 def median(seconds: list[float]) -> float:

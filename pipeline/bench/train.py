@@ -9,9 +9,11 @@ from __future__ import annotations
 import math
 import time
 
-from pipeline import bench_timing as timing
-from pipeline import bench_worker, devices
+from pipeline.bench import timing
+from pipeline.bench import worker as bench_worker
 from pipeline.config import Config
+from pipeline.inputs import dataset as inputs
+from pipeline.training import devices
 
 
 # ------------------------------------------------------------------------- 1. input pipeline
@@ -28,7 +30,6 @@ class InputBench:
     untimed step. CPU time (all threads of the process) is counted per run kind."""
 
     def __init__(self, config: Config, held: int = 4, fresh_warmup: int = 4):
-        from pipeline import inputs
         self.config, self.held_count, self.fresh_warmup = config, held, fresh_warmup
         self.batch = config.train.batch_size
         self.precision = devices.resolve_precision(config.train.precision)

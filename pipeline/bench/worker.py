@@ -9,7 +9,7 @@ then it tells one at a time to run steps (the others wait on stdin, idle), rotat
 Protocol (lines): the worker prints `@bench {json}` on stdout when ready (trace seconds, RSS before
 the first step), answers `run N` with the N step times and `quit` with its peak memory (VmHWM).
 
-    python -m pipeline.bench_worker '{"config": "cfg.yaml", "overrides": [...], "jit": false,
+    python -m pipeline.bench.worker '{"config": "cfg.yaml", "overrides": [...], "jit": false,
                                       "precision": "float32", "batches": 2}'
 """
 from __future__ import annotations
@@ -21,6 +21,10 @@ import subprocess
 import sys
 import threading
 import time
+
+from models import multitask
+from pipeline.config import load_config
+from pipeline.inputs import dataset as inputs
 
 PREFIX = "@bench "
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -47,7 +51,6 @@ def held_batches(config, count: int):
     the pipeline is then dropped, so its buffers are not part of the step's memory or CPU time."""
     import tensorflow as tf
 
-    from pipeline import inputs
     iterator = iter(inputs.make_dataset(config, "train", training=True))
     batches = [next(iterator) for _ in range(count)]
     del iterator
@@ -59,7 +62,6 @@ def make_trainer(config, jit: bool, precision: str):
     is restored to float32 afterwards, the net keeps its own."""
     import keras
 
-    from models import multitask
     keras.mixed_precision.set_global_policy(precision)
     try:
         net = multitask.build_model(config.model, tuple(config.data.image_size))
@@ -87,7 +89,6 @@ def step(trainer, iterator) -> None:
 def worker(spec: dict) -> None:
     import tensorflow as tf
 
-    from pipeline.config import load_config
     config = load_config(spec["config"], spec.get("overrides", []))
     gpu = bool(tf.config.list_physical_devices("GPU"))
     iterator = memory_iterator(held_batches(config, int(spec.get("batches", 2))))
@@ -123,7 +124,7 @@ class WorkerError(RuntimeError):
     pass
 
 
-class Worker:
+class WorkerProcess:
     """One worker process; `start` blocks until it is warmed up (or failed)."""
 
     def __init__(self, name: str, spec: dict, log_dir: pathlib.Path):
@@ -138,7 +139,7 @@ class Worker:
                    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
         try:
             with open(self.log, "w") as log:
-                self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.bench_worker", json.dumps(self.spec)],
+                self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.bench.worker", json.dumps(self.spec)],
                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                              text=True, env=env)  # same cwd: relative run_root, paths
             self.ready = self._answer()
@@ -183,7 +184,7 @@ class Worker:
             self.proc.wait()
 
 
-def start_workers(workers: list[Worker], parallel: int = 2) -> threading.Thread:
+def start_workers(workers: list[WorkerProcess], parallel: int = 2) -> threading.Thread:
     """Starts the workers `parallel` at a time in a background thread (join it before timing)."""
     def run():
         gate = threading.Semaphore(parallel)

@@ -1,4 +1,4 @@
-"""`predict` stage: annotate image files with any exported model.
+"""Annotating image files with any exported model (the predict stage's work).
 
 `python -m pipeline predict --model <saved_model dir | .tflite | .keras> --images a.png b.png [--out DIR]`
 
@@ -9,8 +9,8 @@ Writes into DIR (default runs/<experiment>/predict/):
                           shares, depth summary, the model's format; "resized": true and the model's
                           input size when a fixed-size model got a frame of another size; and any
                           conversion done to the file (grey or RGBA -> RGB, 16-bit -> 8-bit)
-Listed and drawn detections are those with score >= DISPLAY_THRESHOLD (the clip stage's display
-threshold; the model itself returns all top-K slots).
+Listed and drawn detections are those with score >= trained.DISPLAY_SCORE (the model itself returns
+all top-K slots).
 """
 from __future__ import annotations
 
@@ -21,10 +21,9 @@ import cv2
 import numpy as np
 
 from data import schema
-from pipeline.config import Config
-from pipeline.errors import UserError
-
-DISPLAY_THRESHOLD = 0.3
+from data.errors import UserError
+from pipeline import draw, trained
+from pipeline.deploy import runtimes
 
 
 def read_image(path: pathlib.Path) -> tuple[np.ndarray, list[str]]:
@@ -82,8 +81,6 @@ def frame_result(out: dict, i: int, threshold: float) -> dict:
 
 def annotate(image: np.ndarray, out: dict, i: int, threshold: float, max_depth: float) -> np.ndarray:
     """Frame with segmentation overlay and boxes; the depth colour map beside it (when the model has depth)."""
-    from pipeline import draw
-
     left = image
     if "segmentation" in out:
         left = draw.blend(left, draw.colorize_segmentation(out["segmentation"][i]))
@@ -114,8 +111,6 @@ def _output_names(paths: list[pathlib.Path]) -> list[str]:
 def run_predict(model: str, images: list[str], out_dir: pathlib.Path, max_depth: float = 80.0,
                 num_threads: int | None = None) -> dict:
     """Annotates `images` with the model at `model`; returns the predictions.json dict."""
-    from pipeline import runtimes
-
     paths = [pathlib.Path(p) for p in images]
     frames = [read_image(path) for path in paths]  # every input checked before the slow model load
     predictor = runtimes.load_predictor(model, num_threads=num_threads)
@@ -123,7 +118,7 @@ def run_predict(model: str, images: list[str], out_dir: pathlib.Path, max_depth:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create the output folder {out_dir}: {err.strerror or err}") from None
-    threshold = DISPLAY_THRESHOLD
+    threshold = trained.DISPLAY_SCORE
     records = []
     for path, name, (image, notes) in zip(paths, _output_names(paths), frames):
         out = predictor.predict(image[None])
@@ -149,14 +144,3 @@ def run_predict(model: str, images: list[str], out_dir: pathlib.Path, max_depth:
     except OSError as err:
         raise UserError(f"cannot write {out_dir / 'predictions.json'}: {err.strerror or err}") from None
     return result
-
-
-def main(config: Config, args) -> pathlib.Path:
-    out_dir = pathlib.Path(args.out) if getattr(args, "out", None) else config.run_dir / "predict"
-    result = run_predict(args.model, args.images, out_dir, max_depth=config.evaluate.max_depth)
-    for record in result["images"]:
-        found = len(record.get("detections", []))
-        extra = f", resized to {record['model_input_size']}" if record["resized"] else ""
-        print(f"predict: {record['file']} -> {out_dir / record['annotated']} ({found} detection(s){extra})")
-    print(f"predict: {result['format']} model, wrote {out_dir / 'predictions.json'}")
-    return out_dir

@@ -4,11 +4,11 @@
     out = predictor.predict(frames)   # uint8 [B,H,W,3] RGB, any H,W (the same within a batch)
 
 `out` holds, for the tasks the model has: boxes float32 [B,K,4] (x1,y1,x2,y2, input pixels), scores
-float32 [B,K], classes int32 [B,K], num_detections int32 [B] (scores >= serving.SCORE_THRESHOLD),
+float32 [B,K], classes int32 [B,K], num_detections int32 [B] (scores >= trained.COUNT_SCORE),
 segmentation uint8 [B,H,W], depth float32 [B,H,W] metres, all at the input's resolution; plus
 "resized": True when the frames were resized to the model's fixed input size.
 
-Every format shares pipeline/serving.py's resize/decode/restore definitions, so formats differ only
+Every format shares pipeline/deploy/serving.py's resize/decode/restore definitions, so formats differ only
 by what the format itself changes (float16 weights, int8 arithmetic). The predict, export (parity),
 clip and bench stages all go through here.
 """
@@ -17,8 +17,14 @@ from __future__ import annotations
 import pathlib
 
 import numpy as np
+import tensorflow as tf
+import yaml
 
-from pipeline.errors import UserError
+from data.errors import UserError
+from data.vocabulary import STRIDE
+from pipeline import trained
+from pipeline.config import ModelConfig
+from pipeline.deploy import serving
 
 FORMATS = ("keras", "saved_model", "tflite-float32", "tflite-float16", "tflite-int8")
 
@@ -81,7 +87,6 @@ def _set_tf_threads(num_threads: int | None) -> None:
     """TF's thread pools can only be sized before the runtime starts; later calls are a no-op."""
     if not num_threads:
         return
-    import tensorflow as tf
     try:
         tf.config.threading.set_intra_op_parallelism_threads(int(num_threads))
         tf.config.threading.set_inter_op_parallelism_threads(min(2, int(num_threads)))
@@ -91,9 +96,6 @@ def _set_tf_threads(num_threads: int | None) -> None:
 
 def _top_k_beside(path: pathlib.Path) -> int:
     """top_k of the training config written next to model.keras by the train stage, if any."""
-    import yaml
-
-    from pipeline.config import ModelConfig
     config = path.parent / "config.yaml"
     try:
         return int(yaml.safe_load(config.read_text())["model"]["top_k"])
@@ -109,16 +111,10 @@ class KerasPredictor(Predictor):
     def __init__(self, path, num_threads=None, top_k: int | None = None):
         super().__init__(path, num_threads)
         _set_tf_threads(num_threads)
-        import keras
-        import tensorflow as tf
-
-        import models  # noqa: F401  (registers the project's custom layers for deserialisation)
-        from pipeline import serving
-
-        self.net = keras.saving.load_model(str(path), compile=False)
+        self.net = trained.load(path)
         self.top_k = int(top_k or _top_k_beside(self.path))
-        self.input_size = serving.net_input_size(self.net)
-        self.tasks = serving.net_tasks(self.net)
+        self.input_size = trained.input_size(self.net)
+        self.tasks = trained.tasks(self.net)
         self._serve = tf.function(serving.serving_function(self.net, self.top_k),
                                   input_signature=[serving.SERVING_SIGNATURE])
 
@@ -144,8 +140,6 @@ class SavedModelPredictor(Predictor):
     def __init__(self, path, num_threads=None):
         super().__init__(path, num_threads)
         _set_tf_threads(num_threads)
-        import tensorflow as tf
-
         self._loaded = tf.saved_model.load(str(path))
         if "serving_default" not in self._loaded.signatures:
             raise UserError(f"{path} has no 'serving_default' signature; export it with `make export`")
@@ -162,7 +156,6 @@ class SavedModelPredictor(Predictor):
             self.input_size = tuple(int(v) for v in np.asarray(meta["input_size"]))
 
     def _predict(self, images):
-        import tensorflow as tf
         outputs = self._fn(**{self._input_name: tf.constant(images, dtype=self._input_dtype)})
         return _numpy(outputs)
 
@@ -225,9 +218,6 @@ class TFLitePredictor(Predictor):
         return value
 
     def _predict(self, images):
-        import tensorflow as tf
-
-        from pipeline import serving
         height, width = images.shape[1:3]
         same = (height, width) == self.input_size
         per_frame = []
@@ -260,7 +250,6 @@ class TFLitePredictor(Predictor):
 
 def _boxes_from_parts(cells, offsets, sizes, input_size) -> np.ndarray:
     """models.detection.boxes_from_parts in NumPy (TF's eager ops cost more than the invoke)."""
-    from models.detection import STRIDE
     height, width = input_size[0] // STRIDE, input_size[1] // STRIDE
     offsets, sizes = offsets.astype(np.float32), sizes.astype(np.float32)
     cx = ((cells % width).astype(np.float32) + offsets[..., 0]) * STRIDE
@@ -273,13 +262,12 @@ def _boxes_from_parts(cells, offsets, sizes, input_size) -> np.ndarray:
 
 def _at_model_size(decoded: dict) -> dict:
     """serving.restore's result when the frame already has the model size, in NumPy."""
-    from pipeline import serving
     out = {}
     if "boxes" in decoded:
         out["boxes"] = decoded["boxes"].astype(np.float32)
         out["scores"] = decoded["scores"].astype(np.float32)
         out["classes"] = decoded["classes"].astype(np.int32)
-        out["num_detections"] = np.sum(out["scores"] >= serving.SCORE_THRESHOLD, axis=1).astype(np.int32)
+        out["num_detections"] = np.sum(out["scores"] >= trained.COUNT_SCORE, axis=1).astype(np.int32)
     if "segmentation" in decoded:
         out["segmentation"] = decoded["segmentation"].astype(np.uint8)
     if "depth" in decoded:

@@ -6,14 +6,15 @@ Two wrappers of the functional net (input "image" float32 [B,H,W,3] 0..255 at th
       images uint8 [B, h, w, 3] of ANY size
       -> bilinear resize to the model size -> net -> CenterNet decode (top-K, no NMS op)
       -> boxes float32 [B,K,4] x1,y1,x2,y2 in the INPUT's pixels, scores float32 [B,K],
-         classes int32 [B,K], num_detections int32 [B] (scores >= SCORE_THRESHOLD),
+         classes int32 [B,K], num_detections int32 [B] (scores >= pipeline.trained.COUNT_SCORE: "something is there";
+         every K slot is returned either way),
          segmentation uint8 [B,h,w] class ids, depth float32 [B,h,w] metres.
     Segmentation is argmax at the model size, then resized NEAREST: the same rule the TFLite
     runtime has to use (its model emits class ids), so every format agrees pixel for pixel, and a
     uint8 map is 9x cheaper to resize than logits. Depth is resized bilinearly.
 (b) `fixed_size_model` - a Keras functional model for the TFLite converter: a fixed [1,H,W,3] input
     and outputs boxes, scores, classes, segmentation (class ids), depth at the MODEL size. The
-    runtime (pipeline/runtimes.py) resizes frames in and maps results back with `restore`.
+    runtime (pipeline/deploy/runtimes.py) resizes frames in and maps results back with `restore`.
     For full-integer models depth is emitted as `log_depth` instead: int8 quantises a tensor
     linearly, and 256 steps over 0.5..80 m are 0.3 m apart (a 6% error at 5 m), while 256 steps
     of log-depth are 2% apart at every distance. The runtime takes exp().
@@ -31,44 +32,13 @@ Only the tasks the net was built with appear in the outputs.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import keras
 import tensorflow as tf
 
-TASKS = ("detection", "segmentation", "depth")
-# num_detections counts top-K scores at or above this (heat-map probability). Low on purpose: it
-# is a "something is there" count, not a display threshold; every K slot is returned either way.
-SCORE_THRESHOLD = 0.1
-
-
-def net_tasks(net) -> list[str]:
-    """The tasks a multi-task net outputs, in the project's canonical order."""
-    outputs = net.output if isinstance(net.output, dict) else dict(zip(net.output_names, net.outputs))
-    return [task for task in TASKS if task in outputs]
-
-
-def net_input_size(net) -> tuple[int, int]:
-    image = net.input["image"] if isinstance(net.input, dict) else net.inputs[0]
-    height, width = image.shape[1:3]
-    if height is None or width is None:
-        raise ValueError(f"the net needs a fixed input size. Received: input shape={image.shape}")
-    return int(height), int(width)
-
-
-def decode(outputs: dict, top_k: int) -> dict:
-    """Net outputs at the model size -> decoded results at the model size (TF ops, any backend graph)."""
-    from models.detection import decode_detections
-
-    result = {}
-    if "detection" in outputs:
-        result.update(decode_detections(outputs["detection"], top_k))
-    if "segmentation" in outputs:
-        result["segmentation"] = tf.cast(tf.argmax(outputs["segmentation"], axis=-1, output_type=tf.int32),
-                                         tf.uint8)
-    if "depth" in outputs:
-        result["depth"] = tf.cast(outputs["depth"], tf.float32)[..., 0]
-    return result
-
+from models.detection import decode_parts
+from pipeline import trained
 
 def restore(decoded: dict, model_size, height, width) -> dict:
     """Decoded results at the model size -> at the frame's (height, width); adds num_detections.
@@ -82,7 +52,7 @@ def restore(decoded: dict, model_size, height, width) -> dict:
         out["boxes"] = tf.cast(decoded["boxes"], tf.float32) * scale
         out["scores"] = tf.cast(decoded["scores"], tf.float32)
         out["classes"] = tf.cast(decoded["classes"], tf.int32)
-        out["num_detections"] = tf.reduce_sum(tf.cast(out["scores"] >= SCORE_THRESHOLD, tf.int32), axis=1)
+        out["num_detections"] = tf.reduce_sum(tf.cast(out["scores"] >= trained.COUNT_SCORE, tf.int32), axis=1)
     size = tf.stack([height, width])
     if "segmentation" in decoded:
         seg = tf.image.resize(tf.cast(decoded["segmentation"], tf.int32)[..., None], size, method="nearest")
@@ -101,12 +71,12 @@ def resize_frames(images, model_size):
 
 def serving_function(net, top_k: int):
     """(a): a Python function images uint8 [B,h,w,3] -> dict, for ExportArchive / tf.function."""
-    model_size = net_input_size(net)
+    model_size = trained.input_size(net)
 
     def serve(images):
         shape = tf.shape(images)
         outputs = net({"image": resize_frames(images, model_size)}, training=False)
-        return restore(decode(outputs, top_k), model_size, shape[1], shape[2])
+        return restore(trained.decode(outputs, top_k), model_size, shape[1], shape[2])
 
     return serve
 
@@ -125,7 +95,6 @@ class DecodeDetections(keras.layers.Layer):
         self.box_parts = bool(box_parts)
 
     def call(self, detection):
-        from models.detection import decode_parts
         if not isinstance(detection, (list, tuple)):  # the concatenated [B,h,w,C+4] output
             classes = detection.shape[-1] - 4
             detection = (detection[..., :classes], detection[..., classes:classes + 2], detection[..., classes + 2:])
@@ -214,8 +183,6 @@ def int8_friendly(net):
 
 def fixed_size_model(net, top_k: int, log_depth: bool = False, box_parts: bool = False) -> keras.Model:
     """(b): {"image": float32 [B,H,W,3] 0..255} -> boxes, scores, classes, segmentation, depth|log_depth."""
-    import math
-
     outputs = dict(net.output) if isinstance(net.output, dict) else dict(zip(net.output_names, net.outputs))
     result = {}
     if "detection" in outputs:

@@ -1,6 +1,6 @@
-"""`evaluate` stage: metrics.json, report.md and plots for a trained model on one split.
+"""Evaluation of a trained model on one split: metrics per source, the report folder's content.
 
-`python -m pipeline evaluate [--model X.keras] [--split S]`
+The evaluate stage (`python -m pipeline evaluate [--model X.keras] [--split S]`) writes it.
 
 Each configured source is evaluated on its own (a KITTI frame and a synthetic frame are not the same
 test), and a task is scored only on examples whose `has_<task>` flag is set, so a source without
@@ -15,7 +15,7 @@ It is written into a hidden temporary folder and renamed at the end, so an inter
 never leaves a half-written eval folder behind.
 
 Detections: the decoder always returns top_k slots, most of them near-zero filler on a frame with a
-few objects. Slots with score <= SCORE_FLOOR are dropped before COCO evaluation: they sit at the
+few objects. Slots with score <= trained.METRIC_SCORE_FLOOR are dropped before COCO evaluation: they sit at the
 bottom of the ranking, so they change AP by less than COCO's 101-point recall grid resolves, and
 dropping them keeps the evaluator small. COCO keeps at most 100 detections per image (top_k <= 100).
 """
@@ -23,60 +23,41 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
-import time
 
 import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
 
 from data import schema
-from pipeline.config import TASKS, Config, SourceConfig
-from pipeline.errors import UserError
-from pipeline.files import replace_dir
+from data.errors import UserError
+from data.vocabulary import TASKS
+from pipeline import atomic, layout, timing, trained
+from pipeline.config import Config, SourceConfig
+from pipeline.evaluation import report
+from pipeline.evaluation.metrics import DepthEvaluator, DetectionEvaluator, SegmentationEvaluator, absent
+from pipeline.inputs import dataset as inputs
 
-SCORE_FLOOR = 0.01
+SCORE_FLOOR = trained.METRIC_SCORE_FLOOR
 LATENCY_RUNS = 20
+# The one number per task that summaries quote (parity checks, the clip index).
+HEADLINE_METRICS = {"detection": "mAP50", "segmentation": "mIoU", "depth": "abs_rel"}
 # The traced predict functions of the last model used (one model at a time: a cache of every model seen
 # would keep every baseline model alive, since each function holds its model).
 _predict_cache: dict = {"model": None, "functions": {}}
 
 
 # ------------------------------------------------------------------------------------------- model
-def default_model_path(config: Config) -> pathlib.Path:
-    return config.run_dir / "train" / "model.keras"
-
-
-def is_run_model(config: Config, model_path) -> bool:
-    """True for the train stage's own model of this run (the one the report's baselines section is about)."""
-    return pathlib.Path(model_path).resolve() == default_model_path(config).resolve()
-
-
 def load_trained_model(path: pathlib.Path):
     """Loads a .keras model saved by the train stage (custom layers registered by `import models`)."""
     path = pathlib.Path(path)
-    if not path.exists():
-        raise UserError(f"no trained model at {path}: run `make train` (python -m pipeline train) first")
-    if path.suffix != ".keras":
+    if path.exists() and path.suffix != ".keras":
         raise UserError(f"{path} is not a .keras model file (evaluate takes the train stage's model.keras)")
-    import keras
-
-    import models  # noqa: F401  (registers the custom layers the saved model refers to)
-    try:
-        return keras.saving.load_model(str(path), compile=False)
-    except Exception as err:  # a corrupt or foreign file: one line, not a Keras traceback
-        raise UserError(f"could not load the model {path}: {str(err).splitlines()[0] if str(err) else err!r}") from None
-
-
-def model_tasks(model) -> list[str]:
-    """Task names of a model whose outputs are a dict keyed by task."""
-    output = model.output
-    if isinstance(output, dict):
-        return list(output)
-    return list(getattr(model, "output_names", []) or [])
+    return trained.load(path)
 
 
 def check_model(model, config: Config, path) -> None:
     """Refuses a model that does not answer the configured tasks or input size, naming both sides."""
-    tasks = model_tasks(model)
+    tasks = trained.tasks(model)
     if sorted(tasks) != sorted(config.model.tasks):
         raise UserError(f"model {path} predicts tasks {sorted(tasks)} but the config's model.tasks is "
                         f"{sorted(config.model.tasks)}: evaluate with the config it was trained with "
@@ -89,10 +70,6 @@ def check_model(model, config: Config, path) -> None:
 
 def _predict_function(model, top_k: int):
     """One traced tf.function per (model, top_k): forward pass + in-graph decoding, any batch size."""
-    import tensorflow as tf
-
-    from models.detection import decode_detections
-
     if _predict_cache["model"] is not model:
         _predict_cache.update(model=model, functions={})
     cache = _predict_cache["functions"]
@@ -102,15 +79,7 @@ def _predict_function(model, top_k: int):
 
     @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)])
     def predict(images):
-        outputs = model({"image": images}, training=False)
-        result = {}
-        if "detection" in outputs:
-            result.update(decode_detections(tf.cast(outputs["detection"], tf.float32), top_k))
-        if "segmentation" in outputs:
-            result["segmentation"] = tf.argmax(outputs["segmentation"], axis=-1, output_type=tf.int32)
-        if "depth" in outputs:
-            result["depth"] = tf.cast(outputs["depth"][..., 0], tf.float32)
-        return result
+        return trained.decode(model({"image": images}, training=False), top_k)
 
     cache[top_k] = predict
     return predict
@@ -127,21 +96,14 @@ def predict_batch(model, images, top_k: int = 100) -> dict:
 
 def measure_inference(model, top_k: int = 100, runs: int = LATENCY_RUNS) -> dict:
     """Parameters and median latency of one frame (batch 1): forward pass + detection decoding."""
-    import tensorflow as tf
-
     height, width = model.inputs[0].shape[1:3]
     frame = np.random.default_rng(0).uniform(0, 255, (1, height, width, 3)).astype(np.float32)
     predict = _predict_function(model, int(top_k))
-    for _ in range(3):  # tracing and first-call allocations are not latency
-        predict(frame)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        outputs = predict(frame)
-        [value.numpy() for value in outputs.values()]  # wait for the result, not just the dispatch
-        times.append((time.perf_counter() - start) * 1000.0)
-    return {"params": int(model.count_params()), "ms_per_frame": float(np.median(times)),
-            "ms_per_frame_p90": float(np.percentile(times, 90)), "batch_size": 1, "runs": runs,
+    # .numpy() waits for the result, not just the dispatch; the 3 warm-up calls trace and allocate.
+    times = timing.timed_ms(lambda: [value.numpy() for value in predict(frame).values()], runs, warmup=3)
+    latency = timing.median_p90(times)
+    return {"params": int(model.count_params()), "ms_per_frame": latency["median_ms"],
+            "ms_per_frame_p90": latency["p90_ms"], "batch_size": 1, "runs": runs,
             "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
             "measures": "forward pass + in-graph detection decoding, median of batch-1 runs after warm-up"}
 
@@ -163,7 +125,6 @@ def _sources(config: Config, sources) -> list[SourceConfig]:
 
 
 def new_evaluators(config: Config, tasks: list[str]) -> dict:
-    from pipeline.metrics import DepthEvaluator, DetectionEvaluator, SegmentationEvaluator
     makers = {
         "detection": lambda: DetectionEvaluator(schema.DETECTION_CLASSES),
         "segmentation": lambda: SegmentationEvaluator(len(schema.SEGMENTATION_CLASSES), schema.IGNORE,
@@ -199,7 +160,7 @@ def add_batch(evaluators: dict, y: dict, pred: dict, first_id: int, counts: dict
                               ignore_regions=_real_boxes(y["ignore_boxes"][i]))
 
 
-def _frames(x: dict, y: dict, pred: dict, wanted: int) -> list[dict]:
+def frames_for_grid(x: dict, y: dict, pred: dict, wanted: int) -> list[dict]:
     """The first frames of a batch with their labels and predictions, for the report's grid."""
     frames = []
     for i in range(min(wanted, len(x["image"]))):
@@ -217,8 +178,7 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _task_result(task: str, evaluator, examples: int, source: str, split: str) -> dict:
-    from pipeline.metrics import absent
+def task_result(task: str, evaluator, examples: int, source: str, split: str) -> dict:
     if examples == 0:
         return {**absent(f"source '{source}' has no {task} labels in split '{split}'"), "examples": 0}
     return evaluator.result()
@@ -227,11 +187,7 @@ def _task_result(task: str, evaluator, examples: int, source: str, split: str) -
 def evaluate_source(config: Config, model, split: str, source: SourceConfig, max_examples=None,
                     grid_frames: int = 0, progress: bool = True) -> tuple[dict, list[dict]]:
     """({task: result, "examples": n}, first grid frames) for one source and split."""
-    from tqdm import tqdm
-
-    from pipeline import inputs
-
-    tasks = model_tasks(model)
+    tasks = trained.tasks(model)
     evaluators = new_evaluators(config, tasks)
     dataset = inputs.make_dataset(config, split, training=False, sources=[source])
     total = inputs.split_size(config, source, split)
@@ -249,22 +205,20 @@ def evaluate_source(config: Config, model, split: str, source: SourceConfig, max
             pred = predict_batch(model, x["image"], config.model.top_k)
             add_batch(evaluators, y, pred, seen + 1, counts)
             if len(frames) < grid_frames:
-                frames += _frames(x, y, pred, grid_frames - len(frames))
+                frames += frames_for_grid(x, y, pred, grid_frames - len(frames))
             seen += count
             bar.update(count)
     result = {"examples": seen}
     for task in tasks:
-        result[task] = _task_result(task, evaluators[task], counts.get(task, 0), source.name, split)
+        result[task] = task_result(task, evaluators[task], counts.get(task, 0), source.name, split)
     return result, frames
 
 
 def _evaluate(config: Config, model, split: str, sources=None, max_examples=None, grid_frames: int = 0,
               progress: bool = True) -> tuple[dict, list[dict]]:
-    from pipeline.metrics import absent
-
     sources = _sources(config, sources)
     max_examples = config.evaluate.max_examples if max_examples is None else max_examples
-    tasks = model_tasks(model)
+    tasks = trained.tasks(model)
     per_source, frames = {}, []
     for source in sources:
         result, source_frames = evaluate_source(config, model, split, source, max_examples,
@@ -292,40 +246,24 @@ def evaluate_model(config: Config, model, split: str, sources=None, max_examples
 def output_dir(config: Config, split: str, model_path: pathlib.Path | None = None) -> pathlib.Path:
     """eval/, eval-<split>/ or eval-<model stem>[-<split>]/ (see module doc)."""
     name = "eval"
-    if model_path is not None and not is_run_model(config, model_path):
+    if model_path is not None and not layout.is_run_model(config, model_path):
         model_path = pathlib.Path(model_path)
         # Every stage saves "model.keras": then the folder (e.g. baselines/single-depth) names the model.
         name += f"-{model_path.parent.name if model_path.stem == 'model' else model_path.stem}"
     if split != config.evaluate.split:
         name += f"-{split}"
-    return config.run_dir / name
+    return layout.eval_dir(config, name)
 
 
-def main(config: Config, args=None) -> pathlib.Path:
-    from pipeline import report
-
-    split = getattr(args, "split", None) or config.evaluate.split
-    given = getattr(args, "model", None)
-    model_path = pathlib.Path(given) if given else default_model_path(config)
+def evaluate_into(config: Config, model_path: pathlib.Path, split: str, out: pathlib.Path) -> dict:
+    """The evaluate stage's work: metrics.json, report.md and plots of the model at model_path in `out`,
+    written all or nothing; returns the metrics."""
     model = load_trained_model(model_path)
     check_model(model, config, model_path)
-    out = output_dir(config, split, model_path if given else None)
-
     metrics, frames = _evaluate(config, model, split, grid_frames=config.evaluate.grid_frames)
     metrics = {"model": str(model_path), **metrics,
                "inference": measure_inference(model, config.model.top_k)}
-
-    partial = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
-        (partial / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        report.write_report(partial, metrics, config, frames=frames,
-                            history_csv=model_path.parent / "history.csv")
-        replace_dir(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    print(f"evaluate: {report.headline(metrics)}")
-    print(f"evaluate: wrote {out / 'metrics.json'} and {out / 'report.md'}")
-    return out
+    with atomic.staging_dir(out, "the evaluation") as staging:
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        report.write_report(staging, metrics, config, frames=frames, history_csv=model_path.parent / "history.csv")
+    return metrics

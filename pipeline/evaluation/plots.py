@@ -1,11 +1,12 @@
 """PNG plots of the evaluation report (matplotlib, Agg backend: no display needed).
 
-Every plot reads the JSON-ready metric dicts of pipeline/metrics, so a report can be re-plotted from
+Every plot reads the JSON-ready metric dicts of pipeline/evaluation/metrics, so a report can be re-plotted from
 metrics.json alone; only the frame grid needs the frames themselves. A plot whose data is missing
 (task absent, no pixels in a bin) is skipped, not drawn empty.
 """
 from __future__ import annotations
 
+import csv
 import math
 import pathlib
 
@@ -16,11 +17,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from data import schema  # noqa: E402
-from pipeline import draw  # noqa: E402
-from pipeline.metrics import is_absent  # noqa: E402
+from data.vocabulary import TASKS  # noqa: E402
+from pipeline import draw, trained  # noqa: E402
+from pipeline.evaluation.metrics import is_absent  # noqa: E402
 
 DPI = 110
-DISPLAY_SCORE = 0.3  # detections drawn in the frame grid (the metrics use every detection)
 DELTA1_LOG = math.log(1.25)
 
 
@@ -144,7 +145,6 @@ def depth_log_error(depth: dict, path: pathlib.Path, title: str = "") -> pathlib
 def training_curves(history_csv: pathlib.Path, path: pathlib.Path) -> pathlib.Path | None:
     """Per task (one colour each): train (solid) and validation (dashed) loss, the effective task weight,
     and the learning rate, per epoch, from the train stage's history.csv."""
-    import csv
     if history_csv is None or not pathlib.Path(history_csv).is_file():
         return None
     with pathlib.Path(history_csv).open() as handle:
@@ -157,7 +157,7 @@ def training_curves(history_csv: pathlib.Path, path: pathlib.Path) -> pathlib.Pa
         return np.asarray([float(v) if v not in (None, "") else np.nan for v in values])
 
     epochs = column("epoch") + 1
-    tasks = [task for task in ("detection", "segmentation", "depth") if f"{task}_loss" in rows[0]]
+    tasks = [task for task in TASKS if f"{task}_loss" in rows[0]]
     has_lr = "learning_rate" in rows[0]
     fig, axes = plt.subplots(1, 3 if has_lr else 2, figsize=(13 if has_lr else 9.5, 3.8))
     for index, task in enumerate(tasks):
@@ -211,9 +211,9 @@ def frame_tiles(frame: dict, max_depth: float) -> tuple[list, list]:
     factor = _scale(image.shape)
     top, bottom = [], []
     if "scores" in pred:
-        keep = pred["scores"] > DISPLAY_SCORE
+        keep = pred["scores"] > trained.DISPLAY_SCORE
         top.append((_boxes_tile(image, pred["boxes"][keep], pred["classes"][keep], pred["scores"][keep], factor),
-                    f"predicted boxes (score > {DISPLAY_SCORE})"))
+                    f"predicted boxes (score > {trained.DISPLAY_SCORE})"))
     else:
         top.append((_blank(image.shape, factor), "no detection head"))
     if "segmentation" in pred:

@@ -9,15 +9,18 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import pathlib
 import time
 
-from pipeline.config import TASKS, Config
-from pipeline.metrics import is_absent
+from data.vocabulary import TASKS
+from pipeline import atomic, layout, trained
+from pipeline.config import Config
+from pipeline.evaluation import plots
+from pipeline.evaluation.metrics import is_absent
 
-# The synthetic data's targets: (task, metric, ">=" or "<=", value, label).
-TARGETS = (
+# Quality goals on the synthetic data (the report's "Targets" table): (task, metric, ">=" or "<=",
+# value, label).
+QUALITY_GOALS = (
     ("detection", "mAP50", ">=", 0.90, "mAP50"),
     ("detection", "mAP", ">=", 0.60, "mAP@[.5:.95]"),
     ("segmentation", "mIoU", ">=", 0.85, "mIoU"),
@@ -125,7 +128,6 @@ def _plot_link(out_dir: pathlib.Path, name: str, alt: str) -> str:
 
 
 def task_section(out_dir: pathlib.Path, task: str, metrics: dict) -> str:
-    from pipeline.plots import plot_names
     title, render = SECTIONS[task]
     sources = metrics.get("sources") or {}
     primary = metrics.get("primary_source")
@@ -136,7 +138,7 @@ def task_section(out_dir: pathlib.Path, task: str, metrics: dict) -> str:
         if len(sources) > 1:
             parts.append(f"### source: {name}")
         parts.append(render(result.get(task) or metrics.get(task)))
-        files = plot_names(name, name == primary)
+        files = plots.plot_names(name, name == primary)
         links = {"detection": [_plot_link(out_dir, files["detection"], "precision-recall curves")],
                  "segmentation": [_plot_link(out_dir, files["segmentation"], "confusion matrix")],
                  "depth": [_plot_link(out_dir, files["depth_distance"], "depth error vs distance"),
@@ -161,8 +163,8 @@ def sources_section(metrics: dict) -> str:
             + table(["source", "frames", *[LABELS[m] for _, m in columns]], rows))
 
 
-# ------------------------------------------------------------------------------------------ targets
-def targets_section(metrics: dict) -> str:
+# ------------------------------------------------------------------------------------ quality goals
+def quality_goals_section(metrics: dict) -> str:
     sources = metrics.get("sources") or {}
     if "synthetic" in sources:
         source, results, note = "synthetic", sources["synthetic"], ""
@@ -172,7 +174,7 @@ def targets_section(metrics: dict) -> str:
         note = ("\n\nThe targets are set for the synthetic scenes; this evaluation has no synthetic source, "
                 f"so they are shown against '{source}' for orientation only.")
     rows = []
-    for task, metric, direction, target, label in TARGETS:
+    for task, metric, direction, target, label in QUALITY_GOALS:
         result = results.get(task)
         if is_absent(result) or result.get(metric) is None:
             reason = (result or {}).get("reason", "not measured")
@@ -282,9 +284,8 @@ def baselines_markdown(summary: dict, level: int = 2) -> str:
 
 def baselines_section(config: Config, metrics: dict) -> str:
     """The comparison, for a report on the run's own model only (it is about that model)."""
-    from pipeline.evaluate import is_run_model
-    path = config.run_dir / "baselines" / "summary.json"
-    if not path.is_file() or not is_run_model(config, metrics.get("model", "")):
+    path = layout.baselines_summary(config)
+    if not path.is_file() or not layout.is_run_model(config, metrics.get("model", "")):
         return ""
     summary = json.loads(path.read_text())
     return (baselines_markdown(summary) + "\n\nDetails: [baselines.md](../baselines/baselines.md), "
@@ -297,7 +298,7 @@ def _frames_section(out_dir: pathlib.Path) -> str:
     if not link:
         return ""
     return ("## Frames\n\nEach frame: predictions (boxes, class overlay, depth) above the ground truth. "
-            f"Boxes drawn above score 0.3; the metrics use every detection.\n\n{link}")
+            f"Boxes drawn above score {trained.DISPLAY_SCORE:g}; the metrics use every detection.\n\n{link}")
 
 
 def render(out_dir: pathlib.Path, metrics: dict, config: Config, history_csv=None) -> str:
@@ -314,7 +315,7 @@ def render(out_dir: pathlib.Path, metrics: dict, config: Config, history_csv=Non
         lines.append(f"- inference: {fmt(inference.get('params'))} parameters, "
                      f"{fmt(inference.get('ms_per_frame'), 2)} ms/frame (batch 1, {inference.get('device', '?')}, "
                      f"model + detection decoding, median of {inference.get('runs', '?')} runs)")
-    parts = ["\n".join(lines), sources_section(metrics), targets_section(metrics)]
+    parts = ["\n".join(lines), sources_section(metrics), quality_goals_section(metrics)]
     parts += [task_section(out_dir, task, metrics) for task in TASKS]
     parts += [training_section(out_dir, history_csv), _frames_section(out_dir), baselines_section(config, metrics)]
     parts.append(
@@ -334,15 +335,12 @@ def render(out_dir: pathlib.Path, metrics: dict, config: Config, history_csv=Non
 def write_markdown(out_dir: pathlib.Path, metrics: dict, config: Config, history_csv=None) -> pathlib.Path:
     out_dir = pathlib.Path(out_dir)
     path = out_dir / "report.md"
-    partial = out_dir / ".report.md.partial"
-    partial.write_text(render(out_dir, metrics, config, history_csv))
-    os.replace(partial, path)
+    atomic.write_text(path, render(out_dir, metrics, config, history_csv))
     return path
 
 
 def write_report(out_dir: pathlib.Path, metrics: dict, config: Config, frames=None, history_csv=None) -> pathlib.Path:
     """All plots, then report.md, into out_dir."""
-    from pipeline import plots
     plots.make_plots(out_dir, metrics, config.evaluate.max_depth, frames=frames, history_csv=history_csv)
     return write_markdown(out_dir, metrics, config, history_csv)
 

@@ -16,10 +16,11 @@ import tensorflow_datasets as tfds
 
 from data import builder as storage
 from data import schema
-from pipeline import augment as augment_lib
-from pipeline import targets
+from data.errors import UserError
+from data.vocabulary import DEPTH_SCALE
 from pipeline.config import Config, SourceConfig
-from pipeline.errors import UserError
+from pipeline.inputs import augment as augment_lib
+from pipeline.inputs import detection_targets as targets
 
 AUTOTUNE = tf.data.AUTOTUNE
 NUM_CLASSES = len(schema.DETECTION_CLASSES)
@@ -54,7 +55,7 @@ def _augment_and_resize(example: dict, seed: tf.Tensor, config: Config, training
         return augment_lib.augment(image, segmentation, depth, boxes, classes, int(seed),
                                    (height, width), cfg, training)
 
-    depth = tf.cast(example["depth"][..., 0], tf.float32) / storage.DEPTH_SCALE
+    depth = tf.cast(example["depth"][..., 0], tf.float32) / DEPTH_SCALE
     image, segmentation, depth, boxes, classes = tf.numpy_function(
         run, [example["image"], example["segmentation"][..., 0], depth, example["boxes"],
               example["classes"], seed],

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-STRIDE = 4
+from data.vocabulary import STRIDE
+
 GAUSSIAN_ALPHA = 0.54  # TTFNet: sigma = alpha * side / 6
 
 

@@ -1,11 +1,13 @@
-"""`preview` stage: a PNG grid of augmented training examples with their labels drawn on top,
+"""The preview grid: a PNG grid of augmented training examples with their labels drawn on top,
 so a person can see that boxes, masks and depth line up with the image after augmentation."""
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline import draw, inputs
+from data.vocabulary import STRIDE
+from pipeline import draw
 from pipeline.config import Config
+from pipeline.inputs import dataset as inputs
 
 
 def render_preview(config: Config, count: int = 8) -> np.ndarray:
@@ -16,7 +18,7 @@ def render_preview(config: Config, count: int = 8) -> np.ndarray:
         image = x["image"][i].numpy().astype(np.uint8)
         boxes, classes = y["boxes"][i].numpy(), y["classes"][i].numpy()
         heat = y["det_heatmap"][i].numpy().max(axis=-1)
-        heat = np.kron(heat, np.ones((4, 4)))[: image.shape[0], : image.shape[1]]
+        heat = np.kron(heat, np.ones((STRIDE, STRIDE)))[: image.shape[0], : image.shape[1]]
         heat_rgb = draw.blend(image, np.stack([heat * 255] * 3, -1).astype(np.uint8), 0.6)
         rows.append([
             draw.caption(draw.draw_boxes(image, boxes, classes), "image + boxes"),
@@ -26,11 +28,3 @@ def render_preview(config: Config, count: int = 8) -> np.ndarray:
             draw.caption(heat_rgb, "centre heat map"),
         ])
     return draw.grid(rows)
-
-
-def main(config: Config, args=None):
-    out = config.run_dir / "preview.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    draw.save_png(out, render_preview(config))
-    print(f"preview: wrote {out}")
-    return out

@@ -1,4 +1,5 @@
-"""`data` stage: render or read every configured source into TFDS records under the run folder.
+"""Building the data set: render or read every configured source into TFDS records under the run folder
+(the data stage's work), and render the labelled synthetic clip.
 
 A source is rebuilt only when its parameters changed (recorded in `params.json` beside it). Bad
 examples stop the build with a line naming the example (`data.bad_examples: error`, the default) or
@@ -12,11 +13,10 @@ import pathlib
 import shutil
 
 from data import builder as storage
-from data import readers
+from data import readers, synthetic, synthetic_clip
+from data.errors import UserError
+from pipeline import layout
 from pipeline.config import Config, SourceConfig, save_config
-from pipeline.errors import UserError
-
-CLIP_NAME = "synthetic_clip"
 
 
 def source_params(config: Config, source: SourceConfig) -> dict:
@@ -28,7 +28,6 @@ def source_params(config: Config, source: SourceConfig) -> dict:
 def source_items(config: Config, source: SourceConfig) -> dict:
     """split -> iterable of (key, loader) for the builder."""
     if source.name == "synthetic":
-        from data import synthetic
         cfg = config.data.synthetic
         counts = {"train": cfg.train_frames, "validation": cfg.validation_frames}
         return {split: ((key, functools.partial(lambda e: e, example))
@@ -85,18 +84,17 @@ def build_source(config: Config, source: SourceConfig) -> dict:
 
 
 def render_synthetic_clip(config: Config) -> pathlib.Path:
-    from data import synthetic_clip
     cfg = config.data.synthetic
-    out_dir = config.data_dir / "clips"
-    video = out_dir / f"{CLIP_NAME}.mp4"
+    video = layout.synthetic_clip(config)
     if video.exists():
         return video
-    return synthetic_clip.render_clip(out_dir, CLIP_NAME, seed=config.seed + 1000, frames=cfg.clip_frames,
+    return synthetic_clip.render_clip(layout.clips_data_dir(config), layout.CLIP_NAME, seed=config.seed + 1000, frames=cfg.clip_frames,
                                       height=cfg.height, width=cfg.width, fps=cfg.clip_fps)
 
 
-def main(config: Config, args=None) -> list[dict]:
-    save_config(config, config.run_dir / "config.yaml")
+def build_all(config: Config) -> list[dict]:
+    """The data stage's work: the run's config, every source's records and the synthetic clip."""
+    save_config(config, layout.config_file(config))
     reports = [build_source(config, source) for source in config.data.sources]
     if any(source.name == "synthetic" for source in config.data.sources):
         print(f"data: synthetic clip at {render_synthetic_clip(config)}")

@@ -6,33 +6,25 @@ import importlib
 import time
 
 from pipeline.config import Config
-from pipeline.errors import ParityError
-
-# (stage module, extra arguments the stage's parser would have set)
-STAGES = [
-    ("pipeline.prepare", {}),
-    ("pipeline.preview", {}),
-    ("pipeline.train", {"out": None}),
-    ("pipeline.evaluate", {"model": None, "split": None}),
-    ("pipeline.export", {}),
-    ("pipeline.clip", {"model": None, "input": None, "out": None}),
-]
+from pipeline.deploy.parity import ParityError
+from pipeline.stages import RUN_ORDER, STAGES
 
 
 def main(config: Config, args=None) -> dict:
     timings, warnings = {}, []
-    for module_name, extra in STAGES:
+    for name, options in RUN_ORDER:
         start = time.perf_counter()
-        print(f"\n=== {module_name.split('.')[-1]} ===", flush=True)
+        print(f"\n=== {name} ===", flush=True)
         try:
-            importlib.import_module(module_name).main(config, argparse.Namespace(**extra))
+            # Dispatched through the command line's stage table, like `python -m pipeline <name>`.
+            importlib.import_module(STAGES[name][0]).main(config, argparse.Namespace(**options))
         except ParityError as err:
             # Every export file and parity.json are written; `make export` alone fails on this, the
             # whole run goes on to the clip stage and repeats the warning at the end.
             warnings.append(f"export: {err}")
             print(f"warning: {err}", flush=True)
-        timings[module_name] = time.perf_counter() - start
-    print("\nrun: " + ", ".join(f"{name.split('.')[-1]} {seconds:.0f} s" for name, seconds in timings.items()))
+        timings[name] = time.perf_counter() - start
+    print("\nrun: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
     for warning in warnings:
         print(f"run: warning: {warning}")
     return timings

@@ -1,15 +1,15 @@
-"""`baselines` stage: is one multi-task model better than one model per task, and which weighting wins?
+"""Baselines (the baselines stage's work): is one multi-task model better than one model per task, and which weighting wins?
 
 Trains, with the encoder, data and step budget of the configured run:
   single-<task>   one single-task model per configured task (weighting is moot with one task: fixed)
   multi-<w>       the multi-task model under every weighting: fixed (equal weights), uncertainty, dwa, gradnorm
-each into runs/<experiment>/baselines/<name>/ with pipeline.train.run_training. The configured weighting
+each into runs/<experiment>/baselines/<name>/ with pipeline.training.fit.run_training. The configured weighting
 reuses the train stage's model (runs/<experiment>/train/model.keras) when that run's config matches.
 A variant already trained with the same config is skipped, so an interrupted stage resumes (a variant
 stopped mid-training resumes from its last epoch through run_training's own backup).
 
-Every model is evaluated with pipeline.evaluate.evaluate_model on evaluate.split of the first source;
-the comparison is Delta_m over pipeline.metrics.STANDARD_METRICS. Writes baselines/summary.json and
+Every model is evaluated with pipeline.evaluation.evaluate.evaluate_model on evaluate.split of the first
+source; the comparison is Delta_m over pipeline.evaluation.metrics.STANDARD_METRICS. Writes baselines/summary.json and
 baselines/baselines.md, then rewrites the eval report(s) so report.md carries the comparison.
 """
 from __future__ import annotations
@@ -17,25 +17,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import shutil
 
+import keras
 import yaml
 
-from pipeline.config import WEIGHTINGS, Config, to_dict
-from pipeline.errors import UserError
-from pipeline.metrics import STANDARD_METRICS, delta_m, is_absent, negative_transfer, relative_differences, task_gains
+from data.errors import UserError
+from data.vocabulary import WEIGHTINGS
+from pipeline import atomic, layout
+from pipeline.config import Config, to_dict
+from pipeline.evaluation import evaluate, report
+from pipeline.evaluation.metrics import (STANDARD_METRICS, delta_m, is_absent, negative_transfer, relative_differences,
+                                         task_gains)
+from pipeline.training.fit import run_training
 
 # Parts of the config that change what a model learns; two runs with equal parts are the same run.
 TRAINING_KEYS = ("seed", "data", "model", "train")
 # Headline metrics kept per task in the summary (the full results are in each variant's metrics.json).
 KEPT = {"detection": ("mAP", "mAP50", "mAP75", "AR100"), "segmentation": ("mIoU", "pixel_accuracy"),
         "depth": ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1")}
-
-
-def baselines_dir(config: Config) -> pathlib.Path:
-    return config.run_dir / "baselines"
 
 
 def variants(config: Config) -> dict[str, Config]:
@@ -64,7 +65,7 @@ def _training_part(config_dict: dict) -> dict:
 def same_training(config: Config, folder: pathlib.Path) -> bool:
     """True when folder holds a finished model trained with this config's training part."""
     saved = folder / "config.yaml"
-    if not (folder / "model.keras").is_file() or not saved.is_file():
+    if not (folder / layout.MODEL_FILE).is_file() or not saved.is_file():
         return False
     try:
         previous = yaml.safe_load(saved.read_text()) or {}
@@ -77,16 +78,16 @@ def same_training(config: Config, folder: pathlib.Path) -> bool:
 
 def train_variant(name: str, variant: Config, config: Config, verbose: int) -> tuple[pathlib.Path, bool]:
     """(model path, reused the train stage's model?), training only when no matching model exists."""
-    from pipeline.train import run_training, train_dir
-    main_run = train_dir(config)
+    main_run = layout.train_dir(config)
     if name == f"multi-{config.train.weighting}" and same_training(variant, main_run):
-        print(f"baselines: {name}: reusing the train stage's model {main_run / 'model.keras'}")
-        return main_run / "model.keras", True
-    folder = baselines_dir(config) / name
+        print(f"baselines: {name}: reusing the train stage's model {layout.trained_model(config)}")
+        return layout.trained_model(config), True
+    folder = layout.baselines_dir(config) / name
+    model_path = folder / layout.MODEL_FILE
     if same_training(variant, folder):
-        print(f"baselines: {name}: already trained, skipped ({folder / 'model.keras'})")
-        return folder / "model.keras", False
-    if (folder / "model.keras").exists():  # trained with another config: stale, train again
+        print(f"baselines: {name}: already trained, skipped ({model_path})")
+        return model_path, False
+    if model_path.exists():  # trained with another config: stale, train again
         print(f"baselines: {name}: config changed since it was trained; training again")
         shutil.rmtree(folder)
     print(f"baselines: {name}: training ({', '.join(variant.model.tasks)}; weighting={variant.train.weighting})")
@@ -134,9 +135,6 @@ def compare(multi: dict, single: dict, lower_is_better: dict = STANDARD_METRICS)
 
 
 def _evaluate(name, path, variant, split, source):
-    import keras
-
-    from pipeline import evaluate
     model = evaluate.load_trained_model(path)
     evaluate.check_model(model, variant, path)
     print(f"baselines: {name}: evaluating on {source}/{split}")
@@ -145,12 +143,6 @@ def _evaluate(name, path, variant, split, source):
     del model
     keras.backend.clear_session()  # the next variant builds a fresh graph; free this one
     return metrics, inference
-
-
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 def summarise(config: Config, results: dict) -> dict:
@@ -188,8 +180,7 @@ def summarise(config: Config, results: dict) -> dict:
 
 
 def run_baselines(config: Config, verbose: int = 1) -> dict:
-    from pipeline import report
-    out = baselines_dir(config)
+    out = layout.baselines_dir(config)
     out.mkdir(parents=True, exist_ok=True)
     split = config.evaluate.split
     source = config.data.sources[0].name
@@ -202,11 +193,11 @@ def run_baselines(config: Config, verbose: int = 1) -> dict:
         results[name] = {"model": str(path), "reused_main_run": reused, "metrics": metrics,
                          "inference": inference}
         if not reused:
-            _write_atomic(path.parent / "metrics.json", json.dumps(metrics, indent=1))
+            atomic.write_text(path.parent / "metrics.json", json.dumps(metrics, indent=1))
 
     summary = summarise(config, results)
-    _write_atomic(out / "summary.json", json.dumps(summary, indent=1))
-    _write_atomic(out / "baselines.md", f"# Baselines — {config.experiment}\n\n"
+    atomic.write_text(out / "summary.json", json.dumps(summary, indent=1))
+    atomic.write_text(out / "baselines.md", f"# Baselines — {config.experiment}\n\n"
                   + report.baselines_markdown(summary) + "\n")
     comparison = summary["multi_task"]["comparison"]
     print(f"baselines: multi-task ({summary['multi_task']['weighting']}) "
@@ -217,7 +208,3 @@ def run_baselines(config: Config, verbose: int = 1) -> dict:
         print(f"baselines: updated {path}")
     print(f"baselines: wrote {out / 'summary.json'} and {out / 'baselines.md'}")
     return summary
-
-
-def main(config: Config, args=None) -> dict:
-    return run_baselines(config)

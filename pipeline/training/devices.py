@@ -11,6 +11,8 @@ import os
 
 import tensorflow as tf
 
+from data.errors import UserError
+
 # Measured on the project's 2-core CPU (README, Performance): XLA off is faster for this model.
 CPU_JIT_DEFAULT = False
 
@@ -58,7 +60,6 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(cpus)
     if name == "multi_worker":
-        from pipeline.errors import UserError
         if "TF_CONFIG" not in os.environ:
             raise UserError("strategy multi_worker needs TF_CONFIG (cluster and task) in the environment")
         try:
@@ -80,11 +81,6 @@ def _task(strategy) -> tuple[str, int]:
     config = json.loads(os.environ.get("TF_CONFIG", "{}"))
     task = config.get("task", {})
     return task.get("type", "worker"), int(task.get("index", 0))
-
-
-def task_index() -> int:
-    config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    return int(config.get("task", {}).get("index", 0))
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

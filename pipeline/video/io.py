@@ -19,7 +19,7 @@ import time
 import cv2
 import numpy as np
 
-from pipeline.errors import UserError
+from data.errors import UserError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
 # 'avc1' (H.264) plays everywhere but OpenCV's wheels often cannot encode it; 'mp4v' (MPEG-4 part 2)
@@ -157,7 +157,7 @@ class Pipe:
         raise Cancelled()
 
 
-class Worker(threading.Thread):
+class StageThread(threading.Thread):
     """A thread that keeps its exception for the main thread (`check()`) and cancels the run on failure."""
 
     def __init__(self, target, cancel: threading.Event, name: str):
@@ -184,3 +184,20 @@ def to_bgr(image_rgb: np.ndarray) -> np.ndarray:
 
 def to_rgb(image_bgr: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+
+
+def list_videos(path: pathlib.Path) -> list[pathlib.Path]:
+    if not path.exists():
+        raise UserError(f"input not found: {path}")
+    if path.is_file():
+        return [path]
+    videos = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    if not videos:
+        raise UserError(f"no videos ({', '.join(VIDEO_EXTENSIONS)}) in the folder {path}")
+    return videos
+
+
+def clip_names(videos: list[pathlib.Path]) -> list[str]:
+    """Output folder per video: its stem, or stem_ext when two videos share a stem."""
+    stems = [v.stem for v in videos]
+    return [v.stem if stems.count(v.stem) == 1 else f"{v.stem}_{v.suffix.lstrip('.').lower()}" for v in videos]

@@ -4,9 +4,9 @@ import pytest
 
 from data import builder as storage
 from data import schema
-from pipeline import prepare
-from pipeline.errors import UserError
-from tests.conftest import tiny
+from data.errors import UserError
+from pipeline.inputs import records
+from support import tiny
 
 
 def good(seed):
@@ -33,8 +33,8 @@ def items(with_bad: bool):
 
 
 def build(config, with_bad, monkeypatch):
-    monkeypatch.setattr(prepare, "source_items", lambda config, source: items(with_bad))
-    return prepare.build_source(config, config.data.sources[0])
+    monkeypatch.setattr(records, "source_items", lambda config, source: items(with_bad))
+    return records.build_source(config, config.data.sources[0])
 
 
 def test_round_trip_keeps_labels(tmp_path, monkeypatch):

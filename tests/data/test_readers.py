@@ -11,9 +11,10 @@ import pytest
 
 from data import bdd100k, camvid, cityscapes, kitti, readers
 from data.schema import DETECTION_CLASSES, IGNORE, SEGMENTATION_CLASSES, BadExample
-from pipeline.errors import UserError
+from data.errors import UserError
+from data.vocabulary import REAL_SOURCES, TASKS
+from support import FIXTURES
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 KITTI = FIXTURES / "kitti"
 DET = {name: i for i, name in enumerate(DETECTION_CLASSES)}
 SEG = {name: i for i, name in enumerate(SEGMENTATION_CLASSES)}
@@ -32,10 +33,10 @@ def kitti_examples():
 # --- registry and schema ------------------------------------------------------------------------------
 
 def test_registry_names_every_reader_and_rejects_unknown():
-    for name in readers.SOURCES:
+    for name in REAL_SOURCES:
         module = readers.get(name)
         assert callable(module.check_layout) and callable(module.list_items)
-        assert callable(module.load_item) and module.LABELS <= {"detection", "segmentation", "depth"}
+        assert callable(module.load_item) and module.LABELS <= set(TASKS)
     with pytest.raises(UserError, match="unknown data source 'nuscenes'"):
         readers.get("nuscenes")
 

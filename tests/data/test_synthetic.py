@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data import schema, synthetic, synthetic_clip
-from pipeline.errors import UserError
+from data.errors import UserError
 
 HEIGHT, WIDTH = 96, 192
 SEG = {name: i for i, name in enumerate(schema.SEGMENTATION_CLASSES)}

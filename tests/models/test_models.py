@@ -4,6 +4,9 @@ Tiny sizes throughout (64x96 px, widths 8..32, batch 2) so the whole file runs i
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import urllib.error
 
 import keras
@@ -11,17 +14,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import models
 from data.schema import IGNORE
 from models.depth import LogSigmoidDepth, depth_loss
-from models.detection import STRIDE, decode_detections, detection_loss
+from models.detection import STRIDE, _local_peaks, decode_detections, detection_loss
 from models.multitask import TASKS, build_model
 from models.optimizer import make_optimizer
 from models.segmentation import segmentation_loss
 from models.sharing import CrossStitch, soft_sharing_penalty, task_encoders
 from models.trainer import MultiTaskTrainer
+from data.errors import UserError
 from pipeline.config import ModelConfig, TrainConfig
-from pipeline.errors import UserError
+from support import REPO
 
 SIZE = (64, 96)
 BATCH = 2
@@ -317,10 +320,10 @@ _MIRRORED = """
 import sys, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-sys.path.insert(0, "tests")
+sys.path[:0] = ["tests/models", "tests"]
 import numpy as np
-from test_models import make_batch, tiny_model, tiny_train, SIZE, _fit
 from models.multitask import build_model, MultiTaskTrainer
+from test_models import make_batch, tiny_model, tiny_train, SIZE, _fit
 with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
     trainer = MultiTaskTrainer(build_model(tiny_model(), SIZE), tiny_model(), tiny_train(weighting="gradnorm"))
     history = _fit(trainer, make_batch(batch=4, has=(1.0, 0.0, 1.0)), 2, eager=False)
@@ -331,11 +334,8 @@ print("ok")
 
 @pytest.mark.slow
 def test_trains_under_mirrored_strategy():
-    import subprocess
-    import sys
-
     # Logical devices must be set before TensorFlow starts, hence a fresh interpreter.
-    result = subprocess.run([sys.executable, "-c", _MIRRORED], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", _MIRRORED], cwd=REPO, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
 
@@ -381,13 +381,20 @@ def test_optimizer_warms_up_and_skips_decay_for_log_vars_and_biases():
 
 
 def test_models_package_import_registers_layers():
+    """`import models` alone (what a loader does) registers every custom layer a saved model names."""
     assert keras.saving.get_registered_object("dashcam>CrossStitch") is CrossStitch
-    assert models.depth.LogSigmoidDepth is LogSigmoidDepth
+    names = ["dashcam>CrossStitch", "dashcam>LogSigmoidDepth", "dashcam>FusedBatchNorm", "dashcam>FixedWeighting",
+             "dashcam>UncertaintyWeighting", "dashcam>DWAWeighting", "dashcam>GradNormWeighting"]
+    code = ("import sys, keras, models; "
+            "print([n for n in sys.argv[1:] if keras.saving.get_registered_object(n) is None])")
+    done = subprocess.run([sys.executable, "-c", code, *names], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"  # none missing
 
 
 def test_a_plateau_of_equal_scores_gives_one_detection():
     """int8 scores come in steps of 1/256, so equal neighbours are common; each plateau is one peak."""
-    from models.detection import _local_peaks
     heat = np.zeros((1, 6, 6, 1), np.float32)
     heat[0, 2:4, 2:4, 0] = 0.8
     heat[0, 0, 5, 0] = 0.5

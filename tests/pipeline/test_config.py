@@ -1,7 +1,7 @@
 import pytest
 
 from pipeline.config import load_config, save_config
-from pipeline.errors import UserError
+from data.errors import UserError
 
 
 def test_defaults_load_and_overrides_apply():

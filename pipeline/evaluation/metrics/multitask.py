@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from pipeline.metrics.absent import is_absent
+from pipeline.evaluation.metrics.absent import is_absent
 
 # The usual choice per task: detection AP (higher), segmentation mIoU (higher), depth errors (lower).
 STANDARD_METRICS = {

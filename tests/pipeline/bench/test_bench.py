@@ -10,11 +10,19 @@ import math
 
 import pytest
 
-from conftest import REPO, tiny
-from pipeline import bench, bench_report, bench_train, bench_worker, devices
-from pipeline import bench_timing as timing
+from models import multitask
+from pipeline.bench import infer as bench_infer
+from pipeline.bench import report as bench_report
+from pipeline.bench import run as bench
+from pipeline.bench import timing
+from pipeline.bench import train as bench_train
+from pipeline.bench import worker as bench_worker
+from pipeline.config import load_config, save_config
+from pipeline.stages import bench as bench_stage
+from pipeline.training import devices
+from support import REPO, tiny
 
-SECTIONS = [str(i) for i in range(1, 8)]
+SECTIONS = list(bench_report.SECTIONS)
 
 
 def numbers(value, where="results"):
@@ -51,7 +59,6 @@ def test_alternate_rotates_the_order_and_keeps_every_sample():
 
 
 def test_machine_peak_and_flops(tiny_config):
-    from models import multitask
     info = timing.machine()
     assert info["cpu"] and info["cores"] >= 1 and info["tensorflow"] and info["keras"]
     run, flops = timing.matmul_runner(128, 2)
@@ -63,7 +70,6 @@ def test_machine_peak_and_flops(tiny_config):
 
 
 def test_quick_config_and_settings():
-    from pipeline.config import load_config
     default = load_config(REPO / "configs" / "default.yaml")
     quick = bench.quick_config(default)
     assert quick.tiny and quick.experiment == "default-quick"
@@ -81,11 +87,10 @@ def test_quick_config_and_settings():
 
 
 def test_worker_protocol(tiny_config, tmp_path):
-    from pipeline.config import save_config
     save_config(tiny_config, tmp_path / "config.yaml")
     spec = {"config": str(tmp_path / "config.yaml"), "overrides": ["data.cache=false", "data.shuffle_buffer=1"],
             "jit": False, "precision": "float32", "batches": 2}
-    worker = bench_worker.Worker("w", spec, tmp_path)
+    worker = bench_worker.WorkerProcess("w", spec, tmp_path)
     try:
         bench_worker.start_workers([worker]).join()
         ready = worker.check()
@@ -99,8 +104,6 @@ def test_worker_protocol(tiny_config, tmp_path):
 
 
 def test_one_vs_three_and_its_table(tiny_config):
-    from models import multitask
-    from pipeline import bench_infer
     net = multitask.build_model(tiny_config.model, tuple(tiny_config.data.image_size))
     measure, forward, flops = bench_infer.one_vs_three(tiny_config, net, rounds=2, calls=2)
     section = measure()
@@ -109,12 +112,12 @@ def test_one_vs_three_and_its_table(tiny_config):
     assert section["params"]["three"] > section["params"]["multi"] > 0
     assert 0 < section["flops_ratio"] < 1 and 0 < section["params_ratio"] < 1
     forward()
-    table = "\n".join(bench_report.RENDER["3"](section))
+    table = "\n".join(bench_report.RENDER[bench_report.ONE_VS_THREE](section))
     assert "multi / three" in table and "GFLOPs per frame" in table
 
 
 def test_targets_say_met_missed_or_not_measured():
-    rows = bench_report.targets({"1": {"fed_over_held": 0.95}, "3": {"latency_ratio": 0.5, "params_ratio": 0.3},
+    rows = bench_report.speed_goals({"1": {"fed_over_held": 0.95}, "3": {"latency_ratio": 0.5, "params_ratio": 0.3},
                                  "4": {"skipped": "run `make export`"}})
     status = {row["target"]: row["status"] for row in rows}
     assert list(status.values()) == ["met", "missed", "met", "not measured"]
@@ -124,7 +127,7 @@ def test_targets_say_met_missed_or_not_measured():
 @pytest.mark.slow
 def test_quick_bench_writes_every_section_with_finite_numbers(tmp_path):
     config = tiny(tmp_path)
-    results = bench.main(config, argparse.Namespace(quick=True))
+    results = bench_stage.main(config, argparse.Namespace(quick=True))
     out = tmp_path / "bench"
     on_disk = json.loads((out / "bench.json").read_text())
     assert sorted(on_disk["sections"]) == SECTIONS

@@ -17,9 +17,11 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny
-from pipeline import export, predict, runtimes
-from pipeline.errors import UserError
+from data.errors import UserError
+from pipeline import layout, trained
+from pipeline.deploy import export, parity, predict, runtimes, serving
+from pipeline.stages import export as export_stage
+from support import REPO, assert_no_partial_output, assert_user_error_exit, run_cli, tiny
 
 TFLITE = {"tflite-float32": "model_float32.tflite", "tflite-float16": "model_float16.tflite",
           "tflite-int8": "model_int8.tflite"}
@@ -96,23 +98,23 @@ def test_tflite_agrees_with_keras(exported, keras_predictor, fmt):
     config, out, report = exported
     entry = report["formats"][fmt]
     assert entry["verdict"] == "pass", entry["failures"]
-    allowed = export.tolerances(config, fmt)
+    allowed = parity.tolerances(config, fmt)
     for metric, drift in entry["drift"].items():
         assert drift <= allowed[metric] + 1e-9
 
     # Directly, on a couple of validation frames: the same metrics, within the same tolerances.
-    images, labels = export.parity_examples(config)
+    images, labels = parity.parity_examples(config)
     images, labels = images[:1], [{k: v[:2] for k, v in labels[0].items()}]
     images = [images[0][:2]]
-    keras_pred = export.run_predictor(keras_predictor, images)
+    keras_pred = parity.run_predictor(keras_predictor, images)
     lite = runtimes.load_predictor(out / TFLITE[fmt])
     assert lite.name == fmt
-    lite_pred = export.run_predictor(lite, images)
+    lite_pred = parity.run_predictor(lite, images)
     tasks = lite.tasks
-    _, failures = export.verdict(config, fmt, export.metrics_of(config, tasks, labels, lite_pred),
-                                 export.metrics_of(config, tasks, labels, keras_pred))
+    _, failures = parity.verdict(config, fmt, parity.metrics_of(config, tasks, labels, lite_pred),
+                                 parity.metrics_of(config, tasks, labels, keras_pred))
     assert not failures
-    agreement = export.agreement(keras_pred, lite_pred)
+    agreement = parity.agreement(keras_pred, lite_pred)
     # int8 arithmetic moves class boundaries and depth by its quantisation steps; float formats barely.
     if fmt == "tflite-int8":
         assert agreement["segmentation_same_class"] > 0.9 and agreement["depth_median_rel_diff"] < 0.05
@@ -126,7 +128,6 @@ def test_tflite_agrees_with_keras(exported, keras_predictor, fmt):
 def test_stable_softplus_is_softplus():
     import tensorflow as tf
 
-    from pipeline import serving
     x = tf.constant(np.linspace(-30, 30, 601), tf.float32)
     np.testing.assert_allclose(serving.stable_softplus(x).numpy(), tf.math.softplus(x).numpy(), rtol=1e-5, atol=1e-6)
 
@@ -137,7 +138,7 @@ def test_boxes_and_maps_come_back_at_the_input_resolution(exported, keras_predic
     twice the original's and its maps are the original's, upscaled."""
     config, out, _ = exported
     predictor = keras_predictor if fmt == "keras" else runtimes.load_predictor(out / TFLITE[fmt])
-    small = export.parity_examples(config)[0][0][:1]
+    small = parity.parity_examples(config)[0][0][:1]
     big = small.repeat(2, axis=1).repeat(2, axis=2)
     a, b = predictor.predict(small), predictor.predict(big)
     assert not a["resized"] and b["resized"]
@@ -169,13 +170,13 @@ def test_int8_io_types_follow_the_config(exported):
 def test_other_int8_io_types(tiny_trained, tmp_path, io):
     config, model_path = tiny_trained
     config = tiny(config.run_root, f"export.int8_io={io}")
-    net = export.load_net(model_path)
+    net = trained.load(model_path)
     path = tmp_path / "model_int8.tflite"
     export.convert_tflite(net, path, "tflite-int8", config, export.representative_frames(config))
     predictor = runtimes.load_predictor(path)
     assert predictor.name == "tflite-int8"
     assert np.dtype(predictor._input["dtype"]) == np.dtype(io)
-    frame = export.parity_examples(config)[0][0][:1]
+    frame = parity.parity_examples(config)[0][0][:1]
     out = predictor.predict(frame)
     assert out["depth"].shape == frame.shape[:3] and np.all(out["depth"] > 0)
 
@@ -193,7 +194,7 @@ def _run_copy(tmp_path, tiny_trained) -> object:
 def test_missing_model_says_run_train(tmp_path):
     config = tiny(tmp_path)
     with pytest.raises(UserError, match=r"no trained model at .*make train"):
-        export.main(config)
+        export_stage.main(config)
     assert not (config.run_dir / "export").exists()
 
 
@@ -207,23 +208,25 @@ def test_failing_export_leaves_no_export_folder(tmp_path, tiny_trained, monkeypa
 
     monkeypatch.setattr(export, "write_saved_model", half_written)
     with pytest.raises(RuntimeError, match="disk full"):
-        export.main(config)
+        export_stage.main(config)
     assert sorted(p.name for p in config.run_dir.iterdir()) == ["train"]
+    assert_no_partial_output(config.run_dir)
 
     # An earlier export survives a failed one untouched.
     (config.run_dir / "export").mkdir()
     (config.run_dir / "export" / "parity.json").write_text("{}")
     with pytest.raises(RuntimeError):
-        export.main(config)
+        export_stage.main(config)
     assert sorted(p.name for p in config.run_dir.iterdir()) == ["export", "train"]
+    assert_no_partial_output(config.run_dir)
     assert (config.run_dir / "export" / "parity.json").read_text() == "{}"
 
 
 def test_unwritable_export_folder_is_a_user_error(tmp_path, tiny_trained, monkeypatch):
     config = _run_copy(tmp_path, tiny_trained)
-    monkeypatch.setattr(export, "export_dir", lambda _: pathlib.Path("/proc/no-such-dir/export"))
+    monkeypatch.setattr(layout, "export_dir", lambda _: pathlib.Path("/proc/no-such-dir/export"))
     with pytest.raises(UserError, match="cannot write the export"):
-        export.main(config)
+        export_stage.main(config)
 
 
 def test_parity_failure_names_format_and_metric(exported, monkeypatch, capsys):
@@ -232,7 +235,7 @@ def test_parity_failure_names_format_and_metric(exported, monkeypatch, capsys):
     failed["formats"]["tflite-int8"].update(verdict="fail", failures=["mIoU"], drift={"mIoU": 7.5})
     monkeypatch.setattr(export, "run_export", lambda config: (out, failed))
     with pytest.raises(UserError, match=r"tflite-int8 .*mIoU"):
-        export.main(config)
+        export_stage.main(config)
     assert "tflite-int8" in capsys.readouterr().out  # the table is printed before the error
 
 
@@ -298,21 +301,11 @@ def test_predict_bad_images_are_user_errors(exported, image_files, tmp_path):
         predict.run_predict(model, [str(image_files["grey"])], pathlib.Path("/proc/no-such-dir/pred"))
 
 
-def _cli(tmp_path, *args):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "pipeline", "predict", "--config", str(REPO / "configs" / "tiny.yaml"),
-                           f"run_root={tmp_path}", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)
-
-
 @pytest.mark.parametrize("case", ["missing", "corrupt"])
 def test_predict_cli_bad_model_exits_2_with_one_line(image_files, tmp_path, case):
     model = tmp_path / "model.tflite"
     if case == "corrupt":
         model.write_bytes(b"\x00" * 64)
-    done = _cli(tmp_path, "--model", str(model), "--images", str(image_files["grey"]))
-    assert done.returncode == 2
-    assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and str(model) in errors[0]
-    assert done.stderr.rstrip().splitlines()[-1] == errors[0]
+    done = run_cli("predict", "--config", REPO / "configs" / "tiny.yaml", f"run_root={tmp_path}", "--model", model,
+                   "--images", image_files["grey"], timeout=120)
+    assert_user_error_exit(done, str(model))

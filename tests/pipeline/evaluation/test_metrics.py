@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data.schema import DETECTION_CLASSES, IGNORE, SEGMENTATION_CLASSES
-from pipeline.metrics import (STANDARD_METRICS, DepthEvaluator, DetectionEvaluator, SegmentationEvaluator, absent,
+from pipeline.evaluation.metrics import (STANDARD_METRICS, DepthEvaluator, DetectionEvaluator, SegmentationEvaluator, absent,
                               box_iou, delta_m, is_absent, negative_transfer, relative_differences, task_gains)
 
 GT_BOX = [10.0, 10.0, 30.0, 30.0]  # 20 x 20 px

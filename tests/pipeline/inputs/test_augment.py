@@ -4,7 +4,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipeline.augment import augment
+from pipeline.inputs.augment import augment
 from pipeline.config import AugmentConfig
 
 RED = (255, 0, 0)

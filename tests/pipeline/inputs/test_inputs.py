@@ -1,12 +1,15 @@
 """The tf.data pipeline: shapes and dtypes the model takes, determinism, source mixing."""
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from data import builder as storage
 from data import schema
-from pipeline import inputs
-from tests.conftest import tiny
+from pipeline.inputs import dataset as inputs
+from pipeline.inputs import detection_targets as targets
+from support import tiny
 
 
 def fake_example(seed, has_detection, has_segmentation):
@@ -58,7 +61,6 @@ def test_batches_have_the_contract_shapes(tiny_config):
 
 
 def test_deterministic_pipeline_repeats_exactly(tiny_config):
-    import dataclasses
     config = dataclasses.replace(tiny_config, data=dataclasses.replace(tiny_config.data, deterministic=True))
     first = [b for b in inputs.make_dataset(config, "train", training=True).take(3)]
     second = [b for b in inputs.make_dataset(config, "train", training=True).take(3)]
@@ -87,7 +89,6 @@ def test_partial_labels_keep_their_flags(two_sources):
 
 
 def test_alternating_schedule_cycles_tasks(two_sources):
-    import dataclasses
     config = dataclasses.replace(two_sources, data=dataclasses.replace(two_sources.data, schedule="alternating"))
     for step, (_, y) in enumerate(inputs.make_dataset(config, "train", training=True).take(6)):
         active = [t for t in config.model.tasks if y[schema.TASK_FLAGS[t]].numpy().any()]
@@ -95,6 +96,5 @@ def test_alternating_schedule_cycles_tasks(two_sources):
 
 
 def test_a_frame_without_objects_gets_an_all_zero_heat_map():
-    from pipeline import targets
     maps = targets.encode_detection(tf.zeros([0, 4]), tf.zeros([0], tf.int32), (32, 64), 3)
     assert float(tf.reduce_min(maps["det_heatmap"])) == 0.0 and float(tf.reduce_max(maps["det_heatmap"])) == 0.0

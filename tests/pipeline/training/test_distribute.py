@@ -15,7 +15,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
+from pipeline import trained
+from support import REPO
 
 # Trains the tiny config with train.strategy=mirrored and reports, right after fit (before the
 # stage reloads its best checkpoint into every replica), whether each variable's per-replica
@@ -25,7 +26,7 @@ import json, pathlib, sys
 import numpy as np
 from models import multitask
 from pipeline.config import load_config
-from pipeline.train import run_training
+from pipeline.training.fit import run_training
 
 TRAINERS = []
 
@@ -95,8 +96,6 @@ def _free_ports(count):
 
 @pytest.mark.slow
 def test_multi_worker_strategy_over_two_local_processes(tiny_config, tmp_path):
-    from pipeline import evaluate
-
     out = tmp_path / "train"
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     procs, logs = [], []
@@ -125,8 +124,8 @@ def test_multi_worker_strategy_over_two_local_processes(tiny_config, tmp_path):
     for folder in (out, out / "worker-1"):
         speed = json.loads((folder / "speed.json").read_text())
         assert speed["replicas"] == 2 and speed["batch_size"] == 2 * tiny_config.train.batch_size
-    chief_weights = evaluate.load_trained_model(chief).get_weights()
-    worker_weights = evaluate.load_trained_model(worker).get_weights()
+    chief_weights = trained.load(chief).get_weights()
+    worker_weights = trained.load(worker).get_weights()
     assert len(chief_weights) == len(worker_weights) > 100
     unequal = [i for i, (a, b) in enumerate(zip(chief_weights, worker_weights)) if not np.array_equal(a, b)]
     assert not unequal, f"{len(unequal)} arrays differ between the chief and the worker"

@@ -3,7 +3,7 @@ changed model, NaN handling, and partial labels across real data sets (KITTI + C
 
 Every run is the tiny config (64 px frames, widths 8..32, 3 steps an epoch). Most of a run's time is
 TensorFlow tracing the train step once (~15-40 s depending on the machine's load), so tests share
-the session's synthetic data set (conftest.tiny_config) and train into their own tmp_path.
+the session's synthetic data set (the tiny_config fixture) and train into their own tmp_path.
 Distribution strategies are in test_distribute.py.
 """
 from __future__ import annotations
@@ -21,23 +21,21 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, REPO, tiny
-from pipeline import train as train_stage
-from pipeline.errors import UserError
-
-TASKS = ("detection", "segmentation", "depth")
+from data.errors import UserError
+from data.vocabulary import TASKS
+from models import multitask
+from models import trainer as trainer_lib
+from pipeline import trained
+from pipeline.config import load_config
+from pipeline.inputs import dataset as inputs
+from pipeline.inputs import records
+from pipeline.training import fit as train_stage
+from support import FIXTURES, REPO, assert_user_error_exit, run_cli, tiny
 
 
 def history(path) -> list[dict]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
-
-
-def cli(*args, timeout=300, **kwargs):
-    """`python -m pipeline ...` from the repository root, as a user runs it."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 def h5_arrays(path) -> dict:
@@ -48,18 +46,12 @@ def h5_arrays(path) -> dict:
     return arrays
 
 
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
-
-
 # --- outputs and a falling loss ------------------------------------------------------------------
 
 
 def test_training_writes_its_outputs_and_lowers_the_loss(tmp_path):
-    from pipeline import evaluate, prepare
-
     config = tiny(tmp_path, "train.epochs=4", "data.deterministic=true")
-    prepare.main(config)
+    records.build_all(config)
     model_path = train_stage.run_training(config, verbose=0)
 
     out = tmp_path / "tiny" / "train"  # runs/<experiment>/train under run_root
@@ -98,11 +90,18 @@ def test_training_writes_its_outputs_and_lowers_the_loss(tmp_path):
     # Uncertainty weighting, depth is a regression task: 1/(2 sigma^2), starting at 0.5.
     assert weights["depth"] == pytest.approx(float(rows[-1]["depth_weight"]), abs=1e-3)
 
-    net = evaluate.load_trained_model(model_path)
+    net = trained.load(model_path)
     assert set(net.output) == set(TASKS)
-    # model.keras is the best validation epoch (best.weights.h5), not simply the last one.
+    # model.keras holds the best validation epoch's weights: every one of its weights is, value for
+    # value, an array of best.weights.h5 (which also holds the weighting's and optimizer's state).
     best = h5_arrays(out / "best.weights.h5")
-    assert len(best) > len(net.weights)  # net, weighting and optimizer state
+    assert len(best) > len(net.weights)
+    by_shape = {}
+    for array in best.values():
+        by_shape.setdefault(np.shape(array), []).append(np.asarray(array))
+    for weight in net.weights:
+        value = np.asarray(weight.numpy())
+        assert any(np.array_equal(value, candidate) for candidate in by_shape.get(value.shape, [])), weight.path
 
 
 # --- resume bookkeeping, without training --------------------------------------------------------
@@ -155,12 +154,9 @@ def test_resume_of_a_changed_model_exits_2_with_one_line(tiny_config, tmp_path):
     out = tmp_path / "train"
     train_stage.check_resume(out, tiny_config)  # what an interrupted run leaves: its model config ...
     (out / "backup").mkdir()  # ... and a backup
-    result = cli("train", "--config", "configs/tiny.yaml", f"run_root={tiny_config.run_root}",
+    result = run_cli("train", "--config", "configs/tiny.yaml", f"run_root={tiny_config.run_root}",
                  "model.head_width=24", "--out", out, timeout=180)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    lines = error_lines(result.stderr)
-    assert len(lines) == 1 and "model.head_width" in lines[0] and "unfinished run" in lines[0], lines
+    assert_user_error_exit(result, "model.head_width", "unfinished run")
     assert not (out / "history.csv").exists()
 
 
@@ -207,11 +203,10 @@ def test_killed_run_resumes_from_its_last_epoch(tiny_config, tmp_path):
     assert done >= 2 and not (out / "model.keras").exists()
 
     # While the backup exists, a resume with another model is refused: one line, exit code 2.
-    refused = cli(*args, "model.head_width=24", timeout=180)
-    assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert len(error_lines(refused.stderr)) == 1 and "model.head_width" in refused.stderr
+    refused = run_cli(*args, "model.head_width=24", timeout=180)
+    assert_user_error_exit(refused, "model.head_width")
 
-    resumed = cli(*args, timeout=400)
+    resumed = run_cli(*args, timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from epoch {done + 1}" in resumed.stdout
     rows = history(out / "history.csv")
@@ -231,7 +226,6 @@ def test_nan_loss_stops_training_naming_the_task_and_keeps_the_last_good_state(
         tiny_config, tmp_path, monkeypatch):
     import tensorflow as tf
 
-    from models import trainer as trainer_lib
 
     # The depth loss turns NaN from its 8th evaluation on: epoch 1 uses calls 1-3 (train) and 4-5
     # (validation), so training breaks at epoch 2, step 3.
@@ -274,8 +268,6 @@ def test_nan_loss_stops_training_naming_the_task_and_keeps_the_last_good_state(
 @pytest.fixture(scope="module")
 def mixed_config(tmp_path_factory):
     """configs/kitti_camvid.yaml on the KITTI and CamVid fixtures, small frames and model."""
-    from pipeline import prepare
-    from pipeline.config import load_config
 
     root = tmp_path_factory.mktemp("mixed")
     config = load_config(REPO / "configs" / "kitti_camvid.yaml", [
@@ -284,14 +276,13 @@ def mixed_config(tmp_path_factory):
         "model.widths=[8,16,24,32]", "model.neck_width=16", "model.head_width=16", "model.top_k=20",
         "train.batch_size=2", "train.epochs=2", "train.steps_per_epoch=3", "train.warmup_steps=1",
         "train.validation_steps=1", "train.jit_compile=false", "train.precision=float32"])
-    reports = prepare.main(config)
+    reports = records.build_all(config)
     assert [r["source"] for r in reports] == ["kitti", "camvid"]
     return config
 
 
 def _all_frames(config):
     """Every frame of both splits of both sources as one batch, without augmentation."""
-    from pipeline import inputs
 
     parts = [next(iter(inputs.make_dataset(config, split, training=False, batch_size=16)))
              for split in ("train", "validation")]
@@ -304,7 +295,6 @@ def test_partial_labels_unlabelled_examples_give_exactly_zero_gradient(mixed_con
     import keras
     import tensorflow as tf
 
-    from models import multitask
 
     config = mixed_config
     x, y = _all_frames(config)

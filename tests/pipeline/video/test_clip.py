@@ -5,21 +5,24 @@ answer is known); one end-to-end test runs the real tiny model.
 """
 import argparse
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
 
-from pipeline import clip
+from data.errors import UserError
+from data.synthetic_clip import render_clip
 from pipeline.config import load_config
-from pipeline.errors import UserError
+from pipeline.deploy import runtimes
+from pipeline.evaluation.stability import Stability
+from pipeline.stages import clip as clip_stage
+from pipeline.video import clip
+from pipeline.video.clip_metrics import labels_path
+from pipeline.video.fitting import LETTERBOX_GREY, Fit
+from support import FIXTURES, REPO, assert_no_partial_output, assert_user_error_exit, run_cli
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-FIXTURE_CLIP = REPO / "tests" / "fixtures" / "clips" / "highway_cars_8f.mp4"  # 8 frames, 1280x720, 25 fps
+FIXTURE_CLIP = FIXTURES / "clips" / "highway_cars_8f.mp4"  # 8 frames, 1280x720, 25 fps
 SKY, ROAD = 4, 0  # segmentation class ids the fake predictor paints
 
 
@@ -98,17 +101,17 @@ def jsonl(path):
 # ------------------------------------------------------------------------------------------ geometry
 def test_letterbox_fit_arithmetic():
     # portrait 160x96 into 64x96: scale 0.4 -> content 38x64, centred at left=(96-38)//2=29
-    fit = clip.Fit((160, 96), (64, 96), "letterbox")
+    fit = Fit((160, 96), (64, 96), "letterbox")
     assert (fit.content_w, fit.content_h, fit.left, fit.top) == (38, 64, 29, 0)
     model = fit.to_model(np.zeros((160, 96, 3), np.uint8))
     assert model.shape == (64, 96, 3)
-    assert (model[:, :29] == clip.LETTERBOX_GREY).all() and (model[:, 29:67] == 0).all()
+    assert (model[:, :29] == LETTERBOX_GREY).all() and (model[:, 29:67] == 0).all()
     # wide 48x192 into 64x96: scale 0.5 -> content 96x24 at top=20; model box -> frame box by hand
-    fit = clip.Fit((48, 192), (64, 96), "letterbox")
+    fit = Fit((48, 192), (64, 96), "letterbox")
     assert (fit.content_w, fit.content_h, fit.left, fit.top) == (96, 24, 0, 20)
     np.testing.assert_allclose(fit.boxes_to_frame([[24, 24, 72, 40]]), [[48, 8, 144, 40]])
     np.testing.assert_allclose(fit.boxes_to_frame([[0, 0, 96, 64]]), [[0, 0, 192, 48]])  # padding clipped off
-    stretch = clip.Fit((48, 192), (64, 96), "stretch")
+    stretch = Fit((48, 192), (64, 96), "stretch")
     np.testing.assert_allclose(stretch.boxes_to_frame([[24, 16, 72, 48]]), [[48, 12, 144, 36]])
 
 
@@ -121,7 +124,7 @@ def test_boxes_map_back_to_input_pixels(tmp_path, mode, size, box):
     summary = clip.process_clip(FakePredictor(), video, tmp_path / "out", config_for(tmp_path, f"clip.resize={mode}"),
                                 progress=False)
     assert summary["resolution"] == {"width": width, "height": height}
-    fit = clip.Fit(size, (64, 96), mode)
+    fit = Fit(size, (64, 96), mode)
     tolerance = 1.5 * max(fit.scale_x, fit.scale_y) + 2  # one model pixel of edge blur, plus the codec's
     for record in jsonl(tmp_path / "out" / "predictions.jsonl"):
         assert record["classes"] == ["vehicle"], "the 0.1 box is under the display threshold"
@@ -153,10 +156,9 @@ def test_real_clip_fixture_overlay_and_jsonl(tmp_path):
 
 
 def test_synthetic_clip_with_labels_gets_metrics(tmp_path):
-    from data.synthetic_clip import render_clip
     video = render_clip(tmp_path / "clips", "scene", seed=3, frames=5, height=64, width=96, fps=5)
     video = pathlib.Path(video)
-    assert clip.labels_path(video).is_file()
+    assert labels_path(video).is_file()
     summary = clip.process_clip(FakePredictor(), video, tmp_path / "out", config_for(tmp_path), progress=False)
     assert video_facts(tmp_path / "out" / "overlay.mp4") == {"frames": 5, "width": 96, "height": 64, "fps": 5.0}
     assert len(jsonl(tmp_path / "out" / "predictions.jsonl")) == 5
@@ -215,7 +217,7 @@ def test_one_frame_repeated_is_perfectly_stable(tmp_path):
 
 
 def test_stability_measures_change():
-    stability = clip.Stability(num_classes=9)
+    stability = Stability(num_classes=9)
     seg_a = np.zeros((4, 4), np.uint8)
     seg_b = seg_a.copy()
     seg_b[:, :2] = 4  # class 0 IoU 8/16, class 4 IoU 0/8 -> mean IoU 0.25
@@ -281,29 +283,26 @@ def test_failure_midway_leaves_no_partial_outputs(tmp_path):
     with pytest.raises(RuntimeError, match="crashed"):
         clip.process_clip(Broken(), video, tmp_path / "out", config_for(tmp_path), progress=False)
     assert not (tmp_path / "out").exists()
+    assert_no_partial_output(tmp_path)
 
 
 def test_cli_text_file_exits_2_with_one_line(tmp_path):
     bad = tmp_path / "notes.mp4"
     bad.write_text("definitely not a video\n")
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "pipeline", "clip", "--config", "configs/tiny.yaml",
-                             f"run_root={tmp_path / 'runs'}", "--input", str(bad), "--out", str(out)],
-                            cwd=REPO, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and "notes.mp4" in lines[0]
+    result = run_cli("clip", "--config", "configs/tiny.yaml", f"run_root={tmp_path / 'runs'}", "--input", bad,
+                     "--out", out, timeout=120, env={"TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert_user_error_exit(result, "notes.mp4")
+    assert len(result.stderr.strip().splitlines()) == 1  # nothing else on stderr either
     assert not list(out.rglob("overlay.mp4")) and not list(out.rglob("summary.json"))
 
 
 def test_missing_default_clip_says_make_data(tmp_path):
     with pytest.raises(UserError, match="make data"):
-        clip.main(config_for(tmp_path), argparse.Namespace(model=None, input=None, out=None))
+        clip_stage.main(config_for(tmp_path), argparse.Namespace(model=None, input=None, out=None))
 
 
 def test_folder_input_writes_an_index(tmp_path, monkeypatch):
-    from pipeline import runtimes
     monkeypatch.setattr(runtimes, "load_predictor", lambda path: FakePredictor())
     videos = tmp_path / "videos"
     videos.mkdir()
@@ -314,7 +313,7 @@ def test_folder_input_writes_an_index(tmp_path, monkeypatch):
     model = tmp_path / "model.keras"
     model.write_bytes(b"stub")  # load_predictor is faked
     out = tmp_path / "out"
-    summaries = clip.main(config_for(tmp_path), argparse.Namespace(model=str(model), input=str(videos), out=str(out)))
+    summaries = clip_stage.main(config_for(tmp_path), argparse.Namespace(model=str(model), input=str(videos), out=str(out)))
     assert [s["frames_read"] for s in summaries] == [3, 2]
     index = json.loads((out / "index.json").read_text())
     assert [entry["clip"] for entry in index["clips"]] == ["a", "b", "c"]
@@ -325,11 +324,10 @@ def test_folder_input_writes_an_index(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ real model
 def test_real_tiny_model_end_to_end(tiny_trained, tmp_path):
     config, model_path = tiny_trained
-    from pipeline import runtimes
     predictor = runtimes.load_predictor(model_path)
 
     # the labelled synthetic clip the data stage rendered: the default input
-    summaries = clip.main(config, argparse.Namespace(model=str(model_path), input=None, out=str(tmp_path / "c")))
+    summaries = clip_stage.main(config, argparse.Namespace(model=str(model_path), input=None, out=str(tmp_path / "c")))
     summary = summaries[0]
     frames = config.data.synthetic.clip_frames
     facts = video_facts(tmp_path / "c" / "synthetic_clip" / "overlay.mp4")
