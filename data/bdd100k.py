@@ -26,7 +26,7 @@ from data.label_maps import (BDD100K_DETECTION, BDD100K_DRIVABLE, BDD100K_SEGMEN
                              lookup_table)
 from data.readers import clip_boxes, finish, read_mask, read_rgb, require_dir, split_key
 from data.schema import IGNORE, BadExample, placeholder
-from pipeline.errors import UserError
+from data.errors import UserError
 
 LABELS = {"detection", "segmentation"}
 SOURCE = "bdd100k"

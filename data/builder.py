@@ -9,7 +9,6 @@ Depth is stored as a 16-bit PNG in KITTI's convention (metres x 256, 0 = no meas
 """
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 from typing import Callable
 
@@ -17,17 +16,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data import schema
+from data.vocabulary import DEPTH_SCALE
 
-DEPTH_SCALE = 256.0  # stored depth = metres * DEPTH_SCALE as uint16
 MAX_STORED_DEPTH = 65535 / DEPTH_SCALE
 VALIDATION_EVERY = 10  # real sources: every 10th frame (sorted by key) goes to validation
-
-
-@dataclasses.dataclass
-class BuildReport:
-    """What a build did, so drops are counted and shown, never silent."""
-    written: dict = dataclasses.field(default_factory=dict)
-    dropped: list = dataclasses.field(default_factory=list)
 
 
 def features() -> tfds.features.FeaturesDict:

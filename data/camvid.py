@@ -16,7 +16,7 @@ import numpy as np
 from data.label_maps import CAMVID_SEGMENTATION, lookup_table
 from data.readers import finish, read_mask, read_rgb, split_key
 from data.schema import IGNORE, BadExample, placeholder
-from pipeline.errors import UserError
+from data.errors import UserError
 
 LABELS = {"segmentation"}
 SOURCE = "camvid"

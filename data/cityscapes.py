@@ -26,7 +26,7 @@ import numpy as np
 from data.label_maps import CITYSCAPES_DETECTION, CITYSCAPES_SEGMENTATION, DROP, lookup_table
 from data.readers import finish, read_mask, read_rgb, require_dir, split_key
 from data.schema import IGNORE, BadExample, placeholder
-from pipeline.errors import UserError
+from data.errors import UserError
 
 LABELS = {"segmentation", "detection", "depth"}
 SOURCE = "cityscapes"

@@ -25,7 +25,7 @@ import numpy as np
 from data.label_maps import DROP, KITTI_DETECTION
 from data.readers import clip_boxes, finish, read_mask, read_rgb, require_dir, split_key
 from data.schema import IGNORE, BadExample, placeholder
-from pipeline.errors import UserError
+from data.errors import UserError
 
 LABELS = {"detection", "depth"}
 SOURCE = "kitti"

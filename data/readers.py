@@ -2,7 +2,7 @@
 
 Every reader module (data.kitti, data.cityscapes, data.camvid, data.bdd100k) provides
   LABELS                      set of tasks the source labels, e.g. {"detection", "depth"}
-  check_layout(root)          raises pipeline.errors.UserError naming the missing file/folder
+  check_layout(root)          raises data.errors.UserError naming the missing file/folder
   list_items(root)            sorted, stable keys ("kitti-000001", "camvid-test/0001TP_008550", ...)
   load_item(root, key)        one example in the data.schema layout, or data.schema.BadExample
                               (one line naming the file) for anything wrong with that frame.
@@ -23,15 +23,14 @@ import cv2
 import numpy as np
 
 from data.schema import BadExample, validate
-from pipeline.errors import UserError
-
-SOURCES = ("kitti", "cityscapes", "camvid", "bdd100k")
+from data.errors import UserError
+from data.vocabulary import REAL_SOURCES
 
 
 def get(name: str) -> ModuleType:
     """The reader module for a source name. Imported on demand so readers may import this module."""
-    if name not in SOURCES:
-        raise UserError(f"unknown data source {name!r}; choose one of {', '.join(SOURCES)}")
+    if name not in REAL_SOURCES:
+        raise UserError(f"unknown data source {name!r}; choose one of {', '.join(REAL_SOURCES)}")
     return importlib.import_module(f"data.{name}")
 
 

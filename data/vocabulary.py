@@ -1,0 +1,20 @@
+"""The project's shared vocabulary, written once: tasks, valid config choices, the detection
+stride and the stored depth encoding.
+
+Imported by data/, models/ and pipeline/ alike, and by pipeline/config.py before TensorFlow loads,
+so this module imports nothing heavy.
+"""
+
+TASKS = ("detection", "segmentation", "depth")  # also the order of outputs, losses and reports
+
+# Valid choices of the config (pipeline/config.py checks them; models/ builds from them).
+WEIGHTINGS = ("fixed", "uncertainty", "dwa", "gradnorm")
+SHARING_MODES = ("hard", "soft", "cross_stitch")
+BACKBONES = ("builtin", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnetv2_b0", "efficientnet_lite0")
+REAL_SOURCES = ("kitti", "cityscapes", "camvid", "bdd100k")  # read from a folder in their public layout
+SOURCES = ("synthetic",) + REAL_SOURCES
+STRATEGIES = ("none", "mirrored", "multi_worker")
+PRECISIONS = ("auto", "float32", "bfloat16", "mixed_float16", "mixed_bfloat16")
+
+STRIDE = 4  # detection output cell in input pixels: heat maps are 1/4 of the input size
+DEPTH_SCALE = 256.0  # stored depth PNG = metres x 256 as uint16 (KITTI's encoding)

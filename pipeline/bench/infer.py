@@ -1,0 +1,205 @@
+"""Bench sections on inference: one model vs three (3), deployment formats (4), against the machine's
+peak (5) and the clip stage at 720p (6)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+
+import numpy as np
+
+from data import synthetic_clip
+from models import multitask
+from pipeline.bench import timing
+from pipeline import trained
+from pipeline.config import Config
+from pipeline.deploy import export, parity, runtimes
+from pipeline.video import clip as clip_loop
+
+
+def forward_function(model, image_size, batch: int = 1):
+    """tf.function of the net's forward pass returning one scalar that depends on every output, so a
+    call blocks until the whole net ran and no map is copied to the host."""
+    import tensorflow as tf
+    spec = tf.TensorSpec([batch, *image_size, 3], tf.float32)
+
+    @tf.function(input_signature=[spec])
+    def forward(image):
+        outputs = model({"image": image}, training=False)
+        return tf.add_n([tf.reduce_sum(tf.cast(v, tf.float32)) for v in tf.nest.flatten(outputs)])
+
+    frame = tf.random.uniform([batch, *image_size, 3], 0.0, 255.0)
+    call = lambda: float(forward(frame))  # noqa: E731
+    for _ in range(3):
+        call()
+    return call
+
+
+# --------------------------------------------------------------------------- 3. one model vs three
+def one_vs_three(config: Config, net, rounds: int, calls: int):
+    """Prepares (nets, traced forward passes, FLOPs); returns (measure() -> section, multi forward, FLOPs)."""
+    size, tasks = trained.input_size(net), trained.tasks(net)
+    singles = {task: multitask.build_model(dataclasses.replace(config.model, tasks=[task]), size) for task in tasks}
+    multi = forward_function(net, size)
+    single_calls = [forward_function(model, size) for model in singles.values()]
+
+    def three():
+        for call in single_calls:
+            call()
+    flops_multi = timing.forward_flops(net, size)
+    flops_single = {task: timing.forward_flops(model, size)["flops"] for task, model in singles.items()}
+    params_single = {task: int(model.count_params()) for task, model in singles.items()}
+
+    def measure() -> dict:
+        samples = timing.alternate({"multi": lambda: timing.timed(multi, calls),
+                                    "three": lambda: timing.timed(three, calls)}, rounds)
+        lat_multi, lat_three = timing.median(samples["multi"]), timing.median(samples["three"])
+        return {
+            "title": "3. One multi-task model vs three single-task models",
+            "method": (f"batch 1 at {size[0]}x{size[1]}, the nets' forward pass (tf.function, no decoding); "
+                       f"'three' = the {len(tasks)} single-task nets of the same encoder/neck/head run one after "
+                       f"another on the same frame; {rounds} rounds alternating, {calls} calls each; medians; "
+                       f"warm-up 3 calls each. FLOPs: {flops_multi['method']}."),
+            "tasks": list(tasks),
+            "latency_ms": {"multi": timing.stats(samples["multi"]), "three": timing.stats(samples["three"])},
+            "params": {"multi": int(net.count_params()), "three": sum(params_single.values()),
+                       "per_single": params_single},
+            "flops": {"multi": flops_multi["flops"], "three": sum(flops_single.values()), "per_single": flops_single,
+                      "multi_by_op": flops_multi["by_op"]},
+            "latency_ratio": lat_multi / lat_three,
+            "params_ratio": net.count_params() / sum(params_single.values()),
+            "flops_ratio": flops_multi["flops"] / sum(flops_single.values()),
+        }
+    return measure, multi, flops_multi["flops"]
+
+
+# ------------------------------------------------------------------------------- 4. deployment
+def export_files(config: Config, folder: pathlib.Path) -> dict[str, pathlib.Path]:
+    return {fmt: folder / name for fmt, name in export.FILES.items()}
+
+
+def temp_export(config: Config, data_config: Config, net, folder: pathlib.Path, frames: int) -> dict:
+    """SavedModel + the three TFLite files of `net` into `folder`, with the export stage's own functions."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = export_files(config, folder)
+    export.write_saved_model(net, paths["saved_model"], config.model.top_k)
+    small = dataclasses.replace(data_config, export=dataclasses.replace(data_config.export,
+                                                                        representative_frames=frames))
+    calibration = export.representative_frames(small)
+    for kind in export.TFLITE_FORMATS:
+        export.convert_tflite(net, paths[kind], kind, small, calibration)
+    return paths
+
+
+def deployment(config: Config, keras_path: pathlib.Path, paths: dict, source: str, rounds: int, calls: int):
+    """Loads and warms every format's predictor; returns measure() -> section."""
+    threads = os.cpu_count() or 1
+    paths = {"keras": keras_path, **paths}
+    predictors = {fmt: runtimes.load_predictor(paths[fmt], num_threads=threads if fmt.startswith("tflite") else None,
+                                               top_k=config.model.top_k) for fmt in runtimes.FORMATS}
+    size = tuple(predictors["keras"].input_size)
+    frame = np.random.default_rng(0).integers(0, 256, (1, *size, 3), dtype=np.uint8)
+    for predictor in predictors.values():
+        for _ in range(parity.WARMUP_RUNS):
+            predictor.predict(frame)
+    invokes = {fmt: _invoke(paths[fmt], threads) for fmt in export.TFLITE_FORMATS}
+    runners = {fmt: (lambda p=p: timing.timed(lambda: p.predict(frame), calls)) for fmt, p in predictors.items()}
+    runners.update({f"{fmt} invoke": (lambda f=f: timing.timed(f, calls)) for fmt, f in invokes.items()})
+
+    def measure() -> dict:
+        samples = timing.alternate(runners, rounds)
+        invoke = {fmt: samples.pop(f"{fmt} invoke") for fmt in invokes}
+        invoke_f32 = timing.median(invoke["tflite-float32"])
+        f32, keras_s = timing.median(samples["tflite-float32"]), timing.median(samples["keras"])
+        rows = {fmt: {**timing.stats(times), "size_kb": parity.size_bytes(paths[fmt]) / 1024.0,
+                      "speedup_vs_keras": keras_s / timing.median(times),
+                      "speedup_vs_tflite_float32": f32 / timing.median(times),
+                      "threads": threads if fmt.startswith("tflite") else "TF default"}
+                for fmt, times in samples.items()}
+        return {"title": "4. Deployment formats",
+                "method": (f"runtimes.load_predictor(...).predict() of one uint8 frame at the model size "
+                           f"({size[0]}x{size[1]}; decoding and (de)quantisation included, no resize), and for "
+                           f"the TFLite files also the bare LiteRT interpreter's invoke(); {rounds} rounds "
+                           f"alternating all of them, {calls} calls each; median and p90; warm-up "
+                           f"{parity.WARMUP_RUNS} calls each (invoke: 3); TFLite with {threads} threads "
+                           f"(XNNPACK, LiteRT's default delegate)."),
+                "source": source, "formats": rows,
+                "int8_speedup_vs_float32": f32 / timing.median(samples["tflite-int8"]),
+                "invoke_only": {fmt: {**timing.stats(times), "threads": threads,
+                                      "speedup_vs_tflite_float32": invoke_f32 / timing.median(times)}
+                                for fmt, times in invoke.items()},
+                "int8_speedup_vs_float32_invoke_only": invoke_f32 / timing.median(invoke["tflite-int8"])}
+    return measure
+
+
+def _invoke(path: pathlib.Path, threads: int):
+    """The bare interpreter's invoke() on a fixed random input: the format's own speed, without the
+    predictor's (de)quantisation, resizing and output handling."""
+    from ai_edge_litert.interpreter import Interpreter
+    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    dtype = np.dtype(detail["dtype"])
+    low, high = (0, 255) if dtype.kind == "f" else (np.iinfo(dtype).min, np.iinfo(dtype).max)
+    interpreter.set_tensor(detail["index"], np.random.default_rng(0).integers(low, high, detail["shape"]).astype(dtype))
+    for _ in range(3):
+        interpreter.invoke()
+    return interpreter.invoke
+
+
+# ------------------------------------------------------------------------------ 5. against the limit
+def limit(flops_per_frame: int, forward_b1, forward_batch, batch: int, train_step, train_batch: int,
+          size: int, rounds: int, calls: int):
+    """Prepares the matmul; returns measure() -> section."""
+    matmul, matmul_flops = timing.matmul_runner(size, 3)
+
+    def measure() -> dict:
+        samples = timing.alternate({
+            "matmul": matmul,
+            "forward_b1": lambda: timing.timed(forward_b1, calls),
+            "forward_batch": lambda: timing.timed(forward_batch, max(1, calls // 4)),
+            "train_step": lambda: timing.timed(train_step, 1),
+        }, rounds)
+        peak = matmul_flops / timing.median(samples["matmul"])
+        achieved = {
+            "inference_batch1": flops_per_frame / timing.median(samples["forward_b1"]),
+            f"inference_batch{batch}": flops_per_frame * batch / timing.median(samples["forward_batch"]),
+            f"training_batch{train_batch}": 3 * flops_per_frame * train_batch / timing.median(samples["train_step"]),
+        }
+        return {"title": "5. Against the machine's limit",
+                "method": (f"peak = float32 {size}x{size} @ {size}x{size} matmul through TF (2n^3 FLOPs, 3 calls "
+                           f"per round); model FLOPs per frame from section 3 (forward), training = 3 x forward "
+                           f"per image; {rounds} rounds alternating matmul, forward at batch 1 ({calls} calls), "
+                           f"forward at batch {batch} ({max(1, calls // 4)} calls), one train step (section 1's "
+                           f"trainer, held batches); medians."),
+                "peak_gflops": peak / 1e9, "forward_gflops_per_frame": flops_per_frame / 1e9,
+                "achieved_gflops": {k: v / 1e9 for k, v in achieved.items()},
+                "fraction_of_peak": {k: v / peak for k, v in achieved.items()},
+                "samples_ms": {k: timing.stats(v) for k, v in samples.items()}}
+    return measure
+
+
+# ------------------------------------------------------------------------------------ 6. clip stage
+def clip(config: Config, keras_path: pathlib.Path, folder: pathlib.Path, frames: int, repeats: int):
+    """Renders the 720p clip and loads the Keras predictor; returns measure() -> section."""
+    video = synthetic_clip.render_clip(folder, "bench_720p", seed=config.seed + 2000, frames=frames,
+                                       height=720, width=1280, fps=12)
+    predictor = runtimes.load_predictor(keras_path, top_k=config.model.top_k)
+
+    def measure() -> dict:
+        runs = [clip_loop.process_clip(predictor, video, folder / f"out-{i}", config, progress=False)
+                for i in range(repeats)]
+        ratios = [run["fps_end_to_end"] / run["fps_model"] for run in runs]
+        last = runs[-1]
+        return {"title": "6. Clip stage at 720p",
+                "method": (f"process_clip with the Keras predictor on a synthetic {frames}-frame 1280x720 clip "
+                           f"(data.synthetic_clip.render_clip), clip.batch_size={config.clip.batch_size}, "
+                           f"{repeats} run(s); fps_model (inference alone) and fps_end_to_end (the whole threaded "
+                           f"loop: decode, fit, infer, analyse, draw, encode) come from the same run; medians "
+                           f"over runs; the first batch is warm-up (outside the timing)."),
+                "frames": frames, "resolution": [1280, 720],
+                "fps_model": float(np.median([r["fps_model"] for r in runs])),
+                "fps_end_to_end": float(np.median([r["fps_end_to_end"] for r in runs])),
+                "end_to_end_over_model": float(np.median(ratios)),
+                "seconds_last_run": last["seconds"], "latency_ms_last_run": last["latency_ms"]}
+    return measure

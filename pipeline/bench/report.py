@@ -1,0 +1,164 @@
+"""BENCH.md: the bench's results as tables a person reads (and the README's performance section)."""
+from __future__ import annotations
+
+# The sections' keys in bench.json (numbers: the order they appear in BENCH.md).
+INPUT_VS_STEP = "1"  # input pipeline vs train step
+TRAIN_STEP = "2"  # train step: XLA, precision, task weighting
+ONE_VS_THREE = "3"  # one multi-task model vs three single-task models
+DEPLOYMENT = "4"  # deployment formats
+LIMIT = "5"  # fraction of the machine's matmul peak
+CLIP = "6"  # clip stage at 720p
+SCALING = "7"  # scaling with input size and batch
+SECTIONS = (INPUT_VS_STEP, TRAIN_STEP, ONE_VS_THREE, DEPLOYMENT, LIMIT, CLIP, SCALING)
+
+# Speed goals: (goal name, where the value is, goal text, test)
+SPEED_GOALS = [
+    ("training fed by the pipeline / on held batches", (INPUT_VS_STEP, "fed_over_held"), ">= 0.9",
+     lambda v: v >= 0.9),
+    ("multi-task latency / three single-task nets", (ONE_VS_THREE, "latency_ratio"), "<= 0.45", lambda v: v <= 0.45),
+    ("multi-task parameters / three single-task nets", (ONE_VS_THREE, "params_ratio"), "<= 0.45",
+     lambda v: v <= 0.45),
+    ("TFLite int8 speed-up over TFLite float32", (DEPLOYMENT, "int8_speedup_vs_float32"), ">= 2.0",
+     lambda v: v >= 2.0),
+]
+
+
+def speed_goals(sections: dict) -> list[dict]:
+    """Each speed goal against its measured value (bench.json's "targets")."""
+    rows = []
+    for name, (section, key), goal, test in SPEED_GOALS:
+        value = sections.get(section, {}).get(key)
+        status = "not measured" if value is None else ("met" if test(value) else "missed")
+        source = sections.get(section, {})
+        rows.append({"target": name, "goal": goal, "measured": value, "status": status,
+                     "why_not_measured": source.get("skipped") or source.get("error")})
+    return rows
+
+
+def number(value, digits=2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int) or (abs(value) >= 1000 and float(value).is_integer()):
+        return f"{int(value):,}"
+    return f"{value:,.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(number(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
+    return lines
+
+
+def _input_vs_step(s):
+    st = s["samples_ms"]
+    median = {k: f"median {'batch' if k == 'pipeline' else 'step'} {number(v['median_ms'])} ms" for k, v in st.items()}
+    return _table(["measure", "value", "how"], [
+        ["tf.data pipeline alone, images/s", s["pipeline_images_per_s"], median["pipeline"]],
+        ["train step consumes, images/s (held batches)", s["train_consumes_images_per_s"], median["held"]],
+        ["pipeline supply / train demand", s["supply_over_demand"], "> 1: the pipeline keeps up"],
+        ["training fed by the pipeline, images/s", s["fed_images_per_s"], median["fed"]],
+        ["**fed / held training throughput**", s["fed_over_held"], "target >= 0.9"],
+        ["CPU ms per batch: pipeline alone", s["cpu_ms"]["pipeline"], "process CPU time, all threads"],
+        ["CPU ms per step: held / fed", f"{number(s['cpu_ms']['held'])} / {number(s['cpu_ms']['fed'])}",
+         f"CPU / wall: {number(s['cpu_ms']['held'] / st['held']['median_ms'])} / "
+         f"{number(s['cpu_ms']['fed'] / st['fed']['median_ms'])} (cores busy)"],
+        ["fed / held expected if the pipeline's CPU time comes out of the step", s["fed_over_held_if_cpu_shared"],
+         "held CPU / (held CPU + pipeline CPU per batch)"]])
+
+
+def _train_step(s):
+    rows = []
+    for name, v in s["variants"].items():
+        rows.append([name, v["weighting"], v["precision"], "on" if v["jit"] else "off", v["step_ms"]["median_ms"],
+                     v["step_ms"]["p90_ms"], v["images_per_s"], v["step_time_vs_reference"], v["first_step_s"],
+                     v.get("peak_rss_mb")])
+    return _table(["variant", "weighting", "precision", "XLA", "step ms (median)", "step ms (p90)", "images/s",
+                   "step time / reference", "first step s (trace)", "peak RSS MB"], rows)
+
+
+def _one_vs_three(s):
+    lat, p, f = s["latency_ms"], s["params"], s["flops"]
+    return _table(["", "multi-task", f"three single-task ({', '.join(s['tasks'])})", "multi / three"], [
+        ["latency ms, batch 1 (median)", lat["multi"]["median_ms"], lat["three"]["median_ms"], s["latency_ratio"]],
+        ["latency ms, batch 1 (p90)", lat["multi"]["p90_ms"], lat["three"]["p90_ms"], "-"],
+        ["parameters", p["multi"], p["three"], s["params_ratio"]],
+        ["GFLOPs per frame", f["multi"] / 1e9, f["three"] / 1e9, s["flops_ratio"]]])
+
+
+def _deployment(s):
+    rows = [[fmt, v["size_kb"], v["median_ms"], v["p90_ms"], v["speedup_vs_keras"], v["speedup_vs_tflite_float32"],
+             str(v["threads"])] for fmt, v in s["formats"].items()]
+    rows += [[f"{fmt} (invoke only)", "-", v["median_ms"], v["p90_ms"], "-", v["speedup_vs_tflite_float32"],
+              str(v["threads"])] for fmt, v in s.get("invoke_only", {}).items()]
+    return _table(["format", "size KB", "ms (median)", "ms (p90)", "speed-up vs Keras", "speed-up vs TFLite float32",
+                   "threads"], rows) + [
+        "", f"int8 speed-up over float32: **{number(s['int8_speedup_vs_float32'])}x** through predict(), "
+            f"{number(s.get('int8_speedup_vs_float32_invoke_only'))}x for the interpreter's invoke() alone. "
+            f"Files: {s['source']}."]
+
+
+def _limit(s):
+    rows = [["peak: float32 matmul", s["peak_gflops"], 1.0]]
+    rows += [[name.replace("_", " "), s["achieved_gflops"][name], s["fraction_of_peak"][name]]
+             for name in s["achieved_gflops"]]
+    return _table(["measure", "GFLOP/s", "fraction of peak"], rows) + [
+        "", f"forward pass: {number(s['forward_gflops_per_frame'], 3)} GFLOPs per frame"]
+
+
+def _clip(s):
+    sec = s["seconds_last_run"]
+    stages = ", ".join(f"{k} {number(v)}" for k, v in sec.items())
+    return _table(["fps model", "fps end to end", "end to end / model"],
+                  [[s["fps_model"], s["fps_end_to_end"], s["end_to_end_over_model"]]]) + [
+        "", f"seconds per stage (last run; reader, writer and encoder threads overlap inference): {stages}"]
+
+
+def _scaling(s):
+    rows = [[name, f"{v['image_size'][0]}x{v['image_size'][1]}", v["batch_size"], v["step_ms"]["median_ms"],
+             v["images_per_s"], v["step_time_vs_config"], v["peak_rss_mb"], v["training_rss_mb"]]
+            for name, v in s["settings"].items()]
+    return _table(["setting", "input", "batch", "step ms (median)", "images/s", "step time / config's",
+                   "peak RSS MB", "RSS added by training MB"], rows)
+
+
+RENDER = {INPUT_VS_STEP: _input_vs_step, TRAIN_STEP: _train_step, ONE_VS_THREE: _one_vs_three, DEPLOYMENT: _deployment,
+          LIMIT: _limit, CLIP: _clip, SCALING: _scaling}
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = ["## Performance", "",
+             f"Measured by `python -m pipeline bench{' --quick' if results['quick'] else ''}` "
+             f"({'quick: tiny sizes, few steps' if results['quick'] else 'full'}) on {results['date']}, "
+             f"{results['seconds']:.0f} s. Model: {results['model']}. Data: {results['data']}. "
+             "Every comparison alternates its candidates in the same run (order rotated each round); "
+             "figures are medians, ratios are ratios of medians.", "", "### Machine", ""]
+    lines += _table(["CPU", "vector ISA", "cores", "GPU", "TensorFlow", "Keras", "LiteRT", "intra-op threads",
+                     "inter-op threads", "load average at start / end"],
+                    [[m["cpu"], " ".join(m.get("cpu_flags", [])) or "-", m["cores"], ", ".join(m["gpus"]) or "none",
+                      m["tensorflow"], m["keras"], str(m["ai_edge_litert"]), _threads(m["intra_op_threads"]),
+                      _threads(m["inter_op_threads"]),
+                      f"{m['load_average'][0]:.2f} / {results['load_average_end'][0]:.2f}"]])
+    lines += ["", "### Targets", ""]
+    lines += _table(["target", "goal", "measured", "status"],
+                    [[t["target"], t["goal"], t["measured"], t["status"] + (f" ({t['why_not_measured']})"
+                                                                            if t["why_not_measured"] else "")]
+                     for t in results["targets"]])
+    for key in sorted(results["sections"]):
+        section = results["sections"][key]
+        lines += ["", f"### {section['title']}", "", f"*How: {section['method']}*", ""]
+        if "skipped" in section:
+            lines.append(f"Skipped: {section['skipped']}.")
+        elif "error" in section:
+            lines.append(f"Failed: {section['error']}")
+        else:
+            if section.get("setting"):
+                lines += [f"Setting: {', '.join(f'{k} {v}' for k, v in section['setting'].items())}.", ""]
+            lines += RENDER[key](section)
+    return "\n".join(lines) + "\n"
+
+
+def _threads(value: int) -> str:
+    return "TF default (0: one per core)" if not value else str(value)

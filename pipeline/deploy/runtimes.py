@@ -1,0 +1,328 @@
+"""One predictor interface for every model format: .keras, SavedModel folder, .tflite (LiteRT).
+
+    predictor = load_predictor("runs/tiny/export/model_int8.tflite", num_threads=2)
+    out = predictor.predict(frames)   # uint8 [B,H,W,3] RGB, any H,W (the same within a batch)
+
+`out` holds, for the tasks the model has: boxes float32 [B,K,4] (x1,y1,x2,y2, input pixels), scores
+float32 [B,K], classes int32 [B,K], num_detections int32 [B] (scores >= trained.COUNT_SCORE),
+segmentation uint8 [B,H,W], depth float32 [B,H,W] metres, all at the input's resolution; plus
+"resized": True when the frames were resized to the model's fixed input size.
+
+Every format shares pipeline/deploy/serving.py's resize/decode/restore definitions, so formats differ only
+by what the format itself changes (float16 weights, int8 arithmetic). The predict, export (parity),
+clip and bench stages all go through here.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import tensorflow as tf
+import yaml
+
+from data.errors import UserError
+from data.vocabulary import STRIDE
+from pipeline import trained
+from pipeline.config import ModelConfig
+from pipeline.deploy import serving
+
+FORMATS = ("keras", "saved_model", "tflite-float32", "tflite-float16", "tflite-int8")
+
+
+class Predictor:
+    """Base: `name`, `input_size` (H, W) the model sees, `tasks`, `path`, `num_threads`."""
+
+    name: str = ""
+    input_size: tuple[int, int] = (0, 0)
+    tasks: list[str] = []
+
+    def __init__(self, path: pathlib.Path, num_threads: int | None):
+        self.path = pathlib.Path(path)
+        self.num_threads = num_threads
+
+    def predict(self, images: np.ndarray) -> dict:
+        images = _check_frames(images)
+        out = self._predict(images)
+        out["resized"] = tuple(images.shape[1:3]) != tuple(self.input_size)
+        return out
+
+    def _predict(self, images: np.ndarray) -> dict:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """Input/output names and dtypes as the format stores them (for parity.json and reports)."""
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name} {self.path} input_size={self.input_size} tasks={self.tasks}>"
+
+
+def _check_frames(images) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim == 3:
+        raise ValueError(f"predict() takes a batch [B,H,W,3]; add a batch axis. Received: shape={images.shape}")
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or 0 in images.shape:
+        raise ValueError(f"predict() takes uint8 RGB frames [B,H,W,3]. Received: shape={images.shape}, "
+                         f"dtype={images.dtype}")
+    return np.ascontiguousarray(images)
+
+
+def _numpy(outputs: dict) -> dict:
+    return {key: np.asarray(value) for key, value in outputs.items()}
+
+
+def _tasks_from_outputs(names) -> list[str]:
+    names = set(names)
+    tasks = []
+    if "boxes" in names or "box_sizes" in names:
+        tasks.append("detection")
+    if "segmentation" in names:
+        tasks.append("segmentation")
+    if "depth" in names or "log_depth" in names:
+        tasks.append("depth")
+    return tasks
+
+
+def _set_tf_threads(num_threads: int | None) -> None:
+    """TF's thread pools can only be sized before the runtime starts; later calls are a no-op."""
+    if not num_threads:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(int(num_threads))
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, int(num_threads)))
+    except RuntimeError:
+        pass  # TF already initialised: it keeps the thread count it started with
+
+
+def _top_k_beside(path: pathlib.Path) -> int:
+    """top_k of the training config written next to model.keras by the train stage, if any."""
+    config = path.parent / "config.yaml"
+    try:
+        return int(yaml.safe_load(config.read_text())["model"]["top_k"])
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return ModelConfig().top_k  # a .keras file without its training config beside it
+
+
+class KerasPredictor(Predictor):
+    """A .keras functional net wrapped in serving.serving_function (the same graph as the SavedModel)."""
+
+    name = "keras"
+
+    def __init__(self, path, num_threads=None, top_k: int | None = None):
+        super().__init__(path, num_threads)
+        _set_tf_threads(num_threads)
+        self.net = trained.load(path)
+        self.top_k = int(top_k or _top_k_beside(self.path))
+        self.input_size = trained.input_size(self.net)
+        self.tasks = trained.tasks(self.net)
+        self._serve = tf.function(serving.serving_function(self.net, self.top_k),
+                                  input_signature=[serving.SERVING_SIGNATURE])
+
+    def _predict(self, images):
+        return _numpy(self._serve(images))
+
+    def describe(self):
+        def text(tensor):
+            return f"{tensor.dtype} {[d if d is not None else 'B' for d in tensor.shape]}"
+        inputs = self.net.input if isinstance(self.net.input, dict) else {"image": self.net.inputs[0]}
+        outputs = self.net.output if isinstance(self.net.output, dict) else dict(zip(self.net.output_names,
+                                                                                     self.net.outputs))
+        return {"inputs": {name: text(t) + " 0..255 (uint8 frames are cast and resized in graph)"
+                           for name, t in inputs.items()},
+                "outputs": {name: text(t) for name, t in outputs.items()}}
+
+
+class SavedModelPredictor(Predictor):
+    """A SavedModel folder written by the export stage: its `serving_default` signature does it all."""
+
+    name = "saved_model"
+
+    def __init__(self, path, num_threads=None):
+        super().__init__(path, num_threads)
+        _set_tf_threads(num_threads)
+        self._loaded = tf.saved_model.load(str(path))
+        if "serving_default" not in self._loaded.signatures:
+            raise UserError(f"{path} has no 'serving_default' signature; export it with `make export`")
+        self._fn = self._loaded.signatures["serving_default"]
+        _, kwargs = self._fn.structured_input_signature
+        if len(kwargs) != 1:
+            raise UserError(f"{path}: expected one image input, found {sorted(kwargs)}")
+        (self._input_name, spec), = kwargs.items()
+        self._input_dtype = spec.dtype
+        self.tasks = _tasks_from_outputs(self._fn.structured_outputs)
+        self.input_size = (0, 0)
+        if hasattr(self._loaded, "metadata"):  # our export's extra endpoint
+            meta = self._loaded.metadata()
+            self.input_size = tuple(int(v) for v in np.asarray(meta["input_size"]))
+
+    def _predict(self, images):
+        outputs = self._fn(**{self._input_name: tf.constant(images, dtype=self._input_dtype)})
+        return _numpy(outputs)
+
+    def describe(self):
+        _, kwargs = self._fn.structured_input_signature
+        return {"inputs": {k: f"{v.dtype.name} {v.shape}" for k, v in kwargs.items()},
+                "outputs": {k: f"{v.dtype.name} {v.shape}" for k, v in self._fn.structured_outputs.items()}}
+
+
+class TFLitePredictor(Predictor):
+    """A .tflite file in the LiteRT interpreter: fixed [1,H,W,3] input, results at the model size.
+
+    Frames are resized to the model size (serving.resize_frames), quantised when the input is
+    integer, run one at a time (the file has batch 1: static shapes keep TFLite's kernels simple),
+    then outputs are dequantised and mapped back to the frame (serving.restore). A `log_depth`
+    output (int8 models, see serving.py) is turned back into metres.
+    """
+
+    def __init__(self, path, num_threads=None):
+        super().__init__(path, num_threads)
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        signatures = self.interpreter.get_signature_list()
+        if not signatures:
+            raise UserError(f"{path} has no signature; export it with `make export`")
+        self._runner = self.interpreter.get_signature_runner(next(iter(signatures)))
+        inputs = self._runner.get_input_details()
+        if len(inputs) != 1:
+            raise UserError(f"{path}: expected one image input, found {sorted(inputs)}")
+        (self._input_name, self._input), = inputs.items()
+        self._outputs = self._runner.get_output_details()
+        shape = self._input["shape"]
+        if len(shape) != 4 or shape[-1] != 3:
+            raise UserError(f"{path}: input must be [1,H,W,3]; it is {list(shape)}")
+        self.input_size = (int(shape[1]), int(shape[2]))
+        self.tasks = _tasks_from_outputs(self._outputs)
+        self.name = "tflite-" + self._precision()
+
+    def _precision(self) -> str:
+        dtypes = {np.dtype(t["dtype"]) for t in self.interpreter.get_tensor_details()}
+        if np.dtype(np.int8) in dtypes or np.dtype(self._input["dtype"]) in (np.uint8, np.int8):
+            return "int8"
+        if np.dtype(np.float16) in dtypes:
+            return "float16"
+        return "float32"
+
+    def _quantise(self, x: np.ndarray) -> np.ndarray:
+        dtype = np.dtype(self._input["dtype"])
+        scale, zero = self._input["quantization"]
+        if dtype.kind == "f":
+            return x.astype(dtype)
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+
+    def _dequantise(self, name: str, value: np.ndarray) -> np.ndarray:
+        scale, zero = self._outputs[name]["quantization"]
+        if scale and np.dtype(value.dtype).kind in "iu" and name not in ("classes", "segmentation", "box_cells"):
+            return (value.astype(np.float32) - zero) * np.float32(scale)
+        return value
+
+    def _predict(self, images):
+        height, width = images.shape[1:3]
+        same = (height, width) == self.input_size
+        per_frame = []
+        for frame in images:
+            frame = frame[None]
+            x = frame.astype(np.float32) if same else serving.resize_frames(frame, self.input_size).numpy()
+            raw = self._runner(**{self._input_name: self._quantise(x)})
+            per_frame.append({name: self._dequantise(name, np.asarray(value)) for name, value in raw.items()})
+        decoded = {name: np.concatenate([f[name] for f in per_frame]) for name in per_frame[0]}
+        if "log_depth" in decoded:
+            decoded["depth"] = np.exp(decoded.pop("log_depth").astype(np.float32))
+        if "box_sizes" in decoded:  # int8 models: boxes from the peak cell, offset and size
+            decoded["boxes"] = _boxes_from_parts(decoded.pop("box_cells"), decoded.pop("box_offsets"),
+                                                 decoded.pop("box_sizes"), self.input_size)
+        if "segmentation" in decoded:
+            decoded["segmentation"] = decoded["segmentation"].astype(np.uint8)
+        if same:  # nothing to map back: skip TF's eager ops (they cost more than a tiny model's invoke)
+            return _at_model_size(decoded)
+        return _numpy(serving.restore(decoded, self.input_size, tf.constant(height), tf.constant(width)))
+
+    def describe(self):
+        def text(details):
+            scale, zero = details["quantization"]
+            dtype = np.dtype(details["dtype"]).name
+            quantised = f" (scale {scale:.6g}, zero point {zero})" if scale else ""
+            return f"{dtype} {[int(v) for v in details['shape']]}{quantised}"
+        return {"inputs": {self._input_name: text(self._input)},
+                "outputs": {name: text(d) for name, d in self._outputs.items()}}
+
+
+def _boxes_from_parts(cells, offsets, sizes, input_size) -> np.ndarray:
+    """models.detection.boxes_from_parts in NumPy (TF's eager ops cost more than the invoke)."""
+    height, width = input_size[0] // STRIDE, input_size[1] // STRIDE
+    offsets, sizes = offsets.astype(np.float32), sizes.astype(np.float32)
+    cx = ((cells % width).astype(np.float32) + offsets[..., 0]) * STRIDE
+    cy = ((cells // width).astype(np.float32) + offsets[..., 1]) * STRIDE
+    half_w, half_h = sizes[..., 0] * STRIDE / 2.0, sizes[..., 1] * STRIDE / 2.0
+    max_x, max_y = float(width * STRIDE), float(height * STRIDE)
+    return np.stack([np.clip(cx - half_w, 0.0, max_x), np.clip(cy - half_h, 0.0, max_y),
+                     np.clip(cx + half_w, 0.0, max_x), np.clip(cy + half_h, 0.0, max_y)], axis=-1)
+
+
+def _at_model_size(decoded: dict) -> dict:
+    """serving.restore's result when the frame already has the model size, in NumPy."""
+    out = {}
+    if "boxes" in decoded:
+        out["boxes"] = decoded["boxes"].astype(np.float32)
+        out["scores"] = decoded["scores"].astype(np.float32)
+        out["classes"] = decoded["classes"].astype(np.int32)
+        out["num_detections"] = np.sum(out["scores"] >= trained.COUNT_SCORE, axis=1).astype(np.int32)
+    if "segmentation" in decoded:
+        out["segmentation"] = decoded["segmentation"].astype(np.uint8)
+    if "depth" in decoded:
+        out["depth"] = decoded["depth"].astype(np.float32)
+    return out
+
+
+def _sniff(path: pathlib.Path) -> str | None:
+    """The format of a file by its first bytes: TFLite flatbuffers say 'TFL3' at 4..8, .keras is a zip."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return None
+    if head[4:8] == b"TFL3":
+        return "tflite"
+    if head[:2] == b"PK":
+        return "keras"
+    return None
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".strip().rstrip(":")
+
+
+def load_predictor(path, num_threads: int | None = None, top_k: int | None = None) -> Predictor:
+    """A Predictor for a .keras file, a SavedModel folder or a .tflite file; UserError on a bad one.
+
+    `top_k` matters for .keras only (the other formats have it baked in); default: the training
+    config beside the file, else ModelConfig's default.
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise UserError(f"model not found: {path}")
+    if path.is_dir():
+        if not (path / "saved_model.pb").is_file():
+            raise UserError(f"{path} is a folder but not a SavedModel (no saved_model.pb in it)")
+        kind = "saved_model"
+    elif path.suffix == ".tflite":
+        kind = "tflite"
+    elif path.suffix == ".keras":
+        kind = "keras"
+    else:
+        kind = _sniff(path)
+        if kind is None:
+            raise UserError(f"unknown model format: {path} (expected a .keras file, a SavedModel folder "
+                            f"or a .tflite file)")
+    try:
+        if kind == "saved_model":
+            return SavedModelPredictor(path, num_threads)
+        if kind == "tflite":
+            return TFLitePredictor(path, num_threads)
+        return KerasPredictor(path, num_threads, top_k)
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001  (any loader failure on a user's file is a bad file)
+        raise UserError(f"cannot load {kind} model {path}: {_one_line(err)}") from None

@@ -1,0 +1,75 @@
+"""Training targets for the anchor-free detector, encoded in TF ops inside the input pipeline.
+
+CenterNet-style dense maps at the detector's output stride: a Gaussian peak per object at its centre
+cell in its class's heat map (elliptical, sized by the box as in TTFNet, so long thin objects such as
+pedestrians get thin peaks), and the box size and sub-cell offset at the centre cell. Dense maps
+(rather than index lists) keep every shape static for XLA.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from data.vocabulary import STRIDE
+
+GAUSSIAN_ALPHA = 0.54  # TTFNet: sigma = alpha * side / 6
+
+
+def encode_detection(boxes: tf.Tensor, classes: tf.Tensor, image_size: tuple[int, int],
+                     num_classes: int) -> dict[str, tf.Tensor]:
+    """boxes [N,4] x1,y1,x2,y2 model-input pixels, classes [N] -> dense maps at stride 4."""
+    out_h, out_w = image_size[0] // STRIDE, image_size[1] // STRIDE
+    boxes = tf.reshape(tf.cast(boxes, tf.float32), [-1, 4]) / STRIDE
+    classes = tf.reshape(tf.cast(classes, tf.int32), [-1])
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2.0
+    size = boxes[:, 2:] - boxes[:, :2]
+    limits = tf.constant([out_w - 1, out_h - 1], tf.float32)
+    cell = tf.clip_by_value(tf.floor(centre), 0.0, limits)
+    offset = tf.clip_by_value(centre - cell, 0.0, 0.999)
+
+    sigma = tf.maximum(GAUSSIAN_ALPHA * size / 6.0, 0.3)  # [N,2] (x, y)
+    xs = tf.range(out_w, dtype=tf.float32)
+    ys = tf.range(out_h, dtype=tf.float32)
+    gx = tf.exp(-tf.square(xs[None, :] - cell[:, 0:1]) / (2 * tf.square(sigma[:, 0:1])))  # [N,W]
+    gy = tf.exp(-tf.square(ys[None, :] - cell[:, 1:2]) / (2 * tf.square(sigma[:, 1:2])))  # [N,H]
+    peaks = gy[:, :, None] * gx[:, None, :]  # [N,H,W]
+    one_hot = tf.one_hot(classes, num_classes)  # [N,C]
+    # max over no boxes is -inf: a frame without objects (every CamVid frame) must give zeros.
+    heatmap = tf.maximum(tf.reduce_max(peaks[..., None] * one_hot[:, None, None, :], axis=0), 0.0)  # [H,W,C]
+    heatmap = tf.reshape(heatmap, [out_h, out_w, num_classes])  # static shape even when N = 0
+
+    indices = tf.cast(tf.stack([cell[:, 1], cell[:, 0]], axis=1), tf.int32)
+    zeros2 = tf.zeros([out_h, out_w, 2], tf.float32)
+    return {
+        "det_heatmap": heatmap,
+        "det_size": tf.tensor_scatter_nd_update(zeros2, indices, size),
+        "det_offset": tf.tensor_scatter_nd_update(zeros2, indices, offset),
+        "det_mask": tf.tensor_scatter_nd_update(tf.zeros([out_h, out_w]), indices,
+                                                tf.ones_like(classes, tf.float32)),
+    }
+
+
+def encode_ignore(ignore_boxes: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """ignore_boxes [R,4] model-input pixels -> [h, w] float 1 where a stride-4 cell overlaps one.
+
+    The detection loss takes no negative term there (models.detection.focal_loss), just as
+    evaluation counts no false positive there.
+    """
+    out_h, out_w = image_size[0] // STRIDE, image_size[1] // STRIDE
+    boxes = tf.reshape(tf.cast(ignore_boxes, tf.float32), [-1, 4]) / STRIDE
+    xs = tf.range(out_w, dtype=tf.float32)
+    ys = tf.range(out_h, dtype=tf.float32)
+    in_x = (boxes[:, 0:1] < xs[None, :] + 1.0) & (boxes[:, 2:3] > xs[None, :])  # [R, W]
+    in_y = (boxes[:, 1:2] < ys[None, :] + 1.0) & (boxes[:, 3:4] > ys[None, :])  # [R, H]
+    inside = tf.cast(in_y[:, :, None] & in_x[:, None, :], tf.float32)  # [R, H, W]
+    # max over no regions is -inf: a frame without ignore regions must give zeros.
+    return tf.reshape(tf.maximum(tf.reduce_max(inside, axis=0), 0.0), [out_h, out_w])
+
+
+def pad_boxes(boxes: tf.Tensor, classes: tf.Tensor, max_boxes: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Fixed-size box lists for batching: first `max_boxes` boxes, padded with class -1."""
+    boxes = tf.reshape(boxes, [-1, 4])[:max_boxes]
+    classes = tf.reshape(classes, [-1])[:max_boxes]
+    pad = max_boxes - tf.shape(classes)[0]
+    boxes = tf.pad(boxes, [[0, pad], [0, 0]])
+    classes = tf.pad(classes, [[0, pad]], constant_values=-1)
+    return tf.ensure_shape(boxes, [max_boxes, 4]), tf.ensure_shape(classes, [max_boxes])

@@ -1,0 +1,104 @@
+"""Building the data set: render or read every configured source into TFDS records under the run folder
+(the data stage's work), and render the labelled synthetic clip.
+
+A source is rebuilt only when its parameters changed (recorded in `params.json` beside it). Bad
+examples stop the build with a line naming the example (`data.bad_examples: error`, the default) or
+are dropped, counted and listed in `dropped.json` (`data.bad_examples: drop`).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+import shutil
+
+from data import builder as storage
+from data import readers, synthetic, synthetic_clip
+from data.errors import UserError
+from pipeline import layout
+from pipeline.config import Config, SourceConfig, save_config
+
+
+def source_params(config: Config, source: SourceConfig) -> dict:
+    if source.name == "synthetic":
+        return {"source": "synthetic", "seed": config.seed, **vars(config.data.synthetic)}
+    return {"source": source.name, "path": str(pathlib.Path(source.path).resolve())}
+
+
+def source_items(config: Config, source: SourceConfig) -> dict:
+    """split -> iterable of (key, loader) for the builder."""
+    if source.name == "synthetic":
+        cfg = config.data.synthetic
+        # The test split is for headline numbers only: nothing (checkpoints, defaults) is chosen on it.
+        counts = {"train": cfg.train_frames, "validation": cfg.validation_frames, "test": cfg.test_frames}
+        counts = {split: count for split, count in counts.items() if count > 0}
+        return {split: ((key, functools.partial(lambda e: e, example))
+                        for key, example in synthetic.generate(split, count, cfg.height, cfg.width,
+                                                                config.seed))
+                for split, count in counts.items()}
+    reader = readers.get(source.name)
+    root = pathlib.Path(source.path)
+    if not root.exists():
+        raise UserError(f"{source.name}: data folder not found: {root}")
+    reader.check_layout(root)
+    keys = reader.list_items(root)
+    if not keys:
+        raise UserError(f"{source.name}: no frames found under {root}")
+    return {split: [(key, functools.partial(reader.load_item, root, key)) for key in split_keys]
+            for split, split_keys in storage.split_items(keys).items()}
+
+
+def build_source(config: Config, source: SourceConfig) -> dict:
+    target = storage.stored_dir(source.name, config.data_dir)
+    params = source_params(config, source)
+    params_file = target / "params.json"
+    if params_file.exists() and json.loads(params_file.read_text()) == params:
+        existing = storage.builder_for(source.name, config.data_dir)
+        if existing.is_prepared():
+            print(f"data: {source.name} already built at {target}")
+            return json.loads((target / "report.json").read_text())
+    shutil.rmtree(target, ignore_errors=True)
+
+    dropped = []
+
+    def on_bad(key, err):
+        if config.data.bad_examples == "error":
+            raise UserError(f"bad example {err} (set data.bad_examples=drop to count and skip such examples)")
+        print(f"data: dropped {key}: {err}")
+        dropped.append({"key": key, "reason": str(err)})
+
+    builder = storage.builder_for(source.name, config.data_dir, items=source_items(config, source),
+                                  on_bad=on_bad)
+    try:
+        builder.download_and_prepare()
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)  # no half-built data set left behind
+        raise
+    splits = {name: info.num_examples for name, info in builder.info.splits.items()}
+    report = {"source": source.name, "examples": splits, "dropped": len(dropped),
+              "bytes": sum(f.stat().st_size for f in target.rglob("*") if f.is_file())}
+    (target / "dropped.json").write_text(json.dumps(dropped, indent=1))
+    (target / "report.json").write_text(json.dumps(report, indent=1))
+    params_file.write_text(json.dumps(params, indent=1))
+    print(f"data: {source.name}: {splits}, {len(dropped)} dropped, "
+          f"{report['bytes'] / 1e6:.1f} MB at {target}")
+    return report
+
+
+def render_synthetic_clip(config: Config) -> pathlib.Path:
+    cfg = config.data.synthetic
+    video = layout.synthetic_clip(config)
+    if video.exists():
+        return video
+    return synthetic_clip.render_clip(layout.clips_data_dir(config), layout.CLIP_NAME, seed=config.seed + 1000, frames=cfg.clip_frames,
+                                      height=cfg.height, width=cfg.width, fps=cfg.clip_fps)
+
+
+def build_all(config: Config) -> list[dict]:
+    """The data stage's work: the run's config, every source's records and the synthetic clip."""
+    save_config(config, layout.config_file(config))
+    reports = [build_source(config, source) for source in config.data.sources]
+    if any(source.name == "synthetic" for source in config.data.sources):
+        print(f"data: synthetic clip at {render_synthetic_clip(config)}")
+    return reports
+

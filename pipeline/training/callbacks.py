@@ -1,0 +1,196 @@
+"""Keras callbacks of the fit loop: the checkpoint metric, NaN guard, guarded backup and checkpoint,
+resumed history, replica statistics sync, throughput and the learning-rate log."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pathlib
+import time
+
+import keras
+import tensorflow as tf
+
+from data.errors import UserError
+
+
+class ValidationTaskSum(keras.callbacks.Callback):
+    """Adds `val_task_loss_sum`: the unweighted sum of validation task losses.
+
+    The weighted total is no yardstick across epochs when the weights are learned (uncertainty
+    weighting can lower it by moving s alone), so the best checkpoint is picked on this sum.
+    """
+
+    def __init__(self, tasks):
+        super().__init__()
+        self.tasks = tasks
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and all(f"val_{t}_loss" in logs for t in self.tasks):
+            logs["val_task_loss_sum"] = float(sum(logs[f"val_{t}_loss"] for t in self.tasks))
+
+
+class StopOnNaNTask(keras.callbacks.Callback):
+    """Stops training when a task's loss (or the weighted total) is not finite; remembers which.
+
+    Keras still ends the epoch after `stop_training` (validation, epoch-end callbacks): the
+    checkpointing callbacks below consult `failed` so the broken weights are never saved.
+    """
+
+    def __init__(self, tasks):
+        super().__init__()
+        self.tasks = tasks
+        self.failed = None  # (task or "total", epoch, batch), all 0-based
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.failed:
+            return
+        logs = logs or {}
+        for name in [f"{task}_loss" for task in self.tasks] + ["loss"]:
+            value = logs.get(name)
+            if value is not None and not math.isfinite(float(value)):
+                task = name[:-len("_loss")] if name != "loss" else "total (weighted)"
+                self.failed = (task, self._epoch, batch)
+                self.model.stop_training = True
+                return
+
+
+class GuardedBackup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that keeps the last good state when training stopped on a NaN.
+
+    double_checkpoint: a kill while the backup is being written falls back to the previous one.
+    """
+
+    def __init__(self, backup_dir, nan_guard):
+        super().__init__(backup_dir, double_checkpoint=True)
+        self.nan_guard = nan_guard
+
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except (ValueError, OSError, KeyError) as err:  # a backup of other code or a broken file
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UserError(f"cannot restore the backup in {self.backup_dir} ({reason}); delete it "
+                            f"to start afresh") from None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.nan_guard.failed:
+            super().on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        if not self.nan_guard.failed:
+            super().on_train_end(logs)  # a finished run deletes its backup
+
+    def resumed_epoch(self) -> int:
+        """The epoch fit continues from (0 for a fresh run); valid after on_train_begin."""
+        path = pathlib.Path(self._training_metadata_path)
+        return int(json.loads(path.read_text())["epoch"]) if path.exists() else 0
+
+
+class GuardedCheckpoint(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint (best epoch by val_task_loss_sum) that never saves after a NaN."""
+
+    def __init__(self, path, nan_guard):
+        super().__init__(str(path), monitor="val_task_loss_sum", mode="min", save_best_only=True,
+                         save_weights_only=True)
+        self.nan_guard = nan_guard
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.nan_guard.failed:
+            super().on_epoch_end(epoch, logs)
+
+
+class ResumeHistory(keras.callbacks.Callback):
+    """On a resume, trims history.csv to the epochs before the one training continues from and
+    lets the best checkpoint compete with the best epoch before the interruption.
+
+    Must come after the backup callback (which restores the epoch) and before CSVLogger (which
+    opens history.csv for appending) in the callback list.
+    """
+
+    def __init__(self, history_csv, backup, checkpoint):
+        super().__init__()
+        self.history_csv, self.backup, self.checkpoint = history_csv, backup, checkpoint
+        self.resumed_from = 0
+
+    def on_train_begin(self, logs=None):
+        self.resumed_from = self.backup.resumed_epoch()
+        if not self.resumed_from or not self.history_csv.exists():
+            return
+        with self.history_csv.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            fields, rows = reader.fieldnames, [row for row in reader if int(row["epoch"]) < self.resumed_from]
+        with self.history_csv.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        previous = [float(row["val_task_loss_sum"]) for row in rows if row.get("val_task_loss_sum")]
+        previous = [value for value in previous if math.isfinite(value)]
+        if previous and pathlib.Path(self.checkpoint.filepath).exists():
+            self.checkpoint.best = min(previous)
+        print(f"train: resuming from epoch {self.resumed_from + 1} (backup in {self.backup.backup_dir})")
+
+
+class SyncReplicaStatistics(keras.callbacks.Callback):
+    """Averages the net's non-trainable float state (BatchNorm moving mean/variance) over all
+    replicas at each epoch end, before anything is checkpointed.
+
+    Keras creates BatchNorm's moving statistics with aggregation "none": under tf.distribute each
+    replica updates its own copy from its own share of the batch, so the copies drift apart (and a
+    saved model holds replica 0's only). The moving averages are linear in the batch statistics, so
+    averaging the copies at epoch end gives exactly what averaging them every step would.
+    """
+
+    def __init__(self, strategy):
+        super().__init__()
+        self.strategy = strategy
+        self._sync = None
+
+    def on_train_begin(self, logs=None):
+        variables = [v for v in self.model.net.non_trainable_variables
+                     if v.aggregation == "none" and "float" in str(v.dtype)
+                     and isinstance(v.value, tf.distribute.DistributedValues)]
+        if not variables or self.strategy.num_replicas_in_sync < 2:
+            return
+
+        def replica_fn():
+            context = tf.distribute.get_replica_context()
+            means = context.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in variables])
+            for variable, mean in zip(variables, means):
+                variable.assign(mean)
+
+        self._sync = tf.function(lambda: self.strategy.run(replica_fn))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._sync is not None:
+            self._sync()
+
+
+class Throughput(keras.callbacks.Callback):
+    """Images per second per epoch; the first epoch includes tracing and compilation."""
+
+    def __init__(self, batch_size, steps):
+        super().__init__()
+        self.images = batch_size * steps
+        self.per_epoch = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._last = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = getattr(self, "_last", None)
+        if last is not None and last > self._start:
+            self.per_epoch.append(self.images / (last - self._start))
+
+
+class LogLearningRate(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))

@@ -1,0 +1,183 @@
+"""Training: fit the multi-task model on the input pipeline and save it (the train stage's work).
+
+Writes `runs/<experiment>/train/`: model.keras (the functional net, best validation epoch),
+best.weights.h5, history.csv (per-task losses, task weights, learning rate), training_curves.png,
+tensorboard/, backup/ (BackupAndRestore: a run killed mid-way continues from its last epoch),
+model_config.json (a resume with a changed model is refused), speed.json and task_weights.json.
+
+A resumed run keeps history.csv's rows of the epochs it continues from (and drops any written after
+the backup), and its best checkpoint competes with the best epoch before the interruption. A loss
+that turns NaN stops training with a line naming the task; neither best.weights.h5 nor backup/ is
+overwritten with the broken weights, so the last good state stays (lower train.learning_rate and
+run again to resume from it).
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from data.errors import UserError
+from models import multitask
+from pipeline import atomic, layout
+from pipeline.config import Config, save_config, to_dict
+from pipeline.evaluation import plots
+from pipeline.inputs import dataset as inputs
+from pipeline.training import devices
+from pipeline.training.callbacks import (GuardedBackup, GuardedCheckpoint, LogLearningRate, ResumeHistory,
+                                         StopOnNaNTask, SyncReplicaStatistics, Throughput, ValidationTaskSum)
+
+
+def resume_signature(config: Config) -> dict:
+    """What a backup's weights depend on: the model, the input size, the weighting's variables
+    and the precision (a loss-scale optimizer has its own state)."""
+    return {"model": to_dict(config)["model"], "image_size": list(config.data.image_size),
+            "train": {"weighting": config.train.weighting, "precision": config.train.precision}}
+
+
+def check_resume(out: pathlib.Path, config: Config) -> bool:
+    """A resume must continue the same model: refuse one whose model config changed.
+
+    Returns True when `out` holds an unfinished run to resume. A fresh run clears the previous
+    run's history and best checkpoint so they are not mixed into this one.
+    """
+    saved = out / "model_config.json"
+    current = resume_signature(config)
+    resuming = (out / "backup").exists()
+    if resuming and saved.exists():
+        previous = json.loads(saved.read_text())
+        previous.setdefault("train", current["train"])  # written before the signature had it
+        if previous != current:
+            changed = [f"model.{k}" for k in current["model"] if current["model"][k] != previous["model"].get(k)]
+            changed += ["data.image_size"] if current["image_size"] != previous["image_size"] else []
+            changed += [f"train.{k}" for k in current["train"] if current["train"][k] != previous["train"].get(k)]
+            raise UserError(f"{out} holds an unfinished run of a different model (changed: "
+                            f"{', '.join(changed)}); delete {out / 'backup'} to start afresh, or "
+                            f"train into another folder (--out or another experiment name)")
+    out.mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        for stale in ("history.csv", "best.weights.h5"):
+            (out / stale).unlink(missing_ok=True)
+    saved.write_text(json.dumps(current, indent=1))
+    return resuming
+
+
+def multi_worker_compat(trainer, strategy) -> None:
+    """Works around two Keras 3 fit() bugs under MultiWorkerMirroredStrategy, on this trainer only.
+
+    1. Before training, fit() `strategy.reduce`s a whole input batch to build the model
+       symbolically; MultiWorkerMirroredStrategy cannot reduce a nested (x, y) batch
+       (keras-team/keras#20329). The trainer is already fully built (functional net, weighting, no
+       compiled loss or metrics), so once the optimizer is built that step has nothing left to do
+       and is skipped.
+    2. fit() reduces each step's logs with `strategy.reduce("MEAN", value, axis=0)` across workers,
+       which fails on scalar logs ("Invalid reduction dimension 0 for input with 0 dimensions",
+       tensorflow/tensorflow#72388): the steps return their logs as shape [1] instead, which that
+       reduction turns back into the scalar mean over replicas.
+    """
+    with strategy.scope():
+        if not trainer.optimizer.built:
+            trainer.optimizer.build(trainer.trainable_variables)
+    unbuilt = [layer.name for layer in trainer._flatten_layers() if not layer.built]
+    if unbuilt:
+        raise RuntimeError(f"cannot skip Keras' symbolic build: unbuilt layers {unbuilt[:5]}")
+    trainer._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+
+    def vector_logs(step):
+        return lambda data: {name: tf.reshape(value, [1]) for name, value in step(data).items()}
+
+    trainer.train_step = vector_logs(trainer.train_step)
+    trainer.test_step = vector_logs(trainer.test_step)
+
+
+def run_training(config: Config, out: pathlib.Path | None = None, verbose: int = 1) -> pathlib.Path:
+    """Trains per `config` into `out` (default runs/<experiment>/train); returns the model path."""
+    out = pathlib.Path(out or layout.train_dir(config))
+    strategy = devices.make_strategy(config.train.strategy)
+    if not devices.is_chief(strategy):  # non-chief workers write their checkpoints to a scratch folder
+        out = out / devices.worker_folder(strategy)
+    check_resume(out, config)
+    save_config(config, out / "config.yaml")
+    precision = devices.resolve_precision(config.train.precision)
+    keras.mixed_precision.set_global_policy(precision)
+    jit = devices.resolve_jit(config.train.jit_compile)
+    keras.utils.set_random_seed(config.seed)
+
+    tasks = list(config.model.tasks)
+    global_batch = config.train.batch_size * strategy.num_replicas_in_sync
+    train_ds = inputs.make_dataset(config, "train", training=True, batch_size=global_batch)
+    val_ds = inputs.make_dataset(config, "validation", training=False, batch_size=global_batch)
+    # Evaluation batches carry names and box lists (of varying length) that the losses do not use.
+    unused = ("key", "ignore_boxes", "boxes", "classes")
+    val_ds = val_ds.map(lambda x, y: (x, {k: v for k, v in y.items() if k not in unused}))
+    # Never ask for more validation batches than the split has: Keras would warn that the input
+    # ran out and later epochs could validate on nothing (no val_task_loss_sum, no checkpoint).
+    val_examples = sum(inputs.split_size(config, source, "validation") for source in config.data.sources)
+    available = max(1, math.ceil(val_examples / global_batch))
+    validation_steps = min(config.train.validation_steps or available, available)
+    total_steps = config.train.epochs * config.train.steps_per_epoch
+
+    with strategy.scope():
+        net = multitask.build_model(config.model, tuple(config.data.image_size))
+        trainer = multitask.MultiTaskTrainer(net, config.model, config.train)
+        trainer.compile(optimizer=multitask.make_optimizer(config.train, total_steps), jit_compile=jit)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        multi_worker_compat(trainer, strategy)
+
+    nan_guard = StopOnNaNTask(tasks)
+    speed = Throughput(global_batch, config.train.steps_per_epoch)
+    best = out / "best.weights.h5"
+    history_csv = out / "history.csv"
+    backup = GuardedBackup(str(out / "backup"), nan_guard)
+    checkpoint = GuardedCheckpoint(best, nan_guard)
+    resume = ResumeHistory(history_csv, backup, checkpoint)
+    # Order matters at each epoch end: replicas agree before anything is saved, the NaN guard has
+    # looked at every batch, and the backup is written before the history row that it covers.
+    callbacks = [
+        SyncReplicaStatistics(strategy),
+        nan_guard,
+        backup,
+        resume,
+        ValidationTaskSum(tasks),
+        LogLearningRate(),
+        checkpoint,
+        keras.callbacks.CSVLogger(str(history_csv), append=True),
+        keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0),
+        speed,
+    ]  # the trainer adds the weighting's own epoch hook (DWA) itself
+    print(f"train: {len(tasks)} task(s) {tasks}, weighting={config.train.weighting}, "
+          f"sharing={config.model.sharing}, precision={precision}, jit_compile={jit}, "
+          f"replicas={strategy.num_replicas_in_sync}, {net.count_params():,} parameters")
+    trainer.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=config.train.steps_per_epoch,
+                validation_data=val_ds, validation_steps=validation_steps,
+                callbacks=callbacks, verbose=verbose)
+    if nan_guard.failed:
+        task, epoch, step = nan_guard.failed
+        kept = [f"best checkpoint {best}" if best.exists() else None,
+                f"backup after epoch {backup.resumed_epoch()} in {out / 'backup'} (a rerun resumes from it)"
+                if (out / "backup").exists() else None]
+        kept = [item for item in kept if item]
+        raise UserError(f"training stopped: the {task} loss became NaN at epoch {epoch + 1}, step {step + 1}; "
+                        + (f"kept the last good state: {' and '.join(kept)}; lower train.learning_rate "
+                           "before resuming" if kept else "no epoch had finished, nothing was saved"))
+
+    if best.exists():
+        trainer.load_weights(str(best))
+    model_path = out / layout.MODEL_FILE
+    with atomic.partial_file(model_path) as partial:  # a crash never leaves a half-written model.keras
+        net.save(str(partial))
+    plots.training_curves(history_csv, out / "training_curves.png")
+    measured = speed.per_epoch[1:] or speed.per_epoch
+    (out / "speed.json").write_text(json.dumps({
+        "images_per_second_median": float(np.median(measured)) if measured else None,
+        "per_epoch": speed.per_epoch, "batch_size": global_batch, "precision": precision,
+        "jit_compile": jit, "replicas": strategy.num_replicas_in_sync, "resumed_from_epoch": resume.resumed_from,
+        "note": "the first epoch includes tracing/compilation and is left out of the median"}, indent=1))
+    weights = {task: round(float(w), 4) for task, w in trainer.weighting.effective_weights().items()}
+    (out / "task_weights.json").write_text(json.dumps(weights, indent=1))
+    print(f"train: saved {model_path}; effective task weights at the end: {weights}")
+    return model_path

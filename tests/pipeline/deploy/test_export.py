@@ -1,0 +1,311 @@
+"""Export stage: the SavedModel serves any frame size without the project, every TFLite file agrees with
+Keras, the int8 io types follow the config, predict annotates with every format, and a failed export
+leaves nothing behind.
+
+One export of the session's tiny trained model (module fixture, ~1 min on 2 cores) feeds most tests, the
+predict ones included (they need the exported files).
+"""
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import cv2
+import numpy as np
+import pytest
+
+from data.errors import UserError
+from pipeline import layout, trained
+from pipeline.deploy import export, parity, predict, runtimes, serving
+from pipeline.stages import export as export_stage
+from support import REPO, assert_no_partial_output, assert_user_error_exit, run_cli, tiny
+
+TFLITE = {"tflite-float32": "model_float32.tflite", "tflite-float16": "model_float16.tflite",
+          "tflite-int8": "model_int8.tflite"}
+KEYS = {"boxes", "scores", "classes", "num_detections", "segmentation", "depth"}
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_trained):
+    """(config, export folder, parity report) after one export of the tiny model."""
+    config, _ = tiny_trained
+    out, report = export.run_export(config, progress=lambda line: None)
+    return config, out, report
+
+
+def test_export_writes_every_format_and_parity(exported):
+    config, out, report = exported
+    assert (out / "saved_model" / "saved_model.pb").is_file()
+    for name in TFLITE.values():
+        assert (out / name).stat().st_size > 0
+    on_disk = json.loads((out / "parity.json").read_text())
+    assert set(on_disk["formats"]) == {"keras", "saved_model", *TFLITE}
+    assert on_disk["examples"] == config.export.parity_examples
+    for fmt, entry in on_disk["formats"].items():
+        assert entry["size_bytes"] > 0
+        assert entry["latency"]["runs"] == config.export.latency_runs and entry["latency"]["num_threads"] >= 1
+        assert entry["latency"]["median_ms"] > 0 and entry["latency"]["p90_ms"] >= entry["latency"]["median_ms"]
+        assert set(entry["metrics"]) == {"mAP50", "mIoU", "abs_rel"}
+        assert entry["io"]["inputs"] and entry["io"]["outputs"]
+    assert not list(out.parent.glob(".export*")), "the staging folder must be gone"
+
+
+def test_saved_model_serves_any_size_without_the_project(exported, tmp_path):
+    _, out, _ = exported
+    # -I -S: no PYTHONPATH, no current folder, no .pth files (the editable install of the project is a
+    # .pth finder); only the installed libraries' folder goes back on the path.
+    script = (
+        "import importlib.util, json, sys\n"
+        "sys.path.append(sys.argv[2])\n"
+        "assert importlib.util.find_spec('pipeline') is None and importlib.util.find_spec('models') is None\n"
+        "import tensorflow as tf\n"
+        "fn = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
+        "result = {}\n"
+        "for h, w in ((64, 96), (90, 200)):\n"
+        "    out = fn(images=tf.fill([2, h, w, 3], tf.constant(128, tf.uint8)))\n"
+        "    result[f'{h}x{w}'] = {k: [v.shape.as_list(), v.dtype.name] for k, v in out.items()}\n"
+        "print('RESULT' + json.dumps(result))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", script, str(out / "saved_model"),
+                           sysconfig.get_paths()["purelib"]],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.split("RESULT", 1)[1])
+    for size, outputs in result.items():
+        h, w = (int(v) for v in size.split("x"))
+        assert set(outputs) == KEYS
+        k = outputs["scores"][0][1]
+        assert outputs["boxes"] == [[2, k, 4], "float32"]
+        assert outputs["scores"] == [[2, k], "float32"]
+        assert outputs["classes"] == [[2, k], "int32"]
+        assert outputs["num_detections"] == [[2], "int32"]
+        assert outputs["segmentation"] == [[2, h, w], "uint8"]
+        assert outputs["depth"] == [[2, h, w], "float32"]
+
+
+@pytest.fixture(scope="module")
+def keras_predictor(exported):
+    config, _, _ = exported
+    return runtimes.load_predictor(config.run_dir / "train" / "model.keras")
+
+
+@pytest.mark.parametrize("fmt", sorted(TFLITE))
+def test_tflite_agrees_with_keras(exported, keras_predictor, fmt):
+    config, out, report = exported
+    entry = report["formats"][fmt]
+    assert entry["verdict"] == "pass", entry["failures"]
+    allowed = parity.tolerances(config, fmt)
+    for metric, drift in entry["drift"].items():
+        assert drift <= allowed[metric] + 1e-9
+
+    # Directly, on a couple of validation frames: the same metrics, within the same tolerances.
+    images, labels = parity.parity_examples(config)
+    images, labels = images[:1], [{k: v[:2] for k, v in labels[0].items()}]
+    images = [images[0][:2]]
+    keras_pred = parity.run_predictor(keras_predictor, images)
+    lite = runtimes.load_predictor(out / TFLITE[fmt])
+    assert lite.name == fmt
+    lite_pred = parity.run_predictor(lite, images)
+    tasks = lite.tasks
+    _, failures = parity.verdict(config, fmt, parity.metrics_of(config, tasks, labels, lite_pred),
+                                 parity.metrics_of(config, tasks, labels, keras_pred))
+    assert not failures
+    agreement = parity.agreement(keras_pred, lite_pred)
+    # int8 arithmetic moves class boundaries and depth by its quantisation steps; float formats barely.
+    if fmt == "tflite-int8":
+        assert agreement["segmentation_same_class"] > 0.9 and agreement["depth_median_rel_diff"] < 0.05
+    else:
+        assert agreement["segmentation_same_class"] > 0.99 and agreement["depth_median_rel_diff"] < 0.01
+    # Box sizes survive quantisation (int8 softplus once rounded every size to 0: see serving.py).
+    widths = [p["boxes"][..., 2] - p["boxes"][..., 0] for p in (keras_pred, lite_pred)]
+    assert widths[1].mean() > 0.5 * widths[0].mean() > 0
+
+
+def test_stable_softplus_is_softplus():
+    import tensorflow as tf
+
+    x = tf.constant(np.linspace(-30, 30, 601), tf.float32)
+    np.testing.assert_allclose(serving.stable_softplus(x).numpy(), tf.math.softplus(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["keras", "tflite-float32"])
+def test_boxes_and_maps_come_back_at_the_input_resolution(exported, keras_predictor, fmt):
+    """A frame upscaled 2x (pixel repeat) resizes back to exactly the original, so its boxes are exactly
+    twice the original's and its maps are the original's, upscaled."""
+    config, out, _ = exported
+    predictor = keras_predictor if fmt == "keras" else runtimes.load_predictor(out / TFLITE[fmt])
+    small = parity.parity_examples(config)[0][0][:1]
+    big = small.repeat(2, axis=1).repeat(2, axis=2)
+    a, b = predictor.predict(small), predictor.predict(big)
+    assert not a["resized"] and b["resized"]
+    np.testing.assert_allclose(b["scores"], a["scores"], atol=1e-5)
+    np.testing.assert_array_equal(b["classes"], a["classes"])
+    np.testing.assert_allclose(b["boxes"], 2 * a["boxes"], atol=1e-3)
+    assert b["segmentation"].shape == big.shape[:3] and b["segmentation"].dtype == np.uint8
+    np.testing.assert_array_equal(b["segmentation"][:, ::2, ::2], a["segmentation"])
+    assert b["depth"].shape == big.shape[:3] and b["depth"].dtype == np.float32
+
+
+def test_int8_io_types_follow_the_config(exported):
+    config, out, report = exported
+    from ai_edge_litert.interpreter import Interpreter
+    runner = Interpreter(model_path=str(out / TFLITE["tflite-int8"])).get_signature_runner()
+    wanted = np.dtype(config.export.int8_io)
+    (image,) = runner.get_input_details().values()
+    assert np.dtype(image["dtype"]) == wanted
+    outputs = runner.get_output_details()
+    for name in ("box_offsets", "box_sizes", "scores", "log_depth"):
+        assert np.dtype(outputs[name]["dtype"]) == wanted
+    for name in ("classes", "segmentation", "box_cells"):  # ids are integers whatever the io type
+        assert np.dtype(outputs[name]["dtype"]) == np.int32
+    assert report["conversion"]["tflite-int8"]["int8_io"] == config.export.int8_io
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("io", ["int8", "float32"])
+def test_other_int8_io_types(tiny_trained, tmp_path, io):
+    config, model_path = tiny_trained
+    config = tiny(config.run_root, f"export.int8_io={io}")
+    net = trained.load(model_path)
+    path = tmp_path / "model_int8.tflite"
+    export.convert_tflite(net, path, "tflite-int8", config, export.representative_frames(config))
+    predictor = runtimes.load_predictor(path)
+    assert predictor.name == "tflite-int8"
+    assert np.dtype(predictor._input["dtype"]) == np.dtype(io)
+    frame = parity.parity_examples(config)[0][0][:1]
+    out = predictor.predict(frame)
+    assert out["depth"].shape == frame.shape[:3] and np.all(out["depth"] > 0)
+
+
+# ----------------------------------------------------------------------------- failures
+def _run_copy(tmp_path, tiny_trained) -> object:
+    """A run folder of its own holding a copy of the trained model (its data stays where it is)."""
+    config, model_path = tiny_trained
+    copy = tiny(tmp_path)
+    (copy.run_dir / "train").mkdir(parents=True)
+    shutil.copy(model_path, copy.run_dir / "train" / "model.keras")
+    return copy
+
+
+def test_missing_model_says_run_train(tmp_path):
+    config = tiny(tmp_path)
+    with pytest.raises(UserError, match=r"no trained model at .*make train"):
+        export_stage.main(config)
+    assert not (config.run_dir / "export").exists()
+
+
+def test_failing_export_leaves_no_export_folder(tmp_path, tiny_trained, monkeypatch):
+    config = _run_copy(tmp_path, tiny_trained)
+
+    def half_written(net, path, top_k):
+        path.mkdir()
+        (path / "saved_model.pb").write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export, "write_saved_model", half_written)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_stage.main(config)
+    assert sorted(p.name for p in config.run_dir.iterdir()) == ["train"]
+    assert_no_partial_output(config.run_dir)
+
+    # An earlier export survives a failed one untouched.
+    (config.run_dir / "export").mkdir()
+    (config.run_dir / "export" / "parity.json").write_text("{}")
+    with pytest.raises(RuntimeError):
+        export_stage.main(config)
+    assert sorted(p.name for p in config.run_dir.iterdir()) == ["export", "train"]
+    assert_no_partial_output(config.run_dir)
+    assert (config.run_dir / "export" / "parity.json").read_text() == "{}"
+
+
+def test_unwritable_export_folder_is_a_user_error(tmp_path, tiny_trained, monkeypatch):
+    config = _run_copy(tmp_path, tiny_trained)
+    monkeypatch.setattr(layout, "export_dir", lambda _: pathlib.Path("/proc/no-such-dir/export"))
+    with pytest.raises(UserError, match="cannot write the export"):
+        export_stage.main(config)
+
+
+def test_parity_failure_names_format_and_metric(exported, monkeypatch, capsys):
+    config, out, report = exported
+    failed = json.loads(json.dumps(report))
+    failed["formats"]["tflite-int8"].update(verdict="fail", failures=["mIoU"], drift={"mIoU": 7.5})
+    monkeypatch.setattr(export, "run_export", lambda config: (out, failed))
+    with pytest.raises(UserError, match=r"tflite-int8 .*mIoU"):
+        export_stage.main(config)
+    assert "tflite-int8" in capsys.readouterr().out  # the table is printed before the error
+
+
+# ------------------------------------------------------------------------------ predict
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory):
+    """A colour frame of another size than the model's, a grey, an RGBA and a 16-bit image."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    files = {"colour": (rng.integers(0, 256, (90, 150, 3)), np.uint8),
+             "grey": (rng.integers(0, 256, (64, 96)), np.uint8),
+             "rgba": (rng.integers(0, 256, (64, 96, 4)), np.uint8),
+             "deep": (rng.integers(0, 65536, (64, 96, 3)), np.uint16)}
+    paths = {}
+    for name, (pixels, dtype) in files.items():
+        paths[name] = folder / f"{name}.png"
+        assert cv2.imwrite(str(paths[name]), pixels.astype(dtype))
+    return paths
+
+
+def _model_paths(config, out) -> dict:
+    return {"keras": config.run_dir / "train" / "model.keras", "saved_model": out / "saved_model",
+            **{fmt: out / name for fmt, name in TFLITE.items()}}
+
+
+@pytest.mark.parametrize("fmt", ["keras", "saved_model", *sorted(TFLITE)])
+def test_predict_every_format(exported, image_files, tmp_path, fmt):
+    config, out, _ = exported
+    result = predict.run_predict(str(_model_paths(config, out)[fmt]), [str(p) for p in image_files.values()],
+                                 tmp_path / "pred")
+    on_disk = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    assert on_disk["format"] == fmt
+    records = {pathlib.Path(r["file"]).stem: r for r in on_disk["images"]}
+    for name, record in records.items():
+        picture = cv2.imread(str(tmp_path / "pred" / record["annotated"]))
+        height, width = record["size"]
+        assert picture.shape[0] == height and picture.shape[1] > width  # depth map beside the frame
+        assert record["format"] == fmt
+        shares = record["class_pixel_shares"]
+        assert abs(sum(shares.values()) - 1.0) < 1e-3
+        for detection in record["detections"]:
+            assert detection["score"] >= on_disk["score_threshold"]
+            assert detection["class"] in ("vehicle", "pedestrian", "cyclist") and len(detection["box"]) == 4
+    assert records["colour"]["resized"] and records["colour"]["model_input_size"] == list(config.data.image_size)
+    assert not records["grey"]["resized"] and "model_input_size" not in records["grey"]
+    assert records["grey"]["conversions"] == ["grey image converted to RGB"]
+    assert "alpha" in records["rgba"]["conversions"][0]
+    assert "16-bit" in records["deep"]["conversions"][0]
+    assert "conversions" not in records["colour"]
+
+
+def test_predict_bad_images_are_user_errors(exported, image_files, tmp_path):
+    config, out, _ = exported
+    model = str(out / TFLITE["tflite-float32"])
+    with pytest.raises(UserError, match="image not found"):
+        predict.run_predict(model, [str(tmp_path / "nope.png")], tmp_path / "pred")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(UserError, match="not an image"):
+        predict.run_predict(model, [str(text)], tmp_path / "pred")
+    with pytest.raises(UserError, match="cannot create the output folder"):
+        predict.run_predict(model, [str(image_files["grey"])], pathlib.Path("/proc/no-such-dir/pred"))
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt"])
+def test_predict_cli_bad_model_exits_2_with_one_line(image_files, tmp_path, case):
+    model = tmp_path / "model.tflite"
+    if case == "corrupt":
+        model.write_bytes(b"\x00" * 64)
+    done = run_cli("predict", "--config", REPO / "configs" / "tiny.yaml", f"run_root={tmp_path}", "--model", model,
+                   "--images", image_files["grey"], timeout=120)
+    assert_user_error_exit(done, str(model))

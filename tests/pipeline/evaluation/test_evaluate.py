@@ -1,0 +1,276 @@
+"""Evaluate stage, report, plots and baselines: hand-made metric dicts for the report, then a tiny
+end-to-end run (data -> train -> evaluate) on the shared session fixture."""
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+
+from data import schema
+from data.errors import UserError
+from models.multitask import build_model
+from pipeline import layout
+from pipeline.config import save_config
+from pipeline.evaluation import evaluate, plots, report
+from pipeline.stages import evaluate as evaluate_stage
+from pipeline.training import baselines
+from pipeline.training.baselines import compare, variants
+from support import assert_no_partial_output, tiny
+
+H, W = 64, 96
+PNGS = ("pr_curves.png", "confusion_matrix.png", "depth_error_vs_distance.png", "depth_log_error.png",
+        "training_curves.png", "frames.png")
+SECTIONS = ("## Targets", "## Detection", "## Segmentation", "## Depth", "## Training", "## Frames")
+
+
+# ------------------------------------------------------------------------------ hand-made inputs
+def _fake_batch(rng, batch=3, has_depth=1.0):
+    """A labelled batch in the evaluation batch contract and a noisy prediction of it."""
+    boxes = np.zeros((batch, 4, 4), np.float32)
+    classes = np.full((batch, 4), -1, np.int32)
+    boxes[:, 0] = [10, 10, 40, 30]
+    boxes[:, 1] = [50, 20, 70, 60]
+    classes[:, :2] = [0, 1]
+    segmentation = rng.integers(0, len(schema.SEGMENTATION_CLASSES), (batch, H, W)).astype(np.int32)
+    segmentation[:, :4] = schema.IGNORE
+    depth = rng.uniform(2, 60, (batch, H, W)).astype(np.float32)
+    depth[:, ::2] = 0  # sparse, like LiDAR
+    y = {"boxes": boxes, "classes": classes, "segmentation": segmentation, "depth": depth,
+         "ignore_boxes": np.zeros((batch, 4, 4), np.float32),
+         "key": np.array([f"frame-{i}".encode() for i in range(batch)]),
+         "has_detection": np.ones(batch, np.float32), "has_segmentation": np.ones(batch, np.float32),
+         "has_depth": np.full(batch, has_depth, np.float32)}
+    pred_seg = np.where(rng.uniform(size=(batch, H, W)) < 0.7, segmentation % 9,
+                        rng.integers(0, 9, (batch, H, W)))
+    pred = {"boxes": np.concatenate([boxes[:, :2] + 1.5, np.zeros((batch, 2, 4), np.float32)], 1),
+            "scores": np.tile(np.array([0.9, 0.6, 0.005, 0.0], np.float32), (batch, 1)),
+            "classes": np.tile(np.array([0, 2, 0, 0], np.int32), (batch, 1)),
+            "segmentation": pred_seg.astype(np.int32),
+            "depth": (np.maximum(depth, 1) * rng.uniform(0.8, 1.25, depth.shape)).astype(np.float32)}
+    return {"image": rng.uniform(0, 255, (batch, H, W, 3)).astype(np.float32)}, y, pred
+
+
+def _hand_made(config, has_depth=1.0):
+    """(metrics, frames) as the evaluate stage builds them, from the real evaluators."""
+    rng = np.random.default_rng(0)
+    x, y, pred = _fake_batch(rng, has_depth=has_depth)
+    evaluators = evaluate.new_evaluators(config, list(schema.TASK_FLAGS))
+    counts = {}
+    evaluate.add_batch(evaluators, y, pred, first_id=1, counts=counts)
+    source = {"examples": 3, **{task: evaluate.task_result(task, evaluators[task], counts[task], "synthetic",
+                                                            "validation")
+                                for task in evaluators}}
+    metrics = {"model": str(layout.trained_model(config)), "split": "validation", "image_size": [H, W],
+               "tasks": list(evaluators), "top_k": 20, "score_floor": evaluate.SCORE_FLOOR,
+               "primary_source": "synthetic", "sources": {"synthetic": source},
+               **{task: source[task] for task in evaluators},
+               "inference": {"params": 1234, "ms_per_frame": 3.2, "runs": 20, "device": "CPU"}}
+    return json.loads(json.dumps(metrics)), evaluate.frames_for_grid(x, y, pred, 2)
+
+
+def _history(path):
+    path.write_text("epoch,depth_loss,depth_weight,detection_loss,detection_weight,learning_rate,loss,"
+                    "segmentation_loss,segmentation_weight,val_depth_loss,val_detection_loss,"
+                    "val_segmentation_loss\n"
+                    "0,1.0,1.0,5.0,1.0,0.003,7.0,2.0,1.0,0.9,4.0,1.8\n"
+                    "1,0.7,1.3,3.0,0.8,0.002,4.5,1.2,0.9,0.6,2.9,1.1\n")
+    return path
+
+
+@pytest.fixture
+def config(tmp_path):
+    return tiny(tmp_path)
+
+
+# ---------------------------------------------------------------------------------- report units
+def test_report_from_hand_made_metrics_has_every_section_and_plot(config, tmp_path):
+    metrics, frames = _hand_made(config)
+    out = tmp_path / "eval"
+    out.mkdir()
+    path = report.write_report(out, metrics, config, frames=frames, history_csv=_history(tmp_path / "h.csv"))
+    text = path.read_text()
+    for section in SECTIONS:
+        assert section in text, section
+    for png in PNGS:
+        assert (out / png).stat().st_size > 1000, png
+        assert f"]({png})" in text, png
+    # The targets table: the measured mAP50 and its status against the 0.9 goal, on one row.
+    value = metrics["detection"]["mAP50"]
+    status = "met" if value >= 0.9 else f"**short by {0.9 - value:.3f}**"
+    assert f"| mAP50 | >= 0.9 | {report.fmt(value)} | {status} |" in text
+    assert "pedestrian" in text and "sidewalk" in text  # per-class tables
+    assert "Multi-task vs single-task" not in text  # no baselines summary yet
+
+
+def test_detections_below_the_score_floor_are_dropped(config):
+    metrics, _ = _hand_made(config)
+    # 3 frames x (0.9, 0.6 kept; 0.005 and 0.0 padding dropped)
+    assert metrics["detection"]["detections"] == 6
+    assert metrics["detection"]["ground_truth_boxes"] == 6
+    assert 0 < metrics["detection"]["mAP50"] <= 1
+
+
+def test_unlabelled_task_is_absent_with_reason_not_zero(config, tmp_path):
+    metrics, frames = _hand_made(config, has_depth=0.0)
+    assert metrics["depth"]["absent"] and "no depth labels" in metrics["depth"]["reason"]
+    assert metrics["depth"]["examples"] == 0
+    out = tmp_path / "eval"
+    out.mkdir()
+    text = report.write_report(out, metrics, config, frames=frames).read_text()
+    assert "_Absent: source 'synthetic' has no depth labels in split 'validation'._" in text
+    assert "not measured" in text  # the depth targets
+    assert not (out / "depth_log_error.png").exists()
+    assert "No history.csv" in text
+
+
+def test_output_folder_names(config, tmp_path):
+    assert evaluate.output_dir(config, "validation").name == "eval"
+    assert evaluate.output_dir(config, "train").name == "eval-train"
+    assert evaluate.output_dir(config, "validation", tmp_path / "other.keras").name == "eval-other"
+    single = config.run_dir / "baselines" / "single-depth" / "model.keras"
+    assert evaluate.output_dir(config, "train", single).name == "eval-single-depth-train"
+    assert evaluate.output_dir(config, "train", layout.trained_model(config)).name == "eval-train"
+
+
+def test_compare_skips_undefined_metrics_and_keeps_delta_m_finite():
+    single = {"detection": {"mAP50": 0.0, "mAP": 0.0}, "segmentation": {"mIoU": 0.5},
+              "depth": {"abs_rel": 0.2, "rmse": 5.0}}
+    multi = {"detection": {"mAP50": 0.1, "mAP": 0.02}, "segmentation": {"mIoU": 0.55},
+             "depth": {"abs_rel": 0.25, "rmse": 5.0}}
+    result = compare(multi, single)
+    assert result["relative_differences"]["segmentation"]["mIoU"] == pytest.approx(10.0)
+    assert result["relative_differences"]["depth"]["abs_rel"] == pytest.approx(-25.0)
+    assert result["delta_m"] == pytest.approx((10.0 + (-25.0 + 0.0) / 2) / 2)
+    assert result["negative_transfer"] == ["depth"]
+    assert "detection mAP50 (single-task value is 0)" in result["skipped"]
+    nothing = compare({"depth": {"absent": True, "reason": "x"}}, single)
+    assert nothing["delta_m"] is None
+
+
+def test_baselines_variants_share_the_budget(config):
+    found = variants(config)
+    assert sorted(found) == ["multi-dwa", "multi-fixed", "multi-gradnorm", "multi-uncertainty",
+                             "single-depth", "single-detection", "single-segmentation"]
+    assert found["single-depth"].model.tasks == ["depth"]
+    assert found["multi-fixed"].train.fixed_weights == {"detection": 1.0, "segmentation": 1.0, "depth": 1.0}
+    for variant in found.values():
+        assert variant.train.steps_per_epoch == config.train.steps_per_epoch
+        assert variant.model.widths == config.model.widths
+    with pytest.raises(UserError, match="two or more tasks"):
+        variants(tiny(config.run_root, "model.tasks=[depth]"))
+
+
+def test_baselines_summary_and_refreshed_report_from_hand_made_results(config, tmp_path):
+    metrics, frames = _hand_made(config)
+    better = json.loads(json.dumps(metrics))
+    better["segmentation"]["mIoU"] *= 1.1
+    cost = {"params": 100, "ms_per_frame": 1.0, "device": "CPU"}
+    results = {name: {"model": f"{name}.keras", "reused_main_run": False, "inference": cost,
+                      "metrics": better if name == "multi-dwa" else metrics}
+               for name in baselines.variants(config)}
+    summary = baselines.summarise(config, results)
+    assert summary["multi_task"]["weighting"] == config.train.weighting
+    assert summary["multi_task"]["comparison"]["delta_m"] == pytest.approx(0.0)
+    assert summary["best_weighting"] == "dwa"
+    assert summary["weightings"]["dwa"]["comparison"]["delta_m"] == pytest.approx(10.0 / 3)
+    assert summary["inference"]["single_task_sum"] == {"params": 300, "ms_per_frame": 3.0}
+    # report.md picks the comparison up once summary.json exists.
+    eval_dir = config.run_dir / "eval"
+    eval_dir.mkdir(parents=True)
+    (eval_dir / "metrics.json").write_text(json.dumps(metrics))
+    report.write_report(eval_dir, metrics, config, frames=frames)
+    (config.run_dir / "baselines").mkdir()
+    (config.run_dir / "baselines" / "summary.json").write_text(json.dumps(summary))
+    assert report.refresh(config) == [eval_dir / "report.md"]
+    text = (eval_dir / "report.md").read_text()
+    for part in ("## Multi-task vs single-task", "### Inference cost", "### Task weighting strategies",
+                 "Best by Delta_m: **dwa**", "](frames.png)"):
+        assert part in text, part
+
+
+def test_baselines_reuse_the_main_run_and_skip_trained_variants(config):
+    main_run = config.run_dir / "train"
+    save_config(config, main_run / "config.yaml")
+    (main_run / "model.keras").write_bytes(b"stand-in")
+    found = baselines.variants(config)
+    configured = f"multi-{config.train.weighting}"
+    assert baselines.train_variant(configured, found[configured], config, 0) == (main_run / "model.keras", True)
+    done = layout.baselines_dir(config) / "single-depth"
+    save_config(found["single-depth"], done / "config.yaml")
+    (done / "model.keras").write_bytes(b"stand-in")
+    assert baselines.train_variant("single-depth", found["single-depth"], config, 0) == (done / "model.keras", False)
+    assert not baselines.same_training(found["single-segmentation"], done)
+    assert not baselines.same_training(tiny(config.run_root, "train.epochs=5"), main_run)
+
+
+# -------------------------------------------------------------------------------- stage errors
+def _args(**kwargs):
+    return argparse.Namespace(model=kwargs.get("model"), split=kwargs.get("split"))
+
+
+def test_missing_model_names_the_train_command(config):
+    with pytest.raises(UserError, match=r"no trained model at .*model\.keras: run `make train`"):
+        evaluate_stage.main(config, _args())
+
+
+def test_model_with_other_tasks_is_refused(config, tmp_path):
+    other = tiny(tmp_path, "model.tasks=[segmentation]")
+    path = tmp_path / "seg_only.keras"
+    build_model(other.model, tuple(other.data.image_size)).save(str(path))
+    with pytest.raises(UserError, match=r"predicts tasks \['segmentation'\].*model\.tasks is "
+                                        r"\['depth', 'detection', 'segmentation'\]"):
+        evaluate_stage.main(config, _args(model=str(path)))
+
+
+# ------------------------------------------------------------------------------------ end to end
+def test_evaluate_end_to_end_writes_metrics_and_report(tiny_trained):
+    config, model_path = tiny_trained
+    out = evaluate_stage.main(config, _args())
+    assert out == config.run_dir / "eval"
+    metrics = json.loads((out / "metrics.json").read_text())
+    for task in ("detection", "segmentation", "depth"):
+        assert task in metrics and task in metrics["sources"]["synthetic"]
+    assert metrics["segmentation"]["pixels"] > 0 and metrics["depth"]["pixels"] > 0
+    assert metrics["sources"]["synthetic"]["examples"] == config.data.synthetic.validation_frames
+    assert metrics["inference"]["params"] > 0 and metrics["inference"]["ms_per_frame"] > 0
+    assert metrics["model"] == str(model_path) and metrics["image_size"] == [H, W]
+    text = (out / "report.md").read_text()
+    for section in SECTIONS:
+        assert section in text, section
+    for png in ("confusion_matrix.png", "depth_error_vs_distance.png", "depth_log_error.png",
+                "training_curves.png", "frames.png"):
+        assert (out / png).exists(), png
+    # The synthetic validation frames carry boxes, so detection is measured and has its PR curves.
+    assert not metrics["detection"].get("absent") and metrics["detection"]["ground_truth_boxes"] > 0
+    assert (out / "pr_curves.png").exists()
+    assert not list(config.run_dir.glob(".eval*"))  # no temporary folder left behind
+    assert_no_partial_output(config.run_dir)
+
+
+def test_evaluate_honours_max_examples_and_split(tiny_trained):
+    config, _ = tiny_trained
+    limited = tiny(config.run_root, "evaluate.max_examples=3")
+    out = evaluate_stage.main(limited, _args(split="train"))
+    assert out.name == "eval-train"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "train" and metrics["sources"]["synthetic"]["examples"] == 3
+    with pytest.raises(UserError, match="no split 'test'"):
+        evaluate_stage.main(config, _args(split="test"))
+
+
+@pytest.mark.slow
+def test_baselines_tiny_writes_summary_with_finite_delta_m(tiny_trained):
+    config, _ = tiny_trained
+    report_md = evaluate_stage.main(config, _args()) / "report.md"  # the run's eval report, to be refreshed
+    assert "Multi-task vs single-task" not in report_md.read_text()
+    short = tiny(config.run_root, "train.epochs=1", "train.steps_per_epoch=2")
+    summary = baselines.run_baselines(short, verbose=0)
+    saved = json.loads((config.run_dir / "baselines" / "summary.json").read_text())
+    assert saved["multi_task"]["weighting"] == short.train.weighting
+    assert math.isfinite(saved["multi_task"]["comparison"]["delta_m"])
+    assert set(saved["weightings"]) == {"fixed", "uncertainty", "dwa", "gradnorm"}
+    assert saved["inference"]["single_task_sum"]["params"] > 0
+    assert (config.run_dir / "baselines" / "baselines.md").exists()
+    assert summary["best_weighting"] in saved["weightings"]
+    assert "Multi-task vs single-task" in report_md.read_text()  # refreshed with the comparison

@@ -1,0 +1,113 @@
+"""Augmentation keeps boxes on their objects and masks/depth aligned with the image."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from pipeline.inputs.augment import augment, resize_depth
+from pipeline.config import AugmentConfig
+
+RED = (255, 0, 0)
+
+
+def known_frame():
+    """A grey frame with one red rectangle (class 6, 10 m away) on a ground at 30 m."""
+    image = np.full((96, 192, 3), 90, np.uint8)
+    image[40:70, 120:160] = RED
+    segmentation = np.zeros((96, 192), np.uint8)
+    segmentation[40:70, 120:160] = 6
+    depth = np.full((96, 192), 30.0, np.float32)
+    depth[40:70, 120:160] = 10.0
+    boxes = np.array([[120, 40, 160, 70]], np.float32)
+    return image, segmentation, depth, boxes, np.array([0], np.int32)
+
+
+GEOMETRIC_ONLY = dataclasses.replace(AugmentConfig(), brightness_contrast=0, hue_saturation=0, blur=0,
+                                     noise=0, crop_probability=1.0, crop_scale=(0.7, 0.95))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_box_mask_and_depth_follow_the_object(seed):
+    image, seg, depth, boxes, classes, _ = augment(*known_frame(), seed=seed, out_size=(64, 128),
+                                                cfg=GEOMETRIC_ONLY, training=True)
+    assert image.shape == (64, 128, 3) and seg.shape == (64, 128) and depth.shape == (64, 128)
+    red = np.all(image == RED, axis=-1)
+    object_pixels = seg == 6
+    # the mask covers the red pixels (nearest-neighbour keeps them aligned up to the boundary row/col)
+    assert (red & object_pixels).sum() >= 0.9 * red.sum()
+    if len(boxes):
+        x1, y1, x2, y2 = boxes[0]
+        ys, xs = np.nonzero(object_pixels)
+        assert abs(xs.min() - x1) <= 1.5 and abs(xs.max() + 1 - x2) <= 1.5
+        assert abs(ys.min() - y1) <= 1.5 and abs(ys.max() + 1 - y2) <= 1.5
+    else:  # only dropped when the crop cut most of the object away
+        assert object_pixels.sum() < 0.3 * (30 * 40) * (64 / 96) ** 2 / 0.7 ** 2
+
+
+def test_crop_zoom_scales_depth_by_the_zoom():
+    frame = known_frame()
+    for seed in range(20):
+        _, seg, depth, _, _, _ = augment(*frame, seed=seed, out_size=(96, 192), cfg=GEOMETRIC_ONLY, training=True)
+        ground = depth[seg == 0]
+        zoom = 30.0 / np.median(ground)
+        assert 1 / 0.95 - 0.02 <= zoom <= 1 / 0.7 + 0.02  # the zoom of a 0.7..0.95 crop
+        if (seg == 6).any():
+            np.testing.assert_allclose(np.median(depth[seg == 6]), 10.0 / zoom, rtol=1e-5)
+
+
+def test_flip_keeps_depth_and_mirrors_box():
+    cfg = dataclasses.replace(GEOMETRIC_ONLY, crop_probability=0.0, hflip=1.0)
+    _, seg, depth, boxes, _, _ = augment(*known_frame(), seed=0, out_size=(96, 192), cfg=cfg, training=True)
+    np.testing.assert_allclose(boxes[0], [192 - 160, 40, 192 - 120, 70], atol=1e-4)
+    assert np.all(depth[seg == 6] == 10.0)
+
+
+def test_evaluation_path_only_resizes():
+    image, seg, depth, boxes, _, _ = augment(*known_frame(), seed=3, out_size=(48, 96), cfg=AugmentConfig(),
+                                          training=False)
+    np.testing.assert_allclose(boxes[0], [60, 20, 80, 35], atol=1e-4)
+    assert np.all(depth[seg == 6] == 10.0) and np.all(depth[seg == 0] == 30.0)
+
+
+def test_same_seed_same_result():
+    a = augment(*known_frame(), seed=5, out_size=(64, 128), cfg=AugmentConfig(), training=True)
+    b = augment(*known_frame(), seed=5, out_size=(64, 128), cfg=AugmentConfig(), training=True)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_shrinking_sparse_depth_keeps_every_measured_cell():
+    """LiDAR-like depth: one point in every 3x3 block; nearest-neighbour alone lost most of them."""
+    depth = np.zeros((96, 192), np.float32)
+    depth[1::3, 2::3] = np.linspace(5.0, 60.0, 32 * 64).reshape(32, 64)
+    out = resize_depth(depth, (32, 64))
+    assert np.count_nonzero(out) == 32 * 64  # every output cell holds its one point
+    np.testing.assert_array_equal(out, depth[1::3, 2::3])
+    dense = np.full((96, 192), 7.0, np.float32)
+    np.testing.assert_array_equal(resize_depth(dense, (48, 96)), 7.0)
+
+
+def test_sparse_depth_keeps_the_nearest_surface_of_a_cell():
+    depth = np.zeros((4, 4), np.float32)
+    depth[0, 1], depth[1, 0] = 20.0, 8.0  # two returns in the top-left 2x2 cell, none at its nearest sample
+    out = resize_depth(depth, (2, 2))
+    assert out[0, 0] == 8.0 and np.count_nonzero(out) == 1
+
+
+def test_boxes_below_the_size_protocol_become_ignore_regions_and_ignore_regions_follow_the_flip():
+    image, seg, depth, boxes, classes = known_frame()
+    boxes = np.concatenate([boxes, [[10, 10, 14, 16]]]).astype(np.float32)  # 6 px tall at 96 px
+    classes = np.array([0, 1], np.int32)
+    dont_care = np.array([[100, 80, 110, 90]], np.float32)
+    cfg = dataclasses.replace(GEOMETRIC_ONLY, crop_probability=0.0, hflip=1.0)
+    out = augment(image, seg, depth, boxes, classes, seed=0, out_size=(96, 192), cfg=cfg, training=True,
+                  ignore_boxes=dont_care, min_box_height=8.0)
+    out_boxes, out_classes, ignore = out[3], out[4], out[5]
+    np.testing.assert_array_equal(out_classes, [0])
+    np.testing.assert_allclose(out_boxes, [[32, 40, 72, 70]], atol=1e-4)
+    np.testing.assert_allclose(sorted(ignore.tolist()), [[82, 80, 92, 90], [178, 10, 182, 16]], atol=1e-4)
+    # Evaluation applies the same protocol.
+    evaluated = augment(image, seg, depth, boxes, classes, seed=0, out_size=(96, 192), cfg=cfg, training=False,
+                        min_box_height=8.0)
+    np.testing.assert_array_equal(evaluated[4], [0])
+    np.testing.assert_allclose(evaluated[5], [[10, 10, 14, 16]], atol=1e-4)

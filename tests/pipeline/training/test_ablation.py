@@ -1,0 +1,76 @@
+"""The learning-efficiency study (`make ablate`): variants as data, one wall-clock budget each."""
+import json
+
+import pytest
+
+from data.errors import UserError
+from pipeline.training import ablation
+from support import REPO, tiny
+
+
+def test_variants_file_lists_overrides_and_bad_files_are_one_line_errors(tmp_path):
+    variants = ablation.read_variants(REPO / "configs" / "ablation.yaml")
+    assert next(iter(variants)) == "reference" and variants["reference"] == []
+    assert all("=" in item for overrides in variants.values() for item in overrides)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("variants: {a: [not-an-override]}")
+    with pytest.raises(UserError, match="variant 'a'"):
+        ablation.read_variants(bad)
+    with pytest.raises(UserError, match="not found"):
+        ablation.read_variants(tmp_path / "missing.yaml")
+
+
+def test_every_shipped_variant_is_a_valid_config():
+    from pipeline.config import load_config
+    for name, overrides in ablation.read_variants(REPO / "configs" / "ablation.yaml").items():
+        load_config(REPO / "configs" / "default.yaml", overrides)  # raises UserError on a bad key
+
+
+def test_budget_sets_the_steps_and_keeps_the_warmup_share(tmp_path):
+    config = tiny(tmp_path, "train.epochs=10", "train.steps_per_epoch=100", "train.warmup_steps=100")
+    overrides = [f"run_root={tmp_path}", "train.epochs=10", "train.steps_per_epoch=100", "train.warmup_steps=100"]
+    budgeted = ablation.budgeted(REPO / "configs" / "tiny.yaml", overrides, config, step_seconds=0.5,
+                                 budget_seconds=300.0)
+    steps = budgeted.train.epochs * budgeted.train.steps_per_epoch
+    assert budgeted.train.epochs == ablation.CURVE_POINTS and 594 <= steps <= 600
+    assert budgeted.train.warmup_steps == pytest.approx(steps * 100 / 1000, abs=1)
+
+
+def test_deltas_are_signed_so_positive_is_better():
+    reference = {"detection": 0.5, "segmentation": 0.6, "depth": 0.10}
+    better = {"detection": 0.55, "segmentation": 0.6, "depth": 0.08}
+    delta = ablation.relative_to(better, reference)
+    assert delta["detection"] == pytest.approx(10.0) and delta["segmentation"] == 0.0
+    assert delta["depth"] == pytest.approx(20.0)  # lower AbsRel is better
+    assert ablation.relative_to({"detection": 0.3}, {"detection": 0.0})["detection"] is None
+
+
+def test_table_and_json_from_hand_made_results(tmp_path):
+    results = {name: {"overrides": overrides, "step_seconds": 0.4, "steps": 600, "headline": headline}
+               for name, overrides, headline in [
+                   ("reference", [], {"detection": 0.5, "segmentation": 0.6, "depth": 0.1}),
+                   ("wider", ["model.head_width=96"], {"detection": 0.6, "segmentation": 0.6, "depth": 0.1})]}
+    ablation._finish(results, "reference")
+    ablation.write_table(results, "reference", 4.0, "test CPU", tmp_path / "ablation.md")
+    table = (tmp_path / "ablation.md").read_text().splitlines()
+    rows = [line for line in table if line.startswith("| wider") or line.startswith("| reference")]
+    assert rows[0].startswith("| wider") and "+20.0 / +0.0 / -0.0" in rows[0] and "model.head_width=96" in rows[0]
+    assert results["wider"]["mean_delta"] == pytest.approx(20.0 / 3)
+    json.dumps(results)  # JSON-ready
+
+
+@pytest.mark.slow
+def test_ablate_end_to_end_on_the_tiny_config(tiny_config, tmp_path):
+    variants = tmp_path / "variants.yaml"
+    variants.write_text("variants: {reference: [], higher_lr: [train.learning_rate=0.01]}")
+    results = ablation.run_study(REPO / "configs" / "tiny.yaml", [f"run_root={tiny_config.run_root}"],
+                                 ablation.read_variants(variants), budget_seconds=3.0)
+    assert set(results) == {"reference", "higher_lr"}
+    study = tiny_config.run_dir / "ablation"
+    for name, result in results.items():
+        assert result["steps"] >= ablation.CURVE_POINTS and result["step_seconds"] > 0
+        assert (study / name / "model.keras").is_file()
+    assert (study / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    again = ablation.run_study(REPO / "configs" / "tiny.yaml", [f"run_root={tiny_config.run_root}"],
+                               ablation.read_variants(variants), budget_seconds=3.0)
+    assert again["reference"]["train_wall_seconds"] == results["reference"]["train_wall_seconds"]  # skipped

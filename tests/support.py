@@ -1,0 +1,52 @@
+"""Helpers the tests share: the repository's paths, the tiny config, running the command line, and
+the two promises every stage makes (a user's mistake is one line and exit 2; a failed run leaves no
+partial output)."""
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+from pipeline.config import load_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+def tiny(root: pathlib.Path, *overrides: str):
+    """configs/tiny.yaml with its run folder under root."""
+    return load_config(REPO / "configs" / "tiny.yaml", [f"run_root={root}", *overrides])
+
+
+def run_cli(*args, timeout: float = 300, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m pipeline ...` from the repository root, as a user runs it."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def assert_user_error_exit(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """The command ended with exit code 2 and exactly one `error:` line (no traceback) holding every
+    fragment, and that line is the last thing it wrote to stderr; returns the line."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert result.stderr.rstrip().splitlines()[-1] == lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def assert_no_partial_output(folder: pathlib.Path) -> None:
+    """Nothing under folder is a staging leftover (hidden .partial / .old files or folders)."""
+    folder = pathlib.Path(folder)
+    if not folder.exists():
+        return
+    leftovers = [p for p in folder.rglob("*") if ".partial" in p.name or p.name.endswith(".old")]
+    assert not leftovers, leftovers
