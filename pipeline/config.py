@@ -75,7 +75,7 @@ class ModelConfig:
     head_width: int = 64
     sharing: str = "hard"
     soft_sharing_beta: float = 1e-3
-    top_k: int = 50
+    top_k: int = 100  # decoded peaks per frame: COCO evaluation keeps 100 (maxDets)
     max_depth: float = 80.0  # the depth output's range, and the range depth is trained and scored on
     min_depth: float = 0.5
 

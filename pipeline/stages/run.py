@@ -10,6 +10,10 @@ from pipeline.deploy.parity import ParityError
 from pipeline.stages import RUN_ORDER, STAGES
 
 
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 def main(config: Config, args=None) -> dict:
     timings, warnings = {}, []
     for name, options in RUN_ORDER:
@@ -24,7 +28,9 @@ def main(config: Config, args=None) -> dict:
             warnings.append(f"export: {err}")
             print(f"warning: {err}", flush=True)
         timings[name] = time.perf_counter() - start
-    print("\nrun: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
+    total = sum(timings.values())
+    print("\nrun: wall time per stage: " + ", ".join(f"{name} {_minutes(seconds)}" for name, seconds in timings.items())
+          + f"; total {_minutes(total)}")
     for warning in warnings:
         print(f"run: warning: {warning}")
     return timings

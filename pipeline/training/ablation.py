@@ -203,14 +203,14 @@ def run_study(config_path, base_overrides: list[str], variants: dict[str, list[s
         shutil.rmtree(folder, ignore_errors=True)  # a stale or unfinished variant starts afresh
         print(f"ablate: {name}: measuring the step time ({' '.join(own) or 'the config'})", flush=True)
         step_seconds, step_wall = measure_step_seconds(variant)
-        trained = budgeted(config_path, overrides, variant, step_seconds, budget_seconds)
-        total = trained.train.epochs * trained.train.steps_per_epoch
+        budgeted_config = budgeted(config_path, overrides, variant, step_seconds, budget_seconds)
+        total = budgeted_config.train.epochs * budgeted_config.train.steps_per_epoch
         print(f"ablate: {name}: {step_seconds:.3f} s/step (CPU time / cores; wall {step_wall:.3f} s) -> "
               f"{total} steps in {budget_seconds / 60:g} min", flush=True)
         start = time.perf_counter()
-        model_path = run_training(trained, folder, verbose=verbose)
+        model_path = run_training(budgeted_config, folder, verbose=verbose)
         wall = time.perf_counter() - start
-        metrics = evaluate_model(trained, trained.load(model_path), "validation")
+        metrics = evaluate_model(budgeted_config, trained.load(model_path), "validation")
         keras.backend.clear_session()
         results[name] = {"key": key, "overrides": own, "step_seconds": step_seconds,
                          "step_wall_seconds": step_wall, "steps": total,

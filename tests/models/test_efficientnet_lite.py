@@ -13,14 +13,14 @@ import pickle
 import numpy as np
 import pytest
 
+from data.errors import UserError
 from models.efficientnet_lite import efficientnet_lite0, weights_path
 from models.encoder import build_encoder, check_backbone, encoder_model
 from models.multitask import build_model
 from models.pth_reader import MAGIC_NUMBER, PROTOCOL_VERSION, PthError, read_pth
 from pipeline.config import ModelConfig, load_config
-from data.errors import UserError
+from support import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "tests" / "fixtures" / "efficientnet_lite0"
 SIZE = (64, 96)
 PYRAMID = {"P1": (2, 16), "P2": (4, 24), "P3": (8, 40), "P4": (16, 112), "P5": (32, 320)}

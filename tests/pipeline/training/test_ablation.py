@@ -59,18 +59,18 @@ def test_table_and_json_from_hand_made_results(tmp_path):
     json.dumps(results)  # JSON-ready
 
 
-@pytest.mark.slow
 def test_ablate_end_to_end_on_the_tiny_config(tiny_config, tmp_path):
     variants = tmp_path / "variants.yaml"
-    variants.write_text("variants: {reference: [], higher_lr: [train.learning_rate=0.01]}")
-    results = ablation.run_study(REPO / "configs" / "tiny.yaml", [f"run_root={tiny_config.run_root}"],
-                                 ablation.read_variants(variants), budget_seconds=3.0)
-    assert set(results) == {"reference", "higher_lr"}
+    variants.write_text("variants: {reference: []}")
+    study_args = (REPO / "configs" / "tiny.yaml", [f"run_root={tiny_config.run_root}"],
+                  ablation.read_variants(variants))
+    results = ablation.run_study(*study_args, budget_seconds=2.0)
+    result = results["reference"]
+    assert result["steps"] >= ablation.CURVE_POINTS and result["step_seconds"] > 0
+    assert result["headline"]["segmentation"] is not None and result["delta"]["segmentation"] == 0.0
     study = tiny_config.run_dir / "ablation"
-    for name, result in results.items():
-        assert result["steps"] >= ablation.CURVE_POINTS and result["step_seconds"] > 0
-        assert (study / name / "model.keras").is_file()
+    assert (study / "reference" / "model.keras").is_file()
     assert (study / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
-    again = ablation.run_study(REPO / "configs" / "tiny.yaml", [f"run_root={tiny_config.run_root}"],
-                               ablation.read_variants(variants), budget_seconds=3.0)
-    assert again["reference"]["train_wall_seconds"] == results["reference"]["train_wall_seconds"]  # skipped
+    assert "| reference |" in (study / "ablation.md").read_text()
+    again = ablation.run_study(*study_args, budget_seconds=2.0)  # same config and budget: skipped
+    assert again["reference"]["train_wall_seconds"] == result["train_wall_seconds"]
