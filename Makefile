@@ -6,8 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
 ARGS ?=
 CLIP ?=
-# Quieter TensorFlow logs; the stages print their own progress.
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+# The stages keep TensorFlow's start-up logs quiet themselves; ARGS=--verbose shows them.
 
 .PHONY: install run data preview train evaluate baselines ablate export clip bench test test-all clean
 

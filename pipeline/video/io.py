@@ -7,12 +7,9 @@ end-to-end frame rate stays close to the model's own.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import pathlib
 import queue
-import sys
 import threading
 import time
 
@@ -20,27 +17,13 @@ import cv2
 import numpy as np
 
 from data.errors import UserError
+from pipeline.console import native_stderr_silenced as quiet_stderr
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
 # 'avc1' (H.264) plays everywhere but OpenCV's wheels often cannot encode it; 'mp4v' (MPEG-4 part 2)
 # always can and common players (VLC, mpv, ffplay, most browsers' OS codecs) decode it.
 CODECS = ("avc1", "mp4v")
 DEFAULT_FPS = 30.0  # for a container that gives no usable rate
-
-
-@contextlib.contextmanager
-def quiet_stderr():
-    """Silences native stderr (FFmpeg's and OpenCV's logs) for a moment; used while probing a file or a
-    codec, where we report the outcome ourselves in one line. Call only when no other thread prints."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 class VideoSource:
