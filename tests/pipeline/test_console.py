@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.console import COLUMNS
 from pipeline.training.progress import CompactBar, shown
-from tests.support import run_cli
+from support import run_cli
 
 NOISE = ("All log messages before absl::InitializeLog()", "oneDNN custom operations",
          "Could not find cuda drivers", "failed call to cuInit", "CUDA error",
