@@ -63,7 +63,9 @@ class CompactBar:
         else:
             head = f"{current} steps"
         if finalize or not self.target or current == 0:
-            clock = f"{_duration(elapsed)} {1000 * elapsed / max(current, 1):.0f}ms/step"
+            per_step = elapsed / max(current, 1)
+            clock = f"{_duration(elapsed)} " + (f"{per_step:.1f}s/step" if per_step >= 1 else
+                                                f"{1000 * per_step:.0f}ms/step")
         else:
             clock = f"ETA {_duration(elapsed / current * (self.target - current))}"
         values = shown(logs)
