@@ -6,10 +6,9 @@ STAMP := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
 ARGS ?=
 CLIP ?=
-# Quieter TensorFlow logs; the stages print their own progress.
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+# The stages keep TensorFlow's start-up logs quiet themselves; ARGS=--verbose shows them.
 
-.PHONY: install run data preview train evaluate baselines ablate export clip bench test test-all clean
+.PHONY: install run data preview train evaluate baselines ablate export clip report bench test test-all clean
 
 install: $(STAMP)
 
@@ -24,7 +23,7 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 run: $(STAMP)
 	$(PY) -m pipeline run --config $(CONFIG) $(ARGS)
 
-data preview train evaluate baselines ablate export bench: $(STAMP)
+data preview train evaluate baselines ablate export report bench: $(STAMP)
 	$(PY) -m pipeline $@ --config $(CONFIG) $(ARGS)
 
 clip: $(STAMP)

@@ -80,6 +80,16 @@ class DashcamScenes(tfds.core.GeneratorBasedBuilder):
             raise RuntimeError("DashcamScenes needs `items` to build; use data.builder.build()")
         return {split: self._generate_examples(split) for split in self._items}
 
+    # TFDS announces "Downloading and preparing dataset Unknown size ..." although nothing is
+    # downloaded, and "downloaded and prepared" after: say what is built instead (the data stage
+    # prints the counts and size when done).
+    def _log_download_bytes(self) -> None:
+        splits = ", ".join(self._items or {})
+        print(f"data: building {self.builder_config.name} records ({splits}) in {self.data_dir}", flush=True)
+
+    def _log_download_done(self) -> None:
+        pass
+
     def _generate_examples(self, split):
         for key, load in self._items[split]:
             try:

@@ -35,6 +35,7 @@ import numpy as np
 
 from data import schema, synthetic
 from data.errors import UserError
+from data.video_writer import H264Writer
 from data.vocabulary import DEPTH_SCALE
 
 _CLIP_STREAM = 7  # keeps clip seeds apart from the frame data set's seed streams (data/synthetic.SPLITS)
@@ -117,18 +118,19 @@ def render_clip(out_dir: pathlib.Path, name: str, seed: int, frames: int, height
     out_dir.mkdir(parents=True, exist_ok=True)
     video, jsonl = out_dir / f"{name}.mp4", out_dir / f"{name}.labels.jsonl"
     labels = out_dir / f"{name}.labels"
-    tmp_video = out_dir / f".{name}.partial.mp4"  # cv2 picks the container from the extension
+    tmp_video = out_dir / f".{name}.partial.mp4"
     tmp_jsonl, tmp_labels = out_dir / f".{name}.labels.jsonl.partial", out_dir / f".{name}.labels.partial"
     shutil.rmtree(tmp_labels, ignore_errors=True)
     tmp_labels.mkdir()
-    writer = cv2.VideoWriter(str(tmp_video), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
-    if not writer.isOpened():
+    try:
+        writer = H264Writer(tmp_video, width, height, fps)  # H.264 + faststart: plays in a browser
+    except UserError:
         shutil.rmtree(tmp_labels, ignore_errors=True)
-        raise UserError(f"cannot write an mp4v video at {tmp_video} (is the folder writable?)")
+        raise
     try:
         with open(tmp_jsonl, "w", encoding="utf-8") as lines:
             for i, (example, _) in enumerate(simulate(seed, frames, height, width, fps)):
-                writer.write(np.ascontiguousarray(example["image"][..., ::-1]))
+                writer.write(example["image"][..., ::-1])
                 seg, depth = f"{i:06d}_seg.png", f"{i:06d}_depth.png"
                 depth_png = np.round(np.clip(example["depth"], 0, 65535 / DEPTH_SCALE) * DEPTH_SCALE)
                 if not (cv2.imwrite(str(tmp_labels / seg), example["segmentation"])

@@ -6,15 +6,12 @@ sub-folder there. A user's mistake ends with one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
 import sys
 
 from data.errors import UserError
+from pipeline import console
 from pipeline.config import load_config
 from pipeline.stages import STAGES
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n")[0])
@@ -24,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
         stage.add_argument("--config", default="configs/default.yaml", help="YAML config file")
         stage.add_argument("overrides", nargs="*", metavar="key=value",
                            help="config overrides, e.g. train.epochs=2")
+        stage.add_argument("--verbose", action="store_true",
+                           help="keep the libraries' start-up logs (TensorFlow, absl, TFDS) and warnings")
         stage.set_defaults(module=module)
     stages = sub.choices
     stages["evaluate"].add_argument("--model", help="a .keras model to evaluate instead of the run's own")
@@ -51,9 +50,11 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = list(args.overrides) + extra
+    if not args.verbose:
+        console.quiet()  # before TensorFlow is imported: the stage modules import it
     try:
         config = load_config(args.config, args.overrides)
-        module = importlib.import_module(args.module)
+        module = console.import_stage(args.module, args.verbose)
         module.main(config, args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -38,6 +38,11 @@ def preview_png(config) -> pathlib.Path:
     return config.run_dir / "preview.png"
 
 
+def report_html(config) -> pathlib.Path:
+    """The run's one-page report (evaluate and report stages)."""
+    return config.run_dir / "report.html"
+
+
 def train_dir(config) -> pathlib.Path:
     return config.run_dir / "train"
 

@@ -50,3 +50,28 @@ def assert_no_partial_output(folder: pathlib.Path) -> None:
         return
     leftovers = [p for p in folder.rglob("*") if ".partial" in p.name or p.name.endswith(".old")]
     assert not leftovers, leftovers
+
+
+def top_level_atoms(path) -> list[str]:
+    """The MP4's top-level box types in file order (ftyp, moov, mdat, ...)."""
+    data, atoms, offset = pathlib.Path(path).read_bytes(), [], 0
+    while offset + 8 <= len(data):
+        size = int.from_bytes(data[offset:offset + 4], "big")
+        atoms.append(data[offset + 4:offset + 8].decode("latin-1"))
+        if size == 1:  # 64-bit size follows the type
+            size = int.from_bytes(data[offset + 8:offset + 16], "big")
+        if size < 8:
+            break
+        offset += size
+    return atoms
+
+
+def assert_browser_mp4(path, frames: int) -> None:
+    """H.264 (read back with PyAV), the index (moov) before the media (mdat): faststart, and `frames`
+    frames that decode."""
+    import av  # noqa: PLC0415
+    atoms = top_level_atoms(path)
+    assert "moov" in atoms and "mdat" in atoms and atoms.index("moov") < atoms.index("mdat"), atoms
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
+        assert sum(1 for _ in container.decode(video=0)) == frames

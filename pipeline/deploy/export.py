@@ -10,6 +10,8 @@ The export stage reads runs/<experiment>/train/model.keras and writes runs/<expe
   parity.json           per format: metrics on validation frames, agreement with Keras, size,
                         latency, io dtypes and a verdict against the export.tolerance_* settings
                         (pipeline/deploy/parity.py)
+  model_card.json/.md   classes, input, training data and budget, metrics, formats
+                        (pipeline/deploy/model_card.py)
 Everything is written into a hidden temporary folder that replaces export/ only when complete, so a
 failed export never leaves a half-written folder behind.
 
@@ -44,7 +46,7 @@ from ai_edge_litert.interpreter import Interpreter
 from data.errors import UserError
 from pipeline import atomic, layout, trained
 from pipeline.config import Config
-from pipeline.deploy import parity, serving
+from pipeline.deploy import model_card, parity, serving
 from pipeline.inputs import dataset as inputs
 
 TFLITE_FORMATS = ("tflite-float32", "tflite-float16", "tflite-int8")
@@ -164,4 +166,5 @@ def run_export(config: Config, progress=print) -> tuple[pathlib.Path, dict]:
         report["conversion"] = notes
         report["num_detections_threshold"] = trained.COUNT_SCORE
         parity.write_report(report, staging / "parity.json")
+        model_card.write(staging, config, report)
     return final, report

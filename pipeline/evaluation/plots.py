@@ -143,8 +143,10 @@ def depth_log_error(depth: dict, path: pathlib.Path, title: str = "") -> pathlib
 
 
 def training_curves(history_csv: pathlib.Path, path: pathlib.Path) -> pathlib.Path | None:
-    """Per task (one colour each): train (solid) and validation (dashed) loss, the effective task weight,
-    and the learning rate, per epoch, from the train stage's history.csv."""
+    """From the train stage's history.csv, per epoch: the unweighted task losses (one colour per task,
+    train solid, validation dashed; log axis), the weighted total that the optimiser minimises (its own
+    linear panel: with uncertainty weighting the s/2 terms make it negative), the effective task
+    weights, and the learning rate."""
     if history_csv is None or not pathlib.Path(history_csv).is_file():
         return None
     with pathlib.Path(history_csv).open() as handle:
@@ -156,28 +158,43 @@ def training_curves(history_csv: pathlib.Path, path: pathlib.Path) -> pathlib.Pa
         values = [row.get(name) for row in rows]
         return np.asarray([float(v) if v not in (None, "") else np.nan for v in values])
 
+    def positive(values):  # a log axis cannot show <= 0
+        return np.where(values > 0, values, np.nan)
+
     epochs = column("epoch") + 1
     tasks = [task for task in TASKS if f"{task}_loss" in rows[0]]
     has_lr = "learning_rate" in rows[0]
-    fig, axes = plt.subplots(1, 3 if has_lr else 2, figsize=(13 if has_lr else 9.5, 3.8))
+    fig, grid = plt.subplots(2, 2, figsize=(11, 7.4))
+    unweighted, weighted, weights, rate = grid.ravel()
     for index, task in enumerate(tasks):
         colour = f"C{index}"
-        axes[0].plot(epochs, column(f"{task}_loss"), "-o", ms=3, color=colour, label=f"{task} train")
+        unweighted.plot(epochs, positive(column(f"{task}_loss")), "-o", ms=3, color=colour, label=f"{task} train")
         if f"val_{task}_loss" in rows[0]:
-            axes[0].plot(epochs, column(f"val_{task}_loss"), "--", color=colour, label=f"{task} val")
+            unweighted.plot(epochs, positive(column(f"val_{task}_loss")), "--", color=colour, label=f"{task} val")
         if f"{task}_weight" in rows[0]:
-            axes[1].plot(epochs, column(f"{task}_weight"), "-o", ms=3, color=colour, label=task)
-    axes[0].set(title="task losses (unweighted)", xlabel="epoch", yscale="log")
-    axes[1].set(title="effective task weights", xlabel="epoch")
+            weights.plot(epochs, column(f"{task}_weight"), "-o", ms=3, color=colour, label=task)
+    if "val_task_loss_sum" in rows[0]:
+        unweighted.plot(epochs, positive(column("val_task_loss_sum")), ":", color="black",
+                        label="sum of task losses, val (checkpoint metric)")
+    unweighted.set(title="task losses (unweighted)", xlabel="epoch", yscale="log")
+    for name, style, label in (("loss", "-o", "train"), ("val_loss", "--", "val")):
+        if name in rows[0]:
+            weighted.plot(epochs, column(name), style, ms=3, color="gray", label=label)
+    weighted.axhline(0, color="black", lw=0.6)
+    weighted.set(title="weighted total loss (the objective; may be < 0)", xlabel="epoch")
+    weights.set(title="effective task weights", xlabel="epoch")
     if has_lr:
-        axes[2].plot(epochs, column("learning_rate"), "-", color="gray")
-        axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
-        axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-    for ax in axes:
+        rate.plot(epochs, column("learning_rate"), "-", color="gray")
+        rate.set(title="learning rate (end of epoch)", xlabel="epoch")
+        rate.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    else:
+        rate.set_axis_off()
+    for ax in grid.ravel():
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
+    fig.tight_layout()
     return _save(fig, path)
 
 

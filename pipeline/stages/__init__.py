@@ -15,6 +15,7 @@ STAGES = {
     "export": ("pipeline.stages.export", "SavedModel + TFLite float32/float16/int8 with parity checks"),
     "predict": ("pipeline.stages.predict", "annotate images with any exported model"),
     "clip": ("pipeline.stages.clip", "annotated video, per-frame results and stability on dashcam clips"),
+    "report": ("pipeline.stages.report", "report.html: one self-contained page of the run (training, evaluation, clips, export)"),
     "bench": ("pipeline.stages.bench", "measure speed against alternatives and the machine's limits"),
     "run": ("pipeline.stages.run", "every stage in order on one config"),
 }
@@ -27,4 +28,5 @@ RUN_ORDER = (
     ("evaluate", {"model": None, "split": None}),
     ("export", {}),
     ("clip", {"model": None, "input": None, "out": None}),
+    ("report", {}),
 )

@@ -1,4 +1,5 @@
-"""`evaluate` stage: metrics.json, report.md and plots for a trained model on one split.
+"""`evaluate` stage: metrics.json, report.md and plots for a trained model on one split, then the
+run's report.html.
 
 `python -m pipeline evaluate [--model X.keras] [--split S]` writes runs/<experiment>/eval*/
 (pipeline/evaluation/evaluate.py says which folder and what is in it).
@@ -9,7 +10,7 @@ import pathlib
 
 from pipeline import layout
 from pipeline.config import Config
-from pipeline.evaluation import evaluate, report
+from pipeline.evaluation import evaluate, report, run_report
 
 
 def main(config: Config, args=None) -> pathlib.Path:
@@ -20,4 +21,5 @@ def main(config: Config, args=None) -> pathlib.Path:
     metrics = evaluate.evaluate_into(config, model_path, split, out)
     print(f"evaluate: {report.headline(metrics)}")
     print(f"evaluate: wrote {out / 'metrics.json'} and {out / 'report.md'}")
+    print(f"evaluate: wrote {run_report.write(config)}")
     return out

@@ -30,6 +30,7 @@ from pipeline.inputs import dataset as inputs
 from pipeline.training import devices
 from pipeline.training.callbacks import (GuardedBackup, GuardedCheckpoint, LogLearningRate, ResumeHistory,
                                          StopOnNaNTask, SyncReplicaStatistics, Throughput, ValidationTaskSum)
+from pipeline.training.progress import CompactProgbarLogger
 
 
 def resume_signature(config: Config) -> dict:
@@ -148,6 +149,7 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
         keras.callbacks.CSVLogger(str(history_csv), append=True),
         keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0),
         speed,
+        CompactProgbarLogger(),  # the bar shows the losses only; the logs above keep every metric
     ]  # the trainer adds the weighting's own epoch hook (DWA) itself
     print(f"train: {len(tasks)} task(s) {tasks}, weighting={config.train.weighting}, "
           f"sharing={config.model.sharing}, precision={precision}, jit_compile={jit}, "

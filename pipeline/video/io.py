@@ -1,4 +1,4 @@
-"""Video in and out for the clip stage: a checked reader, a writer with a codec fallback, and the
+"""Video in and out for the clip stage: a checked reader, the H.264 writer, and the
 small thread plumbing (cancellable bounded queues, workers that hand their exception back).
 
 Why threads: decoding and encoding are OpenCV calls and inference is a TensorFlow/LiteRT call; all
@@ -7,12 +7,9 @@ end-to-end frame rate stays close to the model's own.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import pathlib
 import queue
-import sys
 import threading
 import time
 
@@ -20,27 +17,11 @@ import cv2
 import numpy as np
 
 from data.errors import UserError
+from data.video_writer import CODEC, H264Writer, even_size  # noqa: F401  (even_size: the clip loop's)
+from pipeline.console import native_stderr_silenced as quiet_stderr
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
-# 'avc1' (H.264) plays everywhere but OpenCV's wheels often cannot encode it; 'mp4v' (MPEG-4 part 2)
-# always can and common players (VLC, mpv, ffplay, most browsers' OS codecs) decode it.
-CODECS = ("avc1", "mp4v")
 DEFAULT_FPS = 30.0  # for a container that gives no usable rate
-
-
-@contextlib.contextmanager
-def quiet_stderr():
-    """Silences native stderr (FFmpeg's and OpenCV's logs) for a moment; used while probing a file or a
-    codec, where we report the outcome ourselves in one line. Call only when no other thread prints."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 class VideoSource:
@@ -104,27 +85,10 @@ class VideoSource:
         self._capture.release()
 
 
-_codec_cache: dict = {}
-
-
 def open_writer(path: pathlib.Path, width: int, height: int, fps: float):
-    """(cv2.VideoWriter, fourcc) for an .mp4 at width x height (both even: the encoders need it)."""
-    for fourcc in CODECS:
-        if _codec_cache.get(fourcc) is False:
-            continue
-        with quiet_stderr():  # a missing H.264 encoder logs several lines of FFmpeg errors
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), float(fps), (width, height))
-        _codec_cache[fourcc] = writer.isOpened()
-        if writer.isOpened():
-            return writer, fourcc
-        writer.release()
-        pathlib.Path(path).unlink(missing_ok=True)
-    raise UserError(f"cannot write video {path}: OpenCV has no working encoder among {', '.join(CODECS)}")
-
-
-def even_size(width: int, height: int) -> tuple[int, int]:
-    """4:2:0 encoders need even sides; an odd-sized input loses its last row/column in the overlay."""
-    return max(2, width - width % 2), max(2, height - height % 2)
+    """(writer, codec) for an H.264 .mp4 with faststart at width x height (both even: the encoder
+    needs it); data/video_writer.py says why PyAV and not OpenCV."""
+    return H264Writer(path, width, height, fps), CODEC
 
 
 class Cancelled(Exception):

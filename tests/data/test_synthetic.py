@@ -7,6 +7,7 @@ import pytest
 
 from data import schema, synthetic, synthetic_clip
 from data.errors import UserError
+from support import assert_browser_mp4
 
 HEIGHT, WIDTH = 96, 192
 SEG = {name: i for i, name in enumerate(schema.SEGMENTATION_CLASSES)}
@@ -95,6 +96,7 @@ def test_render_clip_writes_a_readable_video_and_matching_labels(tmp_path):
                                        fps=fps)
     assert video == tmp_path / "drive.mp4"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["drive.labels", "drive.labels.jsonl", "drive.mp4"]
+    assert_browser_mp4(video, frames=frames)
     capture = cv2.VideoCapture(str(video))
     assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(fps)
     decoded = []

@@ -50,6 +50,9 @@ def test_export_writes_every_format_and_parity(exported):
         assert entry["latency"]["median_ms"] > 0 and entry["latency"]["p90_ms"] >= entry["latency"]["median_ms"]
         assert set(entry["metrics"]) == {"mAP50", "mIoU", "abs_rel"}
         assert entry["io"]["inputs"] and entry["io"]["outputs"]
+    card = json.loads((out / "model_card.json").read_text())  # written with the export
+    assert {f["format"] for f in card["formats"]} == set(on_disk["formats"])
+    assert card["input"]["size"] == list(config.data.image_size) and (out / "model_card.md").is_file()
     assert not list(out.parent.glob(".export*")), "the staging folder must be gone"
 
 

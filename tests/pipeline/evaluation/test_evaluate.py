@@ -238,6 +238,8 @@ def test_evaluate_end_to_end_writes_metrics_and_report(tiny_trained):
     text = (out / "report.md").read_text()
     for section in SECTIONS:
         assert section in text, section
+    page = (config.run_dir / "report.html").read_text()  # the run's page, written by the stage too
+    assert "<h2>Evaluation: <code>eval/</code></h2>" in page and 'src="data:image/png;base64,' in page
     for png in ("confusion_matrix.png", "depth_error_vs_distance.png", "depth_log_error.png",
                 "training_curves.png", "frames.png"):
         assert (out / png).exists(), png

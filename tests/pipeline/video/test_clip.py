@@ -20,7 +20,7 @@ from pipeline.stages import clip as clip_stage
 from pipeline.video import clip
 from pipeline.video.clip_metrics import labels_path
 from pipeline.video.fitting import LETTERBOX_GREY, Fit
-from support import FIXTURES, REPO, assert_no_partial_output, assert_user_error_exit, run_cli
+from support import FIXTURES, REPO, assert_browser_mp4, assert_no_partial_output, assert_user_error_exit, run_cli
 
 FIXTURE_CLIP = FIXTURES / "clips" / "highway_cars_8f.mp4"  # 8 frames, 1280x720, 25 fps
 SKY, ROAD = 4, 0  # segmentation class ids the fake predictor paints
@@ -147,7 +147,8 @@ def test_real_clip_fixture_overlay_and_jsonl(tmp_path):
     np.testing.assert_allclose([r["time_s"] for r in records], np.arange(8) / 25.0, atol=1e-3)
     assert summary == json.loads((out / "summary.json").read_text())
     assert summary["frames_read"] == 8 and summary["frames_with_errors"] == 0
-    assert summary["fps_source"] == 25.0 and summary["codec"] in ("avc1", "mp4v")
+    assert summary["fps_source"] == 25.0 and summary["codec"] == "h264"
+    assert_browser_mp4(out / "overlay.mp4", frames=8)
     assert summary["fps_model"] > 0 and summary["fps_end_to_end"] > 0
     assert set(summary["latency_ms"]) >= {"p50", "p90", "p99"}
     assert set(summary["seconds"]) >= {"decode", "inference", "draw", "encode"}
@@ -161,6 +162,8 @@ def test_synthetic_clip_with_labels_gets_metrics(tmp_path):
     assert labels_path(video).is_file()
     summary = clip.process_clip(FakePredictor(), video, tmp_path / "out", config_for(tmp_path), progress=False)
     assert video_facts(tmp_path / "out" / "overlay.mp4") == {"frames": 5, "width": 96, "height": 64, "fps": 5.0}
+    assert_browser_mp4(video, frames=5)
+    assert_browser_mp4(tmp_path / "out" / "overlay.mp4", frames=5)
     assert len(jsonl(tmp_path / "out" / "predictions.jsonl")) == 5
     metrics = summary["metrics"]
     assert metrics["frames"] == 5

@@ -1,0 +1,58 @@
+"""A quiet console: what a stage prints is its own progress, not the libraries' start-up chatter.
+
+Without `--verbose` the command line (pipeline/__main__.py) calls `quiet()` before TensorFlow is
+imported and imports the stage under `native_stderr_silenced()`:
+- TF_CPP_MIN_LOG_LEVEL=3 hides TensorFlow's C++ warnings and errors logged once it runs (the E0000
+  "failed call to cuInit" of a CPU-only machine among them);
+- the lines TensorFlow's shared libraries log while they load ("All log messages before
+  absl::InitializeLog()", the oneDNN note, "Could not find cuda drivers") are written by absl before
+  its log level is set, so no environment variable reaches them: native stderr is closed while
+  TensorFlow and the stage's modules import (`import_stage`; some libraries, TFDS among them, import
+  TensorFlow only when first used, so it is imported here first; a Python exception still reaches
+  the user: it is raised, not logged);
+- Keras' "`shuffle=True` was passed, but will be ignored" (fit is given tf.data, shuffled already)
+  is filtered by its text;
+- tqdm bars (TFDS, evaluate, clip) are kept to 80 columns (TQDM_NCOLS, unless the user set it).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+import warnings
+
+COLUMNS = 80  # every progress line fits a classic terminal
+SHUFFLE_WARNING = r"`shuffle=True` was passed, but will be ignored"
+
+
+def quiet() -> None:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    os.environ.setdefault("TQDM_NCOLS", str(COLUMNS))
+    warnings.filterwarnings("ignore", message=SHUFFLE_WARNING)
+
+
+@contextlib.contextmanager
+def native_stderr_silenced(enabled: bool = True):
+    """Silences native stderr (file descriptor 2: C/C++ logs such as FFmpeg's, OpenCV's or absl's) for
+    a moment; Python's sys.stderr is flushed first. Use it only while no other thread prints."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def import_stage(module: str, verbose: bool):
+    """The stage's module; without verbose, TensorFlow is imported first with native stderr closed."""
+    with native_stderr_silenced(not verbose):
+        if not verbose:
+            importlib.import_module("tensorflow")
+        return importlib.import_module(module)
