@@ -294,7 +294,9 @@ def _all_frames(config):
     parts = [next(iter(inputs.make_dataset(config, split, training=False, batch_size=16)))
              for split in ("train", "validation")]
     x = {key: np.concatenate([p[0][key].numpy() for p in parts]) for key in parts[0][0]}
-    y = {key: np.concatenate([p[1][key].numpy() for p in parts]) for key in parts[0][1]}
+    # Box lists are padded per evaluation batch (their lengths differ); the losses read the dense maps.
+    y = {key: np.concatenate([p[1][key].numpy() for p in parts]) for key in parts[0][1]
+         if key not in ("boxes", "classes", "ignore_boxes")}
     return x, y
 
 
