@@ -95,6 +95,9 @@ class TrainConfig:
         default_factory=lambda: {"detection": 1.0, "segmentation": 1.0, "depth": 1.0})
     dwa_temperature: float = 2.0
     gradnorm_alpha: float = 1.5
+    famo_beta: float = 0.025  # FAMO: learning rate of the task logits (Adam)
+    famo_gamma: float = 0.01  # FAMO: L2 decay of the task logits
+    conflict_every: int = 1  # log task-gradient cosines every N-th training step (0 = never)
     jit_compile: str = "auto"  # "auto" | "true" | "false"
     precision: str = "auto"
     strategy: str = "none"
@@ -241,6 +244,9 @@ def validate(config: Config) -> None:
     if not config.model.tasks:
         raise UserError("model.tasks is empty; valid tasks: " + ", ".join(TASKS))
     _choice(config.train.weighting, WEIGHTINGS, "weighting")
+    if config.train.conflict_every < 0 or config.train.famo_beta <= 0 or config.train.famo_gamma < 0:
+        raise UserError("train.conflict_every must be >= 0, train.famo_beta > 0 and train.famo_gamma >= 0; "
+                        f"Received: {config.train.conflict_every}, {config.train.famo_beta}, {config.train.famo_gamma}")
     _choice(config.model.sharing, SHARING_MODES, "sharing mode")
     _choice(config.model.backbone, BACKBONES, "backbone")
     _choice(config.train.strategy, STRATEGIES, "strategy")
