@@ -144,7 +144,8 @@ def depth_log_error(depth: dict, path: pathlib.Path, title: str = "") -> pathlib
 
 def training_curves(history_csv: pathlib.Path, path: pathlib.Path) -> pathlib.Path | None:
     """Per task (one colour each): train (solid) and validation (dashed) loss, the effective task weight,
-    and the learning rate, per epoch, from the train stage's history.csv."""
+    the gradient conflict (cosine of each task pair's gradients on the shared kernel, cos_<a>_<b>, when
+    logged) and the learning rate, per epoch, from the train stage's history.csv."""
     if history_csv is None or not pathlib.Path(history_csv).is_file():
         return None
     with pathlib.Path(history_csv).open() as handle:
@@ -159,7 +160,9 @@ def training_curves(history_csv: pathlib.Path, path: pathlib.Path) -> pathlib.Pa
     epochs = column("epoch") + 1
     tasks = [task for task in TASKS if f"{task}_loss" in rows[0]]
     has_lr = "learning_rate" in rows[0]
-    fig, axes = plt.subplots(1, 3 if has_lr else 2, figsize=(13 if has_lr else 9.5, 3.8))
+    conflicts = [name for name in rows[0] if name.startswith("cos_")]
+    count = 2 + bool(conflicts) + has_lr
+    fig, axes = plt.subplots(1, count, figsize=(4.4 * count, 3.8))
     for index, task in enumerate(tasks):
         colour = f"C{index}"
         axes[0].plot(epochs, column(f"{task}_loss"), "-o", ms=3, color=colour, label=f"{task} train")
@@ -169,10 +172,16 @@ def training_curves(history_csv: pathlib.Path, path: pathlib.Path) -> pathlib.Pa
             axes[1].plot(epochs, column(f"{task}_weight"), "-o", ms=3, color=colour, label=task)
     axes[0].set(title="task losses (unweighted)", xlabel="epoch", yscale="log")
     axes[1].set(title="effective task weights", xlabel="epoch")
+    if conflicts:
+        for index, name in enumerate(conflicts):
+            pair = name[len("cos_"):].replace("_", " / ", 1) if name.count("_") == 2 else name[len("cos_"):]
+            axes[2].plot(epochs, column(name), "-o", ms=3, color=f"C{index + 3}", label=pair)
+        axes[2].axhline(0.0, color="gray", lw=0.8)
+        axes[2].set(title="gradient conflict (cosine, shared kernel)", xlabel="epoch", ylim=(-1.05, 1.05))
     if has_lr:
-        axes[2].plot(epochs, column("learning_rate"), "-", color="gray")
-        axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
-        axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+        axes[-1].plot(epochs, column("learning_rate"), "-", color="gray")
+        axes[-1].set(title="learning rate (end of epoch)", xlabel="epoch")
+        axes[-1].ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

@@ -207,6 +207,13 @@ def training_section(out_dir: pathlib.Path, history_csv) -> str:
     text = (f"## Training\n\n{len(rows)} epochs (history: `{history_csv}`). Task weights are the effective "
             f"multipliers of each task loss at the last epoch (learned for uncertainty/DWA/GradNorm).\n\n"
             + table(header, body))
+    conflicts = [name for name in last if name.startswith("cos_")]
+    if conflicts:
+        pairs = [[name[len("cos_"):].replace("_", " / "), fmt(_float(rows[0].get(name)), 3),
+                  fmt(_float(last.get(name)), 3)] for name in conflicts]
+        text += ("\n\nGradient conflict: the cosine between two tasks' loss gradients on the shared kernel "
+                 "(the last layer all tasks share), epoch mean; below 0 the tasks pull the shared weights "
+                 "apart.\n\n" + table(["task pair", "first epoch", "last epoch"], pairs))
     link = _plot_link(out_dir, "training_curves.png", "training curves and task weights")
     return text + (f"\n\n{link}" if link else "")
 

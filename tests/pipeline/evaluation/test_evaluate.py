@@ -70,11 +70,12 @@ def _hand_made(config, has_depth=1.0):
 
 
 def _history(path):
-    path.write_text("epoch,depth_loss,depth_weight,detection_loss,detection_weight,learning_rate,loss,"
+    path.write_text("epoch,cos_detection_depth,cos_detection_segmentation,depth_loss,depth_weight,detection_loss,"
+                    "detection_weight,learning_rate,loss,"
                     "segmentation_loss,segmentation_weight,val_depth_loss,val_detection_loss,"
                     "val_segmentation_loss\n"
-                    "0,1.0,1.0,5.0,1.0,0.003,7.0,2.0,1.0,0.9,4.0,1.8\n"
-                    "1,0.7,1.3,3.0,0.8,0.002,4.5,1.2,0.9,0.6,2.9,1.1\n")
+                    "0,0.31,-0.2,1.0,1.0,5.0,1.0,0.003,7.0,2.0,1.0,0.9,4.0,1.8\n"
+                    "1,0.12,-0.45,0.7,1.3,3.0,0.8,0.002,4.5,1.2,0.9,0.6,2.9,1.1\n")
     return path
 
 
@@ -100,6 +101,8 @@ def test_report_from_hand_made_metrics_has_every_section_and_plot(config, tmp_pa
     status = "met" if value >= 0.9 else f"**short by {0.9 - value:.3f}**"
     assert f"| mAP50 | >= 0.9 | {report.fmt(value)} | {status} |" in text
     assert "pedestrian" in text and "sidewalk" in text  # per-class tables
+    assert "Gradient conflict" in text and "| detection / depth | 0.310 | 0.120 |" in text
+    assert "| detection / segmentation | -0.200 | -0.450 |" in text  # first and last epoch cosine
     assert "Multi-task vs single-task" not in text  # no baselines summary yet
 
 
