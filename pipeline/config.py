@@ -130,6 +130,11 @@ class ClipConfig:
 
 
 @dataclass
+class BaselinesConfig:
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # each variant is trained once per seed
+
+
+@dataclass
 class Config:
     experiment: str = "default"
     seed: int = 0
@@ -141,6 +146,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
 
     @property
     def run_dir(self) -> pathlib.Path:

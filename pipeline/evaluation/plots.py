@@ -190,6 +190,27 @@ def training_curves(history_csv: pathlib.Path, path: pathlib.Path) -> pathlib.Pa
     return _save(fig, path)
 
 
+def baselines_delta_m(summary: dict, path: pathlib.Path) -> pathlib.Path | None:
+    """Delta_m of every multi-task variant (mean ± std over seeds), from baselines/summary.json."""
+    entries = [(name, entry["delta_m"]) for name, entry in summary.get("models", {}).items()
+               if name != "single_task" and entry["delta_m"].get("mean") is not None]
+    if not entries:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(entries) + 1.4))
+    names = [name for name, _ in entries]
+    means = [delta["mean"] for _, delta in entries]
+    stds = [delta["std"] or 0.0 for _, delta in entries]
+    ax.barh(range(len(entries)), means, xerr=stds, capsize=3,
+            color=["C2" if m >= 0 else "C3" for m in means])
+    ax.set_yticks(range(len(entries)), names)
+    ax.invert_yaxis()
+    ax.axvline(0.0, color="gray", lw=0.8)
+    seeds = summary.get("seeds") or []
+    ax.set(xlabel="Delta_m vs single-task models (%)", title=f"multi-task variants, {len(seeds)} seed(s)")
+    ax.grid(alpha=0.3, axis="x")
+    return _save(fig, path)
+
+
 # ------------------------------------------------------------------------------------------ frames
 def _scale(frame_size, target_width: int = 288) -> int:
     return max(1, int(math.ceil(target_width / frame_size[1])))
