@@ -319,7 +319,7 @@ def test_mixed_float16_trains_with_loss_scaling():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("weighting", ["uncertainty", "gradnorm"])
+@pytest.mark.parametrize("weighting", ["uncertainty", "gradnorm", "famo", "pcgrad"])
 def test_train_step_compiles_with_xla(weighting):
     model = build_model(tiny_model(), SIZE)
     trainer = MultiTaskTrainer(model, tiny_model(), tiny_train(weighting=weighting))
