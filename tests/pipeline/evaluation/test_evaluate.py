@@ -323,9 +323,12 @@ def test_baselines_quick_writes_summary_with_finite_delta_m(tiny_trained):
     assert (out / "baselines.md").exists() and (out / "delta_m.png").exists()
     assert summary["best_weighting"] in saved["weightings"]
     assert "Multi-task vs single-task" not in report_md.read_text()  # a smoke run leaves report.md alone
-    # Run again: every variant is reused, nothing is trained.
+    # Run again: every variant is reused, nothing is trained (re-evaluation may differ in the last bit).
+    folder = out / "multi-fixed" / f"seed-{config.seed}"
+    trained_at = (folder / "model.keras").stat().st_mtime
     again = baselines.run_baselines(config, verbose=0, quick=True)
-    assert again["models"]["fixed"]["delta_m"] == saved["models"]["fixed"]["delta_m"]
+    assert (folder / "model.keras").stat().st_mtime == trained_at
+    assert again["models"]["fixed"]["delta_m"]["mean"] == pytest.approx(saved["models"]["fixed"]["delta_m"]["mean"])
 
 
 def test_baselines_stage_takes_quick():
