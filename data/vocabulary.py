@@ -8,7 +8,7 @@ so this module imports nothing heavy.
 TASKS = ("detection", "segmentation", "depth")  # also the order of outputs, losses and reports
 
 # Valid choices of the config (pipeline/config.py checks them; models/ builds from them).
-WEIGHTINGS = ("fixed", "uncertainty", "dwa", "gradnorm")
+WEIGHTINGS = ("fixed", "uncertainty", "dwa", "gradnorm", "famo", "pcgrad")
 SHARING_MODES = ("hard", "soft", "cross_stitch")
 BACKBONES = ("builtin", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnetv2_b0", "efficientnet_lite0")
 REAL_SOURCES = ("kitti", "cityscapes", "camvid", "bdd100k")  # read from a folder in their public layout

@@ -18,7 +18,7 @@ from models.detection import detection_loss
 from models.optimizer import make_task_weight_optimizer
 from models.segmentation import segmentation_loss
 from models.sharing import shared_kernel, soft_sharing_penalty, task_encoders
-from models.weighting import WeightingCallback, make_weighting
+from models.weighting import WeightingCallback, gradient_cosines, make_weighting
 from data.errors import UserError
 
 TASK_ORDER = ("detection", "segmentation", "depth")
@@ -51,7 +51,11 @@ class MultiTaskTrainer(keras.Model):
     TensorFlow's kernel (measured ~6x), so the XLA step is slower, not faster; on GPU use True.
 
     Logs: loss (the weighted total), <task>_loss (unweighted, averaged over batches that had the
-    label), <task>_weight (effective weight), <task>_log_var (uncertainty weighting only).
+    label), <task>_weight (effective weight), <task>_log_var (uncertainty weighting only),
+    cos_<a>_<b> (training only: gradient conflict, the cosine between tasks a's and b's loss gradients
+    on the shared kernel, models.sharing.shared_kernel; epoch mean over the steps it was measured on,
+    every train.conflict_every-th step, where both tasks had labels; not logged without a shared
+    layer (soft sharing), with one task, or with conflict_every = 0).
     """
 
     def __init__(self, net, model_config, train_config, **kwargs):
@@ -77,6 +81,12 @@ class MultiTaskTrainer(keras.Model):
                             f"model.sharing=hard or cross_stitch (got sharing={model_config.sharing})")
         names = ["loss"] + [f"{task}_loss" for task in self.tasks] + [f"{task}_weight" for task in self.tasks]
         names += list(self.weighting.extra_logs())
+        self.conflict_every = int(getattr(train_config, "conflict_every", 1) or 0)
+        has_shared = shared_kernel(net) is not None
+        self.conflict_pairs = [(a, b) for i, a in enumerate(self.tasks) for b in self.tasks[i + 1:]
+                               if self.conflict_every > 0 and has_shared]
+        self.conflict_names = [f"cos_{a}_{b}" for a, b in self.conflict_pairs]
+        names += self.conflict_names
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.built = True  # every variable exists already (net is built, weighting made its own)
 
@@ -104,14 +114,22 @@ class MultiTaskTrainer(keras.Model):
         Each task loss is the mean over the examples that have the label; total is what the
         optimiser minimises (weighting + soft-sharing penalty).
         """
+        losses, present, penalty = self.compute_task_losses(y, outputs)
+        total = self.weighting.combine(losses, present)
+        if penalty is not None:
+            total += penalty
+        return total, losses, present
+
+    def compute_task_losses(self, y, outputs):
+        """-> ({task: loss}, {task: present}, soft-sharing penalty or None)."""
         losses, present = {}, {}
         for task in self.tasks:
             per_example = self.losses_by_task[task](y, outputs[task])
             losses[task], present[task] = masked_task_loss(per_example, y[f"has_{task}"])
-        total = self.weighting.combine(losses, present)
+        penalty = None
         if self.soft_beta:
-            total += soft_sharing_penalty(task_encoders(self.net, self.tasks), self.soft_beta)
-        return total, losses, present
+            penalty = soft_sharing_penalty(task_encoders(self.net, self.tasks), self.soft_beta)
+        return losses, present, penalty
 
     def _update_logs(self, total, losses, present):
         self.trackers["loss"].update_state(total)
@@ -124,21 +142,47 @@ class MultiTaskTrainer(keras.Model):
             self.trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
+    def _evaluation_logs(self, logs):
+        # The conflict cosines are measured on training steps only.
+        return {name: value for name, value in logs.items() if name not in self.conflict_names}
+
     def train_step(self, data):
         x, y = data[0], data[1]
         # Keras' optimizer sums gradients over replicas, so each replica's loss is divided here.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        with tf.GradientTape(persistent=self.weighting.needs_persistent_tape) as tape:
+        per_task = self.weighting.needs_per_task_gradients
+        persistent = self.weighting.needs_persistent_tape or per_task or bool(self.conflict_pairs)
+        with tf.GradientTape(persistent=persistent) as tape:
             outputs = self.net(x, training=True)
-            total, losses, present = self.compute_losses(y, outputs)
+            losses, present, penalty = self.compute_task_losses(y, outputs)
+            total = self.weighting.combine(losses, present)
+            if penalty is not None:
+                total += penalty
             # Mixed precision: a LossScaleOptimizer scales here and unscales in apply().
             scaled = self.optimizer.scale_loss(total / replicas)
+            if per_task:
+                scaled_tasks = {task: self.optimizer.scale_loss(losses[task] * present[task] / replicas)
+                                for task in self.tasks}
+                scaled_penalty = None if penalty is None else self.optimizer.scale_loss(penalty / replicas)
         net_variables = self.net.trainable_variables
         weight_variables = self.weighting.trainable_variables
-        grads = tape.gradient(scaled, net_variables + weight_variables)
+        task_grads = None
+        if per_task:
+            # PCGrad: one backward pass per task; the weighting combines them (no weight variables).
+            task_grads = {task: tape.gradient(scaled_tasks[task], net_variables) for task in self.tasks}
+            net_grads = self.weighting.project_gradients(task_grads, net_variables)
+            if scaled_penalty is not None:
+                net_grads = [a if b is None else (b if a is None else a + b) for a, b in
+                             zip(net_grads, tape.gradient(scaled_penalty, net_variables))]
+            net_grads = [tf.zeros_like(v) if g is None else g for g, v in zip(net_grads, net_variables)]
+            grads = net_grads + [tf.zeros_like(v) for v in weight_variables]
+        else:
+            grads = tape.gradient(scaled, net_variables + weight_variables)
         self.weighting.observe(losses, present)
         grad_scale = self.optimizer.scale_loss(tf.constant(1.0)) / replicas
         extra = self.weighting.extra_gradients(tape, losses, present, shared_kernel(self.net), grad_scale)
+        if self.conflict_pairs:
+            self._log_conflicts(tape, losses, present, task_grads, grad_scale)
         del tape
         own = {id(variable): grad for grad, variable in extra}
         self.optimizer.apply(grads[:len(net_variables)], net_variables)
@@ -152,8 +196,27 @@ class MultiTaskTrainer(keras.Model):
         self.weighting.after_apply()
         return self._update_logs(total, losses, present)
 
+    def _log_conflicts(self, tape, losses, present, task_grads, grad_scale):
+        """Updates the cos_<a>_<b> trackers: cosine of the task gradients on the shared kernel.
+
+        Costs one backward pass per task from its loss to the shared kernel (heads and the last
+        shared layer for hard sharing), or nothing extra when the per-task gradients exist (PCGrad).
+        """
+        kernels = list(shared_kernel(self.net))
+        if task_grads is not None:
+            index = {id(v): k for k, v in enumerate(self.net.trainable_variables)}
+            kernel_grads = {task: [task_grads[task][index[id(k)]] for k in kernels] for task in self.tasks}
+        else:
+            scale = tf.cast(grad_scale, tf.float32)  # cosines ignore the scale; it avoids fp16 underflow
+            kernel_grads = {task: tape.gradient(losses[task], kernels, output_gradients=scale)
+                            for task in self.tasks}
+        cosines = gradient_cosines(kernel_grads, self.tasks)
+        measured = tf.cast(tf.equal(self.optimizer.iterations % self.conflict_every, 0), tf.float32)
+        for (a, b), name in zip(self.conflict_pairs, self.conflict_names):
+            self.trackers[name].update_state(cosines[(a, b)], sample_weight=measured * present[a] * present[b])
+
     def test_step(self, data):
         x, y = data[0], data[1]
         outputs = self.net(x, training=False)
         total, losses, present = self.compute_losses(y, outputs)
-        return self._update_logs(total, losses, present)
+        return self._evaluation_logs(self._update_logs(total, losses, present))

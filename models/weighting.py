@@ -1,4 +1,4 @@
-"""How per-task losses combine into one training loss: fixed, uncertainty, DWA, GradNorm.
+"""How per-task losses combine into one training loss: fixed, uncertainty, DWA, GradNorm, FAMO, PCGrad.
 
 One interface (TaskWeighting), chosen by config.train.weighting through `make_weighting`. The
 trainer calls, per training step:
@@ -7,6 +7,10 @@ trainer calls, per training step:
     extra_gradients(tape, losses, present, shared_kernel, grad_scale)  # GradNorm's own gradients
     after_apply()                             # GradNorm renormalises its weights
 and `on_epoch_end()` once per epoch (WeightingCallback; MultiTaskTrainer.fit adds it).
+A weighting with `needs_per_task_gradients` (PCGrad) changes how the network's gradient is formed:
+the trainer takes each task's gradient of its (present-masked) loss and calls
+    project_gradients(per_task_grads, variables)  # -> one gradient per network variable
+instead of differentiating `combine`'s total; the other weightings never pay for it.
 The trainable weighting variables (s, w) are stepped by the trainer's task-weight optimizer
 (models/optimizer.py: constant rate, lazy per task), not by the network's schedule.
 `losses` and `present` are dicts of float32 scalars keyed by task. A task with no labelled example
@@ -28,6 +32,7 @@ class TaskWeighting(keras.layers.Layer):
     """Base class: the no-op hooks. Subclasses set how `combine` weights the losses."""
 
     needs_persistent_tape = False
+    needs_per_task_gradients = False
 
     def __init__(self, tasks, **kwargs):
         super().__init__(**kwargs)
@@ -59,6 +64,9 @@ class TaskWeighting(keras.layers.Layer):
 
     def after_apply(self):
         pass
+
+    def project_gradients(self, per_task_grads, variables):
+        raise NotImplementedError(f"{type(self).__name__} does not combine per-task gradients")
 
     def on_epoch_end(self):
         pass
@@ -237,6 +245,160 @@ class GradNormWeighting(TaskWeighting):
         return {**super().get_config(), "alpha": self.alpha}
 
 
+@keras.saving.register_keras_serializable(package="dashcam")
+class FAMOWeighting(TaskWeighting):
+    """Liu et al. 2023 (NeurIPS), FAMO: Fast Adaptive Multitask Optimization.
+
+    Task logits w, z = softmax(w). The network minimises sum_t z_t log L_t / c with
+    c = sum_t z_t / L_t held constant, i.e. task t's loss gets the effective weight z_t / (c L_t)
+    (the weights sum to 1; all tasks' log losses fall at the same rate to first order).
+    After a step, w learns from how the log losses changed: delta_t = log L_t(before) - log L_t(after)
+    and the gradient of w is the softmax Jacobian applied to delta, d = J_z(w)^T delta
+    (d_i = z_i (delta_i - sum_j z_j delta_j)). As in the authors' code (Cranial-XIX/FAMO), w is
+    stepped by Adam at its own rate beta (`train.famo_beta`) with L2 decay gamma added to the
+    gradient (`train.famo_gamma`), and "after" is measured on the next step's losses (no extra
+    forward pass: O(T) extra per step). The step happens in `observe`, inside this layer, not by the
+    trainer's task-weight optimizer: that one follows the training loss' gradient at
+    train.task_weight_learning_rate without decay, while FAMO's w is not trained through the loss.
+    Partial labels: delta_t = 0 unless task t had labels in both steps, and c sums the present tasks.
+    """
+
+    def __init__(self, tasks, beta=0.025, gamma=0.01, epsilon=1e-8, **kwargs):
+        super().__init__(tasks, **kwargs)
+        if beta <= 0 or gamma < 0:
+            raise ValueError(f"FAMO needs beta > 0 and gamma >= 0; Received: beta={beta}, gamma={gamma}")
+        self.beta, self.gamma, self.epsilon = float(beta), float(gamma), float(epsilon)
+        count = len(self.tasks)
+
+        def state(name, shape=(count,)):
+            return self.add_weight(shape=shape, initializer="zeros", trainable=False, name=name,
+                                   aggregation="mean")
+
+        self.logits = state("famo_logits")  # w
+        self.previous_loss = state("famo_previous_loss")
+        self.previous_present = state("famo_previous_present")
+        self.moment = state("famo_adam_m")
+        self.velocity = state("famo_adam_v")
+        self.step = state("famo_adam_step", shape=())
+        self.weights_now = self.add_weight(shape=(count,), initializer=keras.initializers.Constant(1.0 / count),
+                                           trainable=False, name="famo_weight", aggregation="mean")
+
+    def _log_loss(self, losses):
+        return tf.math.log(tf.maximum(losses, 0.0) + self.epsilon)
+
+    def effective_weights(self):
+        return {task: self.weights_now[i] for i, task in enumerate(self.tasks)}
+
+    def combine(self, losses, present):
+        losses, present = self._stack(losses), self._stack(present)
+        z = tf.nn.softmax(tf.convert_to_tensor(self.logits))
+        floored = tf.maximum(losses, 0.0) + self.epsilon
+        c = tf.stop_gradient(tf.maximum(tf.reduce_sum(present * z / floored), 1e-12))
+        self.weights_now.assign(tf.stop_gradient(present * z / (c * floored)))
+        return tf.reduce_sum(present * z * self._log_loss(losses)) / c
+
+    def observe(self, losses, present):
+        losses, present = self._stack(losses), self._stack(present)
+        both = present * self.previous_present
+        delta = both * (self._log_loss(self.previous_loss) - self._log_loss(losses))
+        z = tf.nn.softmax(tf.convert_to_tensor(self.logits))
+        grad = z * (delta - tf.reduce_sum(z * delta)) + self.gamma * self.logits
+        any_change = tf.reduce_any(both > 0)
+        # Adam (torch's defaults: 0.9, 0.999, 1e-8), only when some task has a before and an after.
+        beta_1, beta_2, eps = 0.9, 0.999, 1e-8
+        step = self.step + 1.0
+        moment = beta_1 * self.moment + (1 - beta_1) * grad
+        velocity = beta_2 * self.velocity + (1 - beta_2) * tf.square(grad)
+        update = self.beta * (moment / (1 - beta_1 ** step)) / (tf.sqrt(velocity / (1 - beta_2 ** step)) + eps)
+        self.logits.assign(tf.where(any_change, self.logits - update, self.logits))
+        self.moment.assign(tf.where(any_change, moment, self.moment))
+        self.velocity.assign(tf.where(any_change, velocity, self.velocity))
+        self.step.assign(tf.where(any_change, step, self.step))
+        # A task without labels now keeps its last loss as "before" for its next labelled step.
+        self.previous_loss.assign(tf.where(present > 0, losses, self.previous_loss))
+        self.previous_present.assign(tf.maximum(self.previous_present, present))
+
+    def extra_logs(self):
+        z = tf.nn.softmax(tf.convert_to_tensor(self.logits))
+        return {f"{task}_famo_z": z[i] for i, task in enumerate(self.tasks)}
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta, "gamma": self.gamma, "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="dashcam")
+class PCGradWeighting(TaskWeighting):
+    """Yu et al. 2020, Gradient Surgery for Multi-Task Learning (PCGrad).
+
+    Every task's loss has weight 1. On the shared parameters (those more than one task's gradient
+    reaches) each task gradient g_i is projected, in a random task order drawn each step, off every
+    other task's gradient g_j it conflicts with (g_i . g_j < 0): g_i -= (g_i . g_j) / |g_j|^2 g_j,
+    using the partly projected g_i as in the paper; the projected gradients are summed. Parameters
+    only one task reaches get that task's plain gradient. A task without labels in the batch has an
+    exactly zero gradient and so neither projects nor is projected on.
+    """
+
+    needs_per_task_gradients = True
+
+    def effective_weights(self):
+        return {task: tf.constant(1.0) for task in self.tasks}
+
+    def project_gradients(self, per_task_grads, variables):
+        """per_task_grads: {task: [grad or None per variable]} -> [grad per variable]."""
+        count = len(self.tasks)
+        grads = [[per_task_grads[task][k] for task in self.tasks] for k in range(len(variables))]
+        shared = [k for k, by_task in enumerate(grads) if sum(g is not None for g in by_task) > 1]
+        out = []
+        for k, variable in enumerate(variables):
+            found = [tf.cast(g, tf.float32) for g in grads[k] if g is not None]
+            out.append(None if not found else tf.cast(tf.add_n(found), variable.dtype))
+        if not shared or count < 2:
+            return out
+        flat = tf.stack([tf.concat([tf.reshape(tf.cast(tf.zeros_like(variables[k]) if grads[k][t] is None
+                                                                 else grads[k][t], tf.float32), [-1])
+                                    for k in shared], 0) for t in range(count)])  # [T, D]
+        projected = project_conflicting(flat, tf.random.shuffle(tf.range(count)))
+        total = tf.reduce_sum(projected, 0)
+        offset = 0
+        for k in shared:
+            size = int(variables[k].shape.num_elements())
+            out[k] = tf.cast(tf.reshape(total[offset:offset + size], variables[k].shape), variables[k].dtype)
+            offset += size
+        return out
+
+
+def project_conflicting(flat, order):
+    """PCGrad's surgery: flat [T, D] task gradients, order [T] the task order -> projected [T, D]."""
+    count = flat.shape[0]
+    squared = tf.reduce_sum(tf.square(flat), 1)
+    rows = []
+    for i in range(count):
+        g = flat[i]
+        for k in range(count):
+            j = order[k]
+            other = tf.gather(flat, j)
+            dot = tf.reduce_sum(g * other)
+            conflict = tf.logical_and(tf.not_equal(j, i), dot < 0.0)
+            g = tf.where(conflict, g - dot / tf.maximum(tf.gather(squared, j), 1e-20) * other, g)
+        rows.append(g)
+    return tf.stack(rows)
+
+
+def gradient_cosines(per_task_grads, tasks):
+    """{(a, b): cosine between task a's and task b's gradients} for every task pair; each value in
+    per_task_grads is a list of gradients (None = not reached, counted as zero)."""
+    flat = {}
+    for task in tasks:
+        parts = [tf.reshape(tf.cast(g, tf.float32), [-1]) for g in per_task_grads[task] if g is not None]
+        flat[task] = tf.concat(parts, 0) if parts else tf.zeros([1])
+    out = {}
+    for i, a in enumerate(tasks):
+        for b in tasks[i + 1:]:
+            norm = tf.norm(flat[a]) * tf.norm(flat[b])
+            out[(a, b)] = tf.reduce_sum(flat[a] * flat[b]) / tf.maximum(norm, 1e-30)
+    return out
+
+
 def make_weighting(train_config, tasks):
     """The TaskWeighting named by train_config.weighting for `tasks`."""
     name = train_config.weighting
@@ -248,6 +410,10 @@ def make_weighting(train_config, tasks):
         return DWAWeighting(tasks, temperature=train_config.dwa_temperature, name="weighting")
     if name == "gradnorm":
         return GradNormWeighting(tasks, alpha=train_config.gradnorm_alpha, name="weighting")
+    if name == "famo":
+        return FAMOWeighting(tasks, beta=train_config.famo_beta, gamma=train_config.famo_gamma, name="weighting")
+    if name == "pcgrad":
+        return PCGradWeighting(tasks, name="weighting")
     raise ValueError(f"unknown weighting '{name}'; valid: {', '.join(WEIGHTINGS)}. Received: weighting={name!r}")
 
 

@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     stages["clip"].add_argument("--input", help="video file or folder of videos (default: synthetic clip)")
     stages["clip"].add_argument("--out", help="output folder (default: runs/<experiment>/clips)")
     stages["bench"].add_argument("--quick", action="store_true", help="a reduced run of about a minute")
+    stages["baselines"].add_argument("--quick", action="store_true",
+                                     help="a tiny budget and one seed into baselines-quick/ (minutes)")
     stages["ablate"].add_argument("--variants", help="YAML of variant name -> overrides (default: configs/ablation.yaml)")
     stages["ablate"].add_argument("--minutes", type=float, help="training minutes per variant (default 4)")
     stages["train"].add_argument("--out", help="run folder to train into (default: runs/<experiment>)")

@@ -95,6 +95,9 @@ class TrainConfig:
         default_factory=lambda: {"detection": 1.0, "segmentation": 1.0, "depth": 1.0})
     dwa_temperature: float = 2.0
     gradnorm_alpha: float = 1.5
+    famo_beta: float = 0.025  # FAMO: learning rate of the task logits (Adam)
+    famo_gamma: float = 0.01  # FAMO: L2 decay of the task logits
+    conflict_every: int = 1  # log task-gradient cosines every N-th training step (0 = never)
     jit_compile: str = "auto"  # "auto" | "true" | "false"
     precision: str = "auto"
     strategy: str = "none"
@@ -127,6 +130,11 @@ class ClipConfig:
 
 
 @dataclass
+class BaselinesConfig:
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # each variant is trained once per seed
+
+
+@dataclass
 class Config:
     experiment: str = "default"
     seed: int = 0
@@ -138,6 +146,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
 
     @property
     def run_dir(self) -> pathlib.Path:
@@ -241,6 +250,9 @@ def validate(config: Config) -> None:
     if not config.model.tasks:
         raise UserError("model.tasks is empty; valid tasks: " + ", ".join(TASKS))
     _choice(config.train.weighting, WEIGHTINGS, "weighting")
+    if config.train.conflict_every < 0 or config.train.famo_beta <= 0 or config.train.famo_gamma < 0:
+        raise UserError("train.conflict_every must be >= 0, train.famo_beta > 0 and train.famo_gamma >= 0; "
+                        f"Received: {config.train.conflict_every}, {config.train.famo_beta}, {config.train.famo_gamma}")
     _choice(config.model.sharing, SHARING_MODES, "sharing mode")
     _choice(config.model.backbone, BACKBONES, "backbone")
     _choice(config.train.strategy, STRATEGIES, "strategy")

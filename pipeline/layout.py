@@ -62,8 +62,9 @@ def eval_dir(config, name: str) -> pathlib.Path:
     return config.run_dir / name
 
 
-def baselines_dir(config) -> pathlib.Path:
-    return config.run_dir / "baselines"
+def baselines_dir(config, quick: bool = False) -> pathlib.Path:
+    """baselines/, or baselines-quick/ for the --quick smoke run (it never overwrites the study)."""
+    return config.run_dir / ("baselines-quick" if quick else "baselines")
 
 
 def baselines_summary(config) -> pathlib.Path:

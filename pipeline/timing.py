@@ -1,5 +1,6 @@
 """Latency: timing repeated calls and summarising them in percentiles, written once for every stage
-(evaluate's inference speed, export's parity latency, the clip loop's summary, the benchmark)."""
+(evaluate's inference speed, export's parity latency, the clip loop's summary, the benchmark), and
+the FLOPs of one forward pass (the benchmark and the baselines' cost ratios)."""
 from __future__ import annotations
 
 import time
@@ -34,3 +35,36 @@ def percentiles(values, digits: int = 3) -> dict:
     return {"p50": round(float(np.percentile(values, 50)), digits),
             "p90": round(float(np.percentile(values, 90)), digits),
             "p99": round(float(np.percentile(values, 99)), digits), "mean": round(float(values.mean()), digits)}
+
+
+def forward_flops(net, image_size, batch: int = 1) -> dict:
+    """FLOPs of one forward pass: TF's profiler (float_operation) on the frozen graph of
+    tf.function(net).get_concrete_function(spec), plus DepthwiseConv2dNative counted from its shapes
+    (the profiler has no FLOPs statistic for it). Element-wise ops (BN, activations) are left out."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    height, width = image_size
+    spec = tf.TensorSpec([batch, height, width, 3], tf.float32)
+    concrete = tf.function(lambda x: net({"image": x}, training=False)).get_concrete_function(spec)
+    graph_def = convert_variables_to_constants_v2(concrete).graph.as_graph_def()
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    profile = tf.compat.v1.profiler.profile(graph=graph, run_meta=tf.compat.v1.RunMetadata(), cmd="op",
+                                            options=options)
+    by_op = {child.name: int(child.total_float_ops) for child in profile.children}
+    depthwise = 0
+    for op in graph.get_operations():
+        if op.type == "DepthwiseConv2dNative":
+            kernel = op.inputs[1].shape  # [kh, kw, in, multiplier]
+            depthwise += 2 * int(np.prod(op.outputs[0].shape)) * int(kernel[0]) * int(kernel[1])
+    if depthwise:
+        by_op["DepthwiseConv2dNative"] = depthwise
+    total = sum(by_op.values())
+    return {"flops": total // batch, "by_op": {k: v // batch for k, v in by_op.items()},
+            "method": "tf.compat.v1.profiler float_operation on the frozen forward graph (Conv2D, MatMul) "
+                      "+ DepthwiseConv2dNative from its shapes (2 x output elements x kh x kw); "
+                      "element-wise ops not counted"}

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.timing import median_p90, timed_ms
+from pipeline.timing import forward_flops, median_p90, timed_ms  # noqa: F401 (forward_flops: re-exported)
 
 
 def timed(fn: Callable[[], object], calls: int) -> list[float]:
@@ -85,36 +85,3 @@ def matmul_runner(size: int, calls: int) -> tuple[Callable[[], list[float]], flo
     for _ in range(2):
         float(product())
     return (lambda: timed(lambda: float(product()), calls)), 2.0 * size ** 3
-
-
-def forward_flops(net, image_size, batch: int = 1) -> dict:
-    """FLOPs of one forward pass: TF's profiler (float_operation) on the frozen graph of
-    tf.function(net).get_concrete_function(spec), plus DepthwiseConv2dNative counted from its shapes
-    (the profiler has no FLOPs statistic for it). Element-wise ops (BN, activations) are left out."""
-    import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    height, width = image_size
-    spec = tf.TensorSpec([batch, height, width, 3], tf.float32)
-    concrete = tf.function(lambda x: net({"image": x}, training=False)).get_concrete_function(spec)
-    graph_def = convert_variables_to_constants_v2(concrete).graph.as_graph_def()
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.graph_util.import_graph_def(graph_def, name="")
-    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
-    options["output"] = "none"
-    profile = tf.compat.v1.profiler.profile(graph=graph, run_meta=tf.compat.v1.RunMetadata(), cmd="op",
-                                            options=options)
-    by_op = {child.name: int(child.total_float_ops) for child in profile.children}
-    depthwise = 0
-    for op in graph.get_operations():
-        if op.type == "DepthwiseConv2dNative":
-            kernel = op.inputs[1].shape  # [kh, kw, in, multiplier]
-            depthwise += 2 * int(np.prod(op.outputs[0].shape)) * int(kernel[0]) * int(kernel[1])
-    if depthwise:
-        by_op["DepthwiseConv2dNative"] = depthwise
-    total = sum(by_op.values())
-    return {"flops": total // batch, "by_op": {k: v // batch for k, v in by_op.items()},
-            "method": "tf.compat.v1.profiler float_operation on the frozen forward graph (Conv2D, MatMul) "
-                      "+ DepthwiseConv2dNative from its shapes (2 x output elements x kh x kw); "
-                      "element-wise ops not counted"}

@@ -146,7 +146,8 @@ def training_curves(history_csv: pathlib.Path, path: pathlib.Path) -> pathlib.Pa
     """From the train stage's history.csv, per epoch: the unweighted task losses (one colour per task,
     train solid, validation dashed; log axis), the weighted total that the optimiser minimises (its own
     linear panel: with uncertainty weighting the s/2 terms make it negative), the effective task
-    weights, and the learning rate."""
+    weights, the gradient conflict (cosine of each task pair's gradients on the shared kernel,
+    cos_<a>_<b>, when logged) and the learning rate."""
     if history_csv is None or not pathlib.Path(history_csv).is_file():
         return None
     with pathlib.Path(history_csv).open() as handle:
@@ -164,8 +165,10 @@ def training_curves(history_csv: pathlib.Path, path: pathlib.Path) -> pathlib.Pa
     epochs = column("epoch") + 1
     tasks = [task for task in TASKS if f"{task}_loss" in rows[0]]
     has_lr = "learning_rate" in rows[0]
-    fig, grid = plt.subplots(2, 2, figsize=(11, 7.4))
-    unweighted, weighted, weights, rate = grid.ravel()
+    conflicts = [name for name in rows[0] if name.startswith("cos_")]
+    fig, grid = plt.subplots(2, 3, figsize=(15, 7.4))
+    unweighted, weighted, weights, conflict, rate, spare = grid.ravel()
+    spare.set_axis_off()
     for index, task in enumerate(tasks):
         colour = f"C{index}"
         unweighted.plot(epochs, positive(column(f"{task}_loss")), "-o", ms=3, color=colour, label=f"{task} train")
@@ -189,12 +192,41 @@ def training_curves(history_csv: pathlib.Path, path: pathlib.Path) -> pathlib.Pa
         rate.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     else:
         rate.set_axis_off()
+    if conflicts:
+        for index, name in enumerate(conflicts):
+            pair = name[len("cos_"):].replace("_", " / ", 1) if name.count("_") == 2 else name[len("cos_"):]
+            conflict.plot(epochs, column(name), "-o", ms=3, color=f"C{index + 3}", label=pair)
+        conflict.axhline(0.0, color="gray", lw=0.8)
+        conflict.set(title="gradient conflict (cosine, shared kernel)", xlabel="epoch", ylim=(-1.05, 1.05))
+    else:
+        conflict.set_axis_off()
     for ax in grid.ravel():
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def baselines_delta_m(summary: dict, path: pathlib.Path) -> pathlib.Path | None:
+    """Delta_m of every multi-task variant (mean ± std over seeds), from baselines/summary.json."""
+    entries = [(name, entry["delta_m"]) for name, entry in summary.get("models", {}).items()
+               if name != "single_task" and entry["delta_m"].get("mean") is not None]
+    if not entries:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(entries) + 1.4))
+    names = [name for name, _ in entries]
+    means = [delta["mean"] for _, delta in entries]
+    stds = [delta["std"] or 0.0 for _, delta in entries]
+    ax.barh(range(len(entries)), means, xerr=stds, capsize=3,
+            color=["C2" if m >= 0 else "C3" for m in means])
+    ax.set_yticks(range(len(entries)), names)
+    ax.invert_yaxis()
+    ax.axvline(0.0, color="gray", lw=0.8)
+    seeds = summary.get("seeds") or []
+    ax.set(xlabel="Delta_m vs single-task models (%)", title=f"multi-task variants, {len(seeds)} seed(s)")
+    ax.grid(alpha=0.3, axis="x")
     return _save(fig, path)
 
 

@@ -207,6 +207,13 @@ def training_section(out_dir: pathlib.Path, history_csv) -> str:
     text = (f"## Training\n\n{len(rows)} epochs (history: `{history_csv}`). Task weights are the effective "
             f"multipliers of each task loss at the last epoch (learned for uncertainty/DWA/GradNorm).\n\n"
             + table(header, body))
+    conflicts = [name for name in last if name.startswith("cos_")]
+    if conflicts:
+        pairs = [[name[len("cos_"):].replace("_", " / "), fmt(_float(rows[0].get(name)), 3),
+                  fmt(_float(last.get(name)), 3)] for name in conflicts]
+        text += ("\n\nGradient conflict: the cosine between two tasks' loss gradients on the shared kernel "
+                 "(the last layer all tasks share), epoch mean; below 0 the tasks pull the shared weights "
+                 "apart.\n\n" + table(["task pair", "first epoch", "last epoch"], pairs))
     link = _plot_link(out_dir, "training_curves.png", "training curves and task weights")
     return text + (f"\n\n{link}" if link else "")
 
@@ -274,11 +281,48 @@ def baselines_markdown(summary: dict, level: int = 2) -> str:
     header = ["weighting", *[f"{t[:3]}. {LABELS.get(m, m)}" for t, m, _ in columns], "Delta_m (%)",
               "negative transfer"]
     best = summary.get("best_weighting")
-    parts += [f"{h}# Task weighting strategies",
-              "Each trained with the same budget; Delta_m against the same single-task baselines. One run "
-              "each: a difference of a few % between strategies can be seed noise.",
+    seeds = summary.get("seeds") or [None]
+    noise = ("One run each: a difference of a few % between strategies can be seed noise." if len(seeds) == 1
+             else f"Metrics are means over {len(seeds)} seeds (std: the seeds table).")
+    parts += [f"{h}# Task weighting strategies and sharing modes",
+              "Each trained with the same budget; Delta_m against the same single-task baselines. " + noise,
               table(header, rows),
               f"Best by Delta_m: **{best}**." if best else "No weighting could be ranked (Delta_m undefined)."]
+    return "\n\n".join(parts)
+
+
+def _pm(entry, digits: int = 3) -> str:
+    if not entry or entry.get("mean") is None:
+        return "—"
+    return f"{fmt(entry['mean'], digits)} ± {fmt(entry['std'], digits)}"
+
+
+def seeds_markdown(summary: dict, plot: str | None = None, level: int = 2) -> str:
+    """Every variant's metrics and Delta_m as mean ± std over the seeds, and the cost ratios."""
+    h = "#" * level
+    columns = _metric_columns(summary)
+    models = summary["models"]
+    header = ["model", *[f"{t[:3]}. {LABELS.get(m, m)}" for t, m, _ in columns], "Delta_m (%)"]
+    single = models["single_task"]
+    rows = [["single-task models", *[_pm(single.get(t, {}).get("metrics", {}).get(t, {}).get(m))
+                                      for t, m, _ in columns], "0 (reference)"]]
+    for name, entry in models.items():
+        if name == "single_task":
+            continue
+        cells = [_pm((entry["metrics"].get(t) or {}).get(m)) for t, m, _ in columns]
+        delta = entry["delta_m"]
+        rows.append([f"{name} ({entry['weighting']}, {entry['sharing']})", *cells,
+                     "—" if delta["mean"] is None else f"{signed(delta['mean'])} ± {fmt(delta['std'], 2)}"])
+    cost = summary["cost"]
+    parts = [f"{h} Over seeds {', '.join(str(s) for s in summary['seeds'])}: mean ± std",
+             "Delta_m is computed per seed (that seed's multi-task model against that seed's single-task "
+             "models), then averaged; std with ddof=1 (0 for one seed).",
+             table(header, rows)]
+    if plot:
+        parts.append(f"![Delta_m per variant, mean ± std over seeds]({plot})")
+    parts.append(f"Cost of the multi-task model ({cost['multi_task']}) relative to running the single-task models: "
+                 f"latency x{fmt(cost['latency_ratio'], 2)}, parameters x{fmt(cost['params_ratio'], 2)}, "
+                 f"FLOPs x{fmt(cost['flops_ratio'], 2)}.")
     return "\n\n".join(parts)
 
 

@@ -9,4 +9,4 @@ from pipeline.training import baselines
 
 
 def main(config: Config, args=None) -> dict:
-    return baselines.run_baselines(config)
+    return baselines.run_baselines(config, quick=bool(getattr(args, "quick", False)))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.weighting import (DWAWeighting, FixedWeighting, GradNormWeighting, UncertaintyWeighting,
+from models.weighting import (DWAWeighting, FAMOWeighting, FixedWeighting, GradNormWeighting, PCGradWeighting,
+                              UncertaintyWeighting, gradient_cosines, project_conflicting,
                               make_weighting)
 from pipeline.config import TrainConfig
 
@@ -121,3 +122,103 @@ def test_weighting_layers_round_trip_config_and_reject_bad_args():
         GradNormWeighting(["depth"], alpha=-1.0)
     with pytest.raises(ValueError, match="Received: tasks="):
         UncertaintyWeighting([])
+
+
+# ------------------------------------------------------------------------------------ FAMO
+def _numpy_famo_adam(w, grads, beta, gamma):
+    """torch.optim.Adam(lr=beta, weight_decay=gamma) on w, one step per gradient (the authors' code)."""
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    for t, g in enumerate(grads, 1):
+        g = g + gamma * w
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        w = w - beta * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+    return w
+
+
+def test_famo_loss_weights_and_logit_update_match_a_hand_worked_example():
+    tasks = ["detection", "depth"]
+    weighting = FAMOWeighting(tasks, beta=0.1, gamma=0.01)
+    both = {"detection": ONE, "depth": ONE}
+    # z = (0.5, 0.5); c = 0.5/2 + 0.5/0.5 = 1.25; total = (0.5 log 2 + 0.5 log 0.5) / c = 0;
+    # d total / d L_t = z_t / (c L_t) = (0.2, 0.8): the task with the smaller loss weighs more.
+    values = [tf.Variable(2.0), tf.Variable(0.5)]
+    with tf.GradientTape() as tape:
+        total = weighting.combine(dict(zip(tasks, values)), both)
+    assert float(total) == pytest.approx(0.0, abs=1e-6)
+    np.testing.assert_allclose([float(g) for g in tape.gradient(total, values)], [0.2, 0.8], rtol=1e-5)
+    np.testing.assert_allclose([float(w) for w in weighting.effective_weights().values()], [0.2, 0.8], rtol=1e-5)
+    # Logits learn from the change in log losses between consecutive steps (first step: no change yet).
+    steps = [(2.0, 0.5), (1.0, 0.45), (0.8, 0.44)]
+    for a, b in steps:
+        weighting.observe({"detection": tf.constant(a), "depth": tf.constant(b)}, both)
+    w, grads = np.zeros(2), []
+    for before, after in zip(steps, steps[1:]):
+        z = np.exp(w) / np.exp(w).sum()
+        delta = np.log(before) - np.log(after)
+        grads.append(z * (delta - (z * delta).sum()))  # softmax Jacobian^T delta
+        w = _numpy_famo_adam(np.zeros(2), grads, 0.1, 0.01)  # replay from the start with all grads
+    np.testing.assert_allclose(weighting.logits.numpy(), w, rtol=1e-5, atol=1e-7)
+    # Detection's log loss fell faster, so its logit fell: FAMO favours the slower task.
+    assert weighting.logits.numpy()[0] < 0 < weighting.logits.numpy()[1]
+
+
+def test_famo_task_without_labels_has_no_change_and_no_weight():
+    weighting = FAMOWeighting(["detection", "depth"], beta=0.1, gamma=0.0)
+    labelled = {"detection": ONE, "depth": tf.constant(0.0)}
+    for loss in (3.0, 1.0):
+        weighting.observe({"detection": tf.constant(loss), "depth": tf.constant(9.0)}, labelled)
+    # Only detection has a before and after: delta = (log 3, 0), d = z (delta - z.delta) = (+, -) log3/4.
+    logits = weighting.logits.numpy()
+    assert logits[0] == pytest.approx(-0.1, rel=1e-4) and logits[1] == pytest.approx(0.1, rel=1e-4)
+    with tf.GradientTape() as tape:
+        depth = tf.Variable(9.0)
+        total = weighting.combine({"detection": tf.constant(1.0), "depth": depth}, labelled)
+    grad = tape.gradient(total, depth)
+    assert grad is None or float(grad) == 0.0
+
+
+# ---------------------------------------------------------------------------------- PCGrad
+def test_pcgrad_projects_conflicting_shared_gradients_like_the_hand_worked_example():
+    """g_a = (1, 0), g_b = (-1, 1) on a shared variable: a.b = -1 < 0, so
+    a' = a - (a.b)/|b|^2 b = (0.5, 0.5), b' = b - (a.b)/|a|^2 a = (0, 1); sum (0.5, 1.5).
+    A head only task a reaches keeps its plain gradient; a task without labels (zero gradient)
+    changes nothing."""
+    shared, head_a = tf.Variable([0.0, 0.0]), tf.Variable([0.0])
+    weighting = PCGradWeighting(["detection", "segmentation", "depth"])
+    per_task = {"detection": [tf.constant([1.0, 0.0]), tf.constant([3.0])],
+                "segmentation": [tf.constant([-1.0, 1.0]), None],
+                "depth": [tf.zeros([2]), None]}  # absent from the batch
+    for _ in range(4):  # any task order gives the same answer with two conflicting tasks
+        grads = weighting.project_gradients(per_task, [shared, head_a])
+        np.testing.assert_allclose(grads[0].numpy(), [0.5, 1.5], rtol=1e-6)
+        np.testing.assert_allclose(grads[1].numpy(), [3.0])
+    # No conflict (a.b >= 0): the plain sum.
+    agree = {"detection": [tf.constant([1.0, 0.0]), None], "segmentation": [tf.constant([1.0, 1.0]), None],
+             "depth": [tf.zeros([2]), None]}
+    np.testing.assert_allclose(weighting.project_gradients(agree, [shared, head_a])[0].numpy(), [2.0, 1.0])
+
+
+def test_pcgrad_three_tasks_follow_the_drawn_order():
+    flat = tf.constant([[1.0, 0.0], [-1.0, 1.0], [0.0, -1.0]])
+    out = project_conflicting(flat, tf.constant([0, 1, 2])).numpy()
+    # task 0: vs 1 (dot -1) -> (0.5, 0.5); vs 2 (dot -0.5) -> (0.5, 0). task 1: vs 0 (dot -1) -> (0, 1);
+    # vs 2 (dot -1) -> (0, 0). task 2: vs 0 (dot 0) unchanged; vs 1 (dot -1) -> (0,-1) + 0.5 (-1, 1).
+    np.testing.assert_allclose(out, [[0.5, 0.0], [0.0, 0.0], [-0.5, -0.5]], atol=1e-6)
+
+
+# ------------------------------------------------------------------------- gradient conflict
+def test_opposite_task_gradients_have_cosine_minus_one():
+    kernel = tf.Variable([[1.0, -2.0], [0.5, 3.0]])
+    with tf.GradientTape(persistent=True) as tape:
+        loss_a = tf.reduce_sum(kernel * [[1.0, 2.0], [3.0, 4.0]])
+        loss_b = -2.0 * loss_a
+        loss_c = tf.reduce_sum(kernel * [[-2.0, 1.0], [0.0, 0.0]])  # orthogonal to a
+    grads = {name: [tape.gradient(loss, kernel)] for name, loss in (("a", loss_a), ("b", loss_b), ("c", loss_c))}
+    cosines = gradient_cosines(grads, ("a", "b", "c"))
+    assert float(cosines[("a", "b")]) == pytest.approx(-1.0, abs=1e-6)
+    assert float(cosines[("a", "c")]) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name,kind", [("famo", FAMOWeighting), ("pcgrad", PCGradWeighting)])
+def test_make_weighting_builds_famo_and_pcgrad(name, kind):
+    assert isinstance(make_weighting(TrainConfig(weighting=name), ["detection", "depth"]), kind)

@@ -70,11 +70,12 @@ def _hand_made(config, has_depth=1.0):
 
 
 def _history(path):
-    path.write_text("epoch,depth_loss,depth_weight,detection_loss,detection_weight,learning_rate,loss,"
+    path.write_text("epoch,cos_detection_depth,cos_detection_segmentation,depth_loss,depth_weight,detection_loss,"
+                    "detection_weight,learning_rate,loss,"
                     "segmentation_loss,segmentation_weight,val_depth_loss,val_detection_loss,"
                     "val_segmentation_loss\n"
-                    "0,1.0,1.0,5.0,1.0,0.003,7.0,2.0,1.0,0.9,4.0,1.8\n"
-                    "1,0.7,1.3,3.0,0.8,0.002,4.5,1.2,0.9,0.6,2.9,1.1\n")
+                    "0,0.31,-0.2,1.0,1.0,5.0,1.0,0.003,7.0,2.0,1.0,0.9,4.0,1.8\n"
+                    "1,0.12,-0.45,0.7,1.3,3.0,0.8,0.002,4.5,1.2,0.9,0.6,2.9,1.1\n")
     return path
 
 
@@ -100,6 +101,8 @@ def test_report_from_hand_made_metrics_has_every_section_and_plot(config, tmp_pa
     status = "met" if value >= 0.9 else f"**short by {0.9 - value:.3f}**"
     assert f"| mAP50 | >= 0.9 | {report.fmt(value)} | {status} |" in text
     assert "pedestrian" in text and "sidewalk" in text  # per-class tables
+    assert "Gradient conflict" in text and "| detection / depth | 0.310 | 0.120 |" in text
+    assert "| detection / segmentation | -0.200 | -0.450 |" in text  # first and last epoch cosine
     assert "Multi-task vs single-task" not in text  # no baselines summary yet
 
 
@@ -150,8 +153,16 @@ def test_compare_skips_undefined_metrics_and_keeps_delta_m_finite():
 
 def test_baselines_variants_share_the_budget(config):
     found = variants(config)
-    assert sorted(found) == ["multi-dwa", "multi-fixed", "multi-gradnorm", "multi-uncertainty",
+    assert sorted(found) == ["multi-dwa", "multi-famo", "multi-fixed", "multi-gradnorm", "multi-pcgrad",
+                             "multi-uncertainty", "multi-uncertainty-cross_stitch", "multi-uncertainty-soft",
                              "single-depth", "single-detection", "single-segmentation"]
+    assert found["multi-uncertainty-soft"].model.sharing == "soft"
+    assert {found[f"multi-{w}"].model.sharing for w in ("famo", "pcgrad", "gradnorm")} == {"hard"}
+    # GradNorm needs a shared layer: with soft sharing configured it is left out, and the soft
+    # sharing variant of a gradnorm config uses fixed weights.
+    soft = variants(tiny(config.run_root, "model.sharing=soft"))
+    assert "multi-gradnorm" not in soft and soft["multi-uncertainty-hard"].model.sharing == "hard"
+    assert "multi-fixed-soft" in variants(tiny(config.run_root, "train.weighting=gradnorm"))
     assert found["single-depth"].model.tasks == ["depth"]
     assert found["multi-fixed"].train.fixed_weights == {"detection": 1.0, "segmentation": 1.0, "depth": 1.0}
     for variant in found.values():
@@ -184,7 +195,7 @@ def test_baselines_summary_and_refreshed_report_from_hand_made_results(config, t
     (config.run_dir / "baselines" / "summary.json").write_text(json.dumps(summary))
     assert report.refresh(config) == [eval_dir / "report.md"]
     text = (eval_dir / "report.md").read_text()
-    for part in ("## Multi-task vs single-task", "### Inference cost", "### Task weighting strategies",
+    for part in ("## Multi-task vs single-task", "### Inference cost", "### Task weighting strategies and sharing",
                  "Best by Delta_m: **dwa**", "](frames.png)"):
         assert part in text, part
 
@@ -196,12 +207,48 @@ def test_baselines_reuse_the_main_run_and_skip_trained_variants(config):
     found = baselines.variants(config)
     configured = f"multi-{config.train.weighting}"
     assert baselines.train_variant(configured, found[configured], config, 0) == (main_run / "model.keras", True)
-    done = layout.baselines_dir(config) / "single-depth"
+    done = layout.baselines_dir(config) / "single-depth" / f"seed-{config.seed}"
     save_config(found["single-depth"], done / "config.yaml")
     (done / "model.keras").write_bytes(b"stand-in")
     assert baselines.train_variant("single-depth", found["single-depth"], config, 0) == (done / "model.keras", False)
     assert not baselines.same_training(found["single-segmentation"], done)
     assert not baselines.same_training(tiny(config.run_root, "train.epochs=5"), main_run)
+
+
+def test_baselines_over_seeds_give_mean_and_std_of_delta_m_and_cost_ratios(config, tmp_path):
+    """Two seeds; the multi-task fixed model's mIoU is 10 % and 20 % above the single-task one's, the
+    other metrics equal, so Delta_m (mean over 3 tasks) is 10/3 and 20/3 %: mean 5, std (ddof 1) 2.357."""
+    metrics, _ = _hand_made(config)
+    cost = {"params": 100, "ms_per_frame": 1.0, "flops": 1000, "device": "CPU"}
+    per_seed = {}
+    for seed, gain in ((0, 1.1), (1, 1.2)):
+        better = json.loads(json.dumps(metrics))
+        better["segmentation"]["mIoU"] *= gain
+        per_seed[seed] = {name: {"model": f"{name}.keras", "reused_main_run": False,
+                                 "inference": {**cost, "params": 150} if name.startswith("multi-") else cost,
+                                 "metrics": better if name == "multi-fixed" else metrics}
+                          for name in baselines.variants(config)}
+    summary = baselines.summarise_seeds(config, per_seed)
+    assert summary["seeds"] == [0, 1]
+    delta = summary["models"]["fixed"]["delta_m"]
+    expected = np.array([10.0, 20.0]) / 3
+    assert delta["mean"] == pytest.approx(expected.mean()) and delta["std"] == pytest.approx(expected.std(ddof=1))
+    assert summary["models"]["dwa"]["delta_m"]["mean"] == pytest.approx(0.0)
+    miou = summary["models"]["fixed"]["metrics"]["segmentation"]["mIoU"]
+    base = metrics["segmentation"]["mIoU"]
+    assert miou["mean"] == pytest.approx(base * 1.15)
+    assert miou["std"] == pytest.approx(np.std([base * 1.1, base * 1.2], ddof=1))
+    assert summary["models"]["single_task"]["depth"]["metrics"]["depth"]["abs_rel"]["std"] == 0.0
+    assert summary["cost"]["params_ratio"] == pytest.approx(0.5)
+    assert summary["cost"]["flops_ratio"] == pytest.approx(1 / 3)
+    assert summary["cost"]["latency_ratio"] == pytest.approx(1 / 3)
+    assert summary["best_weighting"] == "fixed"  # ranked on the seed means
+    plot = plots.baselines_delta_m(summary, tmp_path / "delta_m.png")
+    assert plot.stat().st_size > 1000
+    text = report.seeds_markdown(summary, plot.name)
+    assert "| fixed (fixed, hard) |" in text
+    assert f"{report.signed(expected.mean())} ± {report.fmt(expected.std(ddof=1), 2)}" in text
+    assert "](delta_m.png)" in text and "FLOPs x0.33" in text
 
 
 # -------------------------------------------------------------------------------- stage errors
@@ -262,17 +309,31 @@ def test_evaluate_honours_max_examples_and_split(tiny_trained):
 
 
 @pytest.mark.slow
-def test_baselines_tiny_writes_summary_with_finite_delta_m(tiny_trained):
+def test_baselines_quick_writes_summary_with_finite_delta_m(tiny_trained):
     config, _ = tiny_trained
-    report_md = evaluate_stage.main(config, _args()) / "report.md"  # the run's eval report, to be refreshed
-    assert "Multi-task vs single-task" not in report_md.read_text()
-    short = tiny(config.run_root, "train.epochs=1", "train.steps_per_epoch=2")
-    summary = baselines.run_baselines(short, verbose=0)
-    saved = json.loads((config.run_dir / "baselines" / "summary.json").read_text())
-    assert saved["multi_task"]["weighting"] == short.train.weighting
-    assert math.isfinite(saved["multi_task"]["comparison"]["delta_m"])
-    assert set(saved["weightings"]) == {"fixed", "uncertainty", "dwa", "gradnorm"}
-    assert saved["inference"]["single_task_sum"]["params"] > 0
-    assert (config.run_dir / "baselines" / "baselines.md").exists()
+    report_md = evaluate_stage.main(config, _args()) / "report.md"  # the run's eval report
+    summary = baselines.run_baselines(config, verbose=0, quick=True)
+    out = config.run_dir / "baselines-quick"
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["quick"] and saved["seeds"] == [config.seed] and saved["budget"]["steps_per_epoch"] == 2
+    assert set(saved["models"]) == {"single_task", "fixed", "uncertainty", "dwa", "gradnorm", "famo", "pcgrad",
+                                    "uncertainty-soft", "uncertainty-cross_stitch"}
+    assert math.isfinite(saved["models"]["pcgrad"]["delta_m"]["mean"])
+    assert saved["models"]["famo"]["delta_m"]["std"] == 0.0  # one seed
+    assert all(math.isfinite(saved["cost"][key]) and saved["cost"][key] > 0
+               for key in ("latency_ratio", "params_ratio", "flops_ratio"))
+    assert (out / "baselines.md").exists() and (out / "delta_m.png").exists()
     assert summary["best_weighting"] in saved["weightings"]
-    assert "Multi-task vs single-task" in report_md.read_text()  # refreshed with the comparison
+    assert "Multi-task vs single-task" not in report_md.read_text()  # a smoke run leaves report.md alone
+    # Run again: every variant is reused, nothing is trained (re-evaluation may differ in the last bit).
+    folder = out / "multi-fixed" / f"seed-{config.seed}"
+    trained_at = (folder / "model.keras").stat().st_mtime
+    again = baselines.run_baselines(config, verbose=0, quick=True)
+    assert (folder / "model.keras").stat().st_mtime == trained_at
+    assert again["models"]["fixed"]["delta_m"]["mean"] == pytest.approx(saved["models"]["fixed"]["delta_m"]["mean"])
+
+
+def test_baselines_stage_takes_quick():
+    from pipeline.__main__ import build_parser
+    assert build_parser().parse_args(["baselines", "--quick"]).quick
+    assert not build_parser().parse_args(["baselines"]).quick
