@@ -19,7 +19,8 @@ import yaml
 
 from data.errors import UserError
 from data.vocabulary import (BACKBONES, BAD_EXAMPLES, CLIP_RESIZE, INT8_IO, JIT_MODES, PRECISIONS, SCHEDULES,
-                             SHARING_MODES, SOURCES, STRATEGIES, TASKS, WEIGHTINGS)
+                             SCORE_THRESHOLD, SHARING_MODES, SOURCES, STRATEGIES, TASKS, WEIGHTINGS)
+from pipeline import atomic
 
 
 @dataclass
@@ -119,6 +120,9 @@ class ExportConfig:
     representative_frames: int = 200
     latency_runs: int = 50
     int8_io: str = "uint8"  # input/output type of the int8 model: "uint8" | "int8" | "float32"
+    # The serving contract's one detection threshold: the SavedModel's num_detections and the boxes
+    # predict and clip list and draw (every top-K slot is returned either way).
+    score_threshold: float = SCORE_THRESHOLD
     tolerance_float: float = 0.5  # metric points (x100) float32/float16 may drift from Keras
     tolerance_int8: float = 2.0
     tolerance_int8_abs_rel: float = 0.01
@@ -347,6 +351,7 @@ RULES: dict[str, Range | tuple] = {
     "export.representative_frames": POSITIVE,
     "export.latency_runs": POSITIVE,
     "export.int8_io": INT8_IO,
+    "export.score_threshold": PROBABILITY,
     "export.tolerance_float": NON_NEGATIVE,
     "export.tolerance_int8": NON_NEGATIVE,
     "export.tolerance_int8_abs_rel": NON_NEGATIVE,
@@ -471,4 +476,4 @@ def to_dict(config: Config) -> dict:
 
 def save_config(config: Config, path: pathlib.Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    atomic.write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))  # a kill never truncates it

@@ -118,6 +118,7 @@ def multi_worker_compat(trainer, strategy) -> None:
 def run_training(config: Config, out: pathlib.Path | None = None, verbose: int = 1) -> pathlib.Path:
     """Trains per `config` into `out` (default runs/<experiment>/train); returns the model path."""
     out = pathlib.Path(out or layout.train_dir(config))
+    atomic.recover(out)  # a run killed inside its final swap left the finished run as .train.old
     strategy = devices.make_strategy(config.train.strategy)
     chief = devices.is_chief(strategy)
     # The run trains in a staging folder and replaces `out` only when it has finished: a run that

@@ -123,6 +123,7 @@ def test_values_are_coerced_to_their_type(override, value):
     ("train.ema=1", r"in \[0, 1\)"),
     ("model.weights=foo", "valid: imagenet \\(or null\\)"),
     ("train=5", "'train' must be a mapping"),
+    ("export.score_threshold=1.5", r"export.score_threshold must be in \[0, 1\]"),
 ])
 def test_ranges_and_rules_between_keys(override, message):
     with pytest.raises(UserError, match=message):
