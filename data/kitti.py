@@ -23,7 +23,7 @@ import pathlib
 import numpy as np
 
 from data.label_maps import DROP, KITTI_DETECTION
-from data.readers import clip_boxes, finish, read_mask, read_rgb, require_dir, split_key
+from data.readers import clip_boxes, finish, read_mask, read_rgb, read_text, require_dir, split_key
 from data.schema import IGNORE, BadExample, placeholder
 from data.errors import UserError
 
@@ -63,7 +63,7 @@ def list_items(root: pathlib.Path) -> list[str]:
 def read_labels(path: pathlib.Path) -> list[tuple[str, list[float]]]:
     """(type, 14 numbers) per object line; BadExample naming the file and line for a malformed one."""
     objects = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -86,7 +86,7 @@ def read_calib(path: pathlib.Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise BadExample(f"{path}: calibration file missing")
     entries = {}
-    for line in path.read_text().splitlines():
+    for line in read_text(path).splitlines():
         if ":" in line:
             name, values = line.split(":", 1)
             entries[name.strip()] = values.split()

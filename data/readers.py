@@ -63,6 +63,16 @@ def _read(path: pathlib.Path, flags: int) -> np.ndarray:
     return array
 
 
+def read_text(path: pathlib.Path) -> str:
+    """A text file's contents; BadExample for one that is not UTF-8 text (a corrupt download)."""
+    if not path.is_file():
+        raise BadExample(f"{path}: file missing")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise BadExample(f"{path}: not a text file (byte {err.start} is not UTF-8; corrupt?)") from None
+
+
 def read_rgb(path: pathlib.Path) -> np.ndarray:
     """uint8 [H, W, 3] RGB (OpenCV decodes to BGR)."""
     image = _read(path, cv2.IMREAD_COLOR)

@@ -15,6 +15,13 @@ REAL_SOURCES = ("kitti", "cityscapes", "camvid", "bdd100k")  # read from a folde
 SOURCES = ("synthetic",) + REAL_SOURCES
 STRATEGIES = ("none", "mirrored", "multi_worker")
 PRECISIONS = ("auto", "float32", "bfloat16", "mixed_float16", "mixed_bfloat16")
+JIT_MODES = ("auto", "true", "false")
+BAD_EXAMPLES = ("error", "drop")  # a malformed source file stops the build, or is dropped and listed
+SCHEDULES = ("joint", "alternating")
+CLIP_RESIZE = ("stretch", "letterbox")
+INT8_IO = ("uint8", "int8", "float32")
+
+SCORE_THRESHOLD = 0.3  # default export.score_threshold: a detection "is there" at or above this score
 
 STRIDE = 4  # detection output cell in input pixels: heat maps are 1/4 of the input size
 DEPTH_SCALE = 256.0  # stored depth PNG = metres x 256 as uint16 (KITTI's encoding)

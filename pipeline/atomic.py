@@ -1,7 +1,9 @@
 """Writing outputs so that a crash never leaves a half-written file or folder that a later stage trusts.
 
 Every output is written under a hidden partial name beside its final place and renamed into place
-only when complete; a finished output is never destroyed by a later failing run.
+only when complete; a finished output is never destroyed by a later failing run. Staging folders
+carry their writer's process id (`.export.partial-<pid>`): one whose process is dead (SIGKILL leaves
+them) is removed by the next run that stages beside it.
 """
 from __future__ import annotations
 
@@ -14,8 +16,48 @@ import tempfile
 from data.errors import UserError
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale(parent: pathlib.Path, prefix: str) -> list[pathlib.Path]:
+    """Removes the entries of `parent` named `<prefix><pid>[-...]` whose process is no longer alive
+    (staging leftovers of killed runs); returns them."""
+    removed = []
+    try:
+        entries = list(parent.iterdir()) if parent.is_dir() else []
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        pid = entry.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def recover(final: pathlib.Path) -> None:
+    """A run killed inside replace_dir, between its two renames, left the finished folder only under
+    its `.old` name: put it back before anything else touches it."""
+    old = final.with_name(f".{final.name}.old")
+    if old.is_dir() and not final.exists():
+        os.replace(old, final)
+
+
 def replace_dir(finished: pathlib.Path, final: pathlib.Path) -> None:
     """Swaps a finished folder in; the old one is removed only after the new one is in place."""
+    recover(final)
     old = final.with_name(f".{final.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
@@ -30,6 +72,8 @@ def staging_dir(final: pathlib.Path, what: str):
     without an exception, and is removed otherwise. `what` names the output in the error a user sees
     when its parent folder cannot be written."""
     staging = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    recover(final)
+    remove_stale(final.parent, f".{final.name}.partial-")
     try:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -51,7 +95,8 @@ def staged_outputs(out_dir: pathlib.Path, names: tuple[str, ...]):
     created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        staging = pathlib.Path(tempfile.mkdtemp(prefix=".partial-", dir=out_dir))
+        remove_stale(out_dir, ".partial-")
+        staging = pathlib.Path(tempfile.mkdtemp(prefix=f".partial-{os.getpid()}-", dir=out_dir))
     except OSError as err:
         raise UserError(f"cannot write to the output folder {out_dir}: {err.strerror or err}") from None
     try:

@@ -1,19 +1,26 @@
 """Configs are data: nested dataclasses <- YAML file <- `key=value` overrides.
 
-Unknown keys are rejected by name, so a typo in a config never silently falls back to a default.
+Unknown keys are rejected by name, so a typo in a config never silently falls back to a default; every
+value is checked against its type hint (bool, int, float, str, Optional, tuple, list, dict) and its rule
+(RULES: ranges and choices) before TensorFlow is imported and before any file is written.
 The resolved config is written into the run folder (`runs/<experiment>/config.yaml`).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
+import re
+import types
 import typing
 from dataclasses import dataclass, field
 
 import yaml
 
 from data.errors import UserError
-from data.vocabulary import BACKBONES, PRECISIONS, SHARING_MODES, SOURCES, STRATEGIES, TASKS, WEIGHTINGS
+from data.vocabulary import (BACKBONES, BAD_EXAMPLES, CLIP_RESIZE, INT8_IO, JIT_MODES, PRECISIONS, SCHEDULES,
+                             SCORE_THRESHOLD, SHARING_MODES, SOURCES, STRATEGIES, TASKS, WEIGHTINGS)
+from pipeline import atomic
 
 
 @dataclass
@@ -116,6 +123,9 @@ class ExportConfig:
     representative_frames: int = 200
     latency_runs: int = 50
     int8_io: str = "uint8"  # input/output type of the int8 model: "uint8" | "int8" | "float32"
+    # The serving contract's one detection threshold: the SavedModel's num_detections and the boxes
+    # predict and clip list and draw (every top-K slot is returned either way).
+    score_threshold: float = SCORE_THRESHOLD
     tolerance_float: float = 0.5  # metric points (x100) float32/float16 may drift from Keras
     tolerance_int8: float = 2.0
     tolerance_int8_abs_rel: float = 0.01
@@ -157,31 +167,227 @@ class Config:
         return self.run_dir / "data"
 
 
-def _build(cls, values: dict, where: str):
-    """Turns a mapping into dataclass `cls`, rejecting keys the dataclass does not have."""
+def _build(cls, values, where: str):
+    """Turns a mapping into dataclass `cls`, rejecting keys the dataclass does not have and values
+    that do not fit the field's type hint or its rule (RULES)."""
     if not isinstance(values, dict):
-        raise UserError(f"config: '{where or 'top level'}' must be a mapping, got {values!r}")
+        raise UserError(f"config: '{where or 'top level'}' must be a mapping of keys; Received: {_show(values)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(map(str, values)) - names)
     if unknown:
         raise UserError(f"config: unknown key '{_join(where, unknown[0])}'; valid keys here: "
                         f"{', '.join(sorted(names))}")
-    kwargs = {name: _coerce(hints[name], value, _join(where, name)) for name, value in values.items()}
+    kwargs = {}
+    for name, value in values.items():
+        key = _join(where, name)
+        kwargs[name] = _check_rule(key, _coerce(hints[name], value, key), hints[name])
     return cls(**kwargs)
 
 
 def _coerce(hint, value, where):
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
+    """`value` as type `hint` (bool, int, float, str, Optional, tuple, list, dict, dataclass), or a
+    one-line UserError naming the key, the value and the type allowed."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
-    if origin is list and args and dataclasses.is_dataclass(args[0]):
-        if not isinstance(value, list):
-            raise UserError(f"config: '{where}' must be a list")
-        return [_build(args[0], v, f"{where}.{i}") for i, v in enumerate(value)]
-    if origin is tuple and isinstance(value, list):
-        return tuple(value)
+    if origin in (typing.Union, types.UnionType):
+        arms = [arm for arm in args if arm is not type(None)]
+        if value is None and len(arms) < len(args):
+            return None
+        if len(arms) == 1:
+            try:
+                return _coerce(arms[0], value, where)
+            except UserError:
+                raise _wrong(where, value, _describe(hint)) from None
+        raise TypeError(f"config: no coercion for {hint} at {where}")  # not used by any field
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _wrong(where, value, _describe(hint))
+        if len(args) == 2 and args[1] is Ellipsis:
+            if not value:
+                raise _wrong(where, value, _describe(hint))
+            return tuple(_coerce(args[0], v, f"{where}.{i}") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise _wrong(where, value, _describe(hint))
+        return tuple(_coerce(arg, v, f"{where}.{i}") for i, (arg, v) in enumerate(zip(args, value)))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise _wrong(where, value, _describe(hint))
+        return [_coerce(args[0], v, f"{where}.{i}") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _wrong(where, value, _describe(hint))
+        return {_coerce(args[0], k, where): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):  # a string "false" is true in Python: never guess
+            raise _wrong(where, value, "true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _wrong(where, value, "an integer")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise _wrong(where, value, "a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _wrong(where, value, "a finite number")
+        return float(value)
+    if hint is str:
+        if isinstance(value, bool):  # `jit_compile: false` in YAML
+            return str(value).lower()
+        if isinstance(value, int):  # `experiment: 2024`
+            return str(value)
+        if not isinstance(value, str):
+            raise _wrong(where, value, "a string")
+        return value
+    raise TypeError(f"config: no coercion for {hint} at {where}")  # a new field type needs a branch here
+
+
+def _describe(hint) -> str:
+    """A type hint in the words of an error message."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if arm is type(None) else _describe(arm) for arm in args)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return f"a non-empty list of {_plural(args[0])}"
+    if origin is tuple:
+        return f"a list of {len(args)} {_plural(args[0])}"
+    if origin is list:
+        return f"a list of {_plural(args[0])}"
+    if origin is dict:
+        return f"a mapping of {_plural(args[0])} to {_plural(args[1])}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
+
+
+def _plural(hint) -> str:
+    return {bool: "booleans", int: "integers", float: "numbers", str: "strings"}.get(hint, _describe(hint))
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _wrong(where, value, allowed) -> UserError:
+    return UserError(f"config: {where} must be {allowed}; Received: {where}={_show(value)}")
+
+
+class Range(typing.NamedTuple):
+    """A number's allowed interval; applied to each element of a tuple, list or mapping value."""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def allows(self, value) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                    f"{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"{'<' if self.high_open else '<='} {self.high:g}"
+
+
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+PROBABILITY = Range(0, 1)
+
+# Each config key's rule beyond its type: a Range, or a tuple of valid choices. `*` stands for a list
+# index. A list, tuple or mapping value is checked element by element.
+RULES: dict[str, Range | tuple] = {
+    "seed": NON_NEGATIVE,
+    "data.sources.*.name": SOURCES,
+    "data.sources.*.weight": POSITIVE,
+    "data.synthetic.train_frames": POSITIVE,
+    "data.synthetic.validation_frames": POSITIVE,
+    "data.synthetic.test_frames": NON_NEGATIVE,
+    "data.synthetic.height": POSITIVE,
+    "data.synthetic.width": POSITIVE,
+    "data.synthetic.clip_frames": POSITIVE,
+    "data.synthetic.clip_fps": POSITIVE,
+    "data.augment.hflip": PROBABILITY,
+    "data.augment.crop_scale": Range(0, 1, low_open=True),
+    "data.augment.crop_probability": PROBABILITY,
+    "data.augment.brightness_contrast": PROBABILITY,
+    "data.augment.hue_saturation": PROBABILITY,
+    "data.augment.blur": PROBABILITY,
+    "data.augment.noise": PROBABILITY,
+    "data.image_size": POSITIVE,
+    "data.max_boxes": POSITIVE,
+    "data.min_box_height": NON_NEGATIVE,
+    "data.shuffle_buffer": POSITIVE,
+    "data.bad_examples": BAD_EXAMPLES,
+    "data.schedule": SCHEDULES,
+    "model.tasks": TASKS,
+    "model.backbone": BACKBONES,
+    "model.weights": ("imagenet",),
+    "model.widths": POSITIVE,
+    "model.neck_width": POSITIVE,
+    "model.head_width": POSITIVE,
+    "model.sharing": SHARING_MODES,
+    "model.soft_sharing_beta": NON_NEGATIVE,
+    "model.top_k": POSITIVE,
+    "model.max_depth": POSITIVE,
+    "model.min_depth": POSITIVE,
+    "train.epochs": POSITIVE,
+    "train.steps_per_epoch": POSITIVE,
+    "train.batch_size": POSITIVE,
+    "train.learning_rate": POSITIVE,
+    "train.weight_decay": NON_NEGATIVE,
+    "train.warmup_steps": NON_NEGATIVE,
+    "train.ema": Range(0, 1, high_open=True),
+    "train.weighting": WEIGHTINGS,
+    "train.task_weight_learning_rate": POSITIVE,
+    "train.fixed_weights": NON_NEGATIVE,
+    "train.dwa_temperature": POSITIVE,
+    "train.gradnorm_alpha": NON_NEGATIVE,
+    "train.famo_beta": POSITIVE,
+    "train.famo_gamma": NON_NEGATIVE,
+    "train.conflict_every": NON_NEGATIVE,
+    "train.jit_compile": JIT_MODES,
+    "train.precision": PRECISIONS,
+    "train.strategy": STRATEGIES,
+    "train.validation_steps": POSITIVE,
+    "evaluate.max_examples": POSITIVE,
+    "evaluate.grid_frames": NON_NEGATIVE,
+    "export.representative_frames": POSITIVE,
+    "export.latency_runs": POSITIVE,
+    "export.int8_io": INT8_IO,
+    "export.score_threshold": PROBABILITY,
+    "export.tolerance_float": NON_NEGATIVE,
+    "export.tolerance_int8": NON_NEGATIVE,
+    "export.tolerance_int8_abs_rel": NON_NEGATIVE,
+    "export.parity_examples": POSITIVE,
+    "clip.resize": CLIP_RESIZE,
+    "clip.batch_size": POSITIVE,
+}
+
+
+def _check_rule(key: str, value, hint):
+    """`value` if it keeps the rule of `key` (None always does: the type hint allowed it)."""
+    rule = RULES.get(re.sub(r"\.\d+(?=\.|$)", ".*", key))
+    if rule is None or value is None:
+        return value
+    items = list(value.values()) if isinstance(value, dict) else \
+        list(value) if isinstance(value, (list, tuple)) else [value]
+    each = "each " if isinstance(value, (dict, list, tuple)) else ""
+    null = " (or null)" if type(None) in typing.get_args(hint) else ""
+    for item in items:
+        if isinstance(rule, Range) and not rule.allows(item):
+            shown = list(value) if isinstance(value, tuple) else value
+            raise UserError(f"config: {key} must {each}be {rule.describe()}{null}; Received: {key}={_show(shown)}")
+        if not isinstance(rule, Range) and item not in rule:
+            raise UserError(f"config: unknown {key} {item!r}; valid: {', '.join(rule)}{null}")
     return value
 
 
@@ -239,40 +445,33 @@ def _merge(base: dict, new: dict, where: str):
             base[key] = value
 
 
-def _choice(value, valid, what):
-    if value not in valid:
-        raise UserError(f"unknown {what} '{value}'; valid: {', '.join(valid)}")
-
-
 def validate(config: Config) -> None:
-    for task in config.model.tasks:
-        _choice(task, TASKS, "task")
+    """What one key's rule cannot say: rules between keys. Types, ranges and choices of single keys
+    are checked while the config is built (RULES)."""
+    if not config.experiment or config.experiment in (".", "..") or re.search(r"[/\\]", config.experiment):
+        raise UserError(f"config: experiment must be a folder name (no slashes); "
+                        f"Received: experiment={config.experiment!r}")
     if not config.model.tasks:
-        raise UserError("model.tasks is empty; valid tasks: " + ", ".join(TASKS))
-    _choice(config.train.weighting, WEIGHTINGS, "weighting")
-    if config.train.conflict_every < 0 or config.train.famo_beta <= 0 or config.train.famo_gamma < 0:
-        raise UserError("train.conflict_every must be >= 0, train.famo_beta > 0 and train.famo_gamma >= 0; "
-                        f"Received: {config.train.conflict_every}, {config.train.famo_beta}, {config.train.famo_gamma}")
-    _choice(config.model.sharing, SHARING_MODES, "sharing mode")
-    _choice(config.model.backbone, BACKBONES, "backbone")
-    _choice(config.train.strategy, STRATEGIES, "strategy")
-    _choice(config.train.precision, PRECISIONS, "precision")
-    _choice(str(config.train.jit_compile).lower(), ("auto", "true", "false"), "jit_compile")
-    _choice(config.data.bad_examples, ("error", "drop"), "data.bad_examples")
-    _choice(config.data.schedule, ("joint", "alternating"), "data.schedule")
-    _choice(config.clip.resize, ("stretch", "letterbox"), "clip.resize")
-    _choice(config.export.int8_io, ("uint8", "int8", "float32"), "export.int8_io")
-    for source in config.data.sources:
-        _choice(source.name, SOURCES, "data source")
+        raise UserError("config: model.tasks is empty; valid tasks: " + ", ".join(TASKS))
+    if not config.data.sources:
+        raise UserError("config: data.sources is empty; give at least one source, e.g. [{name: synthetic}]")
+    for i, source in enumerate(config.data.sources):
         if source.name != "synthetic" and not source.path:
-            raise UserError(f"data source '{source.name}' needs a path (data.sources[].path)")
+            raise UserError(f"config: data source '{source.name}' needs a path (data.sources.{i}.path)")
     height, width = config.data.image_size
     if height % 32 or width % 32:
-        raise UserError(f"data.image_size must be multiples of 32 (the encoder's stride); "
-                        f"Received: image_size={list(config.data.image_size)}")
+        raise UserError(f"config: data.image_size must be multiples of 32 (the encoder's stride); "
+                        f"Received: data.image_size={list(config.data.image_size)}")
+    low, high = config.data.augment.crop_scale
+    if low > high:
+        raise UserError(f"config: data.augment.crop_scale must be [low, high] with low <= high; "
+                        f"Received: data.augment.crop_scale={[low, high]}")
+    if config.model.min_depth >= config.model.max_depth:
+        raise UserError(f"config: model.min_depth must be below model.max_depth; Received: "
+                        f"model.min_depth={config.model.min_depth}, model.max_depth={config.model.max_depth}")
     unknown = sorted(set(config.train.fixed_weights) - set(TASKS))
     if unknown:
-        raise UserError(f"train.fixed_weights has unknown task '{unknown[0]}'; valid: {', '.join(TASKS)}")
+        raise UserError(f"config: train.fixed_weights has unknown task '{unknown[0]}'; valid: {', '.join(TASKS)}")
 
 
 def to_dict(config: Config) -> dict:
@@ -289,4 +488,4 @@ def to_dict(config: Config) -> dict:
 
 def save_config(config: Config, path: pathlib.Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    atomic.write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))  # a kill never truncates it

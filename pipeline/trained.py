@@ -8,18 +8,20 @@ segmentation [B,H,W] int32 class ids (argmax of the logits), depth [B,H,W] metre
 from __future__ import annotations
 
 import pathlib
+import zipfile
 
 import keras
 import tensorflow as tf
 
 import models  # noqa: F401  (registers the custom layers a saved model refers to)
 from data.errors import UserError
-from data.vocabulary import TASKS
+from data.vocabulary import SCORE_THRESHOLD, TASKS
 from models.detection import decode_detections
 
-# Score thresholds, each a different question about the same top-K detection slots:
-COUNT_SCORE = 0.1  # the serving graph's num_detections: "something is there" (every K slot is returned)
-DISPLAY_SCORE = 0.3  # detections drawn and listed (predict, clip, the evaluation's frame grid)
+# Score thresholds. Serving, predict and clip count, list and draw detections at one threshold, the
+# config's export.score_threshold (default SCORE_THRESHOLD); the evaluation's frame grid draws at the
+# default. Metrics use every detection above a floor:
+DISPLAY_SCORE = SCORE_THRESHOLD
 METRIC_SCORE_FLOOR = 0.01  # metrics drop slots at or below this: near-zero filler COCO's recall grid cannot resolve
 
 
@@ -28,11 +30,27 @@ def load(path) -> keras.Model:
     path = pathlib.Path(path)
     if not path.exists():
         raise UserError(f"no trained model at {path}: run `make train` (python -m pipeline train) first")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a Keras model (.keras file)")
+    if path.suffix == ".keras" and not _is_keras_archive(path):
+        # Keras itself reports such a file as "File not found".
+        raise UserError(f"{path} is not a Keras model: not a .keras archive (truncated, corrupt or "
+                        f"another kind of file); train again or pass the right file")
     try:
         return keras.saving.load_model(str(path), compile=False)
     except Exception as err:  # noqa: BLE001  (a corrupt or foreign file is the user's, not a bug)
-        raise UserError(f"could not load the model {path}: {str(err).splitlines()[0] if str(err) else err!r}") \
-            from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path} is not a Keras model this project can load: {reason}") from None
+
+
+def _is_keras_archive(path: pathlib.Path) -> bool:
+    """A .keras file is a zip holding config.json and model.weights.h5, every member intact."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            return {"config.json", "model.weights.h5"} <= names and archive.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return False
 
 
 def tasks(net) -> list[str]:

@@ -3,7 +3,8 @@
 The export stage reads runs/<experiment>/train/model.keras and writes runs/<experiment>/export/:
   saved_model/          signature `serving_default`: images uint8 [B,h,w,3] of any size -> boxes,
                         scores, classes, num_detections, segmentation, depth at the input's resolution
-                        (pipeline/deploy/serving.py (a)); plus a `metadata` endpoint (input_size, tasks, top_k)
+                        (pipeline/deploy/serving.py (a)); plus a `metadata` endpoint (input_size, tasks, top_k,
+                        score_threshold, detection_classes, segmentation_classes); README, "Serving contract"
   model_float32.tflite  fixed [1,H,W,3] input at the model size (pipeline/deploy/serving.py (b))
   model_float16.tflite  float16 weights (Optimize.DEFAULT + supported_types=[float16])
   model_int8.tflite     full-integer: int8 weights and activations, io per export.int8_io
@@ -43,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
+from data import schema
 from data.errors import UserError
 from pipeline import atomic, layout, trained
 from pipeline.config import Config
@@ -54,17 +56,24 @@ FILES = {"saved_model": "saved_model", "tflite-float32": "model_float32.tflite",
          "tflite-float16": "model_float16.tflite", "tflite-int8": "model_int8.tflite"}
 
 
-def write_saved_model(net, path: pathlib.Path, top_k: int) -> None:
-    """serving.py (a) as `serving_default`, plus a `metadata` endpoint runtimes read the input size from."""
+def write_saved_model(net, path: pathlib.Path, top_k: int, score_threshold: float) -> None:
+    """serving.py (a) as `serving_default` (README, "Serving contract"), plus a `metadata` endpoint:
+    input size, tasks, top_k, the score threshold and the class names."""
     archive = keras.export.ExportArchive()
     archive.track(net)
-    archive.add_endpoint("serve", serving.serving_function(net, top_k), input_signature=[serving.SERVING_SIGNATURE])
+    serve = tf.function(serving.serving_function(net, top_k, score_threshold))
+    serve.get_concrete_function(serving.SERVING_SIGNATURE)  # the first traced: serving_default
+    for dtype in serving.CHECKED_DTYPES:
+        serve.get_concrete_function(tf.TensorSpec(None, dtype, name="images"))
+    archive.add_endpoint("serve", serve)
     size, tasks = trained.input_size(net), trained.tasks(net)
 
     def metadata():
         return {"input_size": tf.constant(size, tf.int32), "tasks": tf.constant(tasks),
                 "top_k": tf.constant(top_k, tf.int32),
-                "score_threshold": tf.constant(trained.COUNT_SCORE, tf.float32)}
+                "score_threshold": tf.constant(score_threshold, tf.float32),
+                "detection_classes": tf.constant(schema.DETECTION_CLASSES),
+                "segmentation_classes": tf.constant(schema.SEGMENTATION_CLASSES)}
 
     archive.add_endpoint("metadata", metadata, input_signature=[])
     archive.write_out(str(path), verbose=False)
@@ -149,7 +158,7 @@ def run_export(config: Config, progress=print) -> tuple[pathlib.Path, dict]:
     with atomic.staging_dir(final, "the export") as staging:
         paths = {"keras": model_path}
         start = time.perf_counter()
-        write_saved_model(net, staging / FILES["saved_model"], config.model.top_k)
+        write_saved_model(net, staging / FILES["saved_model"], config.model.top_k, config.export.score_threshold)
         paths["saved_model"] = staging / FILES["saved_model"]
         progress(f"export: wrote saved_model/ ({time.perf_counter() - start:.1f} s)")
         frames = representative_frames(config)
@@ -164,7 +173,7 @@ def run_export(config: Config, progress=print) -> tuple[pathlib.Path, dict]:
         report = parity.check_parity(config, paths, progress)
         report["model"] = str(model_path)
         report["conversion"] = notes
-        report["num_detections_threshold"] = trained.COUNT_SCORE
+        report["num_detections_threshold"] = config.export.score_threshold
         parity.write_report(report, staging / "parity.json")
         model_card.write(staging, config, report)
     return final, report

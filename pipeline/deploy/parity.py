@@ -16,7 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from data.errors import UserError
-from pipeline import timing, trained
+from data.vocabulary import SCORE_THRESHOLD
+from pipeline import timing
 from pipeline.config import Config
 from pipeline.deploy import runtimes
 from pipeline.evaluation.evaluate import HEADLINE_METRICS, add_batch, new_evaluators  # one definition of the metrics
@@ -84,7 +85,7 @@ def metrics_of(config: Config, tasks, labels: list[dict], pred: dict) -> dict:
     return result
 
 
-def agreement(reference: dict, pred: dict) -> dict:
+def agreement(reference: dict, pred: dict, score_threshold: float = SCORE_THRESHOLD) -> dict:
     """Element-wise agreement with the Keras outputs on the same frames."""
     result = {}
     if "segmentation" in reference:
@@ -93,10 +94,10 @@ def agreement(reference: dict, pred: dict) -> dict:
         ref = np.maximum(reference["depth"], 1e-6)
         result["depth_median_rel_diff"] = float(np.median(np.abs(pred["depth"] - ref) / ref))
     if "boxes" in reference:
-        # Share of the reference's detections (score >= trained.COUNT_SCORE) found again: same class, IoU >= 0.5.
+        # Share of the reference's detections (score >= score_threshold) found again: same class, IoU >= 0.5.
         wanted = found = 0
         for i in range(len(reference["boxes"])):
-            keep = reference["scores"][i] >= trained.COUNT_SCORE
+            keep = reference["scores"][i] >= score_threshold
             for box, cls in zip(reference["boxes"][i][keep], reference["classes"][i][keep]):
                 wanted += 1
                 same = pred["classes"][i] == cls
@@ -151,17 +152,18 @@ def check_parity(config: Config, paths: dict, progress=print) -> dict:
     reference_pred = reference_metrics = None
     for fmt in FORMATS:
         start = time.perf_counter()
-        predictor = runtimes.load_predictor(paths[fmt], num_threads=threads, top_k=config.model.top_k)
+        predictor = runtimes.load_predictor(paths[fmt], num_threads=threads, top_k=config.model.top_k,
+                                            score_threshold=config.export.score_threshold)
         pred = run_predictor(predictor, images)
         metrics = metrics_of(config, predictor.tasks, labels, pred)
         entry = {"file": str(paths[fmt].name), "size_bytes": size_bytes(paths[fmt]), "metrics": metrics,
                  "io": predictor.describe(), "input_size": list(predictor.input_size)}
         if fmt == "keras":
             reference_pred, reference_metrics = pred, metrics
-            entry.update(agreement=agreement(pred, pred), drift={}, verdict="reference", failures=[])
+            entry.update(agreement=agreement(pred, pred, config.export.score_threshold), drift={}, verdict="reference", failures=[])
         else:
             drift, failures = verdict(config, fmt, metrics, reference_metrics)
-            entry.update(agreement=agreement(reference_pred, pred), drift=drift,
+            entry.update(agreement=agreement(reference_pred, pred, config.export.score_threshold), drift=drift,
                          verdict="fail" if failures else "pass", failures=failures)
         entry["latency"] = {**latency(predictor, frame, config.export.latency_runs),
                             "num_threads": threads if fmt.startswith("tflite") else _tf_threads()}

@@ -9,7 +9,7 @@ Writes into DIR (default runs/<experiment>/predict/):
                           shares, depth summary, the model's format; "resized": true and the model's
                           input size when a fixed-size model got a frame of another size; and any
                           conversion done to the file (grey or RGBA -> RGB, 16-bit -> 8-bit)
-Listed and drawn detections are those with score >= trained.DISPLAY_SCORE (the model itself returns
+Listed and drawn detections are those with score >= export.score_threshold (runtimes: predictor.score_threshold) (the model itself returns
 all top-K slots).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 
 from data import schema
 from data.errors import UserError
-from pipeline import draw, trained
+from pipeline import draw
 from pipeline.deploy import runtimes
 
 
@@ -109,16 +109,16 @@ def _output_names(paths: list[pathlib.Path]) -> list[str]:
 
 
 def run_predict(model: str, images: list[str], out_dir: pathlib.Path, max_depth: float = 80.0,
-                num_threads: int | None = None) -> dict:
+                num_threads: int | None = None, score_threshold: float | None = None) -> dict:
     """Annotates `images` with the model at `model`; returns the predictions.json dict."""
     paths = [pathlib.Path(p) for p in images]
     frames = [read_image(path) for path in paths]  # every input checked before the slow model load
-    predictor = runtimes.load_predictor(model, num_threads=num_threads)
+    predictor = runtimes.load_predictor(model, num_threads=num_threads, score_threshold=score_threshold)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create the output folder {out_dir}: {err.strerror or err}") from None
-    threshold = trained.DISPLAY_SCORE
+    threshold = predictor.score_threshold  # export.score_threshold (a SavedModel's own: its num_detections')
     records = []
     for path, name, (image, notes) in zip(paths, _output_names(paths), frames):
         out = predictor.predict(image[None])

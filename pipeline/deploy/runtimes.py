@@ -4,9 +4,13 @@
     out = predictor.predict(frames)   # uint8 [B,H,W,3] RGB, any H,W (the same within a batch)
 
 `out` holds, for the tasks the model has: boxes float32 [B,K,4] (x1,y1,x2,y2, input pixels), scores
-float32 [B,K], classes int32 [B,K], num_detections int32 [B] (scores >= trained.COUNT_SCORE),
+float32 [B,K], classes int32 [B,K], num_detections int32 [B] (scores >= predictor.score_threshold),
 segmentation uint8 [B,H,W], depth float32 [B,H,W] metres, all at the input's resolution; plus
 "resized": True when the frames were resized to the model's fixed input size.
+
+`predictor.score_threshold` is the one threshold detections are counted, listed and drawn at: the
+caller's (export.score_threshold), except for a SavedModel, whose own (baked into its graph and
+metadata at export) wins, so that num_detections and the listed boxes always agree.
 
 Every format shares pipeline/deploy/serving.py's resize/decode/restore definitions, so formats differ only
 by what the format itself changes (float16 weights, int8 arithmetic). The predict, export (parity),
@@ -21,7 +25,7 @@ import tensorflow as tf
 import yaml
 
 from data.errors import UserError
-from data.vocabulary import STRIDE
+from data.vocabulary import SCORE_THRESHOLD, STRIDE
 from pipeline import trained
 from pipeline.config import ModelConfig
 from pipeline.deploy import serving
@@ -30,15 +34,16 @@ FORMATS = ("keras", "saved_model", "tflite-float32", "tflite-float16", "tflite-i
 
 
 class Predictor:
-    """Base: `name`, `input_size` (H, W) the model sees, `tasks`, `path`, `num_threads`."""
+    """Base: `name`, `input_size` (H, W) the model sees, `tasks`, `path`, `num_threads`, `score_threshold`."""
 
     name: str = ""
     input_size: tuple[int, int] = (0, 0)
     tasks: list[str] = []
 
-    def __init__(self, path: pathlib.Path, num_threads: int | None):
+    def __init__(self, path: pathlib.Path, num_threads: int | None, score_threshold: float | None = None):
         self.path = pathlib.Path(path)
         self.num_threads = num_threads
+        self.score_threshold = float(SCORE_THRESHOLD if score_threshold is None else score_threshold)
 
     def predict(self, images: np.ndarray) -> dict:
         images = _check_frames(images)
@@ -108,14 +113,14 @@ class KerasPredictor(Predictor):
 
     name = "keras"
 
-    def __init__(self, path, num_threads=None, top_k: int | None = None):
-        super().__init__(path, num_threads)
+    def __init__(self, path, num_threads=None, top_k: int | None = None, score_threshold: float | None = None):
+        super().__init__(path, num_threads, score_threshold)
         _set_tf_threads(num_threads)
         self.net = trained.load(path)
         self.top_k = int(top_k or _top_k_beside(self.path))
         self.input_size = trained.input_size(self.net)
         self.tasks = trained.tasks(self.net)
-        self._serve = tf.function(serving.serving_function(self.net, self.top_k),
+        self._serve = tf.function(serving.serving_function(self.net, self.top_k, self.score_threshold),
                                   input_signature=[serving.SERVING_SIGNATURE])
 
     def _predict(self, images):
@@ -137,8 +142,8 @@ class SavedModelPredictor(Predictor):
 
     name = "saved_model"
 
-    def __init__(self, path, num_threads=None):
-        super().__init__(path, num_threads)
+    def __init__(self, path, num_threads=None, score_threshold: float | None = None):
+        super().__init__(path, num_threads, score_threshold)
         _set_tf_threads(num_threads)
         self._loaded = tf.saved_model.load(str(path))
         if "serving_default" not in self._loaded.signatures:
@@ -154,6 +159,8 @@ class SavedModelPredictor(Predictor):
         if hasattr(self._loaded, "metadata"):  # our export's extra endpoint
             meta = self._loaded.metadata()
             self.input_size = tuple(int(v) for v in np.asarray(meta["input_size"]))
+            if "score_threshold" in meta:  # the threshold its num_detections was built with
+                self.score_threshold = float(np.asarray(meta["score_threshold"]))
 
     def _predict(self, images):
         outputs = self._fn(**{self._input_name: tf.constant(images, dtype=self._input_dtype)})
@@ -174,8 +181,8 @@ class TFLitePredictor(Predictor):
     output (int8 models, see serving.py) is turned back into metres.
     """
 
-    def __init__(self, path, num_threads=None):
-        super().__init__(path, num_threads)
+    def __init__(self, path, num_threads=None, score_threshold: float | None = None):
+        super().__init__(path, num_threads, score_threshold)
         from ai_edge_litert.interpreter import Interpreter
 
         self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
@@ -235,8 +242,9 @@ class TFLitePredictor(Predictor):
         if "segmentation" in decoded:
             decoded["segmentation"] = decoded["segmentation"].astype(np.uint8)
         if same:  # nothing to map back: skip TF's eager ops (they cost more than a tiny model's invoke)
-            return _at_model_size(decoded)
-        return _numpy(serving.restore(decoded, self.input_size, tf.constant(height), tf.constant(width)))
+            return _at_model_size(decoded, self.score_threshold)
+        return _numpy(serving.restore(decoded, self.input_size, tf.constant(height), tf.constant(width),
+                                      self.score_threshold))
 
     def describe(self):
         def text(details):
@@ -260,14 +268,14 @@ def _boxes_from_parts(cells, offsets, sizes, input_size) -> np.ndarray:
                      np.clip(cx + half_w, 0.0, max_x), np.clip(cy + half_h, 0.0, max_y)], axis=-1)
 
 
-def _at_model_size(decoded: dict) -> dict:
+def _at_model_size(decoded: dict, score_threshold: float) -> dict:
     """serving.restore's result when the frame already has the model size, in NumPy."""
     out = {}
     if "boxes" in decoded:
         out["boxes"] = decoded["boxes"].astype(np.float32)
         out["scores"] = decoded["scores"].astype(np.float32)
         out["classes"] = decoded["classes"].astype(np.int32)
-        out["num_detections"] = np.sum(out["scores"] >= trained.COUNT_SCORE, axis=1).astype(np.int32)
+        out["num_detections"] = np.sum(out["scores"] >= score_threshold, axis=1).astype(np.int32)
     if "segmentation" in decoded:
         out["segmentation"] = decoded["segmentation"].astype(np.uint8)
     if "depth" in decoded:
@@ -294,11 +302,13 @@ def _one_line(err: Exception) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}".strip().rstrip(":")
 
 
-def load_predictor(path, num_threads: int | None = None, top_k: int | None = None) -> Predictor:
+def load_predictor(path, num_threads: int | None = None, top_k: int | None = None,
+                   score_threshold: float | None = None) -> Predictor:
     """A Predictor for a .keras file, a SavedModel folder or a .tflite file; UserError on a bad one.
 
     `top_k` matters for .keras only (the other formats have it baked in); default: the training
-    config beside the file, else ModelConfig's default.
+    config beside the file, else ModelConfig's default. `score_threshold`: export.score_threshold
+    (a SavedModel keeps its own, see above).
     """
     path = pathlib.Path(path)
     if not path.exists():
@@ -318,10 +328,10 @@ def load_predictor(path, num_threads: int | None = None, top_k: int | None = Non
                             f"or a .tflite file)")
     try:
         if kind == "saved_model":
-            return SavedModelPredictor(path, num_threads)
+            return SavedModelPredictor(path, num_threads, score_threshold)
         if kind == "tflite":
-            return TFLitePredictor(path, num_threads)
-        return KerasPredictor(path, num_threads, top_k)
+            return TFLitePredictor(path, num_threads, score_threshold)
+        return KerasPredictor(path, num_threads, top_k, score_threshold)
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001  (any loader failure on a user's file is a bad file)

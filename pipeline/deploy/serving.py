@@ -3,11 +3,12 @@
 Two wrappers of the functional net (input "image" float32 [B,H,W,3] 0..255 at the model size):
 
 (a) `serving_function` - the SavedModel's `serving_default` (and the Keras predictor's graph):
-      images uint8 [B, h, w, 3] of ANY size
+      images uint8 [B, h, w, 3] RGB 0..255 of ANY size (dtype, rank and channels are checked in the
+      graph: anything else fails with "images must be uint8 RGB [batch, height, width, 3]; received ...")
       -> bilinear resize to the model size -> net -> CenterNet decode (top-K, no NMS op)
       -> boxes float32 [B,K,4] x1,y1,x2,y2 in the INPUT's pixels, scores float32 [B,K],
-         classes int32 [B,K], num_detections int32 [B] (scores >= pipeline.trained.COUNT_SCORE: "something is there";
-         every K slot is returned either way),
+         classes int32 [B,K], num_detections int32 [B] (scores >= export.score_threshold, the threshold
+         predict and clip list and draw at; every K slot is returned either way),
          segmentation uint8 [B,h,w] class ids, depth float32 [B,h,w] metres.
     Segmentation is argmax at the model size, then resized NEAREST: the same rule the TFLite
     runtime has to use (its model emits class ids), so every format agrees pixel for pixel, and a
@@ -40,7 +41,7 @@ import tensorflow as tf
 from models.detection import decode_parts
 from pipeline import trained
 
-def restore(decoded: dict, model_size, height, width) -> dict:
+def restore(decoded: dict, model_size, height, width, score_threshold: float) -> dict:
     """Decoded results at the model size -> at the frame's (height, width); adds num_detections.
 
     TF ops so the SavedModel graph and the Keras/TFLite runtimes share one definition.
@@ -52,7 +53,7 @@ def restore(decoded: dict, model_size, height, width) -> dict:
         out["boxes"] = tf.cast(decoded["boxes"], tf.float32) * scale
         out["scores"] = tf.cast(decoded["scores"], tf.float32)
         out["classes"] = tf.cast(decoded["classes"], tf.int32)
-        out["num_detections"] = tf.reduce_sum(tf.cast(out["scores"] >= trained.COUNT_SCORE, tf.int32), axis=1)
+        out["num_detections"] = tf.reduce_sum(tf.cast(out["scores"] >= score_threshold, tf.int32), axis=1)
     size = tf.stack([height, width])
     if "segmentation" in decoded:
         seg = tf.image.resize(tf.cast(decoded["segmentation"], tf.int32)[..., None], size, method="nearest")
@@ -69,19 +70,46 @@ def resize_frames(images, model_size):
     return tf.image.resize(images, model_size, method="bilinear")
 
 
-def serving_function(net, top_k: int):
+INPUT_CONTRACT = "images must be uint8 RGB [batch, height, width, 3] (0..255, any height and width)"
+
+
+def checked_images(images):
+    """`images` as uint8 [B,h,w,3], with the contract checked in the graph: a wrong dtype, rank or
+    channel count fails with INPUT_CONTRACT and what was received, not with a shape error deep in
+    the net. Takes a tensor of any dtype and shape (a traced signature per dtype)."""
+    if images.dtype != tf.uint8:
+        never = tf.equal(tf.size(images), -1)  # decided at run time: the other dtypes' graphs still trace
+        with tf.control_dependencies([tf.debugging.Assert(never, [f"{INPUT_CONTRACT}; received dtype "
+                                                                  f"{images.dtype.name}"])]):
+            images = tf.cast(images, tf.uint8)
+    shape = tf.shape(images)
+    dims = tf.concat([shape, tf.ones([4], tf.int32)], 0)[:4]
+    channels = tf.concat([[0], shape], 0)[-1]
+    checks = [tf.debugging.Assert(tf.equal(tf.rank(images), 4), [f"{INPUT_CONTRACT}; received rank", tf.rank(images)]),
+              tf.debugging.Assert(tf.equal(channels, 3), [f"{INPUT_CONTRACT}; received channels", channels])]
+    with tf.control_dependencies(checks):
+        # + 0 computed from the data: shape inference must not fold the target shape and fail on a
+        # bad input before the checks above have run.
+        zero = tf.reduce_sum(tf.cast(tf.reshape(images, [-1])[:0], tf.int32))
+        return tf.reshape(images, tf.stack([dims[0], dims[1], dims[2], 3]) + zero)
+
+
+def serving_function(net, top_k: int, score_threshold: float):
     """(a): a Python function images uint8 [B,h,w,3] -> dict, for ExportArchive / tf.function."""
     model_size = trained.input_size(net)
 
     def serve(images):
+        images = checked_images(images)
         shape = tf.shape(images)
         outputs = net({"image": resize_frames(images, model_size)}, training=False)
-        return restore(trained.decode(outputs, top_k), model_size, shape[1], shape[2])
+        return restore(trained.decode(outputs, top_k), model_size, shape[1], shape[2], score_threshold)
 
     return serve
 
 
-SERVING_SIGNATURE = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
+SERVING_SIGNATURE = tf.TensorSpec(None, tf.uint8, name="images")  # rank and channels: checked_images
+# Traced as well, so that a float frame gets the contract's message instead of "no matching function".
+CHECKED_DTYPES = (tf.float32,)
 
 
 # --- (b) the fixed-size model for TFLite -------------------------------------------------------

@@ -39,5 +39,5 @@ def main(config, args=None) -> list[dict]:
     from pipeline.deploy import runtimes
     from pipeline.video import clip
 
-    predictor = runtimes.load_predictor(model)
+    predictor = runtimes.load_predictor(model, score_threshold=config.export.score_threshold)
     return clip.process_videos(predictor, source, videos, out, config, model)

@@ -2,8 +2,13 @@
 
 Writes `runs/<experiment>/train/`: model.keras (the functional net, best validation epoch),
 best.weights.h5, history.csv (per-task losses, task weights, learning rate), training_curves.png,
-tensorboard/, backup/ (BackupAndRestore: a run killed mid-way continues from its last epoch),
-model_config.json (a resume with a changed model is refused), speed.json and task_weights.json.
+tensorboard/, model_config.json (a resume with a changed model is refused), config.yaml (the
+resolved config), speed.json and task_weights.json.
+
+A run writes nothing until everything it needs is checked (config, data set, resume, model), then
+trains in the staging folder `.train.partial/` beside train/ (with backup/: BackupAndRestore, a run
+killed mid-way continues from its last epoch) and swaps it in for train/ only when it has finished:
+a failing or killed run never changes the last finished run.
 
 A resumed run keeps history.csv's rows of the epochs it continues from (and drops any written after
 the backup), and its best checkpoint competes with the best epoch before the interruption. A loss
@@ -40,15 +45,21 @@ def resume_signature(config: Config) -> dict:
             "train": {"weighting": config.train.weighting, "precision": config.train.precision}}
 
 
-def check_resume(out: pathlib.Path, config: Config) -> bool:
-    """A resume must continue the same model: refuse one whose model config changed.
+def staging_folder(out: pathlib.Path) -> pathlib.Path:
+    """Where a run trains until it has finished: a hidden folder beside `out`, swapped in at the end.
 
-    Returns True when `out` holds an unfinished run to resume. A fresh run clears the previous
-    run's history and best checkpoint so they are not mixed into this one.
-    """
-    saved = out / "model_config.json"
+    Its name holds no process id: a killed run's folder (with its backup/) is where the next run
+    resumes from, while `out` keeps the last finished run untouched."""
+    return out.with_name(f".{out.name}.partial")
+
+
+def check_resume(work: pathlib.Path, config: Config) -> bool:
+    """A resume must continue the same model: refuse one whose model config changed. Writes nothing.
+
+    Returns True when `work` holds an unfinished run to resume."""
+    saved = work / "model_config.json"
     current = resume_signature(config)
-    resuming = (out / "backup").exists()
+    resuming = (work / "backup").exists()
     if resuming and saved.exists():
         previous = json.loads(saved.read_text())
         previous.setdefault("train", current["train"])  # written before the signature had it
@@ -56,15 +67,25 @@ def check_resume(out: pathlib.Path, config: Config) -> bool:
             changed = [f"model.{k}" for k in current["model"] if current["model"][k] != previous["model"].get(k)]
             changed += ["data.image_size"] if current["image_size"] != previous["image_size"] else []
             changed += [f"train.{k}" for k in current["train"] if current["train"][k] != previous["train"].get(k)]
-            raise UserError(f"{out} holds an unfinished run of a different model (changed: "
-                            f"{', '.join(changed)}); delete {out / 'backup'} to start afresh, or "
+            raise UserError(f"{work} holds an unfinished run of a different model (changed: "
+                            f"{', '.join(changed)}); delete {work / 'backup'} to start afresh, or "
                             f"train into another folder (--out or another experiment name)")
-    out.mkdir(parents=True, exist_ok=True)
+    return resuming
+
+
+def begin_run(work: pathlib.Path, config: Config, resuming: bool) -> None:
+    """The first writes of a run, once everything it needs is checked: the folder, its resolved config
+    and model signature. A fresh run clears an unfinished run's history and best checkpoint so they
+    are not mixed into this one."""
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot write the training run to {work.parent}: {err.strerror or err}") from None
     if not resuming:
         for stale in ("history.csv", "best.weights.h5"):
-            (out / stale).unlink(missing_ok=True)
-    saved.write_text(json.dumps(current, indent=1))
-    return resuming
+            (work / stale).unlink(missing_ok=True)
+    atomic.write_text(work / "model_config.json", json.dumps(resume_signature(config), indent=1))
+    save_config(config, work / "config.yaml")
 
 
 def multi_worker_compat(trainer, strategy) -> None:
@@ -98,11 +119,14 @@ def multi_worker_compat(trainer, strategy) -> None:
 def run_training(config: Config, out: pathlib.Path | None = None, verbose: int = 1) -> pathlib.Path:
     """Trains per `config` into `out` (default runs/<experiment>/train); returns the model path."""
     out = pathlib.Path(out or layout.train_dir(config))
+    atomic.recover(out)  # a run killed inside its final swap left the finished run as .train.old
     strategy = devices.make_strategy(config.train.strategy)
-    if not devices.is_chief(strategy):  # non-chief workers write their checkpoints to a scratch folder
-        out = out / devices.worker_folder(strategy)
-    check_resume(out, config)
-    save_config(config, out / "config.yaml")
+    chief = devices.is_chief(strategy)
+    # The run trains in a staging folder and replaces `out` only when it has finished: a run that
+    # fails or is killed leaves the last finished run as it was. Non-chief workers write their
+    # checkpoints to a scratch folder of their own.
+    work = staging_folder(out) if chief else out.with_name(f".{out.name}.{devices.worker_folder(strategy)}")
+    resuming = check_resume(work, config)
     precision = devices.resolve_precision(config.train.precision)
     keras.mixed_precision.set_global_policy(precision)
     jit = devices.resolve_jit(config.train.jit_compile)
@@ -129,11 +153,14 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         multi_worker_compat(trainer, strategy)
 
+    # Everything is checked (config, data set, resume, model): the run's first write.
+    begin_run(work, config, resuming)
+
     nan_guard = StopOnNaNTask(tasks)
     speed = Throughput(global_batch, config.train.steps_per_epoch)
-    best = out / "best.weights.h5"
-    history_csv = out / "history.csv"
-    backup = GuardedBackup(str(out / "backup"), nan_guard)
+    best = work / "best.weights.h5"
+    history_csv = work / "history.csv"
+    backup = GuardedBackup(str(work / "backup"), nan_guard)
     checkpoint = GuardedCheckpoint(best, nan_guard)
     resume = ResumeHistory(history_csv, backup, checkpoint)
     # Order matters at each epoch end: replicas agree before anything is saved, the NaN guard has
@@ -147,7 +174,7 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
         LogLearningRate(),
         checkpoint,
         keras.callbacks.CSVLogger(str(history_csv), append=True),
-        keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0),
+        keras.callbacks.TensorBoard(str(work / "tensorboard"), write_graph=False, profile_batch=0),
         speed,
         CompactProgbarLogger(),  # the bar shows the losses only; the logs above keep every metric
     ]  # the trainer adds the weighting's own epoch hook (DWA) itself
@@ -160,8 +187,8 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
     if nan_guard.failed:
         task, epoch, step = nan_guard.failed
         kept = [f"best checkpoint {best}" if best.exists() else None,
-                f"backup after epoch {backup.resumed_epoch()} in {out / 'backup'} (a rerun resumes from it)"
-                if (out / "backup").exists() else None]
+                f"backup after epoch {backup.resumed_epoch()} in {work / 'backup'} (a rerun resumes from it)"
+                if (work / "backup").exists() else None]
         kept = [item for item in kept if item]
         raise UserError(f"training stopped: the {task} loss became NaN at epoch {epoch + 1}, step {step + 1}; "
                         + (f"kept the last good state: {' and '.join(kept)}; lower train.learning_rate "
@@ -169,17 +196,21 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
 
     if best.exists():
         trainer.load_weights(str(best))
-    model_path = out / layout.MODEL_FILE
-    with atomic.partial_file(model_path) as partial:  # a crash never leaves a half-written model.keras
+    with atomic.partial_file(work / layout.MODEL_FILE) as partial:
         net.save(str(partial))
-    plots.training_curves(history_csv, out / "training_curves.png")
+    plots.training_curves(history_csv, work / "training_curves.png")
     measured = speed.per_epoch[1:] or speed.per_epoch
-    (out / "speed.json").write_text(json.dumps({
+    (work / "speed.json").write_text(json.dumps({
         "images_per_second_median": float(np.median(measured)) if measured else None,
         "per_epoch": speed.per_epoch, "batch_size": global_batch, "precision": precision,
         "jit_compile": jit, "replicas": strategy.num_replicas_in_sync, "resumed_from_epoch": resume.resumed_from,
         "note": "the first epoch includes tracing/compilation and is left out of the median"}, indent=1))
     weights = {task: round(float(w), 4) for task, w in trainer.weighting.effective_weights().items()}
-    (out / "task_weights.json").write_text(json.dumps(weights, indent=1))
+    (work / "task_weights.json").write_text(json.dumps(weights, indent=1))
+    model_path = out / layout.MODEL_FILE
+    if chief:
+        atomic.replace_dir(work, out)  # the finished run replaces the previous one, whole
+    else:
+        model_path = work / layout.MODEL_FILE
     print(f"train: saved {model_path}; effective task weights at the end: {weights}")
     return model_path

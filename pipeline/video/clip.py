@@ -7,7 +7,7 @@ For each clip, <out>/<clip name>/ gets:
   overlay.mp4        the input at its own size and frame rate: boxes with class names, a translucent
                      segmentation, a depth inset (bottom right, a quarter of the size), the frame's
                      inference latency
-  predictions.jsonl  one line per frame: frame, time_s, boxes (input pixels, score >= trained.DISPLAY_SCORE),
+  predictions.jsonl  one line per frame: frame, time_s, boxes (input pixels, score >= export.score_threshold),
                      scores, classes (names), distance_m (median predicted depth in each box), nearest_m,
                      segmentation_shares; with clip.full_maps a maps/<frame>.npz per frame (class map
                      and depth at the input's resolution)
@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.errors import UserError
-from pipeline import atomic, timing, trained
+from pipeline import atomic, timing
 from pipeline.evaluation.evaluate import HEADLINE_METRICS
 from pipeline.evaluation.stability import Stability
 from pipeline.video.analysis import analyse, frame_prediction, jsonl_record, save_maps
@@ -85,7 +85,9 @@ def process_clip(predictor, video_path, out_dir, config, progress: bool = True,
 def _run(predictor, source: VideoSource, labels, staging: pathlib.Path, config, progress: bool,
          score_threshold) -> dict:
     clip_config = config.clip
-    threshold = float(score_threshold if score_threshold is not None else trained.DISPLAY_SCORE)
+    # The predictor's threshold is export.score_threshold (or a SavedModel's own, which its num_detections use).
+    threshold = float(score_threshold if score_threshold is not None else
+                      getattr(predictor, "score_threshold", config.export.score_threshold))
     max_depth = float(config.model.max_depth)
     tasks = tuple(getattr(predictor, "tasks", ()))
     model_hw = tuple(int(v) for v in predictor.input_size)

@@ -1,7 +1,12 @@
-import pytest
+import subprocess
+import sys
 
-from pipeline.config import load_config, save_config
+import pytest
+import yaml
+
 from data.errors import UserError
+from pipeline.config import load_config, save_config
+from support import REPO, assert_user_error_exit, run_cli
 
 
 def test_defaults_load_and_overrides_apply():
@@ -28,7 +33,7 @@ def test_unknown_key_in_yaml_is_rejected(tmp_path):
     ("train.weighting=magic", "valid: fixed, uncertainty, dwa, gradnorm"),
     ("model.sharing=partial", "valid: hard, soft, cross_stitch"),
     ("model.backbone=resnet9000", "valid: builtin"),
-    ("model.tasks=[detection,flow]", "unknown task 'flow'"),
+    ("model.tasks=[detection,flow]", "unknown model.tasks 'flow'"),
 ])
 def test_bad_choices_list_the_valid_ones(override, message):
     with pytest.raises(UserError, match=message):
@@ -39,3 +44,87 @@ def test_resolved_config_round_trips(tmp_path):
     config = load_config("configs/default.yaml", ["seed=7"])
     save_config(config, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == config
+
+
+# The mistakes the issue measured (each once ended in a traceback after TensorFlow loaded and files
+# were written, or trained silently with the wrong value), and more of their kind. Each is one line
+# naming the key, the value and what is allowed; exit 2; nothing written.
+MISTAKES = [
+    ("train", "train.epochs=abc", ["train.epochs", "'abc'", "an integer"]),
+    ("train", "train.learning_rate=fast", ["train.learning_rate", "'fast'", "a number"]),
+    ("train", "train.batch_size=-4", ["train.batch_size", "-4", "> 0"]),
+    ("train", "data.image_size=[64]", ["data.image_size", "[64]", "a list of 2 integers"]),
+    ("train", "data.augment.enabled=maybe", ["data.augment.enabled", "'maybe'", "true or false"]),
+    ("train", 'data.augment.enabled="false"', ["data.augment.enabled", "'false'", "true or false"]),
+    ("data", "data.augment.hflip=1.5", ["data.augment.hflip", "1.5", "in [0, 1]"]),
+    ("train", "data.image_size=[100,96]", ["data.image_size", "[100, 96]", "multiples of 32"]),
+    ("export", "export.latency_runs=0", ["export.latency_runs", "0", "> 0"]),
+    ("clip", "clip.batch_size=two", ["clip.batch_size", "'two'", "an integer"]),
+    ("evaluate", "model.widths=[8,-16]", ["model.widths", "[8, -16]", "each be > 0"]),
+    ("data", "data.synthetic.train_frames=1.5", ["data.synthetic.train_frames", "1.5", "an integer"]),
+    ("train", "train.weighting=magic", ["train.weighting", "'magic'", "valid: fixed, uncertainty"]),
+    ("train", "train.fixed_weights={detection: heavy}", ["train.fixed_weights.detection", "'heavy'", "a number"]),
+    ("train", "train.validation_steps=-1", ["train.validation_steps", "-1", "> 0 (or null)"]),
+]
+
+
+@pytest.mark.parametrize("stage, override, fragments", MISTAKES, ids=[m[1] for m in MISTAKES])
+def test_config_mistake_is_one_line_exit_2_and_writes_nothing(tmp_path, stage, override, fragments):
+    result = run_cli(stage, "--config", "configs/tiny.yaml", f"run_root={tmp_path / 'runs'}", override,
+                     timeout=120)
+    assert_user_error_exit(result, *fragments)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_config_is_checked_before_tensorflow_loads():
+    code = ("import sys; from pipeline.config import load_config; from data.errors import UserError\n"
+            "try: load_config('configs/tiny.yaml', ['train.epochs=abc'])\n"
+            "except UserError: pass\n"
+            "load_config('configs/default.yaml')\n"
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "configs").glob("*.yaml") if p.name != "ablation.yaml"))
+def test_every_shipped_config_loads(path):
+    load_config(REPO / "configs" / path)
+
+
+def test_every_ablation_variant_loads():
+    variants = yaml.safe_load((REPO / "configs" / "ablation.yaml").read_text())["variants"]
+    for name, overrides in variants.items():
+        for base in ("default.yaml", "tiny.yaml"):
+            load_config(REPO / "configs" / base, overrides)
+
+
+@pytest.mark.parametrize("override, value", [
+    ("train.learning_rate=3e-3", 0.003),  # YAML 1.1 reads this as a string
+    ("train.jit_compile=false", "false"),  # a YAML boolean for a string choice
+    ("train.validation_steps=null", None),
+    ("train.fixed_weights={detection: 2}", {"detection": 2.0}),
+    ("data.augment.enabled=false", False),
+])
+def test_values_are_coerced_to_their_type(override, value):
+    config = load_config("configs/tiny.yaml", [override])
+    key = override.split("=")[0].split(".")
+    node = config
+    for part in key:
+        node = getattr(node, part)
+    assert node == value and type(node) is type(value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.augment.crop_scale=[0.9,0.5]", "low <= high"),
+    ("data.augment.crop_scale=[0,1]", r"each be in \(0, 1\]"),
+    ("model.min_depth=90", "below model.max_depth"),
+    ("experiment=a/b", "folder name"),
+    ("data.sources=[]", "data.sources is empty"),
+    ("train.ema=1", r"in \[0, 1\)"),
+    ("model.weights=foo", "valid: imagenet \\(or null\\)"),
+    ("train=5", "'train' must be a mapping"),
+    ("export.score_threshold=1.5", r"export.score_threshold must be in \[0, 1\]"),
+])
+def test_ranges_and_rules_between_keys(override, message):
+    with pytest.raises(UserError, match=message):
+        load_config("configs/tiny.yaml", [override])

@@ -56,14 +56,27 @@ def test_export_writes_every_format_and_parity(exported):
     assert not list(out.parent.glob(".export*")), "the staging folder must be gone"
 
 
+def without_the_project(script: str, saved_model: pathlib.Path, cwd: pathlib.Path):
+    """Runs `script` (argv: the SavedModel folder, the installed libraries' folder) in a Python that
+    cannot import the project; returns what it printed after RESULT, as JSON. -I -S: no PYTHONPATH, no
+    current folder, no .pth files (the editable install of the project is a .pth finder); only the
+    installed libraries' folder goes back on the path."""
+    script = ("import importlib.util, sys\n"
+              "sys.path.append(sys.argv[2])\n"
+              "assert importlib.util.find_spec('pipeline') is None and importlib.util.find_spec('models') is None\n"
+              + script)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", script, str(saved_model), sysconfig.get_paths()["purelib"]],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.split("RESULT", 1)[1])
+
+
 def test_saved_model_serves_any_size_without_the_project(exported, tmp_path):
     _, out, _ = exported
-    # -I -S: no PYTHONPATH, no current folder, no .pth files (the editable install of the project is a
-    # .pth finder); only the installed libraries' folder goes back on the path.
     script = (
-        "import importlib.util, json, sys\n"
-        "sys.path.append(sys.argv[2])\n"
-        "assert importlib.util.find_spec('pipeline') is None and importlib.util.find_spec('models') is None\n"
+        "import json\n"
         "import tensorflow as tf\n"
         "fn = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
         "result = {}\n"
@@ -71,13 +84,7 @@ def test_saved_model_serves_any_size_without_the_project(exported, tmp_path):
         "    out = fn(images=tf.fill([2, h, w, 3], tf.constant(128, tf.uint8)))\n"
         "    result[f'{h}x{w}'] = {k: [v.shape.as_list(), v.dtype.name] for k, v in out.items()}\n"
         "print('RESULT' + json.dumps(result))\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    done = subprocess.run([sys.executable, "-I", "-S", "-c", script, str(out / "saved_model"),
-                           sysconfig.get_paths()["purelib"]],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout.split("RESULT", 1)[1])
+    result = without_the_project(script, out / "saved_model", tmp_path)
     for size, outputs in result.items():
         h, w = (int(v) for v in size.split("x"))
         assert set(outputs) == KEYS
@@ -88,6 +95,49 @@ def test_saved_model_serves_any_size_without_the_project(exported, tmp_path):
         assert outputs["num_detections"] == [[2], "int32"]
         assert outputs["segmentation"] == [[2, h, w], "uint8"]
         assert outputs["depth"] == [[2, h, w], "float32"]
+
+
+def test_saved_model_keeps_the_serving_contract_without_the_project(exported, tmp_path):
+    """README, "Serving contract": the input checked in the graph with a readable message, one score
+    threshold (the config's) for num_detections, class names in the metadata."""
+    config, out, _ = exported
+    script = (
+        "import json\n"
+        "import numpy as np, tensorflow as tf\n"
+        "loaded = tf.saved_model.load(sys.argv[1])\n"
+        "meta = {k: v.numpy().tolist() for k, v in loaded.metadata().items()}\n"
+        "meta = {k: [x.decode() for x in v] if isinstance(v, list) and v and isinstance(v[0], bytes) else v\n"
+        "        for k, v in meta.items()}\n"
+        "out = loaded.signatures['serving_default'](images=tf.fill([2, 64, 96, 3], tf.constant(128, tf.uint8)))\n"
+        "counted = [int(n) for n in out['num_detections'].numpy()]\n"
+        "above = [int(np.sum(s >= meta['score_threshold'])) for s in out['scores'].numpy()]\n"
+        "errors = {}\n"
+        "bad = {'float32': tf.zeros([1, 64, 96, 3], tf.float32), 'channels': tf.zeros([1, 64, 96, 4], tf.uint8),\n"
+        "       'rank': tf.zeros([64, 96, 3], tf.uint8)}\n"
+        "for name, images in bad.items():\n"
+        "    for how, call in (('serve', loaded.serve), ('signature', None)):\n"
+        "        if how == 'signature' and images.dtype != tf.uint8: continue\n"
+        "        try:\n"
+        "            (call or (lambda x: loaded.signatures['serving_default'](images=x)))(images)\n"
+        "            errors[name + '/' + how] = None\n"
+        "        except Exception as err:\n"
+        "            errors[name + '/' + how] = [type(err).__name__, str(err)]\n"
+        "print('RESULT' + json.dumps({'meta': meta, 'counted': counted, 'above': above, 'errors': errors}))\n")
+    result = without_the_project(script, out / "saved_model", tmp_path)
+    meta = result["meta"]
+    assert meta["detection_classes"] == ["vehicle", "pedestrian", "cyclist"]
+    assert meta["segmentation_classes"][0] == "road" and len(meta["segmentation_classes"]) == 9
+    assert meta["score_threshold"] == pytest.approx(config.export.score_threshold)
+    assert meta["input_size"] == list(config.data.image_size) and meta["top_k"] == config.model.top_k
+    assert result["counted"] == result["above"]
+    for name, error in result["errors"].items():
+        assert error is not None, f"{name} was served"
+        kind, message = error
+        assert kind == "InvalidArgumentError", (name, kind, message[:500])
+        assert serving.INPUT_CONTRACT in message, (name, message[:500])
+        wanted = {"float32": "received dtype float32", "channels": "received channels] [4]",
+                  "rank": "received rank] [3]"}[name.split("/")[0]]
+        assert wanted in message, (name, message[:500])
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +254,7 @@ def test_missing_model_says_run_train(tmp_path):
 def test_failing_export_leaves_no_export_folder(tmp_path, tiny_trained, monkeypatch):
     config = _run_copy(tmp_path, tiny_trained)
 
-    def half_written(net, path, top_k):
+    def half_written(net, path, top_k, score_threshold):
         path.mkdir()
         (path / "saved_model.pb").write_bytes(b"half")
         raise RuntimeError("disk full")
@@ -271,7 +321,7 @@ def test_predict_every_format(exported, image_files, tmp_path, fmt):
                                  tmp_path / "pred")
     on_disk = json.loads((tmp_path / "pred" / "predictions.json").read_text())
     assert on_disk == json.loads(json.dumps(result))
-    assert on_disk["format"] == fmt
+    assert on_disk["format"] == fmt and on_disk["score_threshold"] == pytest.approx(config.export.score_threshold)
     records = {pathlib.Path(r["file"]).stem: r for r in on_disk["images"]}
     for name, record in records.items():
         picture = cv2.imread(str(tmp_path / "pred" / record["annotated"]))

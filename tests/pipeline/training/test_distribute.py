@@ -119,9 +119,10 @@ def test_multi_worker_strategy_over_two_local_processes(tiny_config, tmp_path):
     tails = [(tmp_path / f"worker{i}.log").read_text()[-2000:] for i in range(2)]
     assert codes == [0, 0], tails
 
-    chief, worker = out / "model.keras", out / "worker-1" / "model.keras"
+    scratch = out.with_name(f".{out.name}.worker-1")  # a non-chief worker's own folder, beside the run's
+    chief, worker = out / "model.keras", scratch / "model.keras"
     assert chief.is_file() and worker.is_file()
-    for folder in (out, out / "worker-1"):
+    for folder in (out, scratch):
         speed = json.loads((folder / "speed.json").read_text())
         assert speed["replicas"] == 2 and speed["batch_size"] == 2 * tiny_config.train.batch_size
     chief_weights = trained.load(chief).get_weights()

@@ -9,6 +9,7 @@ Distribution strategies are in test_distribute.py.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -113,13 +114,15 @@ def test_fresh_run_clears_the_previous_runs_history_and_best_checkpoint(tmp_path
     (tmp_path / "history.csv").write_text("epoch,loss\n0,1.0\n1,0.5\n")
     (tmp_path / "best.weights.h5").write_bytes(b"stale")
     assert train_stage.check_resume(tmp_path, config) is False
+    assert (tmp_path / "history.csv").exists(), "checking writes nothing"
+    train_stage.begin_run(tmp_path, config, resuming=False)
     assert not (tmp_path / "history.csv").exists() and not (tmp_path / "best.weights.h5").exists()
     saved = json.loads((tmp_path / "model_config.json").read_text())
     assert saved["model"]["head_width"] == config.model.head_width
 
 
 def test_resume_keeps_history_and_refuses_a_changed_model_or_weighting(tmp_path):
-    train_stage.check_resume(tmp_path, tiny(tmp_path))
+    train_stage.begin_run(tmp_path, tiny(tmp_path), resuming=False)
     (tmp_path / "backup").mkdir()
     (tmp_path / "history.csv").write_text("epoch,loss\n0,1.0\n")
     assert train_stage.check_resume(tmp_path, tiny(tmp_path, "train.epochs=9")) is True
@@ -153,20 +156,22 @@ def test_resume_trims_history_to_the_backup_and_keeps_the_best_so_far(tmp_path):
 
 def test_resume_of_a_changed_model_exits_2_with_one_line(tiny_config, tmp_path):
     out = tmp_path / "train"
-    train_stage.check_resume(out, tiny_config)  # what an interrupted run leaves: its model config ...
-    (out / "backup").mkdir()  # ... and a backup
+    work = train_stage.staging_folder(out)
+    train_stage.begin_run(work, tiny_config, resuming=False)  # what an interrupted run leaves: its model config ...
+    (work / "backup").mkdir()  # ... and a backup
     result = run_cli("train", "--config", "configs/tiny.yaml", f"run_root={tiny_config.run_root}",
                  "model.head_width=24", "--out", out, timeout=180)
     assert_user_error_exit(result, "model.head_width", "unfinished run")
-    assert not (out / "history.csv").exists()
+    assert not (work / "history.csv").exists() and not out.exists()
 
 
 def test_unreadable_backup_is_a_one_line_user_error(tiny_config, tmp_path):
     out = tmp_path / "train"
-    train_stage.check_resume(out, tiny_config)
-    (out / "backup").mkdir()
-    (out / "backup" / "latest.weights.h5").write_bytes(b"not an HDF5 file")
-    (out / "backup" / "training_metadata.json").write_text(json.dumps({"epoch": 1, "batch": 0}))
+    work = train_stage.staging_folder(out)
+    train_stage.begin_run(work, tiny_config, resuming=False)
+    (work / "backup").mkdir()
+    (work / "backup" / "latest.weights.h5").write_bytes(b"not an HDF5 file")
+    (work / "backup" / "training_metadata.json").write_text(json.dumps({"epoch": 1, "batch": 0}))
     with pytest.raises(UserError, match="cannot restore the backup") as raised:
         train_stage.run_training(tiny_config, out, verbose=0)  # fails before the first step
     assert "\n" not in str(raised.value)
@@ -178,6 +183,7 @@ def test_unreadable_backup_is_a_one_line_user_error(tiny_config, tmp_path):
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_last_epoch(tiny_config, tmp_path):
     out = tmp_path / "train"
+    work = train_stage.staging_folder(out)  # where the run trains until it has finished
     args = ["train", "--config", "configs/tiny.yaml", f"run_root={tiny_config.run_root}",
             "train.epochs=6", "--out", out]
     log = (tmp_path / "first.log").open("w")
@@ -187,7 +193,7 @@ def test_killed_run_resumes_from_its_last_epoch(tiny_config, tmp_path):
     try:
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline and first.poll() is None:
-            if (out / "history.csv").exists() and len(history(out / "history.csv")) >= 2:
+            if (work / "history.csv").exists() and len(history(work / "history.csv")) >= 2:
                 break
             time.sleep(0.1)
         assert first.poll() is None, "the first run ended before it could be killed: " + \
@@ -199,9 +205,9 @@ def test_killed_run_resumes_from_its_last_epoch(tiny_config, tmp_path):
             first.kill()
         log.close()
 
-    metadata = json.loads((out / "backup" / "training_metadata.json").read_text())
+    metadata = json.loads((work / "backup" / "training_metadata.json").read_text())
     done = metadata["epoch"]
-    assert done >= 2 and not (out / "model.keras").exists()
+    assert done >= 2 and not out.exists() and not (work / "model.keras").exists()
 
     # While the backup exists, a resume with another model is refused: one line, exit code 2.
     refused = run_cli(*args, "model.head_width=24", timeout=180)
@@ -212,7 +218,7 @@ def test_killed_run_resumes_from_its_last_epoch(tiny_config, tmp_path):
     assert f"resuming from epoch {done + 1}" in resumed.stdout
     rows = history(out / "history.csv")
     assert [int(row["epoch"]) for row in rows] == list(range(6)), "epochs continue, none repeated"
-    assert (out / "model.keras").is_file() and not (out / "backup").exists()
+    assert (out / "model.keras").is_file() and not (out / "backup").exists() and not work.exists()
     speed = json.loads((out / "speed.json").read_text())
     assert speed["resumed_from_epoch"] == done and len(speed["per_epoch"]) == 6 - done
     # The optimizer state came back too: the learning-rate schedule continues where it was.
@@ -253,16 +259,40 @@ def test_nan_loss_stops_training_naming_the_task_and_keeps_the_last_good_state(
     assert "best.weights.h5" in message and "backup after epoch 1" in message
     assert "\n" not in message
 
-    assert not (out / "model.keras").exists()
-    best = h5_arrays(out / "best.weights.h5")
+    work = train_stage.staging_folder(out)  # the failed run's state stays in its staging folder
+    assert not out.exists() and not (work / "model.keras").exists()
+    best = h5_arrays(work / "best.weights.h5")
     assert best and all(np.all(np.isfinite(a)) for a in best.values() if a.dtype.kind == "f")
     # The backup still holds epoch 1 (not the broken weights), so a rerun resumes from there.
-    assert json.loads((out / "backup" / "training_metadata.json").read_text())["epoch"] == 1
-    backup = h5_arrays(out / "backup" / "latest.weights.h5")
+    assert json.loads((work / "backup" / "training_metadata.json").read_text())["epoch"] == 1
+    backup = h5_arrays(work / "backup" / "latest.weights.h5")
     assert all(np.all(np.isfinite(a)) for a in backup.values() if a.dtype.kind == "f")
-    rows = history(out / "history.csv")
+    rows = history(work / "history.csv")
     assert math.isfinite(float(rows[0]["depth_loss"])) and math.isnan(float(rows[1]["depth_loss"]))
     assert math.isfinite(float(rows[1]["segmentation_loss"]))
+
+
+# --- a failing run leaves the last finished one as it was ---------------------------------------
+
+
+def checksums(folder) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_train_that_fails_before_training_changes_nothing_of_the_finished_run(tiny_trained, tmp_path):
+    config, model_path = tiny_trained
+    out = model_path.parent
+    before = checksums(out)
+    assert {"history.csv", "best.weights.h5", "config.yaml", "model_config.json", "model.keras"} <= set(before)
+    common = ["train", "--config", "configs/tiny.yaml", f"run_root={config.run_root}"]
+    # No data set (another run root, --out the finished run), then bad values: exit 2, one line.
+    missing = run_cli(*common[:-1], f"run_root={tmp_path}", "--out", out, "train.epochs=1", timeout=180)
+    assert_user_error_exit(missing, "no 'synthetic' data set", "make data")
+    for override, key in (("train.epochs=abc", "train.epochs"), ("data.augment.enabled=maybe", "enabled")):
+        assert_user_error_exit(run_cli(*common, override, timeout=60), key)
+    assert checksums(out) == before
+    assert not train_stage.staging_folder(out).exists() and not any(tmp_path.iterdir())
 
 
 # --- partial labels across real data sets --------------------------------------------------------

@@ -6,6 +6,7 @@ answer is known); one end-to-end test runs the real tiny model.
 import argparse
 import json
 import pathlib
+import random
 
 import cv2
 import numpy as np
@@ -306,7 +307,7 @@ def test_missing_default_clip_says_make_data(tmp_path):
 
 
 def test_folder_input_writes_an_index(tmp_path, monkeypatch):
-    monkeypatch.setattr(runtimes, "load_predictor", lambda path: FakePredictor())
+    monkeypatch.setattr(runtimes, "load_predictor", lambda path, **options: FakePredictor())
     videos = tmp_path / "videos"
     videos.mkdir()
     write_video(videos / "a.mp4", [rectangle_frame(64, 96, (1, 1, 20, 20))] * 3)
@@ -354,3 +355,41 @@ def test_real_tiny_model_end_to_end(tiny_trained, tmp_path):
     assert summary["segmentation_flicker"] == 0.0
     assert summary["depth_flicker"] == 0.0
     assert summary["detection_persistence"] in (None, 1.0)
+
+
+# --- fuzz: damaged videos end as one line or as a clip with its damaged frames counted ------------
+
+CLIP_DAMAGES = ("empty", "truncated", "bit_flip", "garbage", "head_cut")
+
+
+def _damaged(data: bytes, how: str, rng: random.Random) -> bytes:
+    if how == "empty":
+        return b""
+    if how == "truncated":
+        return data[: rng.randrange(0, len(data))]
+    if how == "head_cut":
+        return data[rng.randrange(1, len(data)):]
+    if how == "garbage":
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4096)))
+    flipped = bytearray(data)
+    for _ in range(rng.randrange(1, 64)):
+        flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
+    return bytes(flipped)
+
+
+CLIP_CASES = [(how, seed) for how in CLIP_DAMAGES for seed in range(1 if how == "empty" else 10)]
+
+
+@pytest.mark.parametrize("how, seed", CLIP_CASES, ids=[f"{h}-{s}" for h, s in CLIP_CASES])
+def test_damaged_video_is_one_line_or_counted_never_a_traceback(tmp_path, how, seed):
+    video = tmp_path / "damaged.mp4"
+    video.write_bytes(_damaged(FIXTURE_CLIP.read_bytes(), how, random.Random(f"{how}-{seed}")))
+    try:
+        summary = clip.process_clip(FakePredictor(), video, tmp_path / "out", config_for(tmp_path), progress=False)
+    except UserError as err:
+        assert "\n" not in str(err) and "damaged.mp4" in str(err), str(err)
+        assert not (tmp_path / "out").exists()
+        return
+    assert summary["frames_read"] >= 1
+    assert len(jsonl(tmp_path / "out" / "predictions.jsonl")) == summary["frames_read"]
+    assert_no_partial_output(tmp_path)
