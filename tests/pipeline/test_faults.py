@@ -1,7 +1,7 @@
 """Fault injection: each stage is killed with SIGKILL at random moments; the previous finished outputs
 stay byte for byte what they were (checksums) and the next run of the stage succeeds.
 
-The short version (train, 2 kills) runs in `make test`; the full one (data, train,
+The short version (train, 1 kill) runs in `make test`; the full one (data, train,
 evaluate, export, clip; FAULT_KILLS kills each, default 20) is marked slow.
 """
 from __future__ import annotations
@@ -107,7 +107,7 @@ def run_root(tiny_trained, tmp_path) -> pathlib.Path:
 
 @pytest.mark.parametrize("stage", ["train"])  # export's runs are slow: it is in the full version only
 def test_killed_stage_leaves_the_finished_outputs_intact_short(run_root, stage):
-    result = inject(stage, run_root, kills=2, rng=random.Random(17))
+    result = inject(stage, run_root, kills=1, rng=random.Random(17))
     print(f"faults: {stage}: 2 runs, {result['killed']} killed mid-run, {result['damaged']} damaged")
     assert result["damaged"] == 0 and not result["leftovers"], result
     assert_no_partial_output(run_root)

@@ -165,16 +165,20 @@ def test_resume_of_a_changed_model_exits_2_with_one_line(tiny_config, tmp_path):
     assert not (work / "history.csv").exists() and not out.exists()
 
 
-def test_unreadable_backup_is_a_one_line_user_error(tiny_config, tmp_path):
+def test_a_backup_cut_short_by_a_kill_is_set_aside_and_training_starts_afresh(tiny_config, tmp_path, capsys):
     out = tmp_path / "train"
     work = train_stage.staging_folder(out)
     train_stage.begin_run(work, tiny_config, resuming=False)
     (work / "backup").mkdir()
-    (work / "backup" / "latest.weights.h5").write_bytes(b"not an HDF5 file")
+    (work / "backup" / "latest.weights.h5").write_bytes(b"not an HDF5 file")  # a write cut short
     (work / "backup" / "training_metadata.json").write_text(json.dumps({"epoch": 1, "batch": 0}))
-    with pytest.raises(UserError, match="cannot restore the backup") as raised:
-        train_stage.run_training(tiny_config, out, verbose=0)  # fails before the first step
-    assert "\n" not in str(raised.value)
+    (work / "history.csv").write_text("epoch,loss\n0,1.0\n")  # left by the killed run
+    train_stage.run_training(tiny_config, out, verbose=0)
+    assert "starting afresh" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert [int(row["epoch"]) for row in rows] == list(range(tiny_config.train.epochs))
+    assert (out / "backup.unreadable" / "latest.weights.h5").read_bytes() == b"not an HDF5 file"
+    assert (out / "model.keras").is_file()
 
 
 # --- kill and resume -----------------------------------------------------------------------------
