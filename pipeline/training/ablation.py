@@ -144,7 +144,7 @@ def plot_curves(results: dict, study_dir: pathlib.Path, budget_minutes: float, o
         minutes, values = _curve(study_dir / name / "history.csv", budget_minutes)
         if values:
             ax.plot(minutes, values, marker="o", markersize=3, label=name)
-    ax.set(title="validation task-loss sum (unweighted) at the same wall-clock budget",
+    ax.set(title="validation task-loss sum (unweighted) at the same training budget",
            xlabel="training minutes", ylabel="sum of task losses", yscale="log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
