@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import pathlib
 import shutil
 
 from data import builder as storage
 from data import readers, synthetic, synthetic_clip
 from data.errors import UserError
-from pipeline import layout
+from pipeline import atomic, layout
 from pipeline.config import Config, SourceConfig, save_config
 
 
@@ -57,8 +58,6 @@ def build_source(config: Config, source: SourceConfig) -> dict:
         if existing.is_prepared():
             print(f"data: {source.name} already built at {target}")
             return json.loads((target / "report.json").read_text())
-    shutil.rmtree(target, ignore_errors=True)
-
     dropped = []
 
     def on_bad(key, err):
@@ -67,19 +66,25 @@ def build_source(config: Config, source: SourceConfig) -> dict:
         print(f"data: dropped {key}: {err}")
         dropped.append({"key": key, "reason": str(err)})
 
-    builder = storage.builder_for(source.name, config.data_dir, items=source_items(config, source),
-                                  on_bad=on_bad)
+    # Built under a staging data folder beside the source's and swapped in only when finished: a
+    # failing or killed rebuild (changed parameters) leaves the last finished data set as it was.
+    staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    atomic.recover(target)
+    atomic.remove_stale(target.parent, f".{target.name}.partial-")
+    shutil.rmtree(staging, ignore_errors=True)
     try:
+        builder = storage.builder_for(source.name, staging, items=source_items(config, source), on_bad=on_bad)
         builder.download_and_prepare()
-    except BaseException:
-        shutil.rmtree(target, ignore_errors=True)  # no half-built data set left behind
-        raise
-    splits = {name: info.num_examples for name, info in builder.info.splits.items()}
-    report = {"source": source.name, "examples": splits, "dropped": len(dropped),
-              "bytes": sum(f.stat().st_size for f in target.rglob("*") if f.is_file())}
-    (target / "dropped.json").write_text(json.dumps(dropped, indent=1))
-    (target / "report.json").write_text(json.dumps(report, indent=1))
-    params_file.write_text(json.dumps(params, indent=1))
+        built = storage.stored_dir(source.name, staging)
+        splits = {name: info.num_examples for name, info in builder.info.splits.items()}
+        report = {"source": source.name, "examples": splits, "dropped": len(dropped),
+                  "bytes": sum(f.stat().st_size for f in built.rglob("*") if f.is_file())}
+        (built / "dropped.json").write_text(json.dumps(dropped, indent=1))
+        (built / "report.json").write_text(json.dumps(report, indent=1))
+        (built / "params.json").write_text(json.dumps(params, indent=1))
+        atomic.replace_dir(built, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     print(f"data: {source.name}: {splits}, {len(dropped)} dropped, "
           f"{report['bytes'] / 1e6:.1f} MB at {target}")
     return report
