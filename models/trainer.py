@@ -108,6 +108,15 @@ class MultiTaskTrainer(keras.Model):
             callbacks.insert(0, WeightingCallback())
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
+    def compile(self, optimizer="rmsprop", **kwargs):
+        super().compile(optimizer=optimizer, **kwargs)
+        # The network's optimizer steps the net's variables only (the task weights have their own).
+        # Built here on exactly those: Keras would build it on every trainable variable (fit's
+        # symbolic build, BackupAndRestore), and a restored backup's optimizer state (step count,
+        # moments) would then not match the saved one and be skipped, restarting the schedule.
+        if self.optimizer is not None and not self.optimizer.built:
+            self.optimizer.build(self.net.trainable_variables)
+
     def compute_losses(self, y, outputs):
         """-> (total, {task: loss}, {task: 1.0 if the batch had the label else 0.0}).
 

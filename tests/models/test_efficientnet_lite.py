@@ -175,15 +175,15 @@ def test_reader_refuses_garbage_and_missing_files(tmp_path):
 
 @pytest.mark.slow
 def test_int8_tflite_of_the_pretrained_multitask_net(tiny_config, tmp_path):
-    from conftest import tiny
-    from pipeline import export, runtimes
+    from pipeline.deploy import export, parity, runtimes
+    from support import tiny
 
     config = tiny(tiny_config.run_root, "model.backbone=efficientnet_lite0", "model.weights=imagenet")
     net = build_model(config.model, config.data.image_size)
     path = tmp_path / "model_int8.tflite"
     export.convert_tflite(net, path, "tflite-int8", config, export.representative_frames(config))
     predictor = runtimes.load_predictor(path)
-    frame = export.parity_examples(config)[0][0][:1]
+    frame = parity.parity_examples(config)[0][0][:1]
     out = predictor.predict(frame)
     assert out["segmentation"].shape == frame.shape[:3]
     assert out["depth"].shape == frame.shape[:3] and np.all(out["depth"] > 0)
