@@ -3,6 +3,8 @@
 the FLOPs of one forward pass (the benchmark and the baselines' cost ratios)."""
 from __future__ import annotations
 
+import os
+import platform
 import time
 from typing import Callable
 
@@ -68,3 +70,33 @@ def forward_flops(net, image_size, batch: int = 1) -> dict:
             "method": "tf.compat.v1.profiler float_operation on the frozen forward graph (Conv2D, MatMul) "
                       "+ DepthwiseConv2dNative from its shapes (2 x output elements x kh x kw); "
                       "element-wise ops not counted"}
+
+
+def machine() -> dict:
+    """What the numbers were measured on (TF thread pools: 0 = TensorFlow's default, one per core)."""
+    import keras
+    import tensorflow as tf
+
+    cpu, flags = platform.processor() or platform.machine(), []
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            key = line.split(":", 1)[0].strip().lower()
+            if key == "model name" and cpu == (platform.processor() or platform.machine()):
+                cpu = line.split(":", 1)[1].strip()
+            elif key == "flags" and not flags:
+                # The vector ISA decides int8 (VNNI) and bfloat16 (AVX512_BF16 / AMX) speed.
+                flags = sorted(f for f in line.split(":", 1)[1].split()
+                               if f.startswith(("avx", "fma", "amx")) or "vnni" in f or "bf16" in f or f == "f16c")
+    except OSError:
+        pass
+    try:
+        from importlib.metadata import version
+        litert = version("ai-edge-litert")
+    except Exception:  # noqa: BLE001  (not installed: the TFLite rows say so themselves)
+        litert = None
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    return {"cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(), "gpus": gpus, "python": platform.python_version(),
+            "tensorflow": tf.__version__, "keras": keras.__version__, "ai_edge_litert": litert,
+            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+            "load_average": [round(v, 2) for v in os.getloadavg()]}

@@ -6,13 +6,11 @@ candidates alike; figures are medians over every timed call, ratios are ratios o
 """
 from __future__ import annotations
 
-import os
-import platform
 from typing import Callable
 
 import numpy as np
 
-from pipeline.timing import forward_flops, median_p90, timed_ms  # noqa: F401 (forward_flops: re-exported)
+from pipeline.timing import forward_flops, machine, median_p90, timed_ms  # noqa: F401 (forward_flops, machine: re-exported)
 
 
 def timed(fn: Callable[[], object], calls: int) -> list[float]:
@@ -41,36 +39,6 @@ def stats(seconds: list[float]) -> dict:
 
 def median(seconds: list[float]) -> float:
     return float(np.median(np.asarray(seconds, np.float64)))
-
-
-def machine() -> dict:
-    """What the numbers were measured on (TF thread pools: 0 = TensorFlow's default, one per core)."""
-    import keras
-    import tensorflow as tf
-
-    cpu, flags = platform.processor() or platform.machine(), []
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            key = line.split(":", 1)[0].strip().lower()
-            if key == "model name" and cpu == (platform.processor() or platform.machine()):
-                cpu = line.split(":", 1)[1].strip()
-            elif key == "flags" and not flags:
-                # The vector ISA decides int8 (VNNI) and bfloat16 (AVX512_BF16 / AMX) speed.
-                flags = sorted(f for f in line.split(":", 1)[1].split()
-                               if f.startswith(("avx", "fma", "amx")) or "vnni" in f or "bf16" in f or f == "f16c")
-    except OSError:
-        pass
-    try:
-        from importlib.metadata import version
-        litert = version("ai-edge-litert")
-    except Exception:  # noqa: BLE001  (not installed: the TFLite rows say so themselves)
-        litert = None
-    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    return {"cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(), "gpus": gpus, "python": platform.python_version(),
-            "tensorflow": tf.__version__, "keras": keras.__version__, "ai_edge_litert": litert,
-            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-            "load_average": [round(v, 2) for v in os.getloadavg()]}
 
 
 def matmul_runner(size: int, calls: int) -> tuple[Callable[[], list[float]], float]:

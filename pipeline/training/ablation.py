@@ -28,7 +28,7 @@ import yaml
 from data.errors import UserError
 from models import multitask
 from pipeline import layout, trained
-from pipeline.bench.timing import machine
+from pipeline.timing import machine
 from pipeline.config import Config, load_config, to_dict
 from pipeline.evaluation.evaluate import evaluate_model
 from pipeline.inputs import dataset as inputs
