@@ -6,11 +6,15 @@ makes BatchNorm the most expensive layer of the network. FusedBatchNormV3 does i
 (measured ~2x faster forward+backward on this project's stride-2 maps). Inference and every case
 the fused op does not cover fall back to the parent, so saved models and the TFLite export see
 ordinary BatchNormalization maths and weights are interchangeable with keras.layers.BatchNormalization.
+On another Keras backend (JAX, PyTorch) the layer is plain BatchNormalization: XLA fuses it there.
 """
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+
+FUSED_BACKEND = keras.backend.backend() == "tensorflow"
+if FUSED_BACKEND:
+    import tensorflow as tf
 
 
 @keras.saving.register_keras_serializable(package="dashcam")
@@ -19,7 +23,7 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
 
     def _fusable(self, inputs, training, mask):
         axis = self.axis if isinstance(self.axis, int) else None
-        return (training and self.trainable and mask is None and len(inputs.shape) == 4
+        return (FUSED_BACKEND and training and self.trainable and mask is None and len(inputs.shape) == 4
                 and axis in (-1, 3) and self.scale and self.center and not self.renorm
                 and not self.synchronized and self.epsilon >= 1.001e-5)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from models.blocks import dense_head
 
@@ -33,11 +33,11 @@ class LogDepth(keras.layers.Layer):
     def log_depth(self, x):
         """The clipped log-depth (natural log of metres) for raw outputs x."""
         low, high = math.log(self.min_depth), math.log(self.max_depth)
-        raw = tf.cast(x, tf.float32) + 0.5 * (low + high)
-        return raw + tf.stop_gradient(tf.clip_by_value(raw, low, high) - raw)
+        raw = ops.cast(x, "float32") + 0.5 * (low + high)
+        return raw + ops.stop_gradient(ops.clip(raw, low, high) - raw)
 
     def call(self, x):
-        return tf.exp(self.log_depth(x))
+        return ops.exp(self.log_depth(x))
 
     def get_config(self):
         return {**super().get_config(), "min_depth": self.min_depth, "max_depth": self.max_depth}
@@ -66,16 +66,16 @@ def depth_loss(depth_true, depth_pred, max_depth):
     """Per-example SILog [B]: mean(d^2) - lambda * mean(d)^2, d = log pred - log true, on the
     valid pixels (valid_depth). Examples without a valid pixel give exactly 0 (and a zero gradient).
     """
-    depth_true = tf.cast(depth_true, tf.float32)
-    depth_pred = tf.cast(depth_pred, tf.float32)
-    if depth_pred.shape.rank == 4:
+    depth_true = ops.cast(depth_true, "float32")
+    depth_pred = ops.cast(depth_pred, "float32")
+    if len(depth_pred.shape) == 4:
         depth_pred = depth_pred[..., 0]
     valid = valid_depth(depth_true, max_depth)
     # log(0) would be -inf and poison the gradient even where masked: log a safe 1 instead.
-    diff = tf.math.log(depth_pred) - tf.math.log(tf.where(valid, depth_true, tf.ones_like(depth_true)))
-    valid = tf.cast(valid, tf.float32)
-    count = tf.reduce_sum(valid, axis=[1, 2])
-    denom = tf.maximum(count, 1.0)
-    mean = tf.reduce_sum(diff * valid, axis=[1, 2]) / denom
-    mean_sq = tf.reduce_sum(tf.square(diff) * valid, axis=[1, 2]) / denom
-    return tf.where(count > 0.0, mean_sq - SILOG_LAMBDA * tf.square(mean), 0.0)
+    diff = ops.log(depth_pred) - ops.log(ops.where(valid, depth_true, ops.ones_like(depth_true)))
+    valid = ops.cast(valid, "float32")
+    count = ops.sum(valid, axis=(1, 2))
+    denom = ops.maximum(count, 1.0)
+    mean = ops.sum(diff * valid, axis=(1, 2)) / denom
+    mean_sq = ops.sum(ops.square(diff) * valid, axis=(1, 2)) / denom
+    return ops.where(count > 0.0, mean_sq - SILOG_LAMBDA * ops.square(mean), 0.0)

@@ -2,17 +2,17 @@
 
 Output [B, H/4, W/4, C+4]: C centre heat-map logits, box size (w, h) in grid cells, sub-cell
 centre offset (x, y). A box centre in input pixels is (cell + offset) * STRIDE, its size
-size * STRIDE. Decoding is peak picking + top-k in plain TF ops (no NMS op) so it exports to TFLite.
+size * STRIDE. The head and its loss are backend-agnostic Keras (keras.ops); decoding, which the
+exports need in TensorFlow ops, is models/detection_decode.py.
 """
 from __future__ import annotations
 
 import math
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from data.schema import DETECTION_CLASSES
-from data.vocabulary import STRIDE
 from models.blocks import separable_relu
 NUM_CLASSES = len(DETECTION_CLASSES)
 # Focal-loss prior (Lin et al. 2017): start every pixel at p=0.01 so the ~all-negative heat map
@@ -48,25 +48,25 @@ def focal_loss(heat_true, logits, ignore=None):
     removes the negative term there, as evaluation ignores detections there; a labelled centre
     inside an ignore region stays positive.
     """
-    positive = tf.cast(heat_true >= 1.0 - 1e-3, tf.float32)  # gaussian peaks are exactly 1
-    prob = tf.sigmoid(logits)
+    positive = ops.cast(heat_true >= 1.0 - 1e-3, "float32")  # gaussian peaks are exactly 1
+    prob = ops.sigmoid(logits)
     negative = 1.0 - positive
     if ignore is not None:
-        negative *= 1.0 - tf.cast(ignore, tf.float32)[..., None]
+        negative *= 1.0 - ops.cast(ignore, "float32")[..., None]
     # log_sigmoid keeps log(p) and log(1-p) finite for large logits.
-    pos_term = -tf.pow(1.0 - prob, FOCAL_ALPHA) * tf.math.log_sigmoid(logits) * positive
-    neg_term = (-tf.pow(prob, FOCAL_ALPHA) * tf.math.log_sigmoid(-logits)
-                * tf.pow(1.0 - heat_true, FOCAL_BETA) * negative)
-    count = tf.reduce_sum(positive, axis=[1, 2, 3])
-    return tf.reduce_sum(pos_term + neg_term, axis=[1, 2, 3]) / tf.maximum(count, 1.0)
+    pos_term = -ops.power(1.0 - prob, FOCAL_ALPHA) * ops.log_sigmoid(logits) * positive
+    neg_term = (-ops.power(prob, FOCAL_ALPHA) * ops.log_sigmoid(-logits)
+                * ops.power(1.0 - heat_true, FOCAL_BETA) * negative)
+    count = ops.sum(positive, axis=(1, 2, 3))
+    return ops.sum(pos_term + neg_term, axis=(1, 2, 3)) / ops.maximum(count, 1.0)
 
 
 def _masked_l1(pred, true, mask):
     """L1 at the centre cells, averaged over objects and coordinates (CenterNet's normalisation:
     the sum over both coordinates divided by 2 x objects)."""
-    count = tf.reduce_sum(mask, axis=[1, 2]) * pred.shape[-1]
-    total = tf.reduce_sum(tf.abs(pred - true) * mask[..., None], axis=[1, 2, 3])
-    return total / tf.maximum(count, 1.0)
+    count = ops.sum(mask, axis=(1, 2)) * pred.shape[-1]
+    total = ops.sum(ops.abs(pred - true) * mask[..., None], axis=(1, 2, 3))
+    return total / ops.maximum(count, 1.0)
 
 
 def detection_loss(y_true, y_pred):
@@ -75,89 +75,11 @@ def detection_loss(y_true, y_pred):
     y_true: the batch dict (det_heatmap, det_size, det_offset, det_mask, optional det_ignore);
     y_pred: [B, h, w, C+4].
     """
-    y_pred = tf.cast(y_pred, tf.float32)
+    y_pred = ops.cast(y_pred, "float32")
     classes = y_pred.shape[-1] - 4
-    mask = tf.cast(y_true["det_mask"], tf.float32)
-    heat = focal_loss(tf.cast(y_true["det_heatmap"], tf.float32), y_pred[..., :classes],
+    mask = ops.cast(y_true["det_mask"], "float32")
+    heat = focal_loss(ops.cast(y_true["det_heatmap"], "float32"), y_pred[..., :classes],
                       y_true.get("det_ignore"))
-    size = _masked_l1(y_pred[..., classes:classes + 2], tf.cast(y_true["det_size"], tf.float32), mask)
-    offset = _masked_l1(y_pred[..., classes + 2:], tf.cast(y_true["det_offset"], tf.float32), mask)
+    size = _masked_l1(y_pred[..., classes:classes + 2], ops.cast(y_true["det_size"], "float32"), mask)
+    offset = _masked_l1(y_pred[..., classes + 2:], ops.cast(y_true["det_offset"], "float32"), mask)
     return heat + SIZE_WEIGHT * size + OFFSET_WEIGHT * offset
-
-
-def _local_peaks(heat):
-    """True where a score is its 3x3 neighbourhood's maximum, one cell per plateau.
-
-    A plateau of equal scores is rare in float but common once scores are int8 (steps of 1/256):
-    every cell of it passed the plain max-pool test and became a duplicate detection, which cost
-    the int8 export 12 mAP50 points. Requiring strictly more than the four neighbours that come
-    earlier in raster order keeps exactly the first cell of each plateau.
-    """
-    pooled = tf.nn.max_pool2d(heat, ksize=3, strides=1, padding="SAME")
-    padded = tf.pad(heat, [[0, 0], [1, 1], [1, 1], [0, 0]])
-    earlier = (padded[:, :-2, :-2], padded[:, :-2, 1:-1], padded[:, :-2, 2:], padded[:, 1:-1, :-2])
-    keep = tf.equal(heat, pooled)
-    for neighbour in earlier:
-        keep = tf.logical_and(keep, tf.greater(heat, neighbour))
-    return keep
-
-
-def decode_detections(detection_output, top_k, stride=STRIDE):
-    """[B, h, w, C+4] -> {"boxes" [B,K,4] x1,y1,x2,y2 input px, "scores" [B,K], "classes" int32 [B,K]}.
-
-    A 3x3 max-pool keeps only local maxima (CenterNet's NMS substitute); top-k runs over all
-    h*w*C scores at once so classes compete for the K slots. K = min(top_k, h*w*C).
-    """
-    output = tf.convert_to_tensor(detection_output, tf.float32)
-    classes = output.shape[-1] - 4
-    if classes < 1 or top_k < 1:
-        raise ValueError(f"decode_detections needs C+4 channels and top_k >= 1; "
-                         f"Received: channels={output.shape[-1]}, top_k={top_k}")
-    return decode_parts(output[..., :classes], output[..., classes:classes + 2],
-                        output[..., classes + 2:], top_k, stride)
-
-
-def decode_parts(heat_logits, size, offset, top_k, stride=STRIDE, box_parts=False):
-    """decode_detections on the three head tensors before they are concatenated.
-
-    The int8 export decodes from these: one int8 scale for the concatenated tensor (logits down to
-    about -20, sizes up to ~40 cells, offsets in 0..1) rounded offsets to a quarter cell.
-    """
-    heat_logits = tf.cast(heat_logits, tf.float32)
-    size, offset = tf.cast(size, tf.float32), tf.cast(offset, tf.float32)
-    _, height, width, classes = heat_logits.shape
-    batch = tf.shape(heat_logits)[0]
-    heat = tf.sigmoid(heat_logits)
-    heat = heat * tf.cast(_local_peaks(heat), heat.dtype)
-    k = min(int(top_k), height * width * classes)
-    scores, index = tf.math.top_k(tf.reshape(heat, [batch, height * width * classes]), k=k)
-    cell = index // classes
-    labels = index % classes
-    # Plain GATHER on a flattened batch (not gather(batch_dims=1)) keeps the TFLite graph simple.
-    flat_cell = tf.reshape(cell + tf.range(batch)[:, None] * (height * width), [-1])
-    size = tf.reshape(tf.gather(tf.reshape(size, [-1, 2]), flat_cell), [batch, k, 2])
-    offset = tf.reshape(tf.gather(tf.reshape(offset, [-1, 2]), flat_cell), [batch, k, 2])
-    result = {"scores": scores, "classes": tf.cast(labels, tf.int32)}
-    if box_parts:
-        # int8 export: the box arithmetic below, done in int8, rounds at every step (cell index,
-        # x4 stride, +-half size, clip) and a uint8 box is 1 px coarse at best: 10 mAP50 points
-        # lost, against 0.3 for the head itself. The model returns the exact int32 cell and the
-        # gathered offset / size (each with its own scale); the runtime calls boxes_from_parts.
-        return {**result, "box_cells": cell, "box_offsets": offset, "box_sizes": size}
-    return {**result, "boxes": boxes_from_parts(cell, offset, size, height, width, stride)}
-
-
-def boxes_from_parts(cell, offset, size, height, width, stride=STRIDE):
-    """Cell index [B,K] (row-major on the h x w map), offset and size [B,K,2] -> boxes [B,K,4] px.
-
-    TF ops; the TFLite runtime calls it on an int8 model's `box_cells`/`box_offsets`/`box_sizes`.
-    """
-    cell = tf.convert_to_tensor(cell, tf.int32)
-    offset, size = tf.cast(offset, tf.float32), tf.cast(size, tf.float32)
-    cx = (tf.cast(cell % width, tf.float32) + offset[..., 0]) * stride
-    cy = (tf.cast(cell // width, tf.float32) + offset[..., 1]) * stride
-    half_w, half_h = size[..., 0] * stride / 2.0, size[..., 1] * stride / 2.0
-    max_x, max_y = float(width * stride), float(height * stride)
-    return tf.stack([tf.clip_by_value(cx - half_w, 0.0, max_x), tf.clip_by_value(cy - half_h, 0.0, max_y),
-                     tf.clip_by_value(cx + half_w, 0.0, max_x), tf.clip_by_value(cy + half_h, 0.0, max_y)],
-                    axis=-1)

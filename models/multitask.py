@@ -12,12 +12,15 @@ from models.depth import build_depth_head
 from models.detection import build_detection_head
 from models.encoder import builtin_stage, builtin_stem, check_backbone, encoder_model
 from models.neck import build_neck
-from models.optimizer import make_optimizer
 from models.segmentation import build_segmentation_head
 from models.sharing import CrossStitch
-from models.trainer import MultiTaskTrainer
 from data.errors import UserError
 from data.vocabulary import SHARING_MODES, TASKS
+
+if keras.backend.backend() == "tensorflow":
+    # The trainer (custom train_step, task weighting) is TensorFlow code; the net itself is portable.
+    from models.optimizer import make_optimizer
+    from models.trainer import MultiTaskTrainer
 
 __all__ = ["TASKS", "build_model", "MultiTaskTrainer", "make_optimizer"]
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from data.schema import IGNORE, SEGMENTATION_CLASSES
 from models.blocks import dense_head
@@ -26,9 +26,9 @@ def segmentation_loss(labels, logits):
     one_hot(IGNORE) is all zeros, so ignored pixels drop out of the sum without a gather or a
     select; this form is also ~2.5x faster on CPU than sparse_softmax_cross_entropy_with_logits.
     """
-    logits = tf.cast(logits, tf.float32)
-    labels = tf.cast(labels, tf.int32)
-    one_hot = tf.one_hot(labels, logits.shape[-1], dtype=tf.float32)
-    xent = -tf.reduce_sum(one_hot * tf.nn.log_softmax(logits), axis=-1)
-    count = tf.reduce_sum(tf.cast(tf.not_equal(labels, IGNORE), tf.float32), axis=[1, 2])
-    return tf.reduce_sum(xent, axis=[1, 2]) / tf.maximum(count, 1.0)
+    logits = ops.cast(logits, "float32")
+    labels = ops.cast(labels, "int32")
+    one_hot = ops.one_hot(labels, logits.shape[-1], dtype="float32")
+    xent = -ops.sum(one_hot * ops.log_softmax(logits), axis=-1)
+    count = ops.sum(ops.cast(ops.not_equal(labels, IGNORE), "float32"), axis=(1, 2))
+    return ops.sum(xent, axis=(1, 2)) / ops.maximum(count, 1.0)

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from models.encoder import STAGES
 from models.neck import shared_layer_name
@@ -46,7 +46,7 @@ class CrossStitch(keras.layers.Layer):
 
     def call(self, inputs):
         # A Python loop over T <= 3 tasks lowers to plain MUL/ADD ops (TFLite and int8 friendly).
-        alpha = tf.cast(self.alpha, inputs[0].dtype)
+        alpha = ops.cast(self.alpha, inputs[0].dtype)
         # sum(), not tf.add_n: ADD_N has no int8 TFLite kernel and stayed float in the int8 export.
         return [sum(alpha[i, j] * inputs[j] for j in range(self.num_tasks))
                 for i in range(self.num_tasks)]
@@ -67,11 +67,11 @@ def soft_sharing_penalty(encoders, beta=1.0):
     if any(s != shapes[0] for s in shapes):
         raise ValueError("soft sharing needs encoders of identical structure; "
                          f"Received: {len(encoders)} encoders with different weight shapes")
-    total = tf.constant(0.0)
+    total = ops.zeros((), "float32")
     for a in range(len(weights)):
         for b in range(a + 1, len(weights)):
             for wa, wb in zip(weights[a], weights[b]):
-                total += tf.reduce_sum(tf.square(tf.cast(wa, tf.float32) - tf.cast(wb, tf.float32)))
+                total += ops.sum(ops.square(ops.cast(wa, "float32") - ops.cast(wb, "float32")))
     return beta * total
 
 

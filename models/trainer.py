@@ -13,34 +13,13 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from models.depth import depth_loss
-from models.detection import detection_loss
+from models.losses import masked_task_loss, per_example_losses
 from models.optimizer import make_task_weight_optimizer
-from models.segmentation import segmentation_loss
 from models.sharing import shared_kernel, soft_sharing_penalty, task_encoders
 from models.weighting import WeightingCallback, gradient_cosines, make_weighting
 from data.errors import UserError
 
 TASK_ORDER = ("detection", "segmentation", "depth")
-
-
-
-def per_example_losses(model_config):
-    """{task: (batch targets y, the task's output) -> per-example loss [B]}."""
-    return {
-        "detection": lambda y, out: detection_loss(y, out),
-        "segmentation": lambda y, out: segmentation_loss(y["segmentation"], out),
-        # Depth is scored on the range the model can output (the evaluation protocol's too).
-        "depth": lambda y, out: depth_loss(y["depth"], out, model_config.max_depth),
-    }
-
-
-def masked_task_loss(per_example, has_label):
-    """sum(flag * L) / max(1, sum(flag)) and whether any example had the label (float 0/1)."""
-    flag = tf.cast(has_label, tf.float32)
-    count = tf.reduce_sum(flag)
-    loss = tf.reduce_sum(flag * tf.cast(per_example, tf.float32)) / tf.maximum(count, 1.0)
-    return loss, tf.cast(count > 0.0, tf.float32)
 
 
 class MultiTaskTrainer(keras.Model):

@@ -16,7 +16,7 @@ import tensorflow as tf
 import models  # noqa: F401  (registers the custom layers a saved model refers to)
 from data.errors import UserError
 from data.vocabulary import SCORE_THRESHOLD, TASKS
-from models.detection import decode_detections
+from models.detection_decode import decode_detections
 
 # Score thresholds. Serving, predict and clip count, list and draw detections at one threshold, the
 # config's export.score_threshold (default SCORE_THRESHOLD); the evaluation's frame grid draws at the

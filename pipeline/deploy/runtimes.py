@@ -257,7 +257,7 @@ class TFLitePredictor(Predictor):
 
 
 def _boxes_from_parts(cells, offsets, sizes, input_size) -> np.ndarray:
-    """models.detection.boxes_from_parts in NumPy (TF's eager ops cost more than the invoke)."""
+    """models.detection_decode.boxes_from_parts in NumPy (TF's eager ops cost more than the invoke)."""
     height, width = input_size[0] // STRIDE, input_size[1] // STRIDE
     offsets, sizes = offsets.astype(np.float32), sizes.astype(np.float32)
     cx = ((cells % width).astype(np.float32) + offsets[..., 0]) * STRIDE

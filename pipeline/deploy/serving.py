@@ -25,7 +25,7 @@ Two wrappers of the functional net (input "image" float32 [B,H,W,3] 0..255 at th
     relu(x) + log(1 + exp(-|x|)) keeps each intermediate in 0..1 / 1..2 / 0..0.7.
     Full-integer models emit boxes as parts (`box_parts`): `box_cells` int32 (the peak's cell
     index), `box_offsets` and `box_sizes` [1,K,2] in grid cells, each with its own scale; the
-    runtime composes boxes with models.detection.boxes_from_parts. Box arithmetic in int8 (and a
+    runtime composes boxes with models.detection_decode.boxes_from_parts. Box arithmetic in int8 (and a
     uint8 box output, 1 px steps) cost 10 mAP50 points; the head's own quantisation costs 0.3.
 
 Only the tasks the net was built with appear in the outputs.
@@ -38,7 +38,7 @@ import math
 import keras
 import tensorflow as tf
 
-from models.detection import decode_parts
+from models.detection_decode import decode_parts
 from pipeline import trained
 
 def restore(decoded: dict, model_size, height, width, score_threshold: float) -> dict:
@@ -115,7 +115,7 @@ CHECKED_DTYPES = (tf.float32,)
 # --- (b) the fixed-size model for TFLite -------------------------------------------------------
 
 class DecodeDetections(keras.layers.Layer):
-    """[B,h,w,C+4] head output -> boxes, scores, classes (models.detection.decode_detections)."""
+    """[B,h,w,C+4] head output -> boxes, scores, classes (models.detection_decode.decode_detections)."""
 
     def __init__(self, top_k, box_parts=False, **kwargs):
         super().__init__(**kwargs)

@@ -16,7 +16,9 @@ import tensorflow as tf
 
 from data.schema import IGNORE
 from models.depth import LogDepth, depth_loss
-from models.detection import STRIDE, _local_peaks, decode_detections, detection_loss
+from data.vocabulary import STRIDE
+from models.detection import detection_loss
+from models.detection_decode import _local_peaks, decode_detections
 from models.multitask import TASKS, build_model
 from models.optimizer import make_optimizer
 from models.segmentation import segmentation_loss

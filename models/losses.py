@@ -1,0 +1,33 @@
+"""The per-task losses under partial labels, in backend-agnostic Keras ops.
+
+Both trainers use them: MultiTaskTrainer (models/trainer.py, TensorFlow) and PortableMultiTask
+(models/portable_trainer.py, any Keras backend).
+"""
+from __future__ import annotations
+
+from keras import ops
+
+from models.depth import depth_loss
+from models.detection import detection_loss
+from models.segmentation import segmentation_loss
+
+
+def per_example_losses(model_config):
+    """{task: (batch targets y, the task's output) -> per-example loss [B]}."""
+    return {
+        "detection": lambda y, out: detection_loss(y, out),
+        "segmentation": lambda y, out: segmentation_loss(y["segmentation"], out),
+        # Depth is scored on the range the model can output (the evaluation protocol's too).
+        "depth": lambda y, out: depth_loss(y["depth"], out, model_config.max_depth),
+    }
+
+
+def masked_task_loss(per_example, has_label):
+    """sum(flag * L) / max(1, sum(flag)) and whether any example had the label (float 0/1).
+
+    A batch without the task's labels gives exactly zero loss and zero gradient for it.
+    """
+    flag = ops.cast(has_label, "float32")
+    count = ops.sum(flag)
+    loss = ops.sum(flag * ops.cast(per_example, "float32")) / ops.maximum(count, 1.0)
+    return loss, ops.cast(count > 0.0, "float32")
