@@ -6,6 +6,7 @@ sub-folder there. A user's mistake ends with one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from data.errors import UserError
@@ -55,6 +56,11 @@ def main(argv=None) -> int:
     if not args.verbose:
         console.quiet()  # before TensorFlow is imported: the stage modules import it
     try:
+        if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+            # The stages are TensorFlow code (tf.data, the trainer, the exports); only the network
+            # is backend-agnostic (pipeline/bench/jax_gpu.py runs it on JAX).
+            raise UserError(f"the pipeline's stages run on Keras' TensorFlow backend: unset KERAS_BACKEND "
+                            f"(it is '{os.environ['KERAS_BACKEND']}')")
         config = load_config(args.config, args.overrides)
         module = console.import_stage(args.module, args.verbose)
         module.main(config, args)

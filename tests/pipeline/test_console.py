@@ -1,13 +1,14 @@
 """A quiet console: no library start-up chatter without --verbose, and progress lines fit 80 columns."""
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
 
 from pipeline.console import COLUMNS
 from pipeline.training.progress import CompactBar, shown
-from support import run_cli
+from support import assert_user_error_exit, run_cli
 
 NOISE = ("All log messages before absl::InitializeLog()", "oneDNN custom operations",
          "Could not find cuda drivers", "failed call to cuInit", "CUDA error",
@@ -60,3 +61,10 @@ def test_compact_bar_fits_80_columns_with_any_step_count():
         assert len(bar.line(current, logs, finalize)) <= COLUMNS
     assert shown(logs) == "loss 1.235e+05  det -1.235e-07  seg 2.5  depth 0.1"
     assert shown(logs, "val_") == "loss 1  det 1  seg 1  depth 1"
+
+
+def test_another_keras_backend_is_one_line_error(tmp_path):
+    result = run_cli("data", "--config", "configs/tiny.yaml", f"run_root={tmp_path}",
+                     env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert_user_error_exit(result, "KERAS_BACKEND", "'jax'")
+    assert not any(tmp_path.iterdir())
