@@ -22,8 +22,7 @@ import pathlib
 
 import numpy as np
 
-from data.label_maps import (BDD100K_DETECTION, BDD100K_DRIVABLE, BDD100K_SEGMENTATION, DROP,
-                             lookup_table)
+from data.mapping import DROP, SourceLabels
 from data.readers import clip_boxes, finish, read_mask, read_rgb, require_dir, split_key
 from data.schema import IGNORE, BadExample, placeholder
 from data.errors import UserError
@@ -32,9 +31,9 @@ LABELS = {"detection", "segmentation"}
 SOURCE = "bdd100k"
 LAYOUT = ("BDD100K layout: images/100k/<split>/*.jpg and labels/det_20/det_<split>.json "
           "(optionally labels/sem_seg/masks/<split>/, labels/drivable/masks/<split>/)")
-# (folder under labels/, lookup table, valid raw values) in order of preference.
-_MASKS = (("sem_seg/masks", lookup_table(BDD100K_SEGMENTATION), set(BDD100K_SEGMENTATION) | {255}),
-          ("drivable/masks", lookup_table(BDD100K_DRIVABLE), set(BDD100K_DRIVABLE)))
+# (folder under labels/, label table) in order of preference.
+_MASKS = (("sem_seg/masks", "segmentation"), ("drivable/masks", "drivable"))
+_BUILTIN = SourceLabels.build(SOURCE)
 
 
 def _det_json(root: pathlib.Path, split: str) -> pathlib.Path:
@@ -43,7 +42,7 @@ def _det_json(root: pathlib.Path, split: str) -> pathlib.Path:
 
 def _has_labels(root: pathlib.Path, split: str) -> bool:
     return _det_json(root, split).is_file() or any(
-        (root / "labels" / folder / split).is_dir() for folder, _, _ in _MASKS)
+        (root / "labels" / folder / split).is_dir() for folder, _ in _MASKS)
 
 
 def _splits(root: pathlib.Path) -> list[str]:
@@ -82,7 +81,7 @@ def _det_index(path: str, modified_ns: int) -> dict:
         raise BadExample(f"{path}: expected a json list of frames with 'name' and 'labels'") from None
 
 
-def _detection(json_path: pathlib.Path, name: str, width: int, height: int):
+def _detection(json_path: pathlib.Path, name: str, width: int, height: int, mapping: SourceLabels):
     labels = _det_index(str(json_path), json_path.stat().st_mtime_ns).get(name)
     if labels is None:
         return None
@@ -91,9 +90,7 @@ def _detection(json_path: pathlib.Path, name: str, width: int, height: int):
         if "box2d" not in label:   # lanes and drivable polygons in older label files
             continue
         category = label.get("category")
-        target = BDD100K_DETECTION.get(category, "unknown")
-        if target == "unknown":
-            raise BadExample(f"{json_path}: frame {name}: unknown category {category!r}")
+        target = mapping.detect(category, f"{json_path}: frame {name}", "category")
         try:
             box = [float(label["box2d"][k]) for k in ("x1", "y1", "x2", "y2")]
         except (KeyError, TypeError, ValueError):
@@ -108,7 +105,8 @@ def _detection(json_path: pathlib.Path, name: str, width: int, height: int):
     return boxes[keep], np.array(classes, np.int32)[keep], np.array(ignore, np.float32)
 
 
-def load_item(root: pathlib.Path, key: str) -> dict:
+def load_item(root: pathlib.Path, key: str, labels: SourceLabels | None = None) -> dict:
+    labels = labels or _BUILTIN
     root = pathlib.Path(root)
     split, _, name = split_key(key, SOURCE).rpartition("/")
     image_path = root / "images" / "100k" / split / f"{name}.jpg"
@@ -119,20 +117,17 @@ def load_item(root: pathlib.Path, key: str) -> dict:
     ignore, labelled = None, False
     json_path = _det_json(root, split)
     if json_path.is_file():
-        found = _detection(json_path, image_path.name, width, height)
+        found = _detection(json_path, image_path.name, width, height, labels)
         if found is not None:
             boxes, classes, ignore = found
             example.update(boxes=boxes, classes=classes, has_detection=True)
             labelled = True
 
-    for folder, lut, valid in _MASKS:
+    for folder, table in _MASKS:
         mask_path = root / "labels" / folder / split / f"{name}.png"
         if mask_path.is_file():
             raw = read_mask(mask_path, np.uint8, (height, width))
-            unknown = set(np.unique(raw).tolist()) - valid
-            if unknown:
-                raise BadExample(f"{mask_path}: values {sorted(unknown)} are not {folder} class ids")
-            segmentation = lut[raw]
+            segmentation = labels.segment(raw, mask_path, f"{folder} class id", table)
             example.update(segmentation=segmentation,
                            has_segmentation=bool(np.any(segmentation != IGNORE)))
             labelled = True
@@ -141,4 +136,4 @@ def load_item(root: pathlib.Path, key: str) -> dict:
     if not labelled:
         raise BadExample(f"{image_path}: image without label (not in {json_path.name}, "
                          f"no sem_seg or drivable mask)")
-    return finish(example, f"{key} ({json_path})", ignore)
+    return finish(example, f"{key} ({json_path})", ignore, labels.classes)

@@ -16,6 +16,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data import schema
+from data.classes import DEFAULT, ClassSet
+from data.errors import UserError
 from data.vocabulary import DEPTH_SCALE
 
 MAX_STORED_DEPTH = 65535 / DEPTH_SCALE
@@ -59,7 +61,9 @@ class DashcamScenes(tfds.core.GeneratorBasedBuilder):
     """Dashcam frames with detection, segmentation and depth labels, one config per source.
 
     `items` maps a split name to a list of (key, loader) pairs; a loader returns a schema example or
-    raises schema.BadExample. `on_bad` decides what a bad example does (raise, or count and drop).
+    raises schema.BadExample. `on_bad` decides what a bad example does (raise, or count and drop);
+    a label value with no mapping (data.mapping.UnmappedLabel, also a UserError) always stops the
+    build. `classes` (data/classes.py) bounds the class ids an example may hold.
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -67,9 +71,11 @@ class DashcamScenes(tfds.core.GeneratorBasedBuilder):
                        ("synthetic", "kitti", "cityscapes", "camvid", "bdd100k")]
 
     def __init__(self, *, items: dict[str, list[tuple[str, Callable[[], dict]]]] | None = None,
-                 on_bad: Callable[[str, Exception], None] | None = None, **kwargs):
+                 on_bad: Callable[[str, Exception], None] | None = None, classes: ClassSet = DEFAULT,
+                 **kwargs):
         self._items = items
         self._on_bad = on_bad
+        self._classes = classes
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -94,8 +100,11 @@ class DashcamScenes(tfds.core.GeneratorBasedBuilder):
         for key, load in self._items[split]:
             try:
                 raw = load()
-                example = schema.validate(raw, key)
+                example = schema.validate(raw, key, len(self._classes.detection),
+                                          len(self._classes.segmentation))
             except schema.BadExample as err:
+                if isinstance(err, UserError):  # a gap in the label mapping: not this frame's fault
+                    raise
                 self._on_bad(key, err)
                 continue
             # validate() keeps only the schema's keys; ignore regions are optional extra labels.

@@ -3,8 +3,8 @@
 Layout (root holds either):
   images/<name>.png + labels/<name>.png                          one flat pair of folders, or
   train/ + trainannot/, val/ + valannot/, test/ + testannot/     SegNet's split folders
-Labels are single-channel PNGs of class indices 0..10 with 11 = void (see data.label_maps);
-any other value means the file is not SegNet's 11-class CamVid and is reported as such.
+Labels are single-channel PNGs of class indices 0..10 with 11 = void (see data.label_maps); a value
+its table does not map (any other, with the built-in table) stops the build naming the file.
 Keys: "camvid-<name>" (flat) or "camvid-<split>/<name>".
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pathlib
 
 import numpy as np
 
-from data.label_maps import CAMVID_SEGMENTATION, lookup_table
+from data.mapping import SourceLabels
 from data.readers import finish, read_mask, read_rgb, split_key
 from data.schema import IGNORE, BadExample, placeholder
 from data.errors import UserError
@@ -23,7 +23,8 @@ SOURCE = "camvid"
 LAYOUT = "CamVid (SegNet) layout: images/ + labels/, or train/ + trainannot/, val/ + valannot/, " \
          "test/ + testannot/"
 SPLITS = ("train", "val", "test")
-_LUT = lookup_table(CAMVID_SEGMENTATION)
+_BUILTIN = SourceLabels.build(SOURCE)
+_HINT = " (SegNet CamVid labels are 0..11: is this a colour or 32-class label?)"
 
 
 def _pairs(root: pathlib.Path) -> list[tuple[str, pathlib.Path, pathlib.Path]]:
@@ -56,24 +57,23 @@ def list_items(root: pathlib.Path) -> list[str]:
     return sorted(keys)
 
 
-def load_item(root: pathlib.Path, key: str) -> dict:
+def load_item(root: pathlib.Path, key: str, labels: SourceLabels | None = None) -> dict:
+    labels = labels or _BUILTIN
     root = pathlib.Path(root)
     rest = split_key(key, SOURCE)
     split, _, name = rest.rpartition("/")
-    images, labels = (root / split, root / f"{split}annot") if split else \
+    images, label_dir = (root / split, root / f"{split}annot") if split else \
         (root / "images", root / "labels")
-    image_path, label_path = images / f"{name}.png", labels / f"{name}.png"
+    image_path, label_path = images / f"{name}.png", label_dir / f"{name}.png"
     if not label_path.is_file():
         raise BadExample(f"{image_path}: image without label (expected {label_path})")
     if not image_path.is_file():
         raise BadExample(f"{label_path}: label without image (expected {image_path})")
     image = read_rgb(image_path)
     label = read_mask(label_path, np.uint8, image.shape[:2])
-    if label.max() > 11:
-        raise BadExample(f"{label_path}: class index {int(label.max())} is not one of SegNet "
-                         f"CamVid's 0..11 (is this a colour or 32-class label?)")
-    segmentation = _LUT[label]
+    segmentation = labels.segment(label, label_path, "class index",
+                                  hint=_HINT if labels is _BUILTIN else "")
     example = placeholder(*image.shape[:2])
     example.update(image=image, segmentation=segmentation,
                    has_segmentation=bool(np.any(segmentation != IGNORE)))
-    return finish(example, f"{key} ({label_path})")
+    return finish(example, f"{key} ({label_path})", classes=labels.classes)

@@ -23,7 +23,7 @@ import pathlib
 import cv2
 import numpy as np
 
-from data.label_maps import CITYSCAPES_DETECTION, CITYSCAPES_SEGMENTATION, DROP, lookup_table
+from data.mapping import DROP, SourceLabels
 from data.readers import finish, read_mask, read_rgb, require_dir, split_key
 from data.schema import IGNORE, BadExample, placeholder
 from data.errors import UserError
@@ -34,8 +34,7 @@ LAYOUT = "Cityscapes layout: leftImg8bit/ and gtFine/ (optionally disparity/ and
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
 INSTANCE_SUFFIX = "_gtFine_instanceIds.png"
-_SEGMENTATION_LUT = lookup_table(CITYSCAPES_SEGMENTATION)
-_BOXED = {k: v for k, v in CITYSCAPES_DETECTION.items() if v != DROP}
+_BUILTIN = SourceLabels.build(SOURCE)
 
 
 def check_layout(root: pathlib.Path) -> None:
@@ -58,23 +57,32 @@ def list_items(root: pathlib.Path) -> list[str]:
     return sorted(f"{SOURCE}-{s}" for s in stems)
 
 
-def instance_boxes(instances: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(boxes [N,4], classes [N], crowd ignore boxes [M,4]) from a gtFine_instanceIds array."""
-    boxes, classes = [], []
+def instance_boxes(instances: np.ndarray, labels: SourceLabels | None = None,
+                   where: str = "instance ids") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boxes [N,4], classes [N], ignore boxes [M,4]) from a gtFine_instanceIds array: crowds of the
+    classes the table boxes or ignores, and instances of a class it maps to "ignore"."""
+    labels = labels or _BUILTIN
+    boxes, classes, ignored = [], [], []
     rows, cols = np.nonzero(instances >= 1000)
     values = instances[rows, cols]
     for value in np.unique(values):
-        target = _BOXED.get(int(value) // 1000)
-        if target is None:
+        target = labels.detect(int(value) // 1000, where, "instance class id")
+        if target == DROP:
             continue
         mine = values == value
         r, c = rows[mine], cols[mine]
-        boxes.append((c.min(), r.min(), c.max() + 1, r.max() + 1))
-        classes.append(target)
-    crowd = np.isin(instances, list(_BOXED)).astype(np.uint8)   # only values < 1000 equal an id
+        box = (c.min(), r.min(), c.max() + 1, r.max() + 1)
+        if target == IGNORE:
+            ignored.append(box)
+        else:
+            boxes.append(box)
+            classes.append(target)
+    kept = [label_id for label_id, target in labels.detection.items() if target != DROP]
+    crowd = np.isin(instances, kept).astype(np.uint8)   # only values < 1000 equal an id
     count, _, stats, _ = cv2.connectedComponentsWithStats(crowd, connectivity=8)
     x, y, w, h = (stats[1:, i] for i in range(4))   # component 0 is the background
     ignore = np.stack([x, y, x + w, y + h], axis=1) if count > 1 else np.zeros((0, 4))
+    ignore = np.concatenate([np.array(ignored, np.float32).reshape(-1, 4), ignore]) if ignored else ignore
     return (np.array(boxes, np.float32).reshape(-1, 4), np.array(classes, np.int32),
             ignore.astype(np.float32))
 
@@ -99,7 +107,8 @@ def disparity_depth(disparity_path: pathlib.Path, camera_path: pathlib.Path,
     return depth
 
 
-def load_item(root: pathlib.Path, key: str) -> dict:
+def load_item(root: pathlib.Path, key: str, labels: SourceLabels | None = None) -> dict:
+    labels = labels or _BUILTIN
     root = pathlib.Path(root)
     stem = split_key(key, SOURCE)
     image_path = root / "leftImg8bit" / (stem + IMAGE_SUFFIX)
@@ -111,18 +120,19 @@ def load_item(root: pathlib.Path, key: str) -> dict:
     image = read_rgb(image_path)
     shape = image.shape[:2]
     example = placeholder(*shape)
-    segmentation = _SEGMENTATION_LUT[read_mask(label_path, np.uint8, shape)]
+    segmentation = labels.segment(read_mask(label_path, np.uint8, shape), label_path, "label id")
     example.update(image=image, segmentation=segmentation,
                    has_segmentation=bool(np.any(segmentation != IGNORE)))
 
     ignore = None
     instance_path = root / "gtFine" / (stem + INSTANCE_SUFFIX)
     if instance_path.is_file():
-        boxes, classes, ignore = instance_boxes(read_mask(instance_path, np.uint16, shape))
+        boxes, classes, ignore = instance_boxes(read_mask(instance_path, np.uint16, shape), labels,
+                                                str(instance_path))
         example.update(boxes=boxes, classes=classes, has_detection=True)
 
     disparity_path = root / "disparity" / (stem + "_disparity.png")
     if disparity_path.is_file():
         depth = disparity_depth(disparity_path, root / "camera" / (stem + "_camera.json"), shape)
         example.update(depth=depth, has_depth=bool(np.any(depth > 0)))
-    return finish(example, f"{key} ({label_path})", ignore)
+    return finish(example, f"{key} ({label_path})", ignore, labels.classes)

@@ -22,7 +22,7 @@ import pathlib
 
 import numpy as np
 
-from data.label_maps import DROP, KITTI_DETECTION
+from data.mapping import DROP, SourceLabels
 from data.readers import clip_boxes, finish, read_mask, read_rgb, read_text, require_dir, split_key
 from data.schema import IGNORE, BadExample, placeholder
 from data.errors import UserError
@@ -35,6 +35,7 @@ DEPTH_FOLDER = "depth"
 _CALIB_ALIASES = {"P2": ("P2",), "R0_rect": ("R0_rect", "R_rect"),
                   "Tr_velo_to_cam": ("Tr_velo_to_cam", "Tr_velo_cam")}
 _CALIB_SIZES = {"P2": 12, "R0_rect": 9, "Tr_velo_to_cam": 12}
+_BUILTIN = SourceLabels.build(SOURCE)
 
 
 def _training(root: pathlib.Path) -> pathlib.Path:
@@ -74,9 +75,6 @@ def read_labels(path: pathlib.Path) -> list[tuple[str, list[float]]]:
             values = [float(f) for f in fields[1:15]]
         except ValueError:
             raise BadExample(f"{path}: line {number} has a non-numeric field") from None
-        if fields[0] not in KITTI_DETECTION:
-            raise BadExample(f"{path}: line {number}: unknown object type {fields[0]!r} "
-                             f"(known: {', '.join(KITTI_DETECTION)})")
         objects.append((fields[0], values))
     return objects
 
@@ -140,7 +138,8 @@ def lidar_depth(points: np.ndarray, calib: dict, height: int, width: int) -> np.
     return nearest.reshape(height, width).astype(np.float32)
 
 
-def load_item(root: pathlib.Path, key: str) -> dict:
+def load_item(root: pathlib.Path, key: str, labels: SourceLabels | None = None) -> dict:
+    labels = labels or _BUILTIN
     training = _training(root)
     frame = split_key(key, SOURCE)
     image_path = training / "image_2" / f"{frame}.png"
@@ -157,7 +156,7 @@ def load_item(root: pathlib.Path, key: str) -> dict:
         box = values[3:7]
         if box[2] < box[0] or box[3] < box[1]:
             raise BadExample(f"{label_path}: line {number} has a box with x2 < x1 or y2 < y1")
-        target = KITTI_DETECTION[kind]
+        target = labels.detect(kind, f"{label_path}: line {number}", "object type")
         if target == IGNORE:
             ignore.append(box)
         elif target != DROP:
@@ -171,7 +170,7 @@ def load_item(root: pathlib.Path, key: str) -> dict:
     depth = _depth(training, frame, height, width)
     if depth is not None:
         example.update(depth=depth, has_depth=bool(np.any(depth > 0)))
-    return finish(example, f"{key} ({label_path})", np.array(ignore, np.float32))
+    return finish(example, f"{key} ({label_path})", np.array(ignore, np.float32), labels.classes)
 
 
 def _depth(training: pathlib.Path, frame: str, height: int, width: int) -> np.ndarray | None:

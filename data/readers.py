@@ -4,9 +4,14 @@ Every reader module (data.kitti, data.cityscapes, data.camvid, data.bdd100k) pro
   LABELS                      set of tasks the source labels, e.g. {"detection", "depth"}
   check_layout(root)          raises data.errors.UserError naming the missing file/folder
   list_items(root)            sorted, stable keys ("kitti-000001", "camvid-test/0001TP_008550", ...)
-  load_item(root, key)        one example in the data.schema layout, or data.schema.BadExample
-                              (one line naming the file) for anything wrong with that frame.
-The builder decides whether a BadExample stops the run or drops the frame and counts it.
+  load_item(root, key, labels=None)
+                              one example in the data.schema layout, its labels mapped by `labels`
+                              (data.mapping.SourceLabels; None: the built-in tables onto the default
+                              classes), or data.schema.BadExample (one line naming the file) for
+                              anything wrong with that frame; data.mapping.UnmappedLabel for a label
+                              value its table does not map.
+The builder decides whether a BadExample stops the run or drops the frame and counts it; an
+UnmappedLabel always stops it.
 
 Every example also carries "ignore_boxes" float32 [M, 4] (x1, y1, x2, y2 pixels, clipped to the image;
 M may be 0): regions such as KITTI DontCare or Cityscapes crowds where a detection is neither right nor
@@ -22,6 +27,7 @@ from types import ModuleType
 import cv2
 import numpy as np
 
+from data.classes import DEFAULT, ClassSet
 from data.schema import BadExample, validate
 from data.errors import UserError
 from data.vocabulary import REAL_SOURCES
@@ -102,9 +108,10 @@ def clip_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, 
     return boxes, keep
 
 
-def finish(example: dict, name: str, ignore_boxes=None) -> dict:
-    """Validates against the schema, then adds the extra "ignore_boxes" key back (see module doc)."""
-    example = validate(example, name)
+def finish(example: dict, name: str, ignore_boxes=None, classes: ClassSet = DEFAULT) -> dict:
+    """Validates against the schema (class ids within `classes`), then adds the extra "ignore_boxes"
+    key back (see module doc)."""
+    example = validate(example, name, len(classes.detection), len(classes.segmentation))
     height, width = example["image"].shape[:2]
     ignore = np.zeros((0, 4), np.float32) if ignore_boxes is None else ignore_boxes
     ignore, keep = clip_boxes(ignore, width, height)

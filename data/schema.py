@@ -1,14 +1,16 @@
-"""The one example schema every source produces, and the project's own label maps.
+"""The one example schema every source produces, and the project's default classes.
 
 An example is a dict of NumPy arrays:
   image         uint8   [H, W, 3]  RGB
   boxes         float32 [N, 4]     pixel boxes x1, y1, x2, y2 (x right, y down; x2 > x1, y2 > y1)
-  classes       int32   [N]        index into DETECTION_CLASSES
-  segmentation  uint8   [H, W]     index into SEGMENTATION_CLASSES, IGNORE = not labelled
+  classes       int32   [N]        index into the detection classes (default DETECTION_CLASSES)
+  segmentation  uint8   [H, W]     index into the segmentation classes (default SEGMENTATION_CLASSES),
+                                   IGNORE = not labelled
   depth         float32 [H, W]     metres, 0 = no measurement (sparse LiDAR allowed)
   has_detection, has_segmentation, has_depth   bool: which labels the example really has
 A source without a task sets its flag False and fills a placeholder (no boxes, all-IGNORE mask,
 all-zero depth); the losses multiply by the flags, so sources with different labels train together.
+The class lists below are the defaults; a config may give others (data/classes.py).
 """
 from __future__ import annotations
 
@@ -54,8 +56,10 @@ class BadExample(ValueError):
     """An example that breaks the schema; the message names the example and what is wrong."""
 
 
-def validate(example: dict, name: str) -> dict:
-    """Checks an example against the schema; returns it with canonical dtypes or raises BadExample."""
+def validate(example: dict, name: str, detection_classes: int = len(DETECTION_CLASSES),
+             segmentation_classes: int = len(SEGMENTATION_CLASSES)) -> dict:
+    """Checks an example against the schema; returns it with canonical dtypes or raises BadExample.
+    Class ids must be below the class counts (the config's model.classes; the default 3 and 9)."""
     image = np.asarray(example["image"])
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise BadExample(f"{name}: image must be uint8 [H,W,3], got {image.dtype} {image.shape}")
@@ -64,9 +68,9 @@ def validate(example: dict, name: str) -> dict:
     classes = np.asarray(example["classes"], np.int32).reshape(-1)
     if len(boxes) != len(classes):
         raise BadExample(f"{name}: {len(boxes)} boxes but {len(classes)} classes")
-    if len(classes) and (classes.min() < 0 or classes.max() >= len(DETECTION_CLASSES)):
+    if len(classes) and (classes.min() < 0 or classes.max() >= detection_classes):
         raise BadExample(f"{name}: unknown detection class id {int(classes.max())}; "
-                         f"valid 0..{len(DETECTION_CLASSES) - 1}")
+                         f"valid 0..{detection_classes - 1}")
     if len(boxes):
         if not np.all(np.isfinite(boxes)):
             raise BadExample(f"{name}: a box has a non-finite coordinate")
@@ -79,7 +83,7 @@ def validate(example: dict, name: str) -> dict:
     if segmentation.shape != (height, width):
         raise BadExample(f"{name}: segmentation is {segmentation.shape}, image is {(height, width)}")
     valid = segmentation[segmentation != IGNORE]
-    if valid.size and valid.max() >= len(SEGMENTATION_CLASSES):
+    if valid.size and valid.max() >= segmentation_classes:
         raise BadExample(f"{name}: unknown segmentation class id {int(valid.max())}")
     depth = np.asarray(example["depth"], np.float32)
     if depth.shape != (height, width):

@@ -31,6 +31,8 @@ import numpy as np
 
 from data import schema
 
+# Scenes are rendered in the default classes; a config with other classes maps them through the synthetic
+# label tables (data/label_maps.py) when the data set is built.
 _SEG = {name: i for i, name in enumerate(schema.SEGMENTATION_CLASSES)}
 ROAD, SIDEWALK, BUILDING, VEGETATION, SKY, POLE = (
     _SEG[n] for n in ("road", "sidewalk", "building", "vegetation", "sky", "pole"))

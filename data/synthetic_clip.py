@@ -11,9 +11,11 @@ Clip label format (`<name>.labels.jsonl`): UTF-8, one JSON object per video fram
 
     {"frame": 0,
      "boxes": [[x1, y1, x2, y2], ...],        pixels in the video frame, x right, y down, x2 > x1, y2 > y1
-     "classes": ["vehicle", "pedestrian"],    one name per box: vehicle | pedestrian | cyclist
+     "classes": ["vehicle", "pedestrian"],    one name per box, of the model's detection classes
+                                              (default: vehicle | pedestrian | cyclist)
      "segmentation": "clip.labels/000000_seg.png",   optional (null or absent): 8-bit PNG of class ids
-                                                      (data/schema.py SEGMENTATION_CLASSES), 255 = ignore
+                                                      (the model's segmentation classes, default
+                                                      data/schema.py SEGMENTATION_CLASSES), 255 = ignore
      "depth": "clip.labels/000000_depth.png"}         optional: 16-bit PNG, metres x 256, 0 = no measurement
                                                       (KITTI's convention)
 
@@ -35,6 +37,7 @@ import numpy as np
 
 from data import schema, synthetic
 from data.errors import UserError
+from data.mapping import SourceLabels
 from data.video_writer import H264Writer
 from data.vocabulary import DEPTH_SCALE
 
@@ -112,8 +115,12 @@ def _replace(tmp: pathlib.Path, final: pathlib.Path) -> None:
 
 
 def render_clip(out_dir: pathlib.Path, name: str, seed: int, frames: int, height: int, width: int,
-                fps: int) -> pathlib.Path:
-    """Renders a labelled clip; returns the path of `<out_dir>/<name>.mp4` (labels beside it)."""
+                fps: int, mapping: SourceLabels | None = None) -> pathlib.Path:
+    """Renders a labelled clip; returns the path of `<out_dir>/<name>.mp4` (labels beside it).
+    `mapping`: the synthetic source's tables onto the config's classes (None: the default classes);
+    a box mapped to "ignore" or "drop" is left out of the labels."""
+    mapping = None if mapping is None or mapping.is_identity() else mapping
+    names = mapping.classes.detection if mapping is not None else schema.DETECTION_CLASSES
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     video, jsonl = out_dir / f"{name}.mp4", out_dir / f"{name}.labels.jsonl"
@@ -131,6 +138,8 @@ def render_clip(out_dir: pathlib.Path, name: str, seed: int, frames: int, height
         with open(tmp_jsonl, "w", encoding="utf-8") as lines:
             for i, (example, _) in enumerate(simulate(seed, frames, height, width, fps)):
                 writer.write(example["image"][..., ::-1])
+                if mapping is not None:
+                    example = mapping.remap(example, f"{name} frame {i}")
                 seg, depth = f"{i:06d}_seg.png", f"{i:06d}_depth.png"
                 depth_png = np.round(np.clip(example["depth"], 0, 65535 / DEPTH_SCALE) * DEPTH_SCALE)
                 if not (cv2.imwrite(str(tmp_labels / seg), example["segmentation"])
@@ -138,7 +147,7 @@ def render_clip(out_dir: pathlib.Path, name: str, seed: int, frames: int, height
                     raise UserError(f"cannot write label PNGs under {tmp_labels}")
                 record = {"frame": i,
                           "boxes": [[round(float(v), 2) for v in box] for box in example["boxes"]],
-                          "classes": [schema.DETECTION_CLASSES[c] for c in example["classes"]],
+                          "classes": [names[c] for c in example["classes"]],
                           "segmentation": f"{labels.name}/{seg}", "depth": f"{labels.name}/{depth}"}
                 lines.write(json.dumps(record) + "\n")
         writer.release()
@@ -174,7 +183,7 @@ def _png(base: pathlib.Path, value, where: str, what: str, dtype) -> np.ndarray 
     return image
 
 
-def _parse_line(text: str, where: str, base: pathlib.Path) -> dict:
+def _parse_line(text: str, where: str, base: pathlib.Path, names: tuple[str, ...]) -> dict:
     try:
         record = json.loads(text)
     except json.JSONDecodeError as err:
@@ -187,11 +196,11 @@ def _parse_line(text: str, where: str, base: pathlib.Path) -> dict:
     frame = record["frame"]
     if isinstance(frame, bool) or not isinstance(frame, int) or frame < 0:
         raise UserError(f"{where}: frame must be an integer >= 0, got {frame!r}")
-    boxes, names = record["boxes"], record["classes"]
-    if not isinstance(boxes, list) or not isinstance(names, list):
+    boxes, labelled = record["boxes"], record["classes"]
+    if not isinstance(boxes, list) or not isinstance(labelled, list):
         raise UserError(f"{where}: boxes and classes must be lists")
-    if len(boxes) != len(names):
-        raise UserError(f"{where}: {len(boxes)} boxes but {len(names)} classes")
+    if len(boxes) != len(labelled):
+        raise UserError(f"{where}: {len(boxes)} boxes but {len(labelled)} classes")
     for j, box in enumerate(boxes):
         if not isinstance(box, list) or len(box) != 4:
             count = len(box) if isinstance(box, list) else "not a list of"
@@ -200,10 +209,10 @@ def _parse_line(text: str, where: str, base: pathlib.Path) -> dict:
             raise UserError(f"{where}: box {j} has a value that is not a finite number: {box}")
         if box[2] <= box[0] or box[3] <= box[1]:
             raise UserError(f"{where}: box {j} {box} needs x2 > x1 and y2 > y1")
-    for name in names:
-        if name not in schema.DETECTION_CLASSES:
+    for name in record["classes"]:
+        if name not in names:
             raise UserError(f"{where}: unknown class name {name!r}; expected one of "
-                            f"{', '.join(schema.DETECTION_CLASSES)}")
+                            f"{', '.join(names)}")
     segmentation = _png(base, record.get("segmentation"), where, "segmentation", np.uint8)
     depth = _png(base, record.get("depth"), where, "depth", np.uint16)
     if segmentation is not None and depth is not None and segmentation.shape != depth.shape:
@@ -211,16 +220,17 @@ def _parse_line(text: str, where: str, base: pathlib.Path) -> dict:
     return {
         "frame": frame,
         "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
-        "classes": np.asarray([schema.DETECTION_CLASSES.index(n) for n in names], np.int32),
+        "classes": np.asarray([names.index(n) for n in labelled], np.int32),
         "segmentation": segmentation,
         "depth": None if depth is None else depth.astype(np.float32) / DEPTH_SCALE,
     }
 
 
-def read_clip_labels(jsonl_path) -> list[dict]:
+def read_clip_labels(jsonl_path, detection_classes: tuple[str, ...] = schema.DETECTION_CLASSES) -> list[dict]:
     """Reads a clip-label file (format in the module docstring) -> one dict per labelled frame:
-    frame int, boxes float32 [N,4], classes int32 [N], segmentation uint8 [H,W] or None,
-    depth float32 [H,W] metres or None. Raises UserError naming the file and line of a bad line."""
+    frame int, boxes float32 [N,4], classes int32 [N] (indices into `detection_classes`, the classes
+    of the model the clip is run with), segmentation uint8 [H,W] or None, depth float32 [H,W] metres
+    or None. Raises UserError naming the file and line of a bad line."""
     path = pathlib.Path(jsonl_path)
     if not path.is_file():
         raise UserError(f"clip labels not found: {path}")
@@ -233,7 +243,7 @@ def read_clip_labels(jsonl_path) -> list[dict]:
         if not line.strip():
             continue
         where = f"{path}:{number}"
-        record = _parse_line(line, where, path.parent)
+        record = _parse_line(line, where, path.parent, tuple(detection_classes))
         if record["frame"] <= last:
             raise UserError(f"{where}: frame {record['frame']} does not come after frame {last}")
         last = record["frame"]

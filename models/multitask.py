@@ -68,10 +68,13 @@ def build_model(model_config, image_size):
     outputs = {}
     for task in tasks:
         feature, skip = inputs[task]
+        # One output channel per configured class (model.classes; data/classes.py).
         if task == "detection":
-            outputs[task] = build_detection_head(feature, model_config.head_width)
+            outputs[task] = build_detection_head(feature, model_config.head_width,
+                                                 num_classes=len(model_config.classes.detection))
         elif task == "segmentation":
-            outputs[task] = build_segmentation_head(feature, skip, model_config.head_width)
+            outputs[task] = build_segmentation_head(feature, skip, model_config.head_width,
+                                                    num_classes=len(model_config.classes.segmentation))
         else:
             outputs[task] = build_depth_head(feature, skip, model_config.head_width,
                                              model_config.min_depth, model_config.max_depth)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from data import label_maps
+from data.classes import default_dict
 from data.errors import UserError
 from data.vocabulary import (BACKBONES, BAD_EXAMPLES, CLIP_RESIZE, INT8_IO, JIT_MODES, PRECISIONS, SCHEDULES,
                              SCORE_THRESHOLD, SHARING_MODES, SOURCES, STRATEGIES, TASKS, WEIGHTINGS)
@@ -30,6 +32,10 @@ class SourceConfig:
     weight: float = 1.0  # sampling weight when several sources are mixed
     train_split: str = "train"
     eval_split: str = "validation"
+    # Label tables that replace the source's built-in ones (data/label_maps.py), by table name
+    # ("detection", "segmentation"; BDD100K also "drivable"): label value -> class name of
+    # model.classes, "ignore" or (detection) "drop". Integer label values for mask tables.
+    label_map: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,8 +79,26 @@ class DataConfig:
 
 
 @dataclass
+class ClassConfig:
+    name: str = ""
+    colour: tuple[int, int, int] | None = None  # RGB of the class in every drawing
+
+
+def _default_classes(task: str) -> list[ClassConfig]:
+    return [ClassConfig(c["name"], tuple(c["colour"])) for c in default_dict()[task]]
+
+
+@dataclass
+class ClassesConfig:
+    """The classes the heads predict, in output order (data/classes.py); default: the unified 3 + 9."""
+    detection: list[ClassConfig] = field(default_factory=lambda: _default_classes("detection"))
+    segmentation: list[ClassConfig] = field(default_factory=lambda: _default_classes("segmentation"))
+
+
+@dataclass
 class ModelConfig:
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    classes: ClassesConfig = field(default_factory=ClassesConfig)
     backbone: str = "builtin"
     weights: str | None = None  # "imagenet" for keras.applications backbones (needs the internet)
     widths: tuple[int, ...] = (24, 48, 96, 160)  # built-in encoder stage widths, strides 4..32
@@ -329,6 +353,8 @@ RULES: dict[str, Range | tuple] = {
     "data.bad_examples": BAD_EXAMPLES,
     "data.schedule": SCHEDULES,
     "model.tasks": TASKS,
+    "model.classes.detection.*.colour": Range(0, 255),
+    "model.classes.segmentation.*.colour": Range(0, 255),
     "model.backbone": BACKBONES,
     "model.weights": ("imagenet",),
     "model.widths": POSITIVE,
@@ -472,6 +498,66 @@ def validate(config: Config) -> None:
     unknown = sorted(set(config.train.fixed_weights) - set(TASKS))
     if unknown:
         raise UserError(f"config: train.fixed_weights has unknown task '{unknown[0]}'; valid: {', '.join(TASKS)}")
+    _validate_classes(config)
+
+
+# The most classes a head may have: segmentation labels are uint8 with 255 = ignore.
+MAX_CLASSES = {"detection": 255, "segmentation": 255}
+MIN_CLASSES = {"detection": 1, "segmentation": 2}  # a softmax over one class learns nothing
+
+
+def _validate_classes(config: Config) -> None:
+    """model.classes: names non-empty, unique, not a marker, each with a colour; every source's label
+    tables (its own or the built-in ones) point at those names or at a marker."""
+    names = {}
+    for task in ("detection", "segmentation"):
+        entries = getattr(config.model.classes, task)
+        key = f"model.classes.{task}"
+        if not MIN_CLASSES[task] <= len(entries) <= MAX_CLASSES[task]:
+            raise UserError(f"config: {key} must list {MIN_CLASSES[task]} to {MAX_CLASSES[task]} classes; "
+                            f"Received: {len(entries)}")
+        seen = set()
+        for i, entry in enumerate(entries):
+            if not entry.name.strip():
+                raise UserError(f"config: {key}.{i}.name must be a non-empty string; "
+                                f"Received: {key}.{i}.name={entry.name!r}")
+            if entry.name in (label_maps.IGNORE, label_maps.DROP):
+                raise UserError(f"config: {key}.{i}.name cannot be {entry.name!r} (a label-table marker); "
+                                f"Received: {key}.{i}.name={entry.name!r}")
+            if entry.name in seen:
+                raise UserError(f"config: {key} names must be unique; Received: {entry.name!r} twice")
+            if entry.colour is None:
+                raise UserError(f"config: {key}.{i}.colour must be a list of 3 integers in [0, 255] "
+                                f"(RGB); Received: {key}.{i}.colour=None")
+            seen.add(entry.name)
+        names[task] = [entry.name for entry in entries]
+    for i, source in enumerate(config.data.sources):
+        _validate_label_map(f"data.sources.{i}", source, names)
+
+
+def _validate_label_map(where: str, source: SourceConfig, names: dict) -> None:
+    tables = label_maps.TABLES[source.name]
+    for name in source.label_map:
+        if name not in tables:
+            raise UserError(f"config: unknown {where}.label_map table {name!r} for source {source.name}; "
+                            f"valid: {', '.join(tables)}")
+    for name, (task, _, integer_keys) in tables.items():
+        given = source.label_map.get(name)
+        key = f"{where}.label_map.{name}"
+        if given is not None:
+            for value in given:
+                if integer_keys and not (value.isdigit() and int(value) <= 255):
+                    raise UserError(f"config: {key} keys must be label values 0..255 (as the source's "
+                                    f"label images hold them); Received: {key} key {value!r}")
+        allowed = list(names[task]) + list(label_maps.MARKERS[task])
+        for value, target in label_maps.table(source.name, name, given).items():
+            if target in allowed:
+                continue
+            if given is not None:
+                raise UserError(f"config: {key}.{value} must be one of {', '.join(allowed)}; "
+                                f"Received: {key}.{value}={target!r}")
+            raise UserError(f"config: {where} ({source.name}) has no label_map.{name} and its built-in table "
+                            f"maps {value!r} to {target!r}, not one of model.classes.{task}; give {key}")
 
 
 def to_dict(config: Config) -> dict:

@@ -1,16 +1,19 @@
-"""Drawing shared by the preview, the evaluation grid, predict and the clip overlays (OpenCV, RGB)."""
+"""Drawing shared by the preview, the evaluation grid, predict and the clip overlays (OpenCV, RGB).
+
+Class names and colours come from a ClassSet (data/classes.py): the model's classes, so a class looks
+the same in previews, reports, predictions and clips. The default is the project's 3 + 9 classes."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from data import schema
+from data.classes import DEFAULT, ClassSet
 
 
-def colorize_segmentation(segmentation: np.ndarray) -> np.ndarray:
-    """Class map [H,W] -> RGB; ignore pixels black."""
+def colorize_segmentation(segmentation: np.ndarray, class_set: ClassSet = DEFAULT) -> np.ndarray:
+    """Class map [H,W] -> RGB in the classes' colours; ignore pixels black."""
     palette = np.zeros((256, 3), np.uint8)
-    palette[: len(schema.SEGMENTATION_COLOURS)] = schema.SEGMENTATION_COLOURS
+    palette[: len(class_set.segmentation_colours)] = class_set.segmentation_colours
     return palette[segmentation.astype(np.uint8)]
 
 
@@ -30,18 +33,19 @@ def blend(image: np.ndarray, overlay: np.ndarray, alpha: float = 0.45) -> np.nda
 
 
 def draw_boxes(image: np.ndarray, boxes, classes, scores=None, thickness: int = 1,
-               label: bool = True) -> np.ndarray:
+               label: bool = True, class_set: ClassSet = DEFAULT) -> np.ndarray:
     """Boxes x1,y1,x2,y2 (pixels) with class names (and scores); classes < 0 are padding."""
+    colours, names = class_set.detection_colours, class_set.detection
     out = np.ascontiguousarray(image.copy())
     font_scale = max(0.3, min(out.shape[:2]) / 700)
     for i, (box, cls) in enumerate(zip(np.asarray(boxes).reshape(-1, 4), np.asarray(classes).reshape(-1))):
         if cls < 0:
             continue
-        colour = tuple(int(c) for c in schema.DETECTION_COLOURS[int(cls) % len(schema.DETECTION_COLOURS)])
+        colour = tuple(int(c) for c in colours[int(cls) % len(colours)])
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_AA)
         if label:
-            text = schema.DETECTION_CLASSES[int(cls)]
+            text = names[int(cls)]
             if scores is not None:
                 text += f" {float(np.asarray(scores).reshape(-1)[i]):.2f}"
             cv2.putText(out, text, (x1, max(8, y1 - 2)), cv2.FONT_HERSHEY_SIMPLEX, font_scale, colour,

@@ -4,7 +4,8 @@ The export stage reads runs/<experiment>/train/model.keras and writes runs/<expe
   saved_model/          signature `serving_default`: images uint8 [B,h,w,3] of any size -> boxes,
                         scores, classes, num_detections, segmentation, depth at the input's resolution
                         (pipeline/deploy/serving.py (a)); plus a `metadata` endpoint (input_size, tasks, top_k,
-                        score_threshold, detection_classes, segmentation_classes); README, "Serving contract"
+                        score_threshold, detection_classes, segmentation_classes and their RGB
+                        colours: the classes the model was trained with); README, "Serving contract"
   model_float32.tflite  fixed [1,H,W,3] input at the model size (pipeline/deploy/serving.py (b))
   model_float16.tflite  float16 weights (Optimize.DEFAULT + supported_types=[float16])
   model_int8.tflite     full-integer: int8 weights and activations, io per export.int8_io
@@ -44,9 +45,9 @@ import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from data import schema
+from data.classes import DEFAULT, ClassSet
 from data.errors import UserError
-from pipeline import atomic, layout, trained
+from pipeline import atomic, classes, layout, trained
 from pipeline.config import Config
 from pipeline.deploy import model_card, parity, serving
 from pipeline.inputs import dataset as inputs
@@ -56,9 +57,11 @@ FILES = {"saved_model": "saved_model", "tflite-float32": "model_float32.tflite",
          "tflite-float16": "model_float16.tflite", "tflite-int8": "model_int8.tflite"}
 
 
-def write_saved_model(net, path: pathlib.Path, top_k: int, score_threshold: float) -> None:
+def write_saved_model(net, path: pathlib.Path, top_k: int, score_threshold: float,
+                      class_set: ClassSet = DEFAULT) -> None:
     """serving.py (a) as `serving_default` (README, "Serving contract"), plus a `metadata` endpoint:
-    input size, tasks, top_k, the score threshold and the class names."""
+    input size, tasks, top_k, the score threshold and the class names and colours of `class_set`
+    (the model's: its class ids index them)."""
     archive = keras.export.ExportArchive()
     archive.track(net)
     serve = tf.function(serving.serving_function(net, top_k, score_threshold))
@@ -72,8 +75,10 @@ def write_saved_model(net, path: pathlib.Path, top_k: int, score_threshold: floa
         return {"input_size": tf.constant(size, tf.int32), "tasks": tf.constant(tasks),
                 "top_k": tf.constant(top_k, tf.int32),
                 "score_threshold": tf.constant(score_threshold, tf.float32),
-                "detection_classes": tf.constant(schema.DETECTION_CLASSES),
-                "segmentation_classes": tf.constant(schema.SEGMENTATION_CLASSES)}
+                "detection_classes": tf.constant(class_set.detection),
+                "segmentation_classes": tf.constant(class_set.segmentation),
+                "detection_colours": tf.constant(class_set.detection_colours, tf.uint8),
+                "segmentation_colours": tf.constant(class_set.segmentation_colours, tf.uint8)}
 
     archive.add_endpoint("metadata", metadata, input_signature=[])
     archive.write_out(str(path), verbose=False)
@@ -154,11 +159,17 @@ def run_export(config: Config, progress=print) -> tuple[pathlib.Path, dict]:
     """Writes the export folder; returns (folder, parity report). Parity failures are the caller's call."""
     model_path = layout.trained_model(config)
     net = trained.load(model_path)
+    # The classes the model was trained with (its run's config); parity scores it on the config's
+    # data set, so the config must name the same classes.
+    class_set = classes.of_model(model_path, config)
+    classes.check_net(net, class_set, model_path)
+    classes.check_config(class_set, config, model_path, trained.tasks(net), "export")
     final = layout.export_dir(config)
     with atomic.staging_dir(final, "the export") as staging:
         paths = {"keras": model_path}
         start = time.perf_counter()
-        write_saved_model(net, staging / FILES["saved_model"], config.model.top_k, config.export.score_threshold)
+        write_saved_model(net, staging / FILES["saved_model"], config.model.top_k, config.export.score_threshold,
+                          class_set)
         paths["saved_model"] = staging / FILES["saved_model"]
         progress(f"export: wrote saved_model/ ({time.perf_counter() - start:.1f} s)")
         frames = representative_frames(config)
@@ -175,5 +186,5 @@ def run_export(config: Config, progress=print) -> tuple[pathlib.Path, dict]:
         report["conversion"] = notes
         report["num_detections_threshold"] = config.export.score_threshold
         parity.write_report(report, staging / "parity.json")
-        model_card.write(staging, config, report)
+        model_card.write(staging, config, report, class_set)
     return final, report

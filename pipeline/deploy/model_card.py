@@ -1,7 +1,8 @@
 """model_card.json + model_card.md in the export folder: what the exported model is, what it was
 trained on and how well it does, from the files of the run (no model is loaded):
 
-- classes and tasks: the project's label maps (data/schema.py) and the trained tasks;
+- classes and tasks: the classes the model was trained with (its run's model.classes, data/classes.py),
+  names and RGB colours, and the trained tasks;
 - input: size, layout and normalisation (inside the model: callers feed RGB 0..255);
 - training data and budget: the training's config.yaml (train/, else the run's) and train/history.csv,
   with the stored example counts of each source (data/.../report.json) when present;
@@ -17,8 +18,8 @@ import time
 
 import yaml
 
-from data import schema
 from data.builder import stored_dir
+from data.classes import DEFAULT, ClassSet
 from pipeline import atomic, layout
 from pipeline.config import Config
 from pipeline.evaluation.metrics import is_absent
@@ -106,20 +107,23 @@ def format_facts(parity: dict) -> list[dict]:
     return formats
 
 
-def build(config: Config, parity: dict) -> dict:
+def build(config: Config, parity: dict, class_set: ClassSet = DEFAULT) -> dict:
     training = training_facts(config)
     tasks = training["model"].get("tasks") or list(config.model.tasks)
     backbone = training["model"].get("backbone") or config.model.backbone
     height, width = (next((e.get("input_size") for e in (parity.get("formats") or {}).values()
                            if e.get("input_size")), None) or training["data"]["image_size"]
                      or config.data.image_size)
-    classes = {"detection": list(schema.DETECTION_CLASSES), "segmentation": list(schema.SEGMENTATION_CLASSES),
+    classes = {"detection": list(class_set.detection), "segmentation": list(class_set.segmentation),
                "depth": f"metres per pixel, up to model.max_depth = {config.model.max_depth} m"}
+    colours = {"detection": class_set.detection_colours.tolist(),
+               "segmentation": class_set.segmentation_colours.tolist()}
     return {
         "name": f"dashcam multi-task perception — {config.experiment}",
         "written": time.strftime("%Y-%m-%d %H:%M:%S"),
         "tasks": tasks,
         "classes": {task: classes[task] for task in tasks if task in classes},
+        "class_colours": {task: colours[task] for task in tasks if task in colours},
         "input": {"size": [int(height), int(width)], "layout": "NHWC, RGB",
                   "range": "0..255 (uint8, or float32 holding 0..255)",
                   "normalisation": NORMALISATION.get(backbone, f"the {backbone} backbone's own preprocessing, "
@@ -166,9 +170,9 @@ def markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
-def write(out_dir: pathlib.Path, config: Config, parity: dict) -> dict:
+def write(out_dir: pathlib.Path, config: Config, parity: dict, class_set: ClassSet = DEFAULT) -> dict:
     """Writes model_card.json and model_card.md into out_dir (the export's staging folder)."""
-    card = build(config, parity)
+    card = build(config, parity, class_set)
     atomic.write_text(pathlib.Path(out_dir) / "model_card.json", json.dumps(card, indent=1))
     atomic.write_text(pathlib.Path(out_dir) / "model_card.md", markdown(card))
     return card

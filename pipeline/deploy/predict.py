@@ -20,7 +20,7 @@ import pathlib
 import cv2
 import numpy as np
 
-from data import schema
+from data.classes import DEFAULT, ClassSet
 from data.errors import UserError
 from pipeline import draw
 from pipeline.deploy import runtimes
@@ -58,20 +58,20 @@ def read_image(path: pathlib.Path) -> tuple[np.ndarray, list[str]]:
     return np.ascontiguousarray(image), notes
 
 
-def frame_result(out: dict, i: int, threshold: float) -> dict:
-    """The JSON record of frame i of a predict() result."""
+def frame_result(out: dict, i: int, threshold: float, class_set: ClassSet = DEFAULT) -> dict:
+    """The JSON record of frame i of a predict() result, classes named by `class_set`."""
     record = {}
     if "boxes" in out:
         keep = out["scores"][i] >= threshold
         record["detections"] = [
-            {"class": schema.DETECTION_CLASSES[int(c)], "score": round(float(s), 4),
+            {"class": class_set.detection[int(c)], "score": round(float(s), 4),
              "box": [round(float(v), 1) for v in b]}
             for b, s, c in zip(out["boxes"][i][keep], out["scores"][i][keep], out["classes"][i][keep])]
     if "segmentation" in out:
-        counts = np.bincount(out["segmentation"][i].reshape(-1), minlength=len(schema.SEGMENTATION_CLASSES))
+        counts = np.bincount(out["segmentation"][i].reshape(-1), minlength=len(class_set.segmentation))
         total = max(int(counts.sum()), 1)
         record["class_pixel_shares"] = {name: round(float(counts[k]) / total, 4)
-                                        for k, name in enumerate(schema.SEGMENTATION_CLASSES)}
+                                        for k, name in enumerate(class_set.segmentation)}
     if "depth" in out:
         depth = out["depth"][i]
         record["depth_m"] = {"min": round(float(depth.min()), 3), "median": round(float(np.median(depth)), 3),
@@ -79,16 +79,17 @@ def frame_result(out: dict, i: int, threshold: float) -> dict:
     return record
 
 
-def annotate(image: np.ndarray, out: dict, i: int, threshold: float, max_depth: float) -> np.ndarray:
+def annotate(image: np.ndarray, out: dict, i: int, threshold: float, max_depth: float,
+             class_set: ClassSet = DEFAULT) -> np.ndarray:
     """Frame with segmentation overlay and boxes; the depth colour map beside it (when the model has depth)."""
     left = image
     if "segmentation" in out:
-        left = draw.blend(left, draw.colorize_segmentation(out["segmentation"][i]))
+        left = draw.blend(left, draw.colorize_segmentation(out["segmentation"][i], class_set))
     if "boxes" in out:
         keep = out["scores"][i] >= threshold
         thickness = max(1, round(min(image.shape[:2]) / 300))
         left = draw.draw_boxes(left, out["boxes"][i][keep], out["classes"][i][keep], out["scores"][i][keep],
-                               thickness=thickness)
+                               thickness=thickness, class_set=class_set)
     panels = [left]
     if "depth" in out:
         panels.append(draw.colorize_depth(out["depth"][i], max_depth))
@@ -109,8 +110,10 @@ def _output_names(paths: list[pathlib.Path]) -> list[str]:
 
 
 def run_predict(model: str, images: list[str], out_dir: pathlib.Path, max_depth: float = 80.0,
-                num_threads: int | None = None, score_threshold: float | None = None) -> dict:
-    """Annotates `images` with the model at `model`; returns the predictions.json dict."""
+                num_threads: int | None = None, score_threshold: float | None = None,
+                class_set: ClassSet = DEFAULT) -> dict:
+    """Annotates `images` with the model at `model`; returns the predictions.json dict. Classes are
+    named as the model file says (runtimes: predictor.classes), else by `class_set`."""
     paths = [pathlib.Path(p) for p in images]
     frames = [read_image(path) for path in paths]  # every input checked before the slow model load
     predictor = runtimes.load_predictor(model, num_threads=num_threads, score_threshold=score_threshold)
@@ -119,6 +122,7 @@ def run_predict(model: str, images: list[str], out_dir: pathlib.Path, max_depth:
     except OSError as err:
         raise UserError(f"cannot create the output folder {out_dir}: {err.strerror or err}") from None
     threshold = predictor.score_threshold  # export.score_threshold (a SavedModel's own: its num_detections')
+    class_set = predictor.classes or class_set
     records = []
     for path, name, (image, notes) in zip(paths, _output_names(paths), frames):
         out = predictor.predict(image[None])
@@ -128,8 +132,8 @@ def run_predict(model: str, images: list[str], out_dir: pathlib.Path, max_depth:
             record["model_input_size"] = list(predictor.input_size)
         if notes:
             record["conversions"] = notes
-        record.update(frame_result(out, 0, threshold))
-        picture = annotate(image, out, 0, threshold, max_depth)
+        record.update(frame_result(out, 0, threshold, class_set))
+        picture = annotate(image, out, 0, threshold, max_depth, class_set)
         try:
             written = cv2.imwrite(str(out_dir / name), np.ascontiguousarray(picture[..., ::-1]))
         except cv2.error:

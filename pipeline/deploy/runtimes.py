@@ -8,6 +8,10 @@ float32 [B,K], classes int32 [B,K], num_detections int32 [B] (scores >= predicto
 segmentation uint8 [B,H,W], depth float32 [B,H,W] metres, all at the input's resolution; plus
 "resized": True when the frames were resized to the model's fixed input size.
 
+`predictor.classes` (data/classes.py ClassSet) names the class ids, as the model file says them: the
+training config beside a .keras file, a SavedModel's metadata, the model card beside a .tflite file;
+None when nothing says them (the caller then uses its config's classes).
+
 `predictor.score_threshold` is the one threshold detections are counted, listed and drawn at: the
 caller's (export.score_threshold), except for a SavedModel, whose own (baked into its graph and
 metadata at export) wins, so that num_detections and the listed boxes always agree.
@@ -18,14 +22,18 @@ clip and bench stages all go through here.
 """
 from __future__ import annotations
 
+import json
 import pathlib
 
 import numpy as np
 import tensorflow as tf
 import yaml
 
+from data import classes as class_sets
+from data.classes import ClassSet
 from data.errors import UserError
 from data.vocabulary import SCORE_THRESHOLD, STRIDE
+from pipeline import classes as model_classes
 from pipeline import trained
 from pipeline.config import ModelConfig
 from pipeline.deploy import serving
@@ -34,11 +42,13 @@ FORMATS = ("keras", "saved_model", "tflite-float32", "tflite-float16", "tflite-i
 
 
 class Predictor:
-    """Base: `name`, `input_size` (H, W) the model sees, `tasks`, `path`, `num_threads`, `score_threshold`."""
+    """Base: `name`, `input_size` (H, W) the model sees, `tasks`, `classes`, `path`, `num_threads`,
+    `score_threshold`."""
 
     name: str = ""
     input_size: tuple[int, int] = (0, 0)
     tasks: list[str] = []
+    classes: ClassSet | None = None
 
     def __init__(self, path: pathlib.Path, num_threads: int | None, score_threshold: float | None = None):
         self.path = pathlib.Path(path)
@@ -120,6 +130,9 @@ class KerasPredictor(Predictor):
         self.top_k = int(top_k or _top_k_beside(self.path))
         self.input_size = trained.input_size(self.net)
         self.tasks = trained.tasks(self.net)
+        self.classes = model_classes.saved_beside(self.path)
+        if self.classes is not None:
+            model_classes.check_net(self.net, self.classes, self.path)
         self._serve = tf.function(serving.serving_function(self.net, self.top_k, self.score_threshold),
                                   input_signature=[serving.SERVING_SIGNATURE])
 
@@ -161,6 +174,7 @@ class SavedModelPredictor(Predictor):
             self.input_size = tuple(int(v) for v in np.asarray(meta["input_size"]))
             if "score_threshold" in meta:  # the threshold its num_detections was built with
                 self.score_threshold = float(np.asarray(meta["score_threshold"]))
+            self.classes = _metadata_classes(meta)
 
     def _predict(self, images):
         outputs = self._fn(**{self._input_name: tf.constant(images, dtype=self._input_dtype)})
@@ -201,6 +215,7 @@ class TFLitePredictor(Predictor):
         self.input_size = (int(shape[1]), int(shape[2]))
         self.tasks = _tasks_from_outputs(self._outputs)
         self.name = "tflite-" + self._precision()
+        self.classes = _card_classes(self.path.parent / "model_card.json")
 
     def _precision(self) -> str:
         dtypes = {np.dtype(t["dtype"]) for t in self.interpreter.get_tensor_details()}
@@ -254,6 +269,35 @@ class TFLitePredictor(Predictor):
             return f"{dtype} {[int(v) for v in details['shape']]}{quantised}"
         return {"inputs": {self._input_name: text(self._input)},
                 "outputs": {name: text(d) for name, d in self._outputs.items()}}
+
+
+def _texts(tensor) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(tensor).reshape(-1)]
+
+
+def _metadata_classes(meta: dict) -> ClassSet | None:
+    """The class names (and colours, when exported with them) of a SavedModel's metadata endpoint."""
+    if "detection_classes" not in meta or "segmentation_classes" not in meta:
+        return None
+    found = class_sets.from_names(_texts(meta["detection_classes"]), _texts(meta["segmentation_classes"]))
+    if "detection_colours" in meta and "segmentation_colours" in meta:
+        found = found._replace(detection_colours=np.asarray(meta["detection_colours"], np.uint8).reshape(-1, 3),
+                               segmentation_colours=np.asarray(meta["segmentation_colours"], np.uint8).reshape(-1, 3))
+    return found
+
+
+def _card_classes(card_path: pathlib.Path) -> ClassSet | None:
+    """The classes of the model card the export stage writes beside its .tflite files."""
+    try:
+        card = json.loads(card_path.read_text())
+        names, colours = card["classes"], card.get("class_colours") or {}
+        found = class_sets.from_names(names.get("detection"), names.get("segmentation"))
+        for task in ("detection", "segmentation"):
+            if task in colours and len(colours[task]) == len(found.names(task)):
+                found = found._replace(**{f"{task}_colours": np.array(colours[task], np.uint8).reshape(-1, 3)})
+        return found
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _boxes_from_parts(cells, offsets, sizes, input_size) -> np.ndarray:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from data import schema
 from data.errors import UserError
 from data.vocabulary import TASKS
-from pipeline import atomic, layout, timing, trained
+from pipeline import atomic, classes, layout, timing, trained
 from pipeline.config import Config, SourceConfig
 from pipeline.evaluation import report
 from pipeline.evaluation.metrics import DepthEvaluator, DetectionEvaluator, SegmentationEvaluator, absent
@@ -66,6 +66,14 @@ def check_model(model, config: Config, path) -> None:
     if (height, width) != tuple(config.data.image_size):
         raise UserError(f"model {path} takes {height}x{width} images but data.image_size is "
                         f"{list(config.data.image_size)}: evaluate with the config it was trained with")
+
+
+def check_classes(model, config: Config, path, doing: str) -> None:
+    """Refuses a model whose classes (its run's saved config) are not the config's, or whose heads do
+    not have one channel per class: the data set is labelled in the config's classes."""
+    model_classes = classes.of_model(path, config)
+    classes.check_net(model, model_classes, path)
+    classes.check_config(model_classes, config, path, trained.tasks(model), doing)
 
 
 def _predict_function(model, top_k: int):
@@ -125,10 +133,12 @@ def _sources(config: Config, sources) -> list[SourceConfig]:
 
 
 def new_evaluators(config: Config, tasks: list[str]) -> dict:
+    """Per task, an evaluator in the config's classes (the classes the data set is labelled in)."""
+    names = classes.of_config(config)
     makers = {
-        "detection": lambda: DetectionEvaluator(schema.DETECTION_CLASSES),
-        "segmentation": lambda: SegmentationEvaluator(len(schema.SEGMENTATION_CLASSES), schema.IGNORE,
-                                                      schema.SEGMENTATION_CLASSES),
+        "detection": lambda: DetectionEvaluator(names.detection),
+        "segmentation": lambda: SegmentationEvaluator(len(names.segmentation), schema.IGNORE,
+                                                      names.segmentation),
         "depth": lambda: DepthEvaluator(max_depth=config.model.max_depth),
     }
     return {task: makers[task]() for task in tasks}
@@ -260,6 +270,7 @@ def evaluate_into(config: Config, model_path: pathlib.Path, split: str, out: pat
     written all or nothing; returns the metrics."""
     model = load_trained_model(model_path)
     check_model(model, config, model_path)
+    check_classes(model, config, model_path, "evaluate")
     metrics, frames = _evaluate(config, model, split, grid_frames=config.evaluate.grid_frames)
     metrics = {"model": str(model_path), **metrics,
                "inference": measure_inference(model, config.model.top_k)}

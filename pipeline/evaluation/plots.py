@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from data import schema  # noqa: E402
+from data.classes import DEFAULT, ClassSet  # noqa: E402
 from data.vocabulary import TASKS  # noqa: E402
 from pipeline import draw, trained  # noqa: E402
 from pipeline.evaluation.metrics import is_absent  # noqa: E402
@@ -35,18 +36,20 @@ def _save(fig, path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def pr_curves(detection: dict, path: pathlib.Path, title: str = "") -> pathlib.Path | None:
-    """Precision-recall curve per class at IoU 0.5 (COCO's interpolated precision)."""
+def pr_curves(detection: dict, path: pathlib.Path, title: str = "",
+              class_set: ClassSet = DEFAULT) -> pathlib.Path | None:
+    """Precision-recall curve per class at IoU 0.5 (COCO's interpolated precision), in the classes'
+    colours."""
     curves = (detection or {}).get("pr_curves")
     if is_absent(detection) or not curves or not curves.get("precision"):
         return None
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     recall = np.asarray(curves["recall"])
     for name, precision in curves["precision"].items():
-        index = schema.DETECTION_CLASSES.index(name) if name in schema.DETECTION_CLASSES else 0
         ap50 = detection.get("per_class_AP50", {}).get(name)
         gt = detection.get("per_class_ground_truth", {}).get(name, "?")
-        colour = _rgb(schema.DETECTION_COLOURS[index]) if name in schema.DETECTION_CLASSES else None
+        colour = _rgb(class_set.detection_colours[class_set.detection.index(name)]) \
+            if name in class_set.detection else None
         label = f"{name}: AP50 {ap50:.3f} ({gt} boxes)" if ap50 is not None else name
         # Pure yellow/cyan vanish on white: darken the line colour a little.
         ax.plot(recall, np.clip(precision, 0, 1), label=label, lw=2,
@@ -62,7 +65,7 @@ def confusion_matrix(segmentation: dict, path: pathlib.Path, title: str = "") ->
     """Row-normalised confusion matrix: row = ground truth class, what share went to each prediction."""
     if is_absent(segmentation) or not segmentation.get("confusion_matrix"):
         return None
-    names = list(segmentation.get("per_class_IoU") or schema.SEGMENTATION_CLASSES)
+    names = list(segmentation.get("per_class_IoU") or [str(i) for i in range(len(segmentation["confusion_matrix"]))])
     counts = np.asarray(segmentation["confusion_matrix"], np.float64)
     totals = counts.sum(axis=1, keepdims=True)
     share = np.divide(counts, totals, out=np.full_like(counts, np.nan), where=totals > 0)
@@ -243,30 +246,31 @@ def _blank(shape, factor) -> np.ndarray:
     return np.full((shape[0] * factor, shape[1] * factor, 3), 200, np.uint8)
 
 
-def _boxes_tile(image, boxes, classes, scores, factor):
+def _boxes_tile(image, boxes, classes, scores, factor, class_set):
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4) * factor
-    return draw.draw_boxes(_up(image, factor), boxes, classes, scores, thickness=2)
+    return draw.draw_boxes(_up(image, factor), boxes, classes, scores, thickness=2, class_set=class_set)
 
 
-def _classes_tile(image, segmentation, factor):
+def _classes_tile(image, segmentation, factor, class_set):
     labelled = segmentation != schema.IGNORE
-    overlay = draw.blend(image, draw.colorize_segmentation(segmentation), alpha=0.7)
+    overlay = draw.blend(image, draw.colorize_segmentation(segmentation, class_set), alpha=0.7)
     return _up(np.where(labelled[..., None], overlay, image), factor)
 
 
-def frame_tiles(frame: dict, max_depth: float) -> tuple[list, list]:
+def frame_tiles(frame: dict, max_depth: float, class_set: ClassSet = DEFAULT) -> tuple[list, list]:
     """([pred boxes, pred classes, pred depth], [GT boxes, GT classes, GT depth]) as (RGB, caption)."""
     image, gt, pred = frame["image"], frame["gt"], frame["pred"]
     factor = _scale(image.shape)
     top, bottom = [], []
     if "scores" in pred:
         keep = pred["scores"] > trained.DISPLAY_SCORE
-        top.append((_boxes_tile(image, pred["boxes"][keep], pred["classes"][keep], pred["scores"][keep], factor),
+        top.append((_boxes_tile(image, pred["boxes"][keep], pred["classes"][keep], pred["scores"][keep], factor,
+                                class_set),
                     f"predicted boxes (score > {trained.DISPLAY_SCORE})"))
     else:
         top.append((_blank(image.shape, factor), "no detection head"))
     if "segmentation" in pred:
-        top.append((_classes_tile(image, pred["segmentation"], factor), "predicted classes"))
+        top.append((_classes_tile(image, pred["segmentation"], factor, class_set), "predicted classes"))
     else:
         top.append((_blank(image.shape, factor), "no segmentation head"))
     if "depth" in pred:
@@ -275,11 +279,11 @@ def frame_tiles(frame: dict, max_depth: float) -> tuple[list, list]:
         top.append((_blank(image.shape, factor), "no depth head"))
 
     if gt["has_detection"]:
-        bottom.append((_boxes_tile(image, gt["boxes"], gt["classes"], None, factor), "true boxes"))
+        bottom.append((_boxes_tile(image, gt["boxes"], gt["classes"], None, factor, class_set), "true boxes"))
     else:
         bottom.append((_up(image, factor), "true boxes: not labelled"))
     if gt["has_segmentation"]:
-        bottom.append((_classes_tile(image, gt["segmentation"], factor), "true classes (ignore: as is)"))
+        bottom.append((_classes_tile(image, gt["segmentation"], factor, class_set), "true classes (ignore: as is)"))
     else:
         bottom.append((_up(image, factor), "true classes: not labelled"))
     if gt["has_depth"]:
@@ -290,13 +294,14 @@ def frame_tiles(frame: dict, max_depth: float) -> tuple[list, list]:
     return top, bottom
 
 
-def frame_grid(frames: list[dict], path: pathlib.Path, max_depth: float) -> pathlib.Path | None:
+def frame_grid(frames: list[dict], path: pathlib.Path, max_depth: float,
+               class_set: ClassSet = DEFAULT) -> pathlib.Path | None:
     """Per frame: predictions above ground truth, then one legend of the class colours."""
     if not frames:
         return None
     rows = []
     for frame in frames:
-        rows += list(frame_tiles(frame, max_depth))
+        rows += list(frame_tiles(frame, max_depth, class_set))
     tile_h, tile_w = rows[0][0][0].shape[:2]
     width = 3 * 3.4
     row_h = width / 3 * tile_h / tile_w + 0.3
@@ -313,12 +318,16 @@ def frame_grid(frames: list[dict], path: pathlib.Path, max_depth: float) -> path
             key = frames[r // 2]["key"][-90:]
             lines = "\n".join(key[i:i + 30] for i in range(0, len(key), 30))  # long keys wrap
             axes[r][0].set_ylabel(f"frame {r // 2 + 1}\n{lines}", fontsize=7)
+    # The legend lists the classes of the tasks the frames show (a segmentation-only model: no boxes).
+    pixels = any("segmentation" in f["pred"] or f["gt"]["has_segmentation"] for f in frames)
+    boxes = any("scores" in f["pred"] or f["gt"]["has_detection"] for f in frames)
     handles = [matplotlib.patches.Patch(color=_rgb(colour), label=name)
-               for name, colour in zip(schema.SEGMENTATION_CLASSES, schema.SEGMENTATION_COLOURS)]
+               for name, colour in zip(class_set.segmentation, class_set.segmentation_colours) if pixels]
     handles += [matplotlib.lines.Line2D([], [], color=tuple(0.8 * c for c in _rgb(colour)), lw=2,
                                         label=f"box: {name}")
-                for name, colour in zip(schema.DETECTION_CLASSES, schema.DETECTION_COLOURS)]
-    fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=7, frameon=False)
+                for name, colour in zip(class_set.detection, class_set.detection_colours) if boxes]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, legend_h / (row_h * len(rows) + legend_h), 1, 1))
     return _save(fig, path)
 
@@ -333,8 +342,8 @@ def plot_names(source: str, primary: bool) -> dict:
 
 
 def make_plots(out_dir: pathlib.Path, metrics: dict, max_depth: float, frames=None,
-               history_csv=None) -> list[pathlib.Path]:
-    """Every PNG of the report into out_dir; returns those written."""
+               history_csv=None, class_set: ClassSet = DEFAULT) -> list[pathlib.Path]:
+    """Every PNG of the report into out_dir, drawn in `class_set`'s colours; returns those written."""
     out_dir = pathlib.Path(out_dir)
     written = []
     sources = metrics.get("sources") or {metrics.get("primary_source", "data"): metrics}
@@ -342,11 +351,11 @@ def make_plots(out_dir: pathlib.Path, metrics: dict, max_depth: float, frames=No
     for name, result in sources.items():
         files = plot_names(name, name == primary)
         title = f" ({name})" if len(sources) > 1 else ""
-        written += [pr_curves(result.get("detection"), out_dir / files["detection"], title),
+        written += [pr_curves(result.get("detection"), out_dir / files["detection"], title, class_set),
                     confusion_matrix(result.get("segmentation"), out_dir / files["segmentation"], title),
                     depth_by_distance(result.get("depth"), out_dir / files["depth_distance"], title),
                     depth_log_error(result.get("depth"), out_dir / files["depth_log_error"], title)]
     written.append(training_curves(history_csv, out_dir / "training_curves.png"))
     if frames:
-        written.append(frame_grid(frames, out_dir / "frames.png", max_depth))
+        written.append(frame_grid(frames, out_dir / "frames.png", max_depth, class_set))
     return [path for path in written if path is not None]

@@ -13,7 +13,7 @@ import pathlib
 import time
 
 from data.vocabulary import TASKS
-from pipeline import atomic, layout, trained
+from pipeline import atomic, classes, layout, trained
 from pipeline.config import Config
 from pipeline.evaluation import plots
 from pipeline.evaluation.metrics import is_absent
@@ -385,7 +385,8 @@ def write_markdown(out_dir: pathlib.Path, metrics: dict, config: Config, history
 
 def write_report(out_dir: pathlib.Path, metrics: dict, config: Config, frames=None, history_csv=None) -> pathlib.Path:
     """All plots, then report.md, into out_dir."""
-    plots.make_plots(out_dir, metrics, config.model.max_depth, frames=frames, history_csv=history_csv)
+    plots.make_plots(out_dir, metrics, config.model.max_depth, frames=frames, history_csv=history_csv,
+                     class_set=classes.of_config(config))
     return write_markdown(out_dir, metrics, config, history_csv)
 
 

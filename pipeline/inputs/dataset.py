@@ -23,7 +23,6 @@ from pipeline.inputs import augment as augment_lib
 from pipeline.inputs import detection_targets as targets
 
 AUTOTUNE = tf.data.AUTOTUNE
-NUM_CLASSES = len(schema.DETECTION_CLASSES)
 
 
 def load_source(config: Config, source: SourceConfig, split: str, shuffle_files: bool = False,
@@ -74,7 +73,8 @@ def _augment_and_resize(example: dict, seed: tf.Tensor, config: Config, training
 def _to_model_io(example: dict, resized: dict, config: Config, training: bool):
     """(x, y) of the batch contract: image for the model, targets and flags for the losses."""
     image_size = tuple(config.data.image_size)
-    det = targets.encode_detection(resized["boxes"], resized["classes"], image_size, NUM_CLASSES)
+    det = targets.encode_detection(resized["boxes"], resized["classes"], image_size,
+                                   len(config.model.classes.detection))  # a heat map per class
     y = {**det,
          "det_ignore": targets.encode_ignore(resized["ignore_boxes"], image_size),
          "segmentation": tf.cast(resized["segmentation"], tf.int32),

@@ -14,26 +14,38 @@ import pathlib
 import shutil
 
 from data import builder as storage
+from data import classes as class_sets
 from data import readers, synthetic, synthetic_clip
 from data.errors import UserError
-from pipeline import atomic, layout
+from pipeline import atomic, classes, layout
 from pipeline.config import Config, SourceConfig, save_config
 
 
 def source_params(config: Config, source: SourceConfig) -> dict:
     if source.name == "synthetic":
-        return {"source": "synthetic", "seed": config.seed, **vars(config.data.synthetic)}
-    return {"source": source.name, "path": str(pathlib.Path(source.path).resolve())}
+        params = {"source": "synthetic", "seed": config.seed, **vars(config.data.synthetic)}
+    else:
+        params = {"source": source.name, "path": str(pathlib.Path(source.path).resolve())}
+    # Other class names or tables label the frames differently: a rebuild. The default ones add
+    # nothing, so data sets built before classes were configurable are not rebuilt. (Colours only draw.)
+    names = classes.of_config(config)
+    if source.label_map or not names.same_names(class_sets.DEFAULT):
+        params["labels"] = {"detection": list(names.detection), "segmentation": list(names.segmentation),
+                            "label_map": source.label_map}
+    return params
 
 
 def source_items(config: Config, source: SourceConfig) -> dict:
     """split -> iterable of (key, loader) for the builder."""
+    labels = classes.source_labels(config, source)
     if source.name == "synthetic":
         cfg = config.data.synthetic
         # The test split is for headline numbers only: nothing (checkpoints, defaults) is chosen on it.
         counts = {"train": cfg.train_frames, "validation": cfg.validation_frames, "test": cfg.test_frames}
         counts = {split: count for split, count in counts.items() if count > 0}
-        return {split: ((key, functools.partial(lambda e: e, example))
+        # Rendered in the default classes; other classes go through the synthetic label tables.
+        relabel = (lambda key, e: e) if labels.is_identity() else (lambda key, e: labels.remap(e, key))
+        return {split: ((key, functools.partial(relabel, key, example))
                         for key, example in synthetic.generate(split, count, cfg.height, cfg.width,
                                                                 config.seed))
                 for split, count in counts.items()}
@@ -45,7 +57,7 @@ def source_items(config: Config, source: SourceConfig) -> dict:
     keys = reader.list_items(root)
     if not keys:
         raise UserError(f"{source.name}: no frames found under {root}")
-    return {split: [(key, functools.partial(reader.load_item, root, key)) for key in split_keys]
+    return {split: [(key, functools.partial(reader.load_item, root, key, labels)) for key in split_keys]
             for split, split_keys in storage.split_items(keys).items()}
 
 
@@ -73,7 +85,8 @@ def build_source(config: Config, source: SourceConfig) -> dict:
     atomic.remove_stale(target.parent, f".{target.name}.partial-")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        builder = storage.builder_for(source.name, staging, items=source_items(config, source), on_bad=on_bad)
+        builder = storage.builder_for(source.name, staging, items=source_items(config, source), on_bad=on_bad,
+                                      classes=classes.of_config(config))
         builder.download_and_prepare()
         built = storage.stored_dir(source.name, staging)
         splits = {name: info.num_examples for name, info in builder.info.splits.items()}
@@ -95,8 +108,10 @@ def render_synthetic_clip(config: Config) -> pathlib.Path:
     video = layout.synthetic_clip(config)
     if video.exists():
         return video
+    source = next(s for s in config.data.sources if s.name == "synthetic")
     return synthetic_clip.render_clip(layout.clips_data_dir(config), layout.CLIP_NAME, seed=config.seed + 1000, frames=cfg.clip_frames,
-                                      height=cfg.height, width=cfg.width, fps=cfg.clip_fps)
+                                      height=cfg.height, width=cfg.width, fps=cfg.clip_fps,
+                                      mapping=classes.source_labels(config, source))
 
 
 def build_all(config: Config) -> list[dict]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pathlib
 
-from pipeline import layout
+from pipeline import classes, layout
 from pipeline.config import Config
 from pipeline.deploy import predict
 
@@ -15,7 +15,8 @@ from pipeline.deploy import predict
 def main(config: Config, args) -> pathlib.Path:
     out_dir = pathlib.Path(args.out) if getattr(args, "out", None) else layout.predict_dir(config)
     result = predict.run_predict(args.model, args.images, out_dir, max_depth=config.model.max_depth,
-                                 score_threshold=config.export.score_threshold)
+                                 score_threshold=config.export.score_threshold,
+                                 class_set=classes.of_config(config))  # when the model file names none
     for record in result["images"]:
         found = len(record.get("detections", []))
         extra = f", resized to {record['model_input_size']}" if record["resized"] else ""

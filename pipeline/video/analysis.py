@@ -11,7 +11,7 @@ import pathlib
 import cv2
 import numpy as np
 
-from data import schema
+from data.classes import DEFAULT, ClassSet
 from pipeline.video.fitting import Fit
 
 
@@ -20,7 +20,7 @@ def frame_prediction(out: dict, i: int) -> dict:
             if key != "resized" and value is not None and np.ndim(value) > 0}
 
 
-def analyse(pred: dict, fit: Fit, threshold: float) -> dict:
+def analyse(pred: dict, fit: Fit, threshold: float, class_set: ClassSet = DEFAULT) -> dict:
     """One frame's raw prediction (model-input pixels) -> what the JSONL, overlay and metrics need."""
     result = {"segmentation": None, "depth": None, "detections": None, "kept": None}
     for task in ("segmentation", "depth"):
@@ -39,7 +39,7 @@ def analyse(pred: dict, fit: Fit, threshold: float) -> dict:
         # Every slot (not only num_detections) goes to the metrics; boxes that lie wholly in the
         # letterbox padding have no area once clipped to the frame and are dropped.
         real = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & (classes >= 0)
-        real &= classes < len(schema.DETECTION_CLASSES)
+        real &= classes < len(class_set.detection)
         result["detections"] = (boxes[real], scores[real], classes[real])
         keep = real & (scores >= threshold) & (np.arange(len(scores)) < max(count, 0))
         kept_boxes, kept_scores, kept_classes = boxes[keep], scores[keep], classes[keep]
@@ -58,13 +58,14 @@ def box_depth(depth_content: np.ndarray, frame_box, fit: Fit) -> float:
     return float(np.median(depth_content[top:bottom, left:right]))
 
 
-def jsonl_record(index: int, time_s: float, latency_ms: float, analysis: dict) -> dict:
+def jsonl_record(index: int, time_s: float, latency_ms: float, analysis: dict,
+                 class_set: ClassSet = DEFAULT) -> dict:
     record = {"frame": index, "time_s": round(float(time_s), 4), "latency_ms": round(latency_ms, 2)}
     if analysis["kept"] is not None:
         boxes, scores, classes, distances = analysis["kept"]
         record["boxes"] = [[round(float(v), 1) for v in box] for box in boxes]
         record["scores"] = [round(float(s), 3) for s in scores]
-        record["classes"] = [schema.DETECTION_CLASSES[int(c)] for c in classes]
+        record["classes"] = [class_set.detection[int(c)] for c in classes]
         distances = [round(d, 2) if np.isfinite(d) else None for d in distances] if distances is not None else None
         record["distance_m"] = distances
         record["nearest_m"] = min((d for d in distances if d is not None), default=None) if distances else None
@@ -72,7 +73,7 @@ def jsonl_record(index: int, time_s: float, latency_ms: float, analysis: dict) -
         record.update(boxes=None, scores=None, classes=None, distance_m=None, nearest_m=None)
     seg = analysis["segmentation"]
     if seg is not None:
-        names = schema.SEGMENTATION_CLASSES
+        names = class_set.segmentation
         counts = np.bincount(seg.reshape(-1), minlength=len(names))[:len(names)]
         record["segmentation_shares"] = {n: round(float(c) / seg.size, 4) for n, c in zip(names, counts)}
     else:

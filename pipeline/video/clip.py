@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.errors import UserError
-from pipeline import atomic, timing
+from pipeline import atomic, classes, timing
 from pipeline.evaluation.evaluate import HEADLINE_METRICS
 from pipeline.evaluation.stability import Stability
 from pipeline.video.analysis import analyse, frame_prediction, jsonl_record, save_maps
@@ -63,10 +63,12 @@ def process_clip(predictor, video_path, out_dir, config, progress: bool = True,
     written, before anything is left in out_dir."""
     video_path, out_dir = pathlib.Path(video_path), pathlib.Path(out_dir)
     source = VideoSource(video_path)
+    # The model's classes name its class ids (runtimes: predictor.classes), else the config's.
+    class_set = getattr(predictor, "classes", None) or classes.of_config(config)
     try:
-        labels = load_labels(video_path)
+        labels = load_labels(video_path, class_set)
         with atomic.staged_outputs(out_dir, OUTPUTS) as staging:
-            summary = _run(predictor, source, labels, staging, config, progress, score_threshold)
+            summary = _run(predictor, source, labels, staging, config, progress, score_threshold, class_set)
             summary["video"] = str(video_path)
             summary["folder"] = str(out_dir)
             (staging / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -83,7 +85,7 @@ def process_clip(predictor, video_path, out_dir, config, progress: bool = True,
 
 
 def _run(predictor, source: VideoSource, labels, staging: pathlib.Path, config, progress: bool,
-         score_threshold) -> dict:
+         score_threshold, class_set) -> dict:
     clip_config = config.clip
     # The predictor's threshold is export.score_threshold (or a SavedModel's own, which its num_detections use).
     threshold = float(score_threshold if score_threshold is not None else
@@ -96,8 +98,8 @@ def _run(predictor, source: VideoSource, labels, staging: pathlib.Path, config, 
     fit = Fit((source.height, source.width), model_hw, clip_config.resize)
     batch_size = max(1, int(clip_config.batch_size))
     out_w, out_h = even_size(source.width, source.height)
-    metrics = ClipMetrics(labels, max_depth) if labels is not None else None
-    stability = Stability()
+    metrics = ClipMetrics(labels, max_depth, class_set) if labels is not None else None
+    stability = Stability(len(class_set.segmentation))
     if clip_config.full_maps:
         (staging / "maps").mkdir()
     seconds = dict.fromkeys(("decode", "preprocess", "inference", "postprocess", "draw", "encode"), 0.0)
@@ -122,18 +124,18 @@ def _run(predictor, source: VideoSource, labels, staging: pathlib.Path, config, 
             while (item := frames_out.get()) is not None:
                 index, time_s, frame, pred, latency_ms = item
                 start = time.perf_counter()
-                analysis = analyse(pred, fit, threshold)
+                analysis = analyse(pred, fit, threshold, class_set)
                 stability.add(analysis)
                 if metrics is not None:
                     metrics.add(index, analysis, fit)
-                record = jsonl_record(index, time_s, latency_ms, analysis)
+                record = jsonl_record(index, time_s, latency_ms, analysis, class_set)
                 if clip_config.full_maps:
                     record["maps"] = save_maps(staging, index, analysis, fit)
                 jsonl.write(json.dumps(record) + "\n")
                 if analysis["kept"] is not None:
                     detections.append(len(analysis["kept"][0]))
                 drawn = time.perf_counter()
-                image = overlay(frame, analysis, fit, latency_ms, max_depth)
+                image = overlay(frame, analysis, fit, latency_ms, max_depth, class_set)
                 seconds["postprocess"] += drawn - start
                 seconds["draw"] += time.perf_counter() - drawn
                 frames_drawn.put(image)

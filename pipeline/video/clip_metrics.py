@@ -10,7 +10,8 @@ import pathlib
 
 import numpy as np
 
-from data import schema
+from data.classes import DEFAULT, ClassSet
+from data.schema import IGNORE
 from data.synthetic_clip import read_clip_labels
 from data.vocabulary import TASKS
 from pipeline import trained
@@ -22,22 +23,22 @@ def labels_path(video: pathlib.Path) -> pathlib.Path:
     return video.parent / f"{video.stem}.labels.jsonl"
 
 
-def load_labels(video: pathlib.Path):
+def load_labels(video: pathlib.Path, class_set: ClassSet = DEFAULT):
+    """The clip's labels, class names read as indices into the model's `class_set`."""
     path = labels_path(video)
     if not path.is_file():
         return None
-    return read_clip_labels(path)  # raises UserError naming the bad line
+    return read_clip_labels(path, class_set.detection)  # raises UserError naming the bad line
 
 
 class ClipMetrics:
     """The evaluate stage's evaluators, fed frame by frame at the labels' resolution."""
 
-    def __init__(self, labels: list, max_depth: float):
+    def __init__(self, labels: list, max_depth: float, class_set: ClassSet = DEFAULT):
         # Lines carry their frame index; frames without a line are unlabelled (data/synthetic_clip.py).
         self.labels = {int(label.get("frame", i)): label for i, label in enumerate(labels)}
-        self.detection = DetectionEvaluator(schema.DETECTION_CLASSES)
-        self.segmentation = SegmentationEvaluator(len(schema.SEGMENTATION_CLASSES), schema.IGNORE,
-                                                  schema.SEGMENTATION_CLASSES)
+        self.detection = DetectionEvaluator(class_set.detection)
+        self.segmentation = SegmentationEvaluator(len(class_set.segmentation), IGNORE, class_set.segmentation)
         self.depth = DepthEvaluator(max_depth=max_depth)
         self.frames = 0
 

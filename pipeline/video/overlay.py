@@ -5,23 +5,26 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from data.classes import DEFAULT, ClassSet
 from pipeline import draw
 from pipeline.video.fitting import Fit
 
 SEGMENTATION_ALPHA = 0.4
 
 
-def overlay(frame: np.ndarray, analysis: dict, fit: Fit, latency_ms: float, max_depth: float) -> np.ndarray:
+def overlay(frame: np.ndarray, analysis: dict, fit: Fit, latency_ms: float, max_depth: float,
+            class_set: ClassSet = DEFAULT) -> np.ndarray:
     """The annotated frame (RGB, the frame's size). Draws into `frame` where it can: at 1080p every
     full-frame copy costs milliseconds, and the frame is not used after this."""
     height, width = frame.shape[:2]
     image = frame
     if analysis["segmentation"] is not None:
-        colours = fit.to_frame(draw.colorize_segmentation(analysis["segmentation"]), nearest=True)
+        colours = fit.to_frame(draw.colorize_segmentation(analysis["segmentation"], class_set), nearest=True)
         cv2.addWeighted(image, 1.0 - SEGMENTATION_ALPHA, colours, SEGMENTATION_ALPHA, 0.0, dst=image)
     if analysis["kept"] is not None and len(analysis["kept"][0]):  # (draw_boxes copies the frame)
         boxes, scores, classes, _ = analysis["kept"]
-        image = draw.draw_boxes(image, boxes, classes, scores, thickness=max(1, round(min(height, width) / 360)))
+        image = draw.draw_boxes(image, boxes, classes, scores, thickness=max(1, round(min(height, width) / 360)),
+                                class_set=class_set)
     if analysis["depth"] is not None:
         inset_w, inset_h = max(1, width // 4), max(1, height // 4)
         inset = cv2.resize(draw.colorize_depth(analysis["depth"], max_depth), (inset_w, inset_h),

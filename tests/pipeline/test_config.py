@@ -65,6 +65,34 @@ MISTAKES = [
     ("train", "train.weighting=magic", ["train.weighting", "'magic'", "valid: fixed, uncertainty"]),
     ("train", "train.fixed_weights={detection: heavy}", ["train.fixed_weights.detection", "'heavy'", "a number"]),
     ("train", "train.validation_steps=-1", ["train.validation_steps", "-1", "> 0 (or null)"]),
+    # Classes and label tables (data/classes.py, data/label_maps.py).
+    ("train", "model.classes.detection=[]", ["model.classes.detection", "1 to 255 classes", "Received: 0"]),
+    ("train", "model.classes.segmentation=[{name: road, colour: [1, 2, 3]}]",
+     ["model.classes.segmentation", "2 to 255 classes", "Received: 1"]),
+    ("train", "model.classes.detection=[{name: car, colour: [1, 2, 3]}, {name: car, colour: [4, 5, 6]}]",
+     ["model.classes.detection names must be unique", "'car' twice"]),
+    ("data", "model.classes.detection=[{name: '', colour: [1, 2, 3]}]",
+     ["model.classes.detection.0.name", "''", "a non-empty string"]),
+    ("data", "model.classes.detection=[{name: ignore, colour: [1, 2, 3]}]",
+     ["model.classes.detection.0.name", "'ignore'", "marker"]),
+    ("train", "model.classes.detection=[{name: car, colour: [300, 0, 0]}]",
+     ["model.classes.detection.0.colour", "[300, 0, 0]", "each be in [0, 255]"]),
+    ("train", "model.classes.detection=[{name: car, colour: [1, 2]}]",
+     ["model.classes.detection.0.colour", "[1, 2]", "a list of 3 integers"]),
+    ("evaluate", "model.classes.detection=[{name: car}]",
+     ["model.classes.detection.0.colour", "None", "a list of 3 integers in [0, 255]"]),
+    ("data", "model.classes.detection=[{name: car, colour: [1, 2, 3], size: 4}]",
+     ["unknown key 'model.classes.detection.0.size'", "colour, name"]),
+    ("data", "data.sources.0.label_map={detection: {vehicle: truck}}",
+     ["data.sources.0.label_map.detection.vehicle", "'truck'", "vehicle, pedestrian, cyclist, ignore, drop"]),
+    ("data", "data.sources.0.label_map={segmentation: {0: drop}}",
+     ["data.sources.0.label_map.segmentation.0", "'drop'", "cyclist, ignore;"]),
+    ("data", "data.sources.0.label_map={segmentation: {road: road}}",
+     ["data.sources.0.label_map.segmentation", "'road'", "label values 0..255"]),
+    ("data", "data.sources.0.label_map={lanes: {0: road}}",
+     ["data.sources.0.label_map table 'lanes'", "synthetic", "valid: detection, segmentation"]),
+    ("data", "model.classes.detection=[{name: car, colour: [1, 2, 3]}]",
+     ["data.sources.0 (synthetic) has no label_map.detection", "'vehicle'", "give data.sources.0.label_map.detection"]),
 ]
 
 
@@ -128,3 +156,24 @@ def test_values_are_coerced_to_their_type(override, value):
 def test_ranges_and_rules_between_keys(override, message):
     with pytest.raises(UserError, match=message):
         load_config("configs/tiny.yaml", [override])
+
+
+def test_classes_default_to_the_unified_three_and_nine():
+    config = load_config("configs/tiny.yaml")
+    assert [c.name for c in config.model.classes.detection] == ["vehicle", "pedestrian", "cyclist"]
+    assert [c.name for c in config.model.classes.segmentation] == [
+        "road", "sidewalk", "building", "vegetation", "sky", "pole", "vehicle", "pedestrian", "cyclist"]
+    assert config.model.classes.detection[0].colour == (0, 255, 255)
+    assert config.data.sources[0].label_map == {}
+
+
+def test_other_classes_with_their_tables_load():
+    config = load_config("configs/tiny.yaml", [
+        "model.classes.detection=[{name: car, colour: [1, 2, 3]}]",
+        "data.sources.0.label_map={detection: {vehicle: car, pedestrian: ignore, cyclist: drop}}"])
+    assert [c.name for c in config.model.classes.detection] == ["car"]
+    assert config.data.sources[0].label_map == {"detection": {"vehicle": "car", "pedestrian": "ignore",
+                                                              "cyclist": "drop"}}
+    camvid = load_config("configs/camvid.yaml")
+    assert len(camvid.model.classes.segmentation) == 11
+    assert camvid.data.sources[0].label_map["segmentation"]["11"] == "ignore"

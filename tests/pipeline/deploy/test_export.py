@@ -254,7 +254,7 @@ def test_missing_model_says_run_train(tmp_path):
 def test_failing_export_leaves_no_export_folder(tmp_path, tiny_trained, monkeypatch):
     config = _run_copy(tmp_path, tiny_trained)
 
-    def half_written(net, path, top_k, score_threshold):
+    def half_written(net, path, *args):
         path.mkdir()
         (path / "saved_model.pb").write_bytes(b"half")
         raise RuntimeError("disk full")

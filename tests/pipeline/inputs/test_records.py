@@ -1,12 +1,14 @@
 """The data stage's records: a rebuild that fails leaves the last finished data set as it was."""
 import hashlib
+import shutil
 
 import pytest
 
 from data import builder as storage
 from data.errors import UserError
+from data.schema import SEGMENTATION_CLASSES
 from pipeline.inputs import records
-from support import assert_no_partial_output, tiny
+from support import FIXTURES, assert_no_partial_output, assert_user_error_exit, run_cli, tiny
 
 
 def checksums(folder):
@@ -41,3 +43,17 @@ def test_a_failing_rebuild_keeps_the_finished_data_set(tmp_path, monkeypatch):
     report = records.build_source(changed, changed.data.sources[0])  # the next run succeeds
     assert report["examples"]["train"] == 12
     assert storage.builder_for(source.name, config.data_dir).is_prepared()
+
+
+def test_a_label_value_without_mapping_stops_the_build_naming_file_and_value(tmp_path):
+    root = shutil.copytree(FIXTURES / "camvid", tmp_path / "camvid")
+    table = "{" + ", ".join(f"{i}: {n}" for i, n in enumerate(SEGMENTATION_CLASSES) if i != 8)
+    # CamVid's built-in table without value 8 (Car): a gap, whatever data.bad_examples says.
+    table += ", 9: pedestrian, 10: cyclist, 11: ignore}"
+    result = run_cli("data", "--config", "configs/tiny.yaml", f"run_root={tmp_path / 'runs'}",
+                     f"data.sources=[{{name: camvid, path: '{root}'}}]", "data.bad_examples=drop",
+                     f"data.sources.0.label_map={{segmentation: {table}}}", timeout=300)
+    labels = sorted((root / "labels").glob("*.png"))
+    line = assert_user_error_exit(result, "class index 8 ", "label_map.segmentation")
+    assert any(str(label) in line for label in labels), line
+    assert not list((tmp_path / "runs").rglob("*.tfrecord*"))
