@@ -11,7 +11,7 @@ import numpy as np
 from data import synthetic_clip
 from models import multitask
 from pipeline.bench import timing
-from pipeline import trained
+from pipeline import classes, trained
 from pipeline.config import Config
 from pipeline.deploy import export, parity, runtimes
 from pipeline.video import clip as clip_loop
@@ -82,7 +82,8 @@ def temp_export(config: Config, data_config: Config, net, folder: pathlib.Path, 
     """SavedModel + the three TFLite files of `net` into `folder`, with the export stage's own functions."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = export_files(config, folder)
-    export.write_saved_model(net, paths["saved_model"], config.model.top_k)
+    export.write_saved_model(net, paths["saved_model"], config.model.top_k, config.export.score_threshold,
+                             classes.of_config(config))
     small = dataclasses.replace(data_config, export=dataclasses.replace(data_config.export,
                                                                         representative_frames=frames))
     calibration = export.representative_frames(small)
