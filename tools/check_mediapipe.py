@@ -80,6 +80,24 @@ def metadata_summary(model: pathlib.Path) -> dict:
     return {"metadata": _plain(meta), "associated_files": files}
 
 
+def metadata_facts(summary: dict) -> list[str]:
+    """The metadata fields MediaPipe's ObjectDetector uses, one line each (--show-metadata: all of it)."""
+    meta = summary["metadata"]
+    graph = meta["subgraphMetadata"][0]
+    (image,) = graph["inputTensorMetadata"]
+    norm = image["processUnits"][0]["options"]
+    size = image["content"]["contentProperties"].get("defaultSize", {})
+    box = graph["outputTensorMetadata"][0]["content"]["contentProperties"]
+    return [f"model {meta.get('name')!r}, min parser version {meta.get('minParserVersion')}",
+            f"input {image['name']!r}: {size.get('width')}x{size.get('height')} RGB, normalised (x - {norm['mean']}) "
+            f"/ {norm['std']}",
+            f"outputs in order: {[t['name'] for t in graph['outputTensorMetadata']]}",
+            f"box index {box.get('index')} (xmin, ymin, xmax, ymax positions), type {box.get('type')} "
+            f"(1 = BOUNDARIES), coordinates {box.get('coordinateType', 0)} (0 = RATIO)",
+            f"default score threshold {default_threshold(meta):.3g}",
+            f"associated files {summary['associated_files']}"]
+
+
 def default_threshold(metadata: dict) -> float:
     """The score tensor's ScoreThresholdingOptions (the export's score_threshold)."""
     (score,) = [t for t in metadata["subgraphMetadata"][0]["outputTensorMetadata"] if t["name"] == "score"]
@@ -117,6 +135,7 @@ def main(argv=None) -> int:
     parser.add_argument("--score-threshold", type=float, default=None,
                         help="default: the threshold in the file's metadata (the export's score_threshold)")
     parser.add_argument("--max-results", type=int, default=-1)
+    parser.add_argument("--show-metadata", action="store_true", help="print all of the metadata as JSON")
     args = parser.parse_args(argv)
     for path in (args.model, args.image, args.labels):
         if path is not None and not path.is_file():
@@ -128,7 +147,9 @@ def main(argv=None) -> int:
 
     print(f"mediapipe {mp.__version__}: {args.model}")
     summary = metadata_summary(args.model)
-    print("metadata:", json.dumps(summary, indent=1))
+    print("metadata (read with mediapipe's generated schema readers):")
+    for line in (json.dumps(summary, indent=1).splitlines() if args.show_metadata else metadata_facts(summary)):
+        print("  " + line)
     threshold = args.score_threshold
     if threshold is None:  # mediapipe 1.x passes its own default (0.0) unless told: use the file's
         threshold = default_threshold(summary["metadata"])
@@ -138,11 +159,15 @@ def main(argv=None) -> int:
     for item in found:
         print(f"  {item['class']:<11} {item['score']:.3f}  box x1,y1,x2,y2 = {item['box']}")
     if args.labels:  # the frame's own labels: a vehicle must be found where one is (IoU >= MATCH_IOU)
+        if not kitti_vehicles(args.labels):
+            print(f"error: {args.labels} lists no vehicle: pick a frame with one", file=sys.stderr)
+            return 2
         matched = 0
         for truth in kitti_vehicles(args.labels):
             scores = [(iou(truth, d["box"]), d) for d in found if d["class"] == "vehicle"]
             best = max(scores, key=lambda s: s[0], default=(0.0, None))
-            text = f"IoU {best[0]:.2f} with the {best[1]['score']:.3f} detection" if best[1] else "no vehicle detection"
+            text = (f"IoU {best[0]:.2f} with the {best[1]['score']:.3f} detection" if best[0] > 0
+                    else "no vehicle detection overlaps it")
             print(f"  labelled vehicle {[round(v) for v in truth]}: {text}")
             matched += best[0] >= MATCH_IOU
         if not matched:

@@ -7,13 +7,13 @@ examples) reads SSD-style post-processed outputs, not this project's multi-task 
   output 0 location         float32 [1,K,4] ymin, xmin, ymax, xmax as fractions of the input
   output 1 category         float32 [1,K]   class index (a line of the label file)
   output 2 score            float32 [1,K]   0..1, best first
-  output 3 number of dets.  float32 [1]     how many scores are >= export.score_threshold
+  output 3 number of dets.  float32 [1]     how many slots hold a detection (a peak: score > 0)
 
 Encoder + detection head + the project's own decoding (CenterNet peaks, top-K; no NMS op: the graph
 stays builtin-ops-only), with TFLite metadata (pipeline/deploy/tflite_metadata.py): the input
 normalisation, the class names as labels.txt, the box layout and the default score threshold.
-Readers take the outputs by position, so the file's output order is set explicitly below (the
-converter orders a signature's outputs its own way).
+Readers take the outputs by position, so the file's output order is set explicitly below: Keras'
+LiteRT export put num_detections first (measured with Keras 3.15.1, TF 2.21).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from data import schema
 from pipeline import trained
 from pipeline.deploy import runtimes, serving, tflite_metadata
 
-# Signature names (those of TF's detection API), put in this order by _set_output_order.
+# Signature names (those of TF's detection API), in the order _set_output_order gives the outputs.
 OUTPUTS = runtimes.STANDARD_DETECTION
 MEAN, STD = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]  # the net takes 0..255 pixels as they are
 
@@ -35,9 +35,9 @@ MEAN, STD = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]  # the net takes 0..255 pixels as t
 class StandardDetections(keras.layers.Layer):
     """Detection head tensors -> the four standard outputs (boxes normalised, classes as float)."""
 
-    def __init__(self, top_k, score_threshold, input_size, **kwargs):
+    def __init__(self, top_k, input_size, **kwargs):
         super().__init__(**kwargs)
-        self.top_k, self.score_threshold = int(top_k), float(score_threshold)
+        self.top_k = int(top_k)
         self.input_size = tuple(int(v) for v in input_size)
         self.decode = serving.DecodeDetections(self.top_k)
 
@@ -47,7 +47,9 @@ class StandardDetections(keras.layers.Layer):
         x1, y1, x2, y2 = tf.unstack(decoded["boxes"], axis=-1)
         locations = tf.clip_by_value(tf.stack([y1 / height, x1 / width, y2 / height, x2 / width], -1), 0.0, 1.0)
         scores = decoded["scores"]
-        count = tf.reduce_sum(tf.cast(scores >= self.score_threshold, tf.float32), axis=1)
+        # Every peak counts, as an SSD post-processing op counts its boxes: the reader applies its own
+        # score threshold (default: the metadata's, export.score_threshold), which can then go lower.
+        count = tf.reduce_sum(tf.cast(scores > 0.0, tf.float32), axis=1)
         return {OUTPUTS[0]: locations, OUTPUTS[1]: tf.cast(decoded["classes"], tf.float32),
                 OUTPUTS[2]: scores, OUTPUTS[3]: count}
 
@@ -59,7 +61,7 @@ class StandardDetections(keras.layers.Layer):
         return {OUTPUTS[0]: (batch, k, 4), OUTPUTS[1]: (batch, k), OUTPUTS[2]: (batch, k), OUTPUTS[3]: (batch,)}
 
 
-def detector_model(net, top_k: int, score_threshold: float) -> keras.Model:
+def detector_model(net, top_k: int) -> keras.Model:
     """{"image": float32 [B,H,W,3] 0..255} -> the four standard outputs."""
     if "detection" not in trained.tasks(net):
         raise ValueError("the net has no detection head: nothing to export as a detector")
@@ -67,7 +69,7 @@ def detector_model(net, top_k: int, score_threshold: float) -> keras.Model:
     outputs = dict(net.output) if isinstance(net.output, dict) else dict(zip(net.output_names, net.outputs))
     # the head's three tensors before their concatenation, as the other TFLite files decode them
     parts = layer.input if isinstance(layer, keras.layers.Concatenate) else outputs["detection"]
-    head = StandardDetections(top_k, score_threshold, trained.input_size(net), name="standard_detections")
+    head = StandardDetections(top_k, trained.input_size(net), name="standard_detections")
     return keras.Model(net.input, head(parts), name="detector")
 
 
@@ -85,7 +87,7 @@ def _set_output_order(model: bytes) -> bytes:
 def write_detector(net, path: pathlib.Path, top_k: int, score_threshold: float) -> dict:
     """Writes model_detection.tflite (float32, builtin ops, metadata + labels.txt); notes for parity.json."""
     height, width = trained.input_size(net)
-    model = detector_model(net, top_k, score_threshold)
+    model = detector_model(net, top_k)
     signature = [{"image": tf.TensorSpec([1, height, width, 3], tf.float32, name="image")}]
     options = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
     with tempfile.TemporaryDirectory() as folder:

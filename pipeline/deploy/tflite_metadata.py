@@ -2,10 +2,12 @@
 
 MediaPipe's ObjectDetector task (and LiteRT's Task Library) refuse a detector without TFLite
 metadata: they read the input normalisation, the box layout and the label file from it. The tools
-that usually write it (mediapipe's metadata writers, tflite-support) need opencv-contrib or
-protobuf < 4, which clash with this project's pins, so this module writes the same flatbuffer
-itself. What it writes mirrors mediapipe's `object_detector.MetadataWriter.create_for_models_with_nms`
-(`make check-mediapipe` loads the result with MediaPipe and prints its metadata as JSON).
+that usually write it cannot run here: tflite-support needs protobuf < 4 (pip would take ours from 7.36 down to 3.20), mediapipe needs
+opencv-contrib (we have headless OpenCV), and mediapipe 1.2.3's metadata writers do not even import
+(its wheel lacks their compiled helper, mediapipe.tasks.cc). So this module writes the flatbuffer
+itself, with what mediapipe's `object_detector.MetadataWriter.create_for_models_with_nms` writes.
+`make check-mediapipe` reads it back with mediapipe's generated schema readers and runs MediaPipe's
+ObjectDetector on it.
 
 The format (mediapipe/tasks/metadata/metadata_schema.fbs, file identifier "M001"):
   - a ModelMetadata flatbuffer stored in one of the model's buffers, named by a model.metadata
@@ -137,7 +139,7 @@ def detector_metadata(*, name: str, description: str, version: str, input_size: 
     threshold_unit = w.table({0: ("Uint8", UNIT_SCORE_THRESHOLD), 1: ("offset", threshold)})
     score = _tensor(w, OUTPUT_NAMES[2], "Score of each box, 0..1, best first.",
                     _content(w, CONTENT_FEATURE, w.table({}), ranged=True), [threshold_unit])
-    number = _tensor(w, OUTPUT_NAMES[3], "Number of boxes with a score at or above the threshold.",
+    number = _tensor(w, OUTPUT_NAMES[3], "Number of valid boxes (local peaks); apply a score threshold.",
                      _content(w, CONTENT_FEATURE, w.table({}), ranged=False))
     group = w.table({0: ("offset", w.string("detection_result")),
                      1: ("offset", w.strings(OUTPUT_NAMES[:3]))})
