@@ -29,10 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     stages["evaluate"].add_argument("--model", help="a .keras model to evaluate instead of the run's own")
     stages["evaluate"].add_argument("--split", help="split to evaluate (default: evaluate.split)")
     stages["predict"].add_argument("--model", required=True,
-                                   help="saved_model folder, .tflite or .keras file")
+                                   help="saved_model folder, .tflite, .onnx or .keras file")
     stages["predict"].add_argument("--images", nargs="+", required=True, help="image files")
     stages["predict"].add_argument("--out", help="output folder (default: runs/<experiment>/predict)")
-    stages["clip"].add_argument("--model", help=".keras, saved_model folder or .tflite (default: the run's model)")
+    stages["clip"].add_argument("--model", help=".keras, saved_model folder, .tflite or .onnx (default: the run's model)")
     stages["clip"].add_argument("--input", help="video file or folder of videos (default: synthetic clip)")
     stages["clip"].add_argument("--out", help="output folder (default: runs/<experiment>/clips)")
     stages["bench"].add_argument("--quick", action="store_true", help="a reduced run of about a minute")

@@ -28,3 +28,14 @@ def tiny_config(tiny_root):
 def tiny_trained(tiny_config):
     """The tiny config after a short training run; returns (config, model_path)."""
     return tiny_config, run_training(tiny_config, verbose=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_exported(tiny_trained):
+    """(config, export folder, parity report) after one export of the tiny model (about a minute on 2
+    cores); shared by the deploy tests (export, ONNX, detector)."""
+    from pipeline.deploy import export
+
+    config, _ = tiny_trained
+    out, report = export.run_export(config, progress=lambda line: None)
+    return config, out, report

@@ -13,7 +13,7 @@ from models import multitask
 from pipeline.bench import timing
 from pipeline import classes, trained
 from pipeline.config import Config
-from pipeline.deploy import export, parity, runtimes
+from pipeline.deploy import export, onnx_export, parity, runtimes
 from pipeline.video import clip as clip_loop
 
 
@@ -79,7 +79,8 @@ def export_files(config: Config, folder: pathlib.Path) -> dict[str, pathlib.Path
 
 
 def temp_export(config: Config, data_config: Config, net, folder: pathlib.Path, frames: int) -> dict:
-    """SavedModel + the three TFLite files of `net` into `folder`, with the export stage's own functions."""
+    """SavedModel, the three TFLite files and the ONNX file of `net` into `folder`, with the export stage's
+    own functions; returns the paths written."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = export_files(config, folder)
     export.write_saved_model(net, paths["saved_model"], config.model.top_k, config.export.score_threshold,
@@ -89,15 +90,17 @@ def temp_export(config: Config, data_config: Config, net, folder: pathlib.Path, 
     calibration = export.representative_frames(small)
     for kind in export.TFLITE_FORMATS:
         export.convert_tflite(net, paths[kind], kind, small, calibration)
-    return paths
+    onnx_export.write_onnx(net, paths["onnx"], config.model.top_k)
+    return {fmt: path for fmt, path in paths.items() if path.exists()}  # (no detector: it times the same net)
 
 
 def deployment(config: Config, keras_path: pathlib.Path, paths: dict, source: str, rounds: int, calls: int):
     """Loads and warms every format's predictor; returns measure() -> section."""
     threads = os.cpu_count() or 1
     paths = {"keras": keras_path, **paths}
-    predictors = {fmt: runtimes.load_predictor(paths[fmt], num_threads=threads if fmt.startswith("tflite") else None,
-                                               top_k=config.model.top_k) for fmt in runtimes.FORMATS}
+    own_threads = lambda fmt: fmt.startswith("tflite") or fmt == "onnx"  # noqa: E731  (runtimes sized by us)
+    predictors = {fmt: runtimes.load_predictor(paths[fmt], num_threads=threads if own_threads(fmt) else None,
+                                               top_k=config.model.top_k) for fmt in runtimes.FORMATS if fmt in paths}
     size = tuple(predictors["keras"].input_size)
     frame = np.random.default_rng(0).integers(0, 256, (1, *size, 3), dtype=np.uint8)
     for predictor in predictors.values():
@@ -115,7 +118,7 @@ def deployment(config: Config, keras_path: pathlib.Path, paths: dict, source: st
         rows = {fmt: {**timing.stats(times), "size_kb": parity.size_bytes(paths[fmt]) / 1024.0,
                       "speedup_vs_keras": keras_s / timing.median(times),
                       "speedup_vs_tflite_float32": f32 / timing.median(times),
-                      "threads": threads if fmt.startswith("tflite") else "TF default"}
+                      "threads": threads if own_threads(fmt) else "TF default"}
                 for fmt, times in samples.items()}
         return {"title": "4. Deployment formats",
                 "method": (f"runtimes.load_predictor(...).predict() of one uint8 frame at the model size "

@@ -1,4 +1,5 @@
-"""The export writers: SavedModel + TFLite float32/float16/int8 of the trained net, with parity checks.
+"""The export writers: SavedModel, TFLite float32/float16/int8, ONNX and a standard TFLite detector of the
+trained net, with parity checks.
 
 The export stage reads runs/<experiment>/train/model.keras and writes runs/<experiment>/export/:
   saved_model/          signature `serving_default`: images uint8 [B,h,w,3] of any size -> boxes,
@@ -9,6 +10,10 @@ The export stage reads runs/<experiment>/train/model.keras and writes runs/<expe
   model_float32.tflite  fixed [1,H,W,3] input at the model size (pipeline/deploy/serving.py (b))
   model_float16.tflite  float16 weights (Optimize.DEFAULT + supported_types=[float16])
   model_int8.tflite     full-integer: int8 weights and activations, io per export.int8_io
+  model.onnx            serving.py (b) with a dynamic batch, for ONNX Runtime (pipeline/deploy/onnx_export.py)
+  model_detection.tflite  encoder + detection head + decoding in the standard 4-output detection
+                        signature with TFLite metadata, for MediaPipe's ObjectDetector and LiteRT
+                        tooling (pipeline/deploy/detector.py; `make check-mediapipe` proves it)
   parity.json           per format: metrics on validation frames, agreement with Keras, size,
                         latency, io dtypes and a verdict against the export.tolerance_* settings
                         (pipeline/deploy/parity.py)
@@ -49,12 +54,13 @@ from data.classes import DEFAULT, ClassSet
 from data.errors import UserError
 from pipeline import atomic, classes, layout, trained
 from pipeline.config import Config
-from pipeline.deploy import model_card, parity, serving
+from pipeline.deploy import detector, model_card, onnx_export, parity, serving
 from pipeline.inputs import dataset as inputs
 
 TFLITE_FORMATS = ("tflite-float32", "tflite-float16", "tflite-int8")
 FILES = {"saved_model": "saved_model", "tflite-float32": "model_float32.tflite",
-         "tflite-float16": "model_float16.tflite", "tflite-int8": "model_int8.tflite"}
+         "tflite-float16": "model_float16.tflite", "tflite-int8": "model_int8.tflite", "onnx": "model.onnx",
+         "tflite-detector": "model_detection.tflite"}
 
 
 def write_saved_model(net, path: pathlib.Path, top_k: int, score_threshold: float,
@@ -178,6 +184,16 @@ def run_export(config: Config, progress=print) -> tuple[pathlib.Path, dict]:
             start = time.perf_counter()
             path = staging / FILES[kind]
             notes[kind] = convert_tflite(net, path, kind, config, frames)
+            paths[kind] = path
+            progress(f"export: wrote {path.name} ({parity.size_bytes(path) / 1024:.0f} KB, "
+                     f"{time.perf_counter() - start:.1f} s)")
+        writers = {"onnx": lambda path: onnx_export.write_onnx(net, path, config.model.top_k)}
+        if "detection" in trained.tasks(net):  # a net without a detection head has no detector
+            writers["tflite-detector"] = lambda path: detector.write_detector(
+                net, path, config.model.top_k, config.export.score_threshold, class_set.names("detection"))
+        for kind, write in writers.items():
+            start, path = time.perf_counter(), staging / FILES[kind]
+            notes[kind] = write(path)
             paths[kind] = path
             progress(f"export: wrote {path.name} ({parity.size_bytes(path) / 1024:.0f} KB, "
                      f"{time.perf_counter() - start:.1f} s)")

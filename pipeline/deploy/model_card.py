@@ -128,7 +128,9 @@ def build(config: Config, parity: dict, class_set: ClassSet = DEFAULT) -> dict:
                   "range": "0..255 (uint8, or float32 holding 0..255)",
                   "normalisation": NORMALISATION.get(backbone, f"the {backbone} backbone's own preprocessing, "
                                                                "inside the model"),
-                  "other_sizes": "the SavedModel resizes any frame in graph; the TFLite files take exactly this size"},
+                  "other_sizes": ("the SavedModel resizes any frame in graph; the TFLite and ONNX files take exactly "
+                                  "this size (the ONNX file any batch; model_detection.tflite: float32, metadata "
+                                  "mean 0, std 1)")},
         "training": training,
         "metrics": metrics_facts(config),
         "formats": format_facts(parity),

@@ -88,9 +88,9 @@ def metrics_of(config: Config, tasks, labels: list[dict], pred: dict) -> dict:
 def agreement(reference: dict, pred: dict, score_threshold: float = SCORE_THRESHOLD) -> dict:
     """Element-wise agreement with the Keras outputs on the same frames."""
     result = {}
-    if "segmentation" in reference:
+    if "segmentation" in reference and "segmentation" in pred:  # (the detector has detection only)
         result["segmentation_same_class"] = float(np.mean(reference["segmentation"] == pred["segmentation"]))
-    if "depth" in reference:
+    if "depth" in reference and "depth" in pred:
         ref = np.maximum(reference["depth"], 1e-6)
         result["depth_median_rel_diff"] = float(np.median(np.abs(pred["depth"] - ref) / ref))
     if "boxes" in reference:
@@ -150,7 +150,7 @@ def check_parity(config: Config, paths: dict, progress=print) -> dict:
               "latency_measures": "predictor.predict() of one frame at the model size, pre/post-processing "
                                   "included, this machine's CPU", "formats": {}}
     reference_pred = reference_metrics = None
-    for fmt in FORMATS:
+    for fmt in (f for f in FORMATS if f in paths):  # the detector only when the net detects
         start = time.perf_counter()
         predictor = runtimes.load_predictor(paths[fmt], num_threads=threads, top_k=config.model.top_k,
                                             score_threshold=config.export.score_threshold)
@@ -166,7 +166,7 @@ def check_parity(config: Config, paths: dict, progress=print) -> dict:
             entry.update(agreement=agreement(reference_pred, pred, config.export.score_threshold), drift=drift,
                          verdict="fail" if failures else "pass", failures=failures)
         entry["latency"] = {**latency(predictor, frame, config.export.latency_runs),
-                            "num_threads": threads if fmt.startswith("tflite") else _tf_threads()}
+                            "num_threads": threads if fmt.startswith("tflite") or fmt == "onnx" else _tf_threads()}
         report["formats"][fmt] = entry
         progress(f"export: checked {fmt:<15} {_summary(entry)} ({time.perf_counter() - start:.1f} s)")
         del predictor

@@ -1,6 +1,6 @@
 """Annotating image files with any exported model (the predict stage's work).
 
-`python -m pipeline predict --model <saved_model dir | .tflite | .keras> --images a.png b.png [--out DIR]`
+`python -m pipeline predict --model <saved_model dir | .tflite | .onnx | .keras> --images a.png b.png [--out DIR]`
 
 Writes into DIR (default runs/<experiment>/predict/):
   <image stem>_pred.png   the frame with detections (name + score) and a translucent segmentation

@@ -1,4 +1,5 @@
-"""One predictor interface for every model format: .keras, SavedModel folder, .tflite (LiteRT).
+"""One predictor interface for every model format: .keras, SavedModel folder, .tflite (LiteRT), .onnx
+(ONNX Runtime, pipeline/deploy/onnx_predictor.py).
 
     predictor = load_predictor("runs/tiny/export/model_int8.tflite", num_threads=2)
     out = predictor.predict(frames)   # uint8 [B,H,W,3] RGB, any H,W (the same within a batch)
@@ -38,7 +39,10 @@ from pipeline import trained
 from pipeline.config import ModelConfig
 from pipeline.deploy import serving
 
-FORMATS = ("keras", "saved_model", "tflite-float32", "tflite-float16", "tflite-int8")
+FORMATS = ("keras", "saved_model", "tflite-float32", "tflite-float16", "tflite-int8", "onnx", "tflite-detector")
+# model_detection.tflite (pipeline/deploy/detector.py): detection only, in the standard 4-output signature
+# MediaPipe and LiteRT tooling read; its signature names, in the file's output order:
+STANDARD_DETECTION = ("detection_boxes", "detection_classes", "detection_scores", "num_detections")
 
 
 class Predictor:
@@ -89,7 +93,7 @@ def _numpy(outputs: dict) -> dict:
 def _tasks_from_outputs(names) -> list[str]:
     names = set(names)
     tasks = []
-    if "boxes" in names or "box_sizes" in names:
+    if "boxes" in names or "box_sizes" in names or STANDARD_DETECTION[0] in names:
         tasks.append("detection")
     if "segmentation" in names:
         tasks.append("segmentation")
@@ -214,7 +218,7 @@ class TFLitePredictor(Predictor):
             raise UserError(f"{path}: input must be [1,H,W,3]; it is {list(shape)}")
         self.input_size = (int(shape[1]), int(shape[2]))
         self.tasks = _tasks_from_outputs(self._outputs)
-        self.name = "tflite-" + self._precision()
+        self.name = "tflite-detector" if STANDARD_DETECTION[0] in self._outputs else "tflite-" + self._precision()
         self.classes = _card_classes(self.path.parent / "model_card.json")
 
     def _precision(self) -> str:
@@ -254,12 +258,9 @@ class TFLitePredictor(Predictor):
         if "box_sizes" in decoded:  # int8 models: boxes from the peak cell, offset and size
             decoded["boxes"] = _boxes_from_parts(decoded.pop("box_cells"), decoded.pop("box_offsets"),
                                                  decoded.pop("box_sizes"), self.input_size)
-        if "segmentation" in decoded:
-            decoded["segmentation"] = decoded["segmentation"].astype(np.uint8)
-        if same:  # nothing to map back: skip TF's eager ops (they cost more than a tiny model's invoke)
-            return _at_model_size(decoded, self.score_threshold)
-        return _numpy(serving.restore(decoded, self.input_size, tf.constant(height), tf.constant(width),
-                                      self.score_threshold))
+        if STANDARD_DETECTION[0] in decoded:  # model_detection.tflite (pipeline/deploy/detector.py)
+            decoded = _from_standard_detection(decoded, self.input_size)
+        return at_frame_size(decoded, self.input_size, height, width, self.score_threshold)
 
     def describe(self):
         def text(details):
@@ -298,6 +299,27 @@ def _card_classes(card_path: pathlib.Path) -> ClassSet | None:
         return found
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def at_frame_size(decoded: dict, input_size, height: int, width: int, score_threshold: float) -> dict:
+    """Decoded NumPy results at the model size -> predict()'s result for (height, width) frames.
+
+    Shared by the fixed-size runtimes (LiteRT here, ONNX Runtime in onnx_predictor.py)."""
+    if "segmentation" in decoded:
+        decoded["segmentation"] = decoded["segmentation"].astype(np.uint8)
+    if (height, width) == tuple(input_size):  # nothing to map back: skip TF's eager ops (they cost
+        return _at_model_size(decoded, score_threshold)  # more than a tiny model's invoke)
+    return _numpy(serving.restore(decoded, input_size, tf.constant(height), tf.constant(width), score_threshold))
+
+
+def _from_standard_detection(decoded: dict, input_size) -> dict:
+    """The standard detection signature (normalised ymin, xmin, ymax, xmax; float classes) -> ours."""
+    height, width = input_size
+    locations, classes, scores, _ = (decoded.pop(name) for name in STANDARD_DETECTION)
+    # num_detections (the last) is recounted at the caller's threshold, as for every format
+    scale = np.array([width, height, width, height], np.float32)
+    return {**decoded, "boxes": locations.astype(np.float32)[..., [1, 0, 3, 2]] * scale,
+            "classes": np.round(classes).astype(np.int32), "scores": scores.astype(np.float32)}
 
 
 def _boxes_from_parts(cells, offsets, sizes, input_size) -> np.ndarray:
@@ -348,7 +370,7 @@ def _one_line(err: Exception) -> str:
 
 def load_predictor(path, num_threads: int | None = None, top_k: int | None = None,
                    score_threshold: float | None = None) -> Predictor:
-    """A Predictor for a .keras file, a SavedModel folder or a .tflite file; UserError on a bad one.
+    """A Predictor for a .keras file, a SavedModel folder, a .tflite or an .onnx file; UserError on a bad one.
 
     `top_k` matters for .keras only (the other formats have it baked in); default: the training
     config beside the file, else ModelConfig's default. `score_threshold`: export.score_threshold
@@ -365,16 +387,22 @@ def load_predictor(path, num_threads: int | None = None, top_k: int | None = Non
         kind = "tflite"
     elif path.suffix == ".keras":
         kind = "keras"
+    elif path.suffix == ".onnx":
+        kind = "onnx"
     else:
         kind = _sniff(path)
         if kind is None:
-            raise UserError(f"unknown model format: {path} (expected a .keras file, a SavedModel folder "
-                            f"or a .tflite file)")
+            raise UserError(f"unknown model format: {path} (expected a .keras file, a SavedModel folder, "
+                            f"a .tflite or an .onnx file)")
     try:
         if kind == "saved_model":
             return SavedModelPredictor(path, num_threads, score_threshold)
         if kind == "tflite":
             return TFLitePredictor(path, num_threads, score_threshold)
+        if kind == "onnx":
+            from pipeline.deploy.onnx_predictor import OnnxPredictor  # here: it imports this module
+
+            return OnnxPredictor(path, num_threads, score_threshold)
         return KerasPredictor(path, num_threads, top_k, score_threshold)
     except UserError:
         raise

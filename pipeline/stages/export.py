@@ -1,4 +1,5 @@
-"""`export` stage: SavedModel + TFLite float32/float16/int8 of the trained net, with parity checks.
+"""`export` stage: SavedModel, TFLite float32/float16/int8, ONNX and the standard TFLite detector of the
+trained net, with parity checks.
 
 `python -m pipeline export` reads runs/<experiment>/train/model.keras and writes
 runs/<experiment>/export/ (pipeline/deploy/export.py lists the files). A format that drifts from

@@ -1,6 +1,6 @@
 """`predict` stage: annotate image files with any exported model.
 
-`python -m pipeline predict --model <saved_model dir | .tflite | .keras> --images a.png b.png [--out DIR]`
+`python -m pipeline predict --model <saved_model dir | .tflite | .onnx | .keras> --images a.png b.png [--out DIR]`
 writes DIR (default runs/<experiment>/predict/; pipeline/deploy/predict.py lists the files).
 """
 from __future__ import annotations

@@ -2,8 +2,9 @@
 Keras, the int8 io types follow the config, predict annotates with every format, and a failed export
 leaves nothing behind.
 
-One export of the session's tiny trained model (module fixture, ~1 min on 2 cores) feeds most tests, the
-predict ones included (they need the exported files).
+One export of the session's tiny trained model (session fixture, ~1 min on 2 cores) feeds most tests, the
+predict ones included (they need the exported files). ONNX and the standard detector have their own
+files: test_onnx.py, test_detector.py.
 """
 import json
 import os
@@ -29,11 +30,9 @@ KEYS = {"boxes", "scores", "classes", "num_detections", "segmentation", "depth"}
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_trained):
-    """(config, export folder, parity report) after one export of the tiny model."""
-    config, _ = tiny_trained
-    out, report = export.run_export(config, progress=lambda line: None)
-    return config, out, report
+def exported(tiny_exported):
+    """(config, export folder, parity report) after one export of the tiny model (tests/conftest.py)."""
+    return tiny_exported
 
 
 def test_export_writes_every_format_and_parity(exported):
@@ -42,13 +41,15 @@ def test_export_writes_every_format_and_parity(exported):
     for name in TFLITE.values():
         assert (out / name).stat().st_size > 0
     on_disk = json.loads((out / "parity.json").read_text())
-    assert set(on_disk["formats"]) == {"keras", "saved_model", *TFLITE}
+    assert set(on_disk["formats"]) == {"keras", "saved_model", *TFLITE, "onnx", "tflite-detector"}
+    assert (out / "model.onnx").stat().st_size > 0 and (out / "model_detection.tflite").stat().st_size > 0
     assert on_disk["examples"] == config.export.parity_examples
     for fmt, entry in on_disk["formats"].items():
         assert entry["size_bytes"] > 0
         assert entry["latency"]["runs"] == config.export.latency_runs and entry["latency"]["num_threads"] >= 1
         assert entry["latency"]["median_ms"] > 0 and entry["latency"]["p90_ms"] >= entry["latency"]["median_ms"]
-        assert set(entry["metrics"]) == {"mAP50", "mIoU", "abs_rel"}
+        wanted = {"mAP50"} if fmt == "tflite-detector" else {"mAP50", "mIoU", "abs_rel"}  # detection only
+        assert set(entry["metrics"]) == wanted, fmt
         assert entry["io"]["inputs"] and entry["io"]["outputs"]
     card = json.loads((out / "model_card.json").read_text())  # written with the export
     assert {f["format"] for f in card["formats"]} == set(on_disk["formats"])
@@ -185,12 +186,12 @@ def test_stable_softplus_is_softplus():
     np.testing.assert_allclose(serving.stable_softplus(x).numpy(), tf.math.softplus(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("fmt", ["keras", "tflite-float32"])
+@pytest.mark.parametrize("fmt", ["keras", "tflite-float32", "onnx"])
 def test_boxes_and_maps_come_back_at_the_input_resolution(exported, keras_predictor, fmt):
     """A frame upscaled 2x (pixel repeat) resizes back to exactly the original, so its boxes are exactly
     twice the original's and its maps are the original's, upscaled."""
     config, out, _ = exported
-    predictor = keras_predictor if fmt == "keras" else runtimes.load_predictor(out / TFLITE[fmt])
+    predictor = keras_predictor if fmt == "keras" else runtimes.load_predictor(out / export.FILES[fmt])
     small = parity.parity_examples(config)[0][0][:1]
     big = small.repeat(2, axis=1).repeat(2, axis=2)
     a, b = predictor.predict(small), predictor.predict(big)
@@ -311,10 +312,10 @@ def image_files(tmp_path_factory):
 
 def _model_paths(config, out) -> dict:
     return {"keras": config.run_dir / "train" / "model.keras", "saved_model": out / "saved_model",
-            **{fmt: out / name for fmt, name in TFLITE.items()}}
+            **{fmt: out / name for fmt, name in TFLITE.items()}, "onnx": out / "model.onnx"}
 
 
-@pytest.mark.parametrize("fmt", ["keras", "saved_model", *sorted(TFLITE)])
+@pytest.mark.parametrize("fmt", ["keras", "saved_model", *sorted(TFLITE), "onnx"])
 def test_predict_every_format(exported, image_files, tmp_path, fmt):
     config, out, _ = exported
     result = predict.run_predict(str(_model_paths(config, out)[fmt]), [str(p) for p in image_files.values()],
