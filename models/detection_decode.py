@@ -21,10 +21,10 @@ def _local_peaks(heat):
     pooled = tf.nn.max_pool2d(heat, ksize=3, strides=1, padding="SAME")
     padded = tf.pad(heat, [[0, 0], [1, 1], [1, 1], [0, 0]])
     earlier = (padded[:, :-2, :-2], padded[:, :-2, 1:-1], padded[:, :-2, 2:], padded[:, 1:-1, :-2])
-    keep = tf.equal(heat, pooled)
-    for neighbour in earlier:
-        keep = tf.logical_and(keep, tf.greater(heat, neighbour))
-    return keep
+    # > each of the four <=> > their maximum: one comparison instead of four (TFLite runs int8
+    # comparisons on a reference kernel, 4 x 0.02 ms per frame at 128x256 in the int8 export).
+    earlier_max = tf.maximum(tf.maximum(earlier[0], earlier[1]), tf.maximum(earlier[2], earlier[3]))
+    return tf.logical_and(tf.equal(heat, pooled), tf.greater(heat, earlier_max))
 
 
 def decode_detections(detection_output, top_k, stride=STRIDE):

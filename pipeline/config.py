@@ -146,7 +146,10 @@ class EvaluateConfig:
 class ExportConfig:
     representative_frames: int = 200
     latency_runs: int = 50
-    int8_io: str = "uint8"  # input/output type of the int8 model: "uint8" | "int8" | "float32"
+    # Input/output type of the int8 model: "int8" | "uint8" | "float32". int8 keeps the whole file in
+    # XNNPACK's signed int8 path; uint8 adds QUANTIZE ops at both ends that run on TFLite's own kernels
+    # (0.1 ms per frame at 128x256, measured: invoke 3 % slower).
+    int8_io: str = "int8"
     # The serving contract's one detection threshold: the SavedModel's num_detections and the boxes
     # predict and clip list and draw (every top-K slot is returned either way).
     score_threshold: float = SCORE_THRESHOLD

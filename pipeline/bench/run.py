@@ -5,7 +5,8 @@ The bench stage (`python -m pipeline bench [--quick] --config configs/<name>.yam
   1 input pipeline vs train step       (bench/train.py InputBench, in this process)
   2 train step: XLA, precision, task weighting   (bench/worker.py processes, alternated)
   3 one multi-task model vs three single-task models          (bench/infer.py)
-  4 deployment formats (Keras, SavedModel, TFLite float32/float16/int8)
+  4 deployment formats (Keras, SavedModel, TFLite float32/float16/int8; a MobileNetV2 int8 reference;
+    op and kernel profiles of the TFLite files)                (bench/deployment.py)
   5 fraction of the machine's measured matmul peak
   6 clip stage at 720p: end to end vs model alone
   7 scaling with input size and batch: step time and peak memory (worker processes)
@@ -31,7 +32,7 @@ import traceback
 from data import builder as storage
 from models import multitask
 from pipeline import layout, trained
-from pipeline.bench import infer, timing
+from pipeline.bench import deployment, infer, timing
 from pipeline.bench import report as bench_report
 from pipeline.bench import train
 from pipeline.bench import worker as workers_lib
@@ -184,10 +185,10 @@ def _prepare(sections, config, data_config, net, keras_path, inputs, quick, plan
             limit = _section(sections, LIMIT, lambda: _limit(net, inputs, multi, flops, plan["s5"]))
             if limit is not None:
                 measures[LIMIT] = limit
-    deployment = _section(sections, DEPLOYMENT, lambda: _deployment(config, data_config, net, keras_path, quick,
-                                                             tmp, plan))
-    if callable(deployment):
-        measures[DEPLOYMENT] = deployment
+    formats = _section(sections, DEPLOYMENT, lambda: _deployment(config, data_config, net, keras_path, quick,
+                                                          tmp, plan))
+    if callable(formats):
+        measures[DEPLOYMENT] = formats
     clip = _section(sections, CLIP, lambda: infer.clip(config, keras_path, tmp / "clip", plan["clip_frames"],
                                                       plan["clip_repeats"]))
     if clip is not None:
@@ -219,17 +220,20 @@ def _limit(net, inputs, multi, flops: int, plan: dict):
 
 def _deployment(config, data_config, net, keras_path, quick, tmp, plan):
     """measure() for the run's export; without one, for the bench's own export of its model into a
-    temporary folder (done while the section-7 workers start, so it costs little wall time)."""
+    temporary folder (done while the section-7 workers start, so it costs little wall time). The
+    MobileNetV2 reference is converted here too."""
+    ref = deployment.reference(tmp / "reference", quick)
     folder = layout.export_dir(config)
-    paths = infer.export_files(config, folder)
+    paths = deployment.export_files(folder)
     if all(p.exists() for p in paths.values()) and layout.trained_model(config).is_file():
-        return infer.deployment(config, layout.trained_model(config), paths, f"the run's export at {folder}",
-                                **plan["s4"])
-    paths = infer.temp_export(config, data_config, net, tmp / "export", plan["calibration"])
-    return infer.deployment(config, keras_path, paths,
-                            f"no export at {folder} (`make export` writes the run's own): the bench exported "
-                            f"{'the tiny net' if quick else 'its model'} itself into a temporary folder with "
-                            f"pipeline.export (int8 calibrated on {plan['calibration']} frames)", **plan["s4"])
+        return deployment.deployment(config, layout.trained_model(config), paths, f"the run's export at {folder}",
+                                     ref=ref, quick=quick, **plan["s4"])
+    paths = deployment.temp_export(config, data_config, net, tmp / "export", plan["calibration"])
+    return deployment.deployment(config, keras_path, paths,
+                                 f"no export at {folder} (`make export` writes the run's own): the bench exported "
+                                 f"{'the tiny net' if quick else 'its model'} itself into a temporary folder with "
+                                 f"pipeline.export (int8 calibrated on {plan['calibration']} frames)",
+                                 ref=ref, quick=quick, **plan["s4"])
 
 
 def _finite(value):

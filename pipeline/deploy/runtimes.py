@@ -237,6 +237,17 @@ class TFLitePredictor(Predictor):
         info = np.iinfo(dtype)
         return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
 
+    def _model_input(self, frame: np.ndarray, same_size: bool) -> np.ndarray:
+        """One uint8 frame [1,H,W,3] as the file's input. An int8 file calibrated on 0..255 pixels takes
+        them at scale 1 (zero point 0 for uint8, -128 for int8): the pixels themselves, or with the top
+        bit flipped (v - 128 as int8), the same values _quantise computes without a float round trip."""
+        dtype = np.dtype(self._input["dtype"])
+        scale, zero = self._input["quantization"]
+        if same_size and scale == 1.0 and (dtype, zero) in ((np.dtype(np.uint8), 0), (np.dtype(np.int8), -128)):
+            return frame if dtype == np.uint8 else (frame ^ np.uint8(0x80)).view(np.int8)
+        x = frame.astype(np.float32) if same_size else serving.resize_frames(frame, self.input_size).numpy()
+        return self._quantise(x)
+
     def _dequantise(self, name: str, value: np.ndarray) -> np.ndarray:
         scale, zero = self._outputs[name]["quantization"]
         if scale and np.dtype(value.dtype).kind in "iu" and name not in ("classes", "segmentation", "box_cells"):
@@ -248,9 +259,7 @@ class TFLitePredictor(Predictor):
         same = (height, width) == self.input_size
         per_frame = []
         for frame in images:
-            frame = frame[None]
-            x = frame.astype(np.float32) if same else serving.resize_frames(frame, self.input_size).numpy()
-            raw = self._runner(**{self._input_name: self._quantise(x)})
+            raw = self._runner(**{self._input_name: self._model_input(frame[None], same)})
             per_frame.append({name: self._dequantise(name, np.asarray(value)) for name, value in raw.items()})
         decoded = {name: np.concatenate([f[name] for f in per_frame]) for name in per_frame[0]}
         if "log_depth" in decoded:

@@ -409,6 +409,18 @@ def test_models_package_import_registers_layers():
     assert done.stdout.strip().splitlines()[-1] == "[]"  # none missing
 
 
+def test_local_peaks_is_the_four_earlier_neighbours_rule():
+    """_local_peaks compares with the maximum of the four earlier neighbours: the same cells as four
+    comparisons (NumPy reference), on coarse scores full of ties."""
+    heat = np.random.default_rng(0).integers(0, 6, (2, 9, 11, 3)).astype(np.float32) / 8.0
+    padded = np.pad(heat, [(0, 0), (1, 1), (1, 1), (0, 0)])
+    windows = np.stack([padded[:, i:i + 9, j:j + 11] for i in range(3) for j in range(3)])
+    expected = heat == windows.max(0)  # 3x3 max (the zero padding never wins: scores are >= 0)
+    for i, j in ((0, 0), (0, 1), (0, 2), (1, 0)):
+        expected &= heat > padded[:, i:i + 9, j:j + 11]
+    np.testing.assert_array_equal(_local_peaks(tf.constant(heat)).numpy(), expected)
+
+
 def test_a_plateau_of_equal_scores_gives_one_detection():
     """int8 scores come in steps of 1/256, so equal neighbours are common; each plateau is one peak."""
     heat = np.zeros((1, 6, 6, 1), np.float32)

@@ -219,8 +219,38 @@ def test_int8_io_types_follow_the_config(exported):
     assert report["conversion"]["tflite-int8"]["int8_io"] == config.export.int8_io
 
 
+@pytest.mark.parametrize("fmt", sorted(TFLITE))
+def test_tflite_heads_have_no_concatenation_and_no_depth_slice(exported, fmt):
+    """The decoders' concat -> 1x1 conv is exported as a sum of convs (pipeline/deploy/split_concat.py) and
+    the depth map is a reshape, not a STRIDED_SLICE (a reference kernel outside XNNPACK)."""
+    config, out, report = exported
+    from ai_edge_litert.interpreter import Interpreter
+    interpreter = Interpreter(model_path=str(out / TFLITE[fmt]))
+    tensors = interpreter.get_tensor_details()
+    ops = interpreter._get_ops_details()
+    assert "CONCATENATION" not in {op["op_name"] for op in ops}
+    for op in ops:
+        if op["op_name"] == "STRIDED_SLICE":
+            source, result = tensors[op["inputs"][0]]["shape"], tensors[op["outputs"][0]]["shape"]
+            assert not (len(source) == 4 and source[-1] == 1 and len(result) == 3), (source, result)
+    split = report["conversion"][fmt]["concat_conv_split"]["convs"]
+    assert sorted(split) == ["depth_head_logits", "segmentation_head_logits"]
+
+
+@pytest.mark.parametrize("io", ["uint8", "int8"])
+def test_integer_input_without_a_float_round_trip_is_the_same(exported, io):
+    """runtimes.TFLitePredictor._model_input's integer shortcut gives _quantise's values."""
+    _, out, _ = exported
+    predictor = runtimes.load_predictor(out / TFLITE["tflite-int8"])
+    predictor._input = {**predictor._input, "dtype": np.dtype(io), "quantization": (1.0, 0 if io == "uint8" else -128)}
+    frame = np.random.default_rng(0).integers(0, 256, (1, *predictor.input_size, 3), dtype=np.uint8)
+    fast = predictor._model_input(frame, same_size=True)
+    assert fast.dtype == np.dtype(io)
+    np.testing.assert_array_equal(fast, predictor._quantise(frame.astype(np.float32)))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("io", ["int8", "float32"])
+@pytest.mark.parametrize("io", ["uint8", "float32"])
 def test_other_int8_io_types(tiny_trained, tmp_path, io):
     config, model_path = tiny_trained
     config = tiny(config.run_root, f"export.int8_io={io}")
