@@ -14,7 +14,7 @@ import pathlib
 import shutil
 
 from data import builder as storage
-from data import readers, synthetic, synthetic_clip
+from data import parallel, readers, synthetic, synthetic_clip
 from data.errors import UserError
 from pipeline import atomic, layout
 from pipeline.config import Config, SourceConfig, save_config
@@ -33,9 +33,7 @@ def source_items(config: Config, source: SourceConfig) -> dict:
         # The test split is for headline numbers only: nothing (checkpoints, defaults) is chosen on it.
         counts = {"train": cfg.train_frames, "validation": cfg.validation_frames, "test": cfg.test_frames}
         counts = {split: count for split, count in counts.items() if count > 0}
-        return {split: ((key, functools.partial(lambda e: e, example))
-                        for key, example in synthetic.generate(split, count, cfg.height, cfg.width,
-                                                                config.seed))
+        return {split: synthetic.frame_loaders(split, count, cfg.height, cfg.width, config.seed)
                 for split, count in counts.items()}
     reader = readers.get(source.name)
     root = pathlib.Path(source.path)
@@ -73,8 +71,10 @@ def build_source(config: Config, source: SourceConfig) -> dict:
     atomic.remove_stale(target.parent, f".{target.name}.partial-")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        builder = storage.builder_for(source.name, staging, items=source_items(config, source), on_bad=on_bad)
-        builder.download_and_prepare()
+        with parallel.Loader(config.data.workers or parallel.usable_cores()) as loader:
+            builder = storage.builder_for(source.name, staging, items=source_items(config, source), on_bad=on_bad,
+                                          loader=loader)
+            builder.download_and_prepare()
         built = storage.stored_dir(source.name, staging)
         splits = {name: info.num_examples for name, info in builder.info.splits.items()}
         report = {"source": source.name, "examples": splits, "dropped": len(dropped),
