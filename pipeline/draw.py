@@ -33,15 +33,19 @@ def blend(image: np.ndarray, overlay: np.ndarray, alpha: float = 0.45) -> np.nda
 
 
 def draw_boxes(image: np.ndarray, boxes, classes, scores=None, thickness: int = 1,
-               label: bool = True, class_set: ClassSet = DEFAULT) -> np.ndarray:
-    """Boxes x1,y1,x2,y2 (pixels) with class names (and scores); classes < 0 are padding."""
+               label: bool = True, class_set: ClassSet = DEFAULT, in_place: bool = False,
+               bgr: bool = False) -> np.ndarray:
+    """Boxes x1,y1,x2,y2 (pixels) with class names (and scores); classes < 0 are padding. Draws on a
+    copy unless in_place (the clip overlay: a full-HD copy per frame costs milliseconds); bgr: the
+    image is BGR (OpenCV's order), so the class colours are reversed."""
     colours, names = class_set.detection_colours, class_set.detection
-    out = np.ascontiguousarray(image.copy())
+    out = image if in_place else np.ascontiguousarray(image.copy())
     font_scale = max(0.3, min(out.shape[:2]) / 700)
     for i, (box, cls) in enumerate(zip(np.asarray(boxes).reshape(-1, 4), np.asarray(classes).reshape(-1))):
         if cls < 0:
             continue
         colour = tuple(int(c) for c in colours[int(cls) % len(colours)])
+        colour = colour[::-1] if bgr else colour
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_AA)
         if label:

@@ -1,5 +1,5 @@
 """Bench sections on inference: one model vs three (3), against the machine's peak (5) and the clip
-stage at 720p (6). Deployment formats (4) are pipeline/bench/deployment.py."""
+stage at 720p and 1080p (6). Deployment formats (4) are pipeline/bench/deployment.py."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,9 +7,8 @@ import pathlib
 
 import numpy as np
 
-from data import synthetic_clip
 from models import multitask
-from pipeline.bench import timing
+from pipeline.bench import clip_inputs, timing
 from pipeline import trained
 from pipeline.config import Config
 from pipeline.deploy import runtimes
@@ -106,25 +105,39 @@ def limit(flops_per_frame: int, forward_b1, forward_batch, batch: int, train_ste
 
 # ------------------------------------------------------------------------------------ 6. clip stage
 def clip(config: Config, keras_path: pathlib.Path, folder: pathlib.Path, frames: int, repeats: int):
-    """Renders the 720p clip and loads the Keras predictor; returns measure() -> section."""
-    video = synthetic_clip.render_clip(folder, "bench_720p", seed=config.seed + 2000, frames=frames,
-                                       height=720, width=1280, fps=12)
+    """Renders the labelled synthetic clip at 720p and makes its 1080p copy (bench/clip_inputs.py),
+    loads the Keras predictor; returns measure() -> section."""
+    videos = clip_inputs.bench_clips(folder, config.seed + 2000, frames)
     predictor = runtimes.load_predictor(keras_path, top_k=config.model.top_k)
 
     def measure() -> dict:
-        runs = [clip_loop.process_clip(predictor, video, folder / f"out-{i}", config, progress=False)
-                for i in range(repeats)]
-        ratios = [run["fps_end_to_end"] / run["fps_model"] for run in runs]
-        last = runs[-1]
-        return {"title": "6. Clip stage at 720p",
-                "method": (f"process_clip with the Keras predictor on a synthetic {frames}-frame 1280x720 clip "
-                           f"(data.synthetic_clip.render_clip), clip.batch_size={config.clip.batch_size}, "
-                           f"{repeats} run(s); fps_model (inference alone) and fps_end_to_end (the whole threaded "
-                           f"loop: decode, fit, infer, analyse, draw, encode) come from the same run; medians "
+        runs = {name: [] for name in videos}
+
+        def runner(name):
+            def run():
+                out = folder / f"out-{name}-{len(runs[name])}"
+                runs[name].append(clip_loop.process_clip(predictor, videos[name], out, config, progress=False))
+                return []
+            return run
+        timing.alternate({name: runner(name) for name in videos}, repeats)
+        rows = {name: _clip_row(results, clip_inputs.SIZES[name]) for name, results in runs.items()}
+        return {"title": "6. Clip stage at 720p and 1080p",
+                "method": (f"process_clip with the Keras predictor on a labelled synthetic {frames}-frame clip "
+                           f"rendered at 1280x720 (data.synthetic_clip.render_clip) and on the same clip "
+                           f"resized to 1920x1080 with its labels (bench/clip_inputs.py), clip.batch_size="
+                           f"{config.clip.batch_size}, {repeats} run(s) each, resolutions alternating; fps_model "
+                           f"(inference alone) and fps_end_to_end (the whole threaded loop: decode, fit, infer, "
+                           f"analyse, score against the labels, draw, encode) come from the same run; medians "
                            f"over runs; the first batch is warm-up (outside the timing)."),
-                "frames": frames, "resolution": [1280, 720],
-                "fps_model": float(np.median([r["fps_model"] for r in runs])),
-                "fps_end_to_end": float(np.median([r["fps_end_to_end"] for r in runs])),
-                "end_to_end_over_model": float(np.median(ratios)),
-                "seconds_last_run": last["seconds"], "latency_ms_last_run": last["latency_ms"]}
+                "frames": frames, "resolutions": rows,
+                **{f"end_to_end_over_model_{name}": row["end_to_end_over_model"] for name, row in rows.items()}}
     return measure
+
+
+def _clip_row(runs: list[dict], size_hw: tuple[int, int]) -> dict:
+    last = runs[-1]
+    return {"resolution": [size_hw[1], size_hw[0]],
+            "fps_model": float(np.median([r["fps_model"] for r in runs])),
+            "fps_end_to_end": float(np.median([r["fps_end_to_end"] for r in runs])),
+            "end_to_end_over_model": float(np.median([r["fps_end_to_end"] / r["fps_model"] for r in runs])),
+            "seconds_last_run": last["seconds"], "latency_ms_last_run": last["latency_ms"]}

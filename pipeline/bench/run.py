@@ -8,7 +8,7 @@ The bench stage (`python -m pipeline bench [--quick] --config configs/<name>.yam
   4 deployment formats (Keras, SavedModel, TFLite float32/float16/int8; a MobileNetV2 int8 reference;
     op and kernel profiles of the TFLite files)                (bench/deployment.py)
   5 fraction of the machine's measured matmul peak
-  6 clip stage at 720p: end to end vs model alone
+  6 clip stage at 720p and 1080p: end to end vs model alone
   7 scaling with input size and batch: step time and peak memory (worker processes)
 
 Full mode uses the config as given and the run's trained model if present (else an untrained net of
@@ -172,7 +172,7 @@ def _ready(pool: dict, keys) -> bool:
 
 def sections_title(key: str) -> str:
     return {ONE_VS_THREE: "3. one model vs three", DEPLOYMENT: "4. deployment", LIMIT: "5. against the limit",
-            CLIP: "6. clip stage at 720p"}[key]
+            CLIP: "6. clip stage at 720p and 1080p"}[key]
 
 
 def _prepare(sections, config, data_config, net, keras_path, inputs, quick, plan, tmp) -> dict:

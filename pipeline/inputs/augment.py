@@ -18,11 +18,15 @@ difficulty levels do the same with a minimum height).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import albumentations as A
 import cv2
 import numpy as np
 
 from pipeline.config import AugmentConfig
+from pipeline.inputs import per_worker
+from pipeline.inputs.depth_maps import resize_depth
 
 # Boxes whose visible part after a crop is smaller than this share of the original are dropped:
 # the detector should not be taught to find a sliver of a car.
@@ -51,31 +55,21 @@ def _crop_window(rng: np.random.Generator, height: int, width: int, cfg: Augment
     return (x0, y0, x0 + crop_w, y0 + crop_h), width / crop_w
 
 
-def resize_depth(depth: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
-    """Depth [H, W] (0 = none) -> out_size without interpolation and without losing measurements.
-
-    Nearest-neighbour alone keeps one source pixel per output cell, so shrinking sparse LiDAR
-    depth dropped most points (about two thirds at KITTI's 375 px -> 128 px). Output cells whose
-    nearest sample is empty take the nearest surface (smallest depth) among the measurements
-    that fall into them; cells that had a value keep it, so dense maps are plain nearest-neighbour.
-    """
-    height, width = depth.shape
-    out_h, out_w = out_size
-    out = cv2.resize(depth, (out_w, out_h), interpolation=cv2.INTER_NEAREST)
-    if (out_h, out_w) == (height, width):
-        return out
-    ys, xs = np.nonzero(depth > 0)
-    cells = np.minimum(ys * out_h // height, out_h - 1) * out_w + np.minimum(xs * out_w // width, out_w - 1)
-    holes = out.reshape(-1) <= 0
-    fill = holes[cells]
-    if not fill.any():
-        return out
-    nearest = np.full(out_h * out_w, np.inf, np.float32)
-    np.minimum.at(nearest, cells[fill], depth[ys[fill], xs[fill]])
-    filled = np.isfinite(nearest)
-    out = out.reshape(-1).copy()
-    out[filled] = nearest[filled]
-    return out.reshape(out_h, out_w)
+def _build(out_size: tuple[int, int], cfg: AugmentConfig, photometric: bool) -> A.Compose:
+    """The one Compose a worker thread uses for every example (pipeline/inputs/per_worker.py)."""
+    transforms = [per_worker.ExampleCrop(x_min=0, y_min=0, x_max=1, y_max=1),
+                  A.Resize(out_size[0], out_size[1], interpolation=cv2.INTER_LINEAR,
+                           mask_interpolation=cv2.INTER_NEAREST),
+                  per_worker.ExampleFlip(p=1.0)]
+    if photometric:
+        transforms += _photometric(cfg)
+    return A.Compose(
+        transforms,
+        # Tiny boxes are kept here and turned into ignore regions below: dropped, they would be
+        # taught as background while evaluation ignores them.
+        bbox_params=A.BboxParams(format="pascal_voc", label_fields=["classes"], clip=True,
+                                 min_visibility=MIN_VISIBILITY),
+    )
 
 
 def augment(image: np.ndarray, segmentation: np.ndarray, depth: np.ndarray, boxes: np.ndarray,
@@ -86,33 +80,21 @@ def augment(image: np.ndarray, segmentation: np.ndarray, depth: np.ndarray, boxe
     height, width = image.shape[:2]
     rng = np.random.default_rng(seed)
     window, zoom, flip = (0, 0, width, height), 1.0, False
-    transforms = []
-    if training and cfg.enabled:
+    random_work = training and cfg.enabled
+    if random_work:
         window, zoom = _crop_window(rng, height, width, cfg)
         flip = bool(rng.random() < cfg.hflip)
-        if zoom != 1.0:
-            x0, y0, x1, y1 = window
-            transforms.append(A.Crop(x_min=x0, y_min=y0, x_max=x1, y_max=y1))
-    transforms.append(A.Resize(out_size[0], out_size[1], interpolation=cv2.INTER_LINEAR,
-                               mask_interpolation=cv2.INTER_NEAREST))
-    if flip:
-        transforms.append(A.HorizontalFlip(p=1.0))
-    if training and cfg.enabled:
-        transforms += _photometric(cfg)
-    pipeline = A.Compose(
-        transforms,
-        # Tiny boxes are kept here and turned into ignore regions below: dropped, they would be
-        # taught as background while evaluation ignores them.
-        bbox_params=A.BboxParams(format="pascal_voc", label_fields=["classes"], clip=True,
-                                 min_visibility=MIN_VISIBILITY),
-        seed=int(seed) % (2**32),
-    )
+    out_size = (int(out_size[0]), int(out_size[1]))
+    pipeline = per_worker.compose((out_size, random_work, dataclasses.astuple(cfg)),
+                                  lambda: _build(out_size, cfg, random_work))
+    pipeline.set_random_seed(int(seed) % (2**32))  # the photometric draws of this example
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     classes = np.asarray(classes, np.int32).reshape(-1)
     ignore = np.asarray(ignore_boxes if ignore_boxes is not None else np.zeros((0, 4)), np.float32).reshape(-1, 4)
     # Ignore regions ride along as boxes of class -1, so every geometric step treats both alike.
     result = pipeline(image=image, mask=segmentation, bboxes=np.concatenate([boxes, ignore]),
-                      classes=np.concatenate([classes, np.full(len(ignore), IGNORE_CLASS, np.int32)]))
+                      classes=np.concatenate([classes, np.full(len(ignore), IGNORE_CLASS, np.int32)]),
+                      crop_window=window if zoom != 1.0 else None, flip=flip)
     out_boxes = np.asarray(result["bboxes"], np.float32).reshape(-1, 4)
     out_classes = np.asarray(result["classes"], np.int32).reshape(-1)
     sizes = out_boxes[:, 2:] - out_boxes[:, :2]

@@ -15,7 +15,8 @@ import shutil
 
 from data import builder as storage
 from data import classes as class_sets
-from data import readers, synthetic, synthetic_clip
+from data import parallel, readers, synthetic, synthetic_clip
+from data.mapping import relabelled
 from data.errors import UserError
 from pipeline import atomic, classes, layout
 from pipeline.config import Config, SourceConfig, save_config
@@ -44,10 +45,12 @@ def source_items(config: Config, source: SourceConfig) -> dict:
         counts = {"train": cfg.train_frames, "validation": cfg.validation_frames, "test": cfg.test_frames}
         counts = {split: count for split, count in counts.items() if count > 0}
         # Rendered in the default classes; other classes go through the synthetic label tables.
-        relabel = (lambda key, e: e) if labels.is_identity() else (lambda key, e: labels.remap(e, key))
-        return {split: ((key, functools.partial(relabel, key, example))
-                        for key, example in synthetic.generate(split, count, cfg.height, cfg.width,
-                                                                config.seed))
+        def loaders(split, count):
+            frames = synthetic.frame_loaders(split, count, cfg.height, cfg.width, config.seed)
+            if labels.is_identity():
+                return frames
+            return [(key, functools.partial(relabelled, load, labels, key)) for key, load in frames]
+        return {split: loaders(split, count)
                 for split, count in counts.items()}
     reader = readers.get(source.name)
     root = pathlib.Path(source.path)
@@ -85,9 +88,10 @@ def build_source(config: Config, source: SourceConfig) -> dict:
     atomic.remove_stale(target.parent, f".{target.name}.partial-")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        builder = storage.builder_for(source.name, staging, items=source_items(config, source), on_bad=on_bad,
-                                      classes=classes.of_config(config))
-        builder.download_and_prepare()
+        with parallel.Loader(config.data.workers or parallel.usable_cores(), classes.of_config(config)) as loader:
+            builder = storage.builder_for(source.name, staging, items=source_items(config, source), on_bad=on_bad,
+                                          loader=loader)
+            builder.download_and_prepare()
         built = storage.stored_dir(source.name, staging)
         splits = {name: info.num_examples for name, info in builder.info.splits.items()}
         report = {"source": source.name, "examples": splits, "dropped": len(dropped),

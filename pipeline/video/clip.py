@@ -24,6 +24,13 @@ half-written overlay.mp4 or summary.json.
 
 Frames are fitted to the model input (pipeline/video/fitting.py) in the reader thread rather than by
 the runtime: inference then only runs the model, and every runtime answers at the model size.
+
+What runs per frame at the frame's own size is kept to the few things that must (issue 15: at
+1280x720 the loop ran at 0.16x the model's speed, at 1080p it would have been slower still):
+decoding, one resize for the model, the overlay's blend and inset (pipeline/video/overlay.py) and
+encoding. The frame stays BGR from decoder to encoder (only the small model input is converted to
+RGB); analysis, stability and label metrics use the model-resolution maps (clip_metrics.py says how
+the label metrics changed).
 """
 from __future__ import annotations
 
@@ -45,7 +52,7 @@ from pipeline.video.analysis import analyse, frame_prediction, jsonl_record, sav
 from pipeline.video.clip_metrics import ClipMetrics, labels_path, load_labels
 from pipeline.video.fitting import Fit
 from pipeline.video.io import (Cancelled, Pipe, StageThread, VideoSource, clip_names, even_size, open_writer,
-                               to_bgr, to_rgb)
+                               to_rgb)
 from pipeline.video.overlay import overlay
 
 OUTPUTS = ("overlay.mp4", "predictions.jsonl", "maps", "summary.json")  # summary last: it marks "complete"
@@ -96,6 +103,12 @@ def _run(predictor, source: VideoSource, labels, staging: pathlib.Path, config, 
     if min(model_hw) <= 0:  # a SavedModel without our metadata: it resizes frames itself
         model_hw = (source.height, source.width)
     fit = Fit((source.height, source.width), model_hw, clip_config.resize)
+
+    def model_input(frame_bgr):
+        # Fitted first, converted to RGB second: resizing treats channels alike, so this equals
+        # fitting the RGB frame, and the frame itself stays BGR for the overlay and the encoder.
+        return to_rgb(fit.to_model(frame_bgr))
+
     batch_size = max(1, int(clip_config.batch_size))
     out_w, out_h = even_size(source.width, source.height)
     metrics = ClipMetrics(labels, max_depth, class_set) if labels is not None else None
@@ -113,10 +126,9 @@ def _run(predictor, source: VideoSource, labels, staging: pathlib.Path, config, 
             start = time.perf_counter()
             if frame.shape[:2] != (source.height, source.width):  # a stream that changes size midway
                 frame = cv2.resize(frame, (source.width, source.height), interpolation=cv2.INTER_AREA)
-            rgb = to_rgb(frame)
-            model_image = fit.to_model(rgb)
+            model_image = model_input(frame)
             seconds["preprocess"] += time.perf_counter() - start
-            frames_in.put((index, time_s, rgb, model_image))
+            frames_in.put((index, time_s, frame, model_image))
         frames_in.put(None)
 
     def write():
@@ -127,7 +139,7 @@ def _run(predictor, source: VideoSource, labels, staging: pathlib.Path, config, 
                 analysis = analyse(pred, fit, threshold, class_set)
                 stability.add(analysis)
                 if metrics is not None:
-                    metrics.add(index, analysis, fit)
+                    metrics.add(index, analysis)
                 record = jsonl_record(index, time_s, latency_ms, analysis, class_set)
                 if clip_config.full_maps:
                     record["maps"] = save_maps(staging, index, analysis, fit)
@@ -144,16 +156,21 @@ def _run(predictor, source: VideoSource, labels, staging: pathlib.Path, config, 
     def encode():
         while (image := frames_drawn.get()) is not None:
             start = time.perf_counter()
-            encoder.write(to_bgr(image[:out_h, :out_w]))
+            encoder.write(image[:out_h, :out_w])
             seconds["encode"] += time.perf_counter() - start
             bar.update(1)
+        # The encoder holds the last frames (look-ahead, frame threads): flushing them is part of the
+        # loop's time, so fps_end_to_end counts until the video is complete.
+        start = time.perf_counter()
+        encoder.release()
+        seconds["encode"] += time.perf_counter() - start
 
     encoder, fourcc = open_writer(staging / "overlay.mp4", out_w, out_h, source.fps)
     bar = None
     try:
         # Warm-up outside the timing: the first call traces / compiles / allocates.
         start = time.perf_counter()
-        predictor.predict(np.stack([fit.to_model(to_rgb(source.first_frame))] * batch_size))
+        predictor.predict(np.stack([model_input(source.first_frame)] * batch_size))
         warmup = time.perf_counter() - start
         bar = tqdm(total=source.frames_expected, unit="frame", desc=source.path.name, disable=not progress,
                    dynamic_ncols=True, file=sys.stderr)

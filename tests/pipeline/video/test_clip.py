@@ -157,6 +157,28 @@ def test_real_clip_fixture_overlay_and_jsonl(tmp_path):
     assert fake.calls[1:] == [4, 4]  # warm-up, then batches of clip.batch_size
 
 
+def test_the_model_gets_rgb_frames_and_the_overlay_keeps_the_colours(tmp_path):
+    """The loop keeps frames BGR (as decoded and encoded) and converts only the model's input."""
+    red = np.zeros((64, 96, 3), np.uint8)
+    red[..., 0] = 255  # RGB red
+    video = write_video(tmp_path / "red.avi", [red] * 2, fourcc="MJPG")
+    seen = []
+
+    class Recording(FakePredictor):
+        def predict(self, images):
+            seen.append(np.asarray(images, np.float64).mean(axis=(0, 1, 2)))
+            return super().predict(images)
+
+    clip.process_clip(Recording(tasks=("detection",)), video, tmp_path / "out", config_for(tmp_path), progress=False)
+    r, g, b = seen[-1]
+    assert r > 200 and g < 40 and b < 40
+    capture = cv2.VideoCapture(str(tmp_path / "out" / "overlay.mp4"))
+    ok, overlay_bgr = capture.read()
+    assert ok
+    b, g, r = overlay_bgr[10:30, 10:50].reshape(-1, 3).mean(0)  # away from the status line
+    assert r > 200 and g < 40 and b < 40
+
+
 def test_synthetic_clip_with_labels_gets_metrics(tmp_path):
     video = render_clip(tmp_path / "clips", "scene", seed=3, frames=5, height=64, width=96, fps=5)
     video = pathlib.Path(video)
