@@ -12,7 +12,9 @@ Workers are spawned, not forked: the parent runs TensorFlow's thread pools, and 
 multi-threaded process can deadlock on a lock one of those threads held. A spawned worker imports
 only what the loaders need (NumPy, OpenCV, data/), not TensorFlow. Loaders must therefore be
 picklable: module-level functions or functools.partial of them (data/synthetic.py's and the
-readers' are). At most 2 x workers chunks are in flight, so memory stays flat on any split size.
+readers' are), and a script that builds a data set with workers > 1 needs the usual
+`if __name__ == "__main__":` guard (`python -m pipeline` has it). At most 2 x workers chunks are in
+flight, so memory stays flat on any split size.
 
 For data sets beyond one machine, TFDS runs the same builders on Apache Beam when
 `_generate_examples` returns a PTransform, e.g. `beam.Create(items) | beam.Map(load)` with this
