@@ -22,7 +22,7 @@ class OnnxPredictor(runtimes.Predictor):
 
     def __init__(self, path, num_threads=None, score_threshold: float | None = None):
         super().__init__(path, num_threads, score_threshold)
-        import onnxruntime
+        import onnxruntime  # heavy: loaded only when an .onnx model is served
 
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: its graph-optimiser notes are not the user's business
@@ -40,8 +40,8 @@ class OnnxPredictor(runtimes.Predictor):
         self.input_size = (int(shape[1]), int(shape[2]))
         self._batch = shape[0] if isinstance(shape[0], int) else None  # None: any batch size
         self._outputs = [o.name for o in self.session.get_outputs()]
-        self.tasks = runtimes._tasks_from_outputs(self._outputs)  # noqa: SLF001  (one definition)
-        self.classes = runtimes._card_classes(self.path.parent / "model_card.json")  # noqa: SLF001
+        self.tasks = runtimes.tasks_from_outputs(self._outputs)
+        self.classes = runtimes.card_classes(self.path.parent / "model_card.json")
 
     def _run(self, x: np.ndarray) -> dict:
         if self._batch is None:

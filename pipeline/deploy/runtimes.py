@@ -90,7 +90,7 @@ def _numpy(outputs: dict) -> dict:
     return {key: np.asarray(value) for key, value in outputs.items()}
 
 
-def _tasks_from_outputs(names) -> list[str]:
+def tasks_from_outputs(names) -> list[str]:
     names = set(names)
     tasks = []
     if "boxes" in names or "box_sizes" in names or STANDARD_DETECTION[0] in names:
@@ -171,7 +171,7 @@ class SavedModelPredictor(Predictor):
             raise UserError(f"{path}: expected one image input, found {sorted(kwargs)}")
         (self._input_name, spec), = kwargs.items()
         self._input_dtype = spec.dtype
-        self.tasks = _tasks_from_outputs(self._fn.structured_outputs)
+        self.tasks = tasks_from_outputs(self._fn.structured_outputs)
         self.input_size = (0, 0)
         if hasattr(self._loaded, "metadata"):  # our export's extra endpoint
             meta = self._loaded.metadata()
@@ -217,9 +217,9 @@ class TFLitePredictor(Predictor):
         if len(shape) != 4 or shape[-1] != 3:
             raise UserError(f"{path}: input must be [1,H,W,3]; it is {list(shape)}")
         self.input_size = (int(shape[1]), int(shape[2]))
-        self.tasks = _tasks_from_outputs(self._outputs)
+        self.tasks = tasks_from_outputs(self._outputs)
         self.name = "tflite-detector" if STANDARD_DETECTION[0] in self._outputs else "tflite-" + self._precision()
-        self.classes = _card_classes(self.path.parent / "model_card.json")
+        self.classes = card_classes(self.path.parent / "model_card.json")
 
     def _precision(self) -> str:
         dtypes = {np.dtype(t["dtype"]) for t in self.interpreter.get_tensor_details()}
@@ -296,7 +296,7 @@ def _metadata_classes(meta: dict) -> ClassSet | None:
     return found
 
 
-def _card_classes(card_path: pathlib.Path) -> ClassSet | None:
+def card_classes(card_path: pathlib.Path) -> ClassSet | None:
     """The classes of the model card the export stage writes beside its .tflite files."""
     try:
         card = json.loads(card_path.read_text())
