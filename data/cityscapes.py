@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from data.mapping import DROP, SourceLabels
-from data.readers import finish, read_mask, read_rgb, require_dir, split_key
+from data.readers import finish, png_size, read_mask, read_rgb, require_dir, split_key
 from data.schema import IGNORE, BadExample, placeholder
 from data.errors import UserError
 
@@ -85,6 +85,24 @@ def instance_boxes(instances: np.ndarray, labels: SourceLabels | None = None,
     ignore = np.concatenate([np.array(ignored, np.float32).reshape(-1, 4), ignore]) if ignored else ignore
     return (np.array(boxes, np.float32).reshape(-1, 4), np.array(classes, np.int32),
             ignore.astype(np.float32))
+
+
+def focal_lengths(root: pathlib.Path) -> list[tuple[float, float, int, int]]:
+    """(fx, fy, width, height) for every frame with a camera json; a broken json is a BadExample."""
+    root = pathlib.Path(root)
+    result = []
+    for camera_path in sorted((root / "camera").rglob("*_camera.json")):
+        stem = camera_path.relative_to(root / "camera").as_posix()[:-len("_camera.json")]
+        image = root / "leftImg8bit" / (stem + IMAGE_SUFFIX)
+        if not image.is_file():
+            continue
+        try:
+            intrinsic = json.loads(camera_path.read_text())["intrinsic"]
+            fx, fy = float(intrinsic["fx"]), float(intrinsic["fy"])
+        except (ValueError, KeyError, TypeError):
+            raise BadExample(f"{camera_path}: expected json with intrinsic.fx and intrinsic.fy") from None
+        result.append((fx, fy, *png_size(image)))
+    return result
 
 
 def disparity_depth(disparity_path: pathlib.Path, camera_path: pathlib.Path,

@@ -23,7 +23,8 @@ import pathlib
 import numpy as np
 
 from data.mapping import DROP, SourceLabels
-from data.readers import clip_boxes, finish, read_mask, read_rgb, read_text, require_dir, split_key
+from data.readers import (clip_boxes, finish, png_size, read_mask, read_rgb, read_text, require_dir,
+                          split_key)
 from data.schema import IGNORE, BadExample, placeholder
 from data.errors import UserError
 
@@ -59,6 +60,18 @@ def list_items(root: pathlib.Path) -> list[str]:
     ids = {p.stem for p in (training / "image_2").glob("*.png")}
     ids |= {p.stem for p in (training / "label_2").glob("*.txt")}
     return sorted(f"{SOURCE}-{i}" for i in ids)
+
+
+def focal_lengths(root: pathlib.Path) -> list[tuple[float, float, int, int]]:
+    """(fx, fy, width, height) of camera 2 for every frame with a calibration file (P2's diagonal)."""
+    training = _training(root)
+    result = []
+    for calib in sorted((training / "calib").glob("*.txt")):
+        image = training / "image_2" / f"{calib.stem}.png"
+        if image.is_file():
+            p2 = read_calib(calib)["P2"]
+            result.append((float(p2[0, 0]), float(p2[1, 1]), *png_size(image)))
+    return result
 
 
 def read_labels(path: pathlib.Path) -> list[tuple[str, list[float]]]:

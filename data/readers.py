@@ -10,6 +10,9 @@ Every reader module (data.kitti, data.cityscapes, data.camvid, data.bdd100k) pro
                               classes), or data.schema.BadExample (one line naming the file) for
                               anything wrong with that frame; data.mapping.UnmappedLabel for a label
                               value its table does not map.
+Readers whose layout carries the camera calibration (KITTI, Cityscapes) also provide
+  focal_lengths(root)         [(fx, fy, width, height)] in pixels, one per frame that has it
+                              (pipeline/camera.py records them with a trained model).
 The builder decides whether a BadExample stops the run or drops the frame and counts it; an
 UnmappedLabel always stops it.
 
@@ -117,3 +120,12 @@ def finish(example: dict, name: str, ignore_boxes=None, classes: ClassSet = DEFA
     ignore, keep = clip_boxes(ignore, width, height)
     example["ignore_boxes"] = ignore[keep]
     return example
+
+
+def png_size(path: pathlib.Path) -> tuple[int, int]:
+    """(width, height) from a PNG's header, without decoding the image."""
+    with open(path, "rb") as file:
+        header = file.read(24)
+    if len(header) < 24 or header[:8] != b"\x89PNG\r\n\x1a\n":
+        raise BadExample(f"{path}: not a PNG image")
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")

@@ -243,8 +243,19 @@ def _tile() -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- sampling
+# Focal length as a fraction of the frame width (a 58-68 degree horizontal field of view; KITTI's is
+# 0.58). pipeline/camera.py records it as the camera a trained model's depth assumes.
+FOCAL_RANGE = (0.50, 0.62)
+
+
+def focal_lengths(height: int, width: int) -> tuple[float, float]:
+    """(fx, fy) in pixels of a rendered frame, the mean of the drawn focal (square pixels)."""
+    focal = width * sum(FOCAL_RANGE) / 2
+    return focal, focal
+
+
 def _sample_camera(rng, height: int, width: int) -> Camera:
-    return Camera(height, width, focal=width * rng.uniform(0.50, 0.62),
+    return Camera(height, width, focal=width * rng.uniform(*FOCAL_RANGE),
                   cx=width * (0.5 + rng.uniform(-0.02, 0.02)), cy=height * rng.uniform(0.40, 0.45),
                   mount=rng.uniform(1.40, 1.65))
 

@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     stages["clip"].add_argument("--model", help=".keras, saved_model folder, .tflite or .onnx (default: the run's model)")
     stages["clip"].add_argument("--input", help="video file or folder of videos (default: synthetic clip)")
     stages["clip"].add_argument("--out", help="output folder (default: runs/<experiment>/clips)")
+    for name in ("predict", "clip"):
+        stages[name].add_argument("--focal", type=float, metavar="PX",
+                                  help="the input's focal length in its own pixels: depth is rescaled from "
+                                       "the training camera to this one (README, Cameras)")
     stages["bench"].add_argument("--quick", action="store_true", help="a reduced run of about a minute")
     stages["baselines"].add_argument("--quick", action="store_true",
                                      help="a tiny budget and one seed into baselines-quick/ (minutes)")

@@ -17,8 +17,9 @@ The export stage reads runs/<experiment>/train/model.keras and writes runs/<expe
   parity.json           per format: metrics on validation frames, agreement with Keras, size,
                         latency, io dtypes and a verdict against the export.tolerance_* settings
                         (pipeline/deploy/parity.py)
-  model_card.json/.md   classes, input, training data and budget, metrics, formats
+  model_card.json/.md   classes, input, training data and budget, camera, metrics, formats
                         (pipeline/deploy/model_card.py)
+  camera.json           the camera the model's depth assumes (pipeline/camera.py; --focal reads it)
 Everything is written into a hidden temporary folder that replaces export/ only when complete, so a
 failed export never leaves a half-written folder behind.
 
@@ -46,6 +47,7 @@ Why these APIs (Keras 3.15):
 from __future__ import annotations
 
 import contextlib
+import json
 import pathlib
 import time
 import warnings
@@ -57,7 +59,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from data.classes import DEFAULT, ClassSet
 from data.errors import UserError
-from pipeline import atomic, classes, layout, trained
+from pipeline import atomic, camera, classes, layout, trained
 from pipeline.config import Config
 from pipeline.deploy import detector, model_card, onnx_export, parity, serving, split_concat
 from pipeline.inputs import dataset as inputs
@@ -212,4 +214,7 @@ def run_export(config: Config, progress=print) -> tuple[pathlib.Path, dict]:
         report["num_detections_threshold"] = config.export.score_threshold
         parity.write_report(report, staging / "parity.json")
         model_card.write(staging, config, report, class_set)
+        camera_record = camera.read_beside(model_path)
+        if camera_record:  # beside every exported file, for --focal (pipeline/camera.py)
+            atomic.write_text(staging / camera.RECORD, json.dumps(camera_record, indent=1))
     return final, report

@@ -20,7 +20,7 @@ import yaml
 
 from data.builder import stored_dir
 from data.classes import DEFAULT, ClassSet
-from pipeline import atomic, layout
+from pipeline import atomic, camera, layout
 from pipeline.config import Config
 from pipeline.evaluation.metrics import is_absent
 from pipeline.evaluation.report import LABELS, fmt, table
@@ -132,6 +132,8 @@ def build(config: Config, parity: dict, class_set: ClassSet = DEFAULT) -> dict:
                                   "this size (the ONNX file any batch; model_detection.tflite: float32, metadata "
                                   "mean 0, std 1)")},
         "training": training,
+        # The camera its depth assumes; another camera: --focal on predict and clip (pipeline/camera.py)
+        "camera": (camera.read_beside(layout.trained_model(config)) or {}).get("training"),
         "metrics": metrics_facts(config),
         "formats": format_facts(parity),
         "limitations": ("Metrics are measured on the evaluated split of the configured sources only; the "
@@ -156,6 +158,10 @@ def markdown(card: dict) -> str:
     lines += [table(["epochs run", "steps/epoch", "batch", "examples seen", "weighting", "learning rate"],
                     [[fmt(budget["epochs_run"]), fmt(budget["steps_per_epoch"]), fmt(budget["batch_size"]),
                       fmt(budget["examples_seen"]), budget["weighting"] or "—", fmt(budget["learning_rate"], 4)]]), ""]
+    if card.get("camera"):
+        lines += [f"Depth assumes the training camera's focal length: {card['camera']['fx']:.1f} px (horizontal) x "
+                  f"{card['camera']['fy']:.1f} px (vertical) at the input size; for another camera pass its focal "
+                  f"length with `--focal` (predict, clip), which rescales depth by the ratio.", ""]
     lines += ["## Metrics", ""]
     if metrics["available"]:
         lines += [f"On split `{metrics['split']}` (`{metrics['file']}`), reproduced by `{metrics['command']}`.", ""]

@@ -1,6 +1,7 @@
 """Annotating image files with any exported model (the predict stage's work).
 
-`python -m pipeline predict --model <saved_model dir | .tflite | .onnx | .keras> --images a.png b.png [--out DIR]`
+`python -m pipeline predict --model <saved_model dir | .tflite | .onnx | .keras> --images a.png b.png [--out DIR]
+[--focal PX]`
 
 Writes into DIR (default runs/<experiment>/predict/):
   <image stem>_pred.png   the frame with detections (name + score) and a translucent segmentation
@@ -8,7 +9,8 @@ Writes into DIR (default runs/<experiment>/predict/):
   predictions.json        per image: boxes in pixels, scores, class names, segmentation class pixel
                           shares, depth summary, the model's format; "resized": true and the model's
                           input size when a fixed-size model got a frame of another size; and any
-                          conversion done to the file (grey or RGBA -> RGB, 16-bit -> 8-bit)
+                          conversion done to the file (grey or RGBA -> RGB, 16-bit -> 8-bit); with
+                          --focal, focal_px and each image's depth_scale (pipeline/camera.py)
 Listed and drawn detections are those with score >= export.score_threshold (runtimes: predictor.score_threshold) (the model itself returns
 all top-K slots).
 """
@@ -22,7 +24,7 @@ import numpy as np
 
 from data.classes import DEFAULT, ClassSet
 from data.errors import UserError
-from pipeline import draw
+from pipeline import camera, draw
 from pipeline.deploy import runtimes
 
 
@@ -111,12 +113,15 @@ def _output_names(paths: list[pathlib.Path]) -> list[str]:
 
 def run_predict(model: str, images: list[str], out_dir: pathlib.Path, max_depth: float = 80.0,
                 num_threads: int | None = None, score_threshold: float | None = None,
-                class_set: ClassSet = DEFAULT) -> dict:
+                class_set: ClassSet = DEFAULT, focal_px: float | None = None) -> dict:
     """Annotates `images` with the model at `model`; returns the predictions.json dict. Classes are
-    named as the model file says (runtimes: predictor.classes), else by `class_set`."""
+    named as the model file says (runtimes: predictor.classes), else by `class_set`. `focal_px`: the
+    images' focal length in pixels, to rescale depth for their camera (pipeline/camera.py)."""
     paths = [pathlib.Path(p) for p in images]
     frames = [read_image(path) for path in paths]  # every input checked before the slow model load
     predictor = runtimes.load_predictor(model, num_threads=num_threads, score_threshold=score_threshold)
+    if focal_px is not None:
+        predictor = camera.Rescaled(predictor, focal_px, camera.read_beside(model))
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -132,6 +137,8 @@ def run_predict(model: str, images: list[str], out_dir: pathlib.Path, max_depth:
             record["model_input_size"] = list(predictor.input_size)
         if notes:
             record["conversions"] = notes
+        if focal_px is not None:
+            record["depth_scale"] = round(predictor.scale(image.shape[:2]), 4)
         record.update(frame_result(out, 0, threshold, class_set))
         picture = annotate(image, out, 0, threshold, max_depth, class_set)
         try:
@@ -142,7 +149,8 @@ def run_predict(model: str, images: list[str], out_dir: pathlib.Path, max_depth:
             raise UserError(f"cannot write {out_dir / name} (is the output folder writable?)")
         records.append(record)
     result = {"model": str(model), "format": predictor.name, "model_input_size": list(predictor.input_size),
-              "tasks": list(predictor.tasks), "score_threshold": threshold, "images": records}
+              "tasks": list(predictor.tasks), "score_threshold": threshold, "focal_px": focal_px,
+              "images": records}
     try:
         (out_dir / "predictions.json").write_text(json.dumps(result, indent=1))
     except OSError as err:

@@ -11,6 +11,7 @@ Output folder (one per model and split, so evaluating another split never overwr
   runs/<experiment>/eval-<split>/               the run's own model on another split
   runs/<experiment>/eval-<name>[-<split>]/      --model pointing at any other .keras file; <name> is
                                                 its stem, or its folder's name for a "model.keras"
+  ...-rescaled/                                 with evaluate.rescale_depth: true (pipeline/camera.py)
 It is written into a hidden temporary folder and renamed at the end, so an interrupted evaluation
 never leaves a half-written eval folder behind.
 
@@ -31,7 +32,7 @@ from tqdm import tqdm
 from data import schema
 from data.errors import UserError
 from data.vocabulary import TASKS
-from pipeline import atomic, classes, layout, timing, trained
+from pipeline import atomic, camera, classes, layout, timing, trained
 from pipeline.config import Config, SourceConfig
 from pipeline.evaluation import report
 from pipeline.evaluation.metrics import DepthEvaluator, DetectionEvaluator, SegmentationEvaluator, absent
@@ -195,8 +196,9 @@ def task_result(task: str, evaluator, examples: int, source: str, split: str) ->
 
 
 def evaluate_source(config: Config, model, split: str, source: SourceConfig, max_examples=None,
-                    grid_frames: int = 0, progress: bool = True) -> tuple[dict, list[dict]]:
-    """({task: result, "examples": n}, first grid frames) for one source and split."""
+                    grid_frames: int = 0, progress: bool = True, depth_scale: float = 1.0) -> tuple[dict, list[dict]]:
+    """({task: result, "examples": n}, first grid frames) for one source and split; predicted depth is
+    multiplied by depth_scale (evaluate.rescale_depth, pipeline/camera.py)."""
     tasks = trained.tasks(model)
     evaluators = new_evaluators(config, tasks)
     dataset = inputs.make_dataset(config, split, training=False, sources=[source])
@@ -213,6 +215,8 @@ def evaluate_source(config: Config, model, split: str, source: SourceConfig, max
             x = {key: value.numpy()[:count] for key, value in x.items()}
             y = {key: value.numpy()[:count] for key, value in y.items()}
             pred = predict_batch(model, x["image"], config.model.top_k)
+            if "depth" in pred and depth_scale != 1.0:
+                pred["depth"] = pred["depth"] * np.float32(depth_scale)
             add_batch(evaluators, y, pred, seen + 1, counts)
             if len(frames) < grid_frames:
                 frames += frames_for_grid(x, y, pred, grid_frames - len(frames))
@@ -225,20 +229,23 @@ def evaluate_source(config: Config, model, split: str, source: SourceConfig, max
 
 
 def _evaluate(config: Config, model, split: str, sources=None, max_examples=None, grid_frames: int = 0,
-              progress: bool = True) -> tuple[dict, list[dict]]:
+              progress: bool = True, depth_scales: dict | None = None) -> tuple[dict, list[dict]]:
     sources = _sources(config, sources)
     max_examples = config.evaluate.max_examples if max_examples is None else max_examples
     tasks = trained.tasks(model)
     per_source, frames = {}, []
     for source in sources:
         result, source_frames = evaluate_source(config, model, split, source, max_examples,
-                                                grid_frames if not frames else 0, progress)
+                                                grid_frames if not frames else 0, progress,
+                                                (depth_scales or {}).get(source.name, 1.0))
         per_source[source.name] = result
         frames = frames or source_frames
     primary = sources[0].name
     metrics = {"split": split, "image_size": list(config.data.image_size), "tasks": tasks,
                "top_k": config.model.top_k, "score_floor": SCORE_FLOOR, "max_depth": config.model.max_depth,
                "max_examples": max_examples, "primary_source": primary, "sources": per_source}
+    if depth_scales is not None:
+        metrics["depth_scales"] = {name: round(value, 4) for name, value in depth_scales.items()}
     # Top level = the first (or only) source, so single-source consumers read metrics[task] directly.
     for task in TASKS:
         metrics[task] = per_source[primary].get(task) or absent(
@@ -262,6 +269,8 @@ def output_dir(config: Config, split: str, model_path: pathlib.Path | None = Non
         name += f"-{model_path.parent.name if model_path.stem == 'model' else model_path.stem}"
     if split != config.evaluate.split:
         name += f"-{split}"
+    if config.evaluate.rescale_depth:  # depth rescaled to each source's camera: not the same numbers
+        name += "-rescaled"
     return layout.eval_dir(config, name)
 
 
@@ -271,7 +280,8 @@ def evaluate_into(config: Config, model_path: pathlib.Path, split: str, out: pat
     model = load_trained_model(model_path)
     check_model(model, config, model_path)
     check_classes(model, config, model_path, "evaluate")
-    metrics, frames = _evaluate(config, model, split, grid_frames=config.evaluate.grid_frames)
+    scales = camera.source_depth_scales(config, model_path) if config.evaluate.rescale_depth else None
+    metrics, frames = _evaluate(config, model, split, grid_frames=config.evaluate.grid_frames, depth_scales=scales)
     metrics = {"model": str(model_path), **metrics,
                "inference": measure_inference(model, config.model.top_k)}
     with atomic.staging_dir(out, "the evaluation") as staging:

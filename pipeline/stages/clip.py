@@ -1,6 +1,6 @@
 """`clip` stage: run a model over dashcam videos -> annotated video, per-frame results, speed, stability.
 
-    python -m pipeline clip [--model M] [--input video-or-folder] [--out DIR]
+    python -m pipeline clip [--model M] [--input video-or-folder] [--out DIR] [--focal PX]
 
 Each clip gets <out>/<clip name>/ (pipeline/video/clip.py lists the files); a folder input processes
 every video in it and writes <out>/index.json.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pathlib
 
 from data.errors import UserError
-from pipeline import layout
+from pipeline import camera, layout
 from pipeline.video.io import VideoSource, list_videos
 
 
@@ -40,4 +40,6 @@ def main(config, args=None) -> list[dict]:
     from pipeline.video import clip
 
     predictor = runtimes.load_predictor(model, score_threshold=config.export.score_threshold)
+    if getattr(args, "focal", None) is not None:  # depth for the clip's camera (pipeline/camera.py)
+        predictor = camera.Rescaled(predictor, args.focal, camera.read_beside(model))
     return clip.process_videos(predictor, source, videos, out, config, model)

@@ -45,7 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.errors import UserError
-from pipeline import atomic, classes, timing
+from pipeline import atomic, camera, classes, timing
 from pipeline.evaluation.evaluate import HEADLINE_METRICS
 from pipeline.evaluation.stability import Stability
 from pipeline.video.analysis import analyse, frame_prediction, jsonl_record, save_maps
@@ -103,6 +103,9 @@ def _run(predictor, source: VideoSource, labels, staging: pathlib.Path, config, 
     if min(model_hw) <= 0:  # a SavedModel without our metadata: it resizes frames itself
         model_hw = (source.height, source.width)
     fit = Fit((source.height, source.width), model_hw, clip_config.resize)
+    if isinstance(predictor, camera.Rescaled) and min(predictor.input_size) > 0:
+        # --focal: the frames reach the model already fitted, so say how (stretched or letterboxed)
+        predictor = predictor.fitted_as((source.height, source.width), (fit.content_h, fit.content_w))
 
     def model_input(frame_bgr):
         # Fitted first, converted to RGB second: resizing treats channels alike, so this equals
@@ -227,6 +230,10 @@ def _run(predictor, source: VideoSource, labels, staging: pathlib.Path, config, 
         "labels": str(labels_path(source.path)) if labels is not None else None,
         "metrics": metrics.result(tasks) if metrics is not None else None,
         "full_maps": bool(clip_config.full_maps),
+        # --focal: depth rescaled from the training camera to the clip's (pipeline/camera.py)
+        "depth_camera": ({"focal_px": predictor.focal_px,
+                          "depth_scale": round(predictor.scale((source.height, source.width)), 4)}
+                         if hasattr(predictor, "focal_px") else None),
     }
 
 

@@ -5,6 +5,7 @@ answer is known); one end-to-end test runs the real tiny model.
 """
 import argparse
 import json
+import math
 import pathlib
 import random
 
@@ -14,6 +15,7 @@ import pytest
 
 from data.errors import UserError
 from data.synthetic_clip import render_clip
+from pipeline import camera
 from pipeline.config import load_config
 from pipeline.deploy import runtimes
 from pipeline.evaluation.stability import Stability
@@ -415,3 +417,22 @@ def test_damaged_video_is_one_line_or_counted_never_a_traceback(tmp_path, how, s
     assert summary["frames_read"] >= 1
     assert len(jsonl(tmp_path / "out" / "predictions.jsonl")) == summary["frames_read"]
     assert_no_partial_output(tmp_path)
+
+
+@pytest.mark.parametrize("mode, content_hw", [("stretch", (64, 96)), ("letterbox", (54, 96))])
+def test_focal_rescales_the_clips_depth_and_the_summary_says_so(tmp_path, mode, content_hw):
+    # The fake predictor's depth is 5 m on the object; the highway fixture is 1280x720 (16:9) and the
+    # model 64x96 (3:2): stretched, the two axes' focal ratios differ (the factor is their geometric
+    # mean); letterboxed, the frame fills 54x96 of the input and both axes shrink alike.
+    record = {"model_input": [64, 96], "training": {"fx": 50.0, "fy": 50.0}}
+    expected = math.sqrt(1000.0 * content_hw[0] / 720 * 1000.0 * content_hw[1] / 1280) / 50.0
+    config = config_for(tmp_path, f"clip.resize={mode}")
+    summary = clip.process_clip(camera.Rescaled(FakePredictor(), 1000.0, record), FIXTURE_CLIP, tmp_path / "out",
+                                config, progress=False)
+    assert summary["depth_camera"] == {"focal_px": 1000.0, "depth_scale": round(expected, 4)}
+    plain = clip.process_clip(FakePredictor(), FIXTURE_CLIP, tmp_path / "plain", config, progress=False)
+    assert plain["depth_camera"] is None
+    nearest = [r["nearest_m"] for r in jsonl(tmp_path / "out" / "predictions.jsonl")]
+    plain_nearest = [r["nearest_m"] for r in jsonl(tmp_path / "plain" / "predictions.jsonl")]
+    assert None not in plain_nearest
+    np.testing.assert_allclose(nearest, np.array(plain_nearest) * expected, rtol=1e-3)  # 2-decimal rounding
