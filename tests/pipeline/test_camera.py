@@ -3,11 +3,14 @@ another focal length, and where the record travels (train -> export -> predict, 
 import json
 import math
 
+import cv2
+
 import numpy as np
 import pytest
 
 from data import kitti, synthetic
 from data.errors import UserError
+from data.schema import BadExample
 from pipeline import camera
 from pipeline.config import SourceConfig
 from pipeline.deploy import predict
@@ -120,3 +123,21 @@ def test_focal_on_a_model_without_a_camera_record_is_one_line(tiny_exported, tmp
                    "--model", lone / "model.tflite", "--images", image, "--focal", "700", timeout=120)
     assert_user_error_exit(done, "records no training camera", "--focal")
     assert not (tmp_path / "tiny" / "predict").exists()
+
+
+def test_cityscapes_focal_lengths_come_from_its_camera_files(tmp_path):
+    from data import cityscapes
+
+    stem = "frankfurt_000000_000294"
+    (tmp_path / "leftImg8bit").mkdir()
+    (tmp_path / "leftImg8bit" / f"{stem}_leftImg8bit.png").symlink_to(
+        FIXTURES / "cityscapes" / "leftImg8bit" / f"{stem}_leftImg8bit.png")
+    (tmp_path / "camera").mkdir()
+    camera_file = tmp_path / "camera" / f"{stem}_camera.json"
+    camera_file.write_text(json.dumps({"intrinsic": {"fx": 2262.52, "fy": 2265.30, "u0": 1096.98, "v0": 513.137},
+                                       "extrinsic": {"baseline": 0.209313}}))
+    height, width = cv2.imread(str(FIXTURES / "cityscapes" / "leftImg8bit" / f"{stem}_leftImg8bit.png")).shape[:2]
+    assert cityscapes.focal_lengths(tmp_path) == [(2262.52, 2265.30, width, height)]
+    camera_file.write_text("{}")
+    with pytest.raises(BadExample, match="intrinsic.fx"):
+        cityscapes.focal_lengths(tmp_path)
