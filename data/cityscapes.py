@@ -87,10 +87,11 @@ def instance_boxes(instances: np.ndarray, labels: SourceLabels | None = None,
             ignore.astype(np.float32))
 
 
-def focal_lengths(root: pathlib.Path) -> list[tuple[float, float, int, int]]:
-    """(fx, fy, width, height) for every frame with a camera json; a broken json is a BadExample."""
+def focal_lengths(root: pathlib.Path) -> tuple[list[tuple[float, float, int, int]], list[str]]:
+    """(fx, fy, width, height) for every frame with a camera json, and one line for each frame whose
+    camera json or image header cannot be read."""
     root = pathlib.Path(root)
-    result = []
+    result, problems = [], []
     for camera_path in sorted((root / "camera").rglob("*_camera.json")):
         stem = camera_path.relative_to(root / "camera").as_posix()[:-len("_camera.json")]
         image = root / "leftImg8bit" / (stem + IMAGE_SUFFIX)
@@ -100,9 +101,13 @@ def focal_lengths(root: pathlib.Path) -> list[tuple[float, float, int, int]]:
             intrinsic = json.loads(camera_path.read_text())["intrinsic"]
             fx, fy = float(intrinsic["fx"]), float(intrinsic["fy"])
         except (ValueError, KeyError, TypeError):
-            raise BadExample(f"{camera_path}: expected json with intrinsic.fx and intrinsic.fy") from None
-        result.append((fx, fy, *png_size(image)))
-    return result
+            problems.append(f"{camera_path}: expected json with intrinsic.fx and intrinsic.fy")
+            continue
+        try:
+            result.append((fx, fy, *png_size(image)))
+        except BadExample as err:
+            problems.append(str(err))
+    return result, problems
 
 
 def disparity_depth(disparity_path: pathlib.Path, camera_path: pathlib.Path,

@@ -62,16 +62,20 @@ def list_items(root: pathlib.Path) -> list[str]:
     return sorted(f"{SOURCE}-{i}" for i in ids)
 
 
-def focal_lengths(root: pathlib.Path) -> list[tuple[float, float, int, int]]:
-    """(fx, fy, width, height) of camera 2 for every frame with a calibration file (P2's diagonal)."""
+def focal_lengths(root: pathlib.Path) -> tuple[list[tuple[float, float, int, int]], list[str]]:
+    """(fx, fy, width, height) of camera 2 for every frame with a calibration file (P2's diagonal),
+    and one line for each frame whose calibration or image header cannot be read."""
     training = _training(root)
-    result = []
+    result, problems = [], []
     for calib in sorted((training / "calib").glob("*.txt")):
         image = training / "image_2" / f"{calib.stem}.png"
         if image.is_file():
-            p2 = read_calib(calib)["P2"]
-            result.append((float(p2[0, 0]), float(p2[1, 1]), *png_size(image)))
-    return result
+            try:
+                p2 = read_calib(calib)["P2"]
+                result.append((float(p2[0, 0]), float(p2[1, 1]), *png_size(image)))
+            except BadExample as err:
+                problems.append(str(err))
+    return result, problems
 
 
 def read_labels(path: pathlib.Path) -> list[tuple[str, list[float]]]:

@@ -243,8 +243,8 @@ def _tile() -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- sampling
-# Focal length as a fraction of the frame width (a 58-68 degree horizontal field of view; KITTI's is
-# 0.58). pipeline/camera.py records it as the camera a trained model's depth assumes.
+# Focal length as a fraction of the frame width (a 78-90 degree horizontal field of view; KITTI's is
+# 0.58, 81 degrees). pipeline/camera.py records it as the camera a trained model's depth assumes.
 FOCAL_RANGE = (0.50, 0.62)
 
 

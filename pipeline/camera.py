@@ -6,14 +6,15 @@ f*mount/z rows below the horizon. Through a lens of focal length f' the same sce
 training camera's scene at depth z*f/f', so the net answers z*f/f': its depth scales with the focal
 length (the ambiguity Metric3D's canonical camera removes, Yin et al. 2023). KITTI frames (f = 0.58
 frame widths, but 3.3:1) squeezed to the model's 2:1 input have a vertical focal length 1.7x the
-synthetic camera's, and the default model reads them about 1.5-1.75x too near (README, "Cameras").
+synthetic camera's, and the default model reads them 1.5-1.75x too near (README, "Cameras").
 
 The train stage records the focal lengths its depth sources imply at the model's input size
-(camera.json beside model.keras; the export stage copies it into export/). `--focal F` on predict,
-clip gives another camera's focal length in its own frame's pixels, and depth is
-multiplied by f_frame / f_training, where each f is the geometric mean of the horizontal and vertical
-focal lengths at the model's input size (resizing to the input can stretch the two axes differently). `evaluate.rescale_depth: true` does
-the same for each evaluated source with the camera its calibration files give.
+(camera.json beside model.keras; the export stage copies it into export/). `--focal F` on predict
+and clip gives another camera's focal length in its own frame's pixels, and depth is multiplied by
+f_frame / f_training, where each f is the geometric mean of the horizontal and vertical focal
+lengths at the model's input size (resizing to the input can stretch the two axes differently).
+`evaluate.rescale_depth: true` does the same for each evaluated source, with the mean focal length
+of its calibration files.
 """
 from __future__ import annotations
 
@@ -49,11 +50,15 @@ def source_camera(source, config) -> dict:
     module = reader(source.name)
     if not hasattr(module, "focal_lengths"):
         return {"fx": None, "fy": None, "frames": 0, "from": f"unknown: the {source.name} layout has no calibration"}
-    frames = [_at_model_size(fx, fy, (h, w), model_hw) for fx, fy, w, h in module.focal_lengths(source.path)]
+    found, problems = module.focal_lengths(source.path)
+    # Frames whose calibration cannot be read are counted and the first named, not silently left out
+    # (the data stage decides what such a frame means for training: data.bad_examples).
+    unreadable = {"unreadable": len(problems), "first_unreadable": problems[0]} if problems else {}
+    frames = [_at_model_size(fx, fy, (h, w), model_hw) for fx, fy, w, h in found]
     if not frames:
-        return {"fx": None, "fy": None, "frames": 0, "from": "unknown: no calibration file found"}
+        return {"fx": None, "fy": None, "frames": 0, "from": "unknown: no readable calibration file", **unreadable}
     return {"fx": sum(f[0] for f in frames) / len(frames), "fy": sum(f[1] for f in frames) / len(frames),
-            "frames": len(frames), "from": "calibration files (mean over frames)"}
+            "frames": len(frames), "from": "calibration files (mean over frames)", **unreadable}
 
 
 def record(config) -> dict:
@@ -102,8 +107,8 @@ def depth_scale(camera: dict | None, focal_px: float, frame_hw, model_path="the 
     """The factor on a model's depth for frames of size frame_hw taken with focal length focal_px
     (square pixels): f_frame / f_training at the model's input size (module docstring). content_hw:
     the part of the input the frame fills (a letterboxed clip); default the whole input."""
-    if not focal_px > 0:
-        raise UserError(f"--focal must be a positive focal length in pixels. Received: {focal_px}")
+    if not (math.isfinite(focal_px) and focal_px > 0):
+        raise UserError(f"--focal must be a positive, finite focal length in pixels. Received: {focal_px}")
     training = (camera or {}).get("training")
     if not training:
         raise UserError(f"{model_path} records no training camera (no {RECORD} or training config beside "
@@ -114,7 +119,8 @@ def depth_scale(camera: dict | None, focal_px: float, frame_hw, model_path="the 
 
 def source_depth_scales(config, model_path) -> dict[str, float]:
     """{source name: depth factor} for evaluating the model at model_path on config's sources, each
-    with its own recorded camera (evaluate.rescale_depth); sources with an unknown camera are left out."""
+    with its own camera (the mean over its calibration files: evaluate.rescale_depth); sources with an
+    unknown camera are left out (factor 1)."""
     training = (read_beside(model_path) or {}).get("training")
     if not training:
         raise UserError(f"{model_path} records no training camera (no {RECORD} or training config beside it): "
@@ -140,6 +146,10 @@ class Rescaled:
         if "depth" not in predictor.tasks:
             raise UserError(f"{self._name} has no depth output: --focal has nothing to rescale")
         self.scale((1, 1))  # a bad focal length or a missing record fails now, before any frame
+        recorded, size = tuple(camera["model_input"]), tuple(predictor.input_size)
+        if min(size) > 0 and size != recorded:  # a SavedModel without metadata says (0, 0): it resizes itself
+            raise UserError(f"{self._name} takes {size[0]}x{size[1]} frames but its {RECORD} was recorded for "
+                            f"{recorded[0]}x{recorded[1]}: the record belongs to another model")
 
     def __getattr__(self, name):
         return getattr(self._predictor, name)

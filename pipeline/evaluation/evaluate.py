@@ -261,7 +261,8 @@ def evaluate_model(config: Config, model, split: str, sources=None, max_examples
 
 # --------------------------------------------------------------------------------------------- stage
 def output_dir(config: Config, split: str, model_path: pathlib.Path | None = None) -> pathlib.Path:
-    """eval/, eval-<split>/ or eval-<model stem>[-<split>]/ (see module doc)."""
+    """eval/, eval-<split>/ or eval-<model stem>[-<split>]/, each with -rescaled under
+    evaluate.rescale_depth (see module doc)."""
     name = "eval"
     if model_path is not None and not layout.is_run_model(config, model_path):
         model_path = pathlib.Path(model_path)
@@ -280,6 +281,8 @@ def evaluate_into(config: Config, model_path: pathlib.Path, split: str, out: pat
     model = load_trained_model(model_path)
     check_model(model, config, model_path)
     check_classes(model, config, model_path, "evaluate")
+    if config.evaluate.rescale_depth and "depth" not in trained.tasks(model):
+        raise UserError(f"{model_path} has no depth output: evaluate.rescale_depth has nothing to rescale")
     scales = camera.source_depth_scales(config, model_path) if config.evaluate.rescale_depth else None
     metrics, frames = _evaluate(config, model, split, grid_frames=config.evaluate.grid_frames, depth_scales=scales)
     metrics = {"model": str(model_path), **metrics,

@@ -233,7 +233,7 @@ def _run(predictor, source: VideoSource, labels, staging: pathlib.Path, config, 
         # --focal: depth rescaled from the training camera to the clip's (pipeline/camera.py)
         "depth_camera": ({"focal_px": predictor.focal_px,
                           "depth_scale": round(predictor.scale((source.height, source.width)), 4)}
-                         if hasattr(predictor, "focal_px") else None),
+                         if isinstance(predictor, camera.Rescaled) else None),
     }
 
 

@@ -10,7 +10,6 @@ import pytest
 
 from data import kitti, synthetic
 from data.errors import UserError
-from data.schema import BadExample
 from pipeline import camera
 from pipeline.config import SourceConfig
 from pipeline.deploy import predict
@@ -20,9 +19,27 @@ KITTI_P2 = {"000001": 721.5377, "000002": 721.5377}  # fx = fy, from the fixture
 
 
 def test_kitti_focal_lengths_come_from_p2_and_the_image_header():
-    frames = kitti.focal_lengths(FIXTURES / "kitti")
+    frames, problems = kitti.focal_lengths(FIXTURES / "kitti")
     assert [(fx, fy) for fx, fy, _, _ in frames] == [(f, f) for f in KITTI_P2.values()]
-    assert [(w, h) for _, _, w, h in frames] == [(1242, 375), (1242, 375)]
+    assert [(w, h) for _, _, w, h in frames] == [(1242, 375), (1242, 375)] and problems == []
+
+
+def test_an_unreadable_calibration_is_counted_and_named_not_skipped(tmp_path):
+    root = tmp_path / "kitti" / "training"
+    for folder in ("image_2", "label_2", "calib"):
+        (root / folder).mkdir(parents=True)
+        for frame in KITTI_P2:
+            source = FIXTURES / "kitti" / "training" / folder
+            (root / folder / frame).with_suffix(".png" if folder == "image_2" else ".txt").symlink_to(
+                next(source.glob(f"{frame}.*")))
+    (root / "calib" / "000002.txt").unlink()
+    (root / "calib" / "000002.txt").write_text("P2: garbage\n")
+    config = tiny(tmp_path, "data.image_size=[128,256]")
+    config.data.sources = [SourceConfig(name="kitti", path=str(tmp_path / "kitti"))]
+    kitti_camera = camera.record(config)["sources"]["kitti"]
+    assert kitti_camera["frames"] == 1 and kitti_camera["unreadable"] == 1
+    assert "000002.txt" in kitti_camera["first_unreadable"]
+    assert kitti_camera["fx"] == pytest.approx(721.5377 * 256 / 1242)
 
 
 def test_synthetic_record_is_the_renderer_mean_at_the_model_size(tmp_path):
@@ -44,7 +61,7 @@ def test_real_sources_record_their_calibration_or_say_unknown(tmp_path):
     assert record["sources"]["kitti"]["frames"] == 2
     assert record["sources"]["kitti"]["fx"] == pytest.approx(fx) and record["sources"]["kitti"]["fy"] == pytest.approx(fy)
     assert record["sources"]["camvid"]["fx"] is None and "unknown" in record["sources"]["camvid"]["from"]
-    assert record["training"] == pytest.approx({"fx": fx, "fy": fy})  # CamVid has no depth: not counted
+    assert record["training"] == pytest.approx({"fx": fx, "fy": fy})  # CamVid: no camera (and no depth)
 
 
 def test_depth_scale_is_the_focal_ratio_at_the_model_size():
@@ -54,8 +71,9 @@ def test_depth_scale_is_the_focal_ratio_at_the_model_size():
     # KITTI squeezed to 2:1: geometric mean of the horizontal and vertical ratios
     kitti_scale = camera.depth_scale(record, 721.5377, (375, 1242))
     assert kitti_scale == pytest.approx(math.sqrt(721.5377 * 256 / 1242 * 721.5377 * 128 / 375) / 143.36)
-    with pytest.raises(UserError, match="positive focal length"):
-        camera.depth_scale(record, -5, (128, 256))
+    for bad in (-5, 0, float("nan"), float("inf")):
+        with pytest.raises(UserError, match="positive, finite focal length"):
+            camera.depth_scale(record, bad, (128, 256))
     with pytest.raises(UserError, match="records no training camera"):
         camera.depth_scale({"model_input": [128, 256], "training": None}, 500, (128, 256))
     with pytest.raises(UserError, match="records no training camera"):
@@ -79,6 +97,8 @@ def test_rescaled_predictor_multiplies_depth_and_passes_the_rest_through():
     without_depth.tasks = ["segmentation"]
     with pytest.raises(UserError, match="no depth output"):
         camera.Rescaled(without_depth, 75.0, record)
+    with pytest.raises(UserError, match="recorded for 128x256"):
+        camera.Rescaled(_FakePredictor(), 75.0, {"model_input": [128, 256], "training": {"fx": 50.0, "fy": 50.0}})
 
 
 def test_train_and_export_record_the_camera_and_predict_rescales_with_it(tiny_exported, tmp_path):
@@ -101,16 +121,41 @@ def test_train_and_export_record_the_camera_and_predict_rescales_with_it(tiny_ex
     assert rescaled["images"][0]["detections"] == plain["images"][0]["detections"]
 
 
-def test_evaluate_rescales_each_source_by_its_own_camera(tiny_trained, tmp_path):
+def test_evaluate_rescales_each_source_by_its_own_camera(tiny_trained, tmp_path, monkeypatch):
     from pipeline.evaluation import evaluate
 
     config, model_path = tiny_trained
     rescaled = tiny(config.run_root, "evaluate.rescale_depth=true")
-    metrics = evaluate.evaluate_into(rescaled, model_path, "validation", tmp_path / "eval")
-    assert metrics["depth_scales"] == {"synthetic": 1.0}  # the training camera itself
+    assert camera.source_depth_scales(rescaled, model_path) == {"synthetic": pytest.approx(1.0)}  # its own camera
     assert evaluate.output_dir(rescaled, "validation").name == "eval-rescaled"
-    plain = evaluate.evaluate_model(config, evaluate.load_trained_model(model_path), "validation")
-    assert metrics["depth"]["abs_rel"] == pytest.approx(plain["depth"]["abs_rel"], rel=1e-5)
+    # A factor of 2 on predictions of 10 m scores as predictions of 20 m
+    real_predict = evaluate.predict_batch
+
+    def predict_at(metres):
+        def predict(model, images, top_k=100):
+            out = real_predict(model, images, top_k)
+            return {**out, "depth": np.full_like(out["depth"], metres)}
+        return predict
+
+    monkeypatch.setattr(camera, "source_depth_scales", lambda config, path: {"synthetic": 2.0})
+    monkeypatch.setattr(evaluate, "predict_batch", predict_at(10.0))
+    metrics = evaluate.evaluate_into(rescaled, model_path, "validation", tmp_path / "rescaled")
+    monkeypatch.setattr(evaluate, "predict_batch", predict_at(20.0))
+    at_20 = evaluate.evaluate_into(config, model_path, "validation", tmp_path / "plain")
+    monkeypatch.setattr(evaluate, "predict_batch", predict_at(10.0))
+    at_10 = evaluate.evaluate_into(config, model_path, "validation", tmp_path / "plain10")
+    assert metrics["depth_scales"] == {"synthetic": 2.0} and "depth_scales" not in at_20
+    for key in ("abs_rel", "rmse", "delta1"):
+        assert metrics["depth"][key] == pytest.approx(at_20["depth"][key], rel=1e-6)
+    assert metrics["depth"]["rmse"] != pytest.approx(at_10["depth"]["rmse"], rel=1e-3)
+
+
+def test_a_bad_focal_length_is_one_line(tiny_exported, tmp_path):
+    config, out, _ = tiny_exported
+    image = FIXTURES / "kitti" / "training" / "image_2" / "000001.png"
+    done = run_cli("predict", "--config", REPO / "configs" / "tiny.yaml", f"run_root={tmp_path}",
+                   "--model", out / "model_float32.tflite", "--images", image, "--focal", "inf", timeout=120)
+    assert_user_error_exit(done, "positive, finite focal length", "inf")
 
 
 def test_focal_on_a_model_without_a_camera_record_is_one_line(tiny_exported, tmp_path):
@@ -137,7 +182,7 @@ def test_cityscapes_focal_lengths_come_from_its_camera_files(tmp_path):
     camera_file.write_text(json.dumps({"intrinsic": {"fx": 2262.52, "fy": 2265.30, "u0": 1096.98, "v0": 513.137},
                                        "extrinsic": {"baseline": 0.209313}}))
     height, width = cv2.imread(str(FIXTURES / "cityscapes" / "leftImg8bit" / f"{stem}_leftImg8bit.png")).shape[:2]
-    assert cityscapes.focal_lengths(tmp_path) == [(2262.52, 2265.30, width, height)]
+    assert cityscapes.focal_lengths(tmp_path) == ([(2262.52, 2265.30, width, height)], [])
     camera_file.write_text("{}")
-    with pytest.raises(BadExample, match="intrinsic.fx"):
-        cityscapes.focal_lengths(tmp_path)
+    frames, problems = cityscapes.focal_lengths(tmp_path)
+    assert frames == [] and len(problems) == 1 and "intrinsic.fx" in problems[0] and str(camera_file) in problems[0]
