@@ -13,7 +13,7 @@ Every reader module (data.kitti, data.cityscapes, data.camvid, data.bdd100k) pro
 Readers whose layout carries the camera calibration (KITTI, Cityscapes) also provide
   focal_lengths(root)         ([(fx, fy, width, height)] in pixels, one per frame that has it;
                               [one line per frame whose calibration cannot be read])
-                              (pipeline/camera.py records them with a trained model).
+                              (pipeline/deploy/camera.py records them with a trained model).
 The builder decides whether a BadExample stops the run or drops the frame and counts it; an
 UnmappedLabel always stops it.
 

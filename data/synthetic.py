@@ -244,7 +244,7 @@ def _tile() -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------- sampling
 # Focal length as a fraction of the frame width (a 78-90 degree horizontal field of view; KITTI's is
-# 0.58, 81 degrees). pipeline/camera.py records it as the camera a trained model's depth assumes.
+# 0.58, 81 degrees). pipeline/deploy/camera.py records it as the camera a trained model's depth assumes.
 FOCAL_RANGE = (0.50, 0.62)
 
 

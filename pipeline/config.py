@@ -144,7 +144,7 @@ class EvaluateConfig:
     max_examples: int | None = None
     grid_frames: int = 6
     # true: each source's predicted depth is multiplied by its camera's focal length over the training
-    # camera's (pipeline/camera.py), as --focal does on predict and clip; a source whose camera is unknown
+    # camera's (pipeline/deploy/camera.py), as --focal does on predict and clip; a source whose camera is unknown
     # is scored as it is. metrics.json lists the factors.
     rescale_depth: bool = False
 

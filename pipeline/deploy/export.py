@@ -19,7 +19,7 @@ The export stage reads runs/<experiment>/train/model.keras and writes runs/<expe
                         (pipeline/deploy/parity.py)
   model_card.json/.md   classes, input, training data and budget, camera, metrics, formats
                         (pipeline/deploy/model_card.py)
-  camera.json           the camera the model's depth assumes (pipeline/camera.py; --focal reads it)
+  camera.json           the camera the model's depth assumes (pipeline/deploy/camera.py; --focal reads it)
 Everything is written into a hidden temporary folder that replaces export/ only when complete, so a
 failed export never leaves a half-written folder behind.
 
@@ -59,9 +59,9 @@ from ai_edge_litert.interpreter import Interpreter
 
 from data.classes import DEFAULT, ClassSet
 from data.errors import UserError
-from pipeline import atomic, camera, classes, layout, trained
+from pipeline import atomic, classes, layout, trained
 from pipeline.config import Config
-from pipeline.deploy import detector, model_card, onnx_export, parity, serving, split_concat
+from pipeline.deploy import camera, detector, model_card, onnx_export, parity, serving, split_concat
 from pipeline.inputs import dataset as inputs
 
 TFLITE_FORMATS = ("tflite-float32", "tflite-float16", "tflite-int8")
@@ -215,6 +215,6 @@ def run_export(config: Config, progress=print) -> tuple[pathlib.Path, dict]:
         parity.write_report(report, staging / "parity.json")
         model_card.write(staging, config, report, class_set)
         camera_record = camera.read_beside(model_path)
-        if camera_record:  # beside every exported file, for --focal (pipeline/camera.py)
+        if camera_record:  # beside every exported file, for --focal (pipeline/deploy/camera.py)
             atomic.write_text(staging / camera.RECORD, json.dumps(camera_record, indent=1))
     return final, report

@@ -20,7 +20,8 @@ import yaml
 
 from data.builder import stored_dir
 from data.classes import DEFAULT, ClassSet
-from pipeline import atomic, camera, layout
+from pipeline import atomic, layout
+from pipeline.deploy import camera
 from pipeline.config import Config
 from pipeline.evaluation.metrics import is_absent
 from pipeline.evaluation.report import LABELS, fmt, table
@@ -132,7 +133,7 @@ def build(config: Config, parity: dict, class_set: ClassSet = DEFAULT) -> dict:
                                   "this size (the ONNX file any batch; model_detection.tflite: float32, metadata "
                                   "mean 0, std 1)")},
         "training": training,
-        # The camera its depth assumes; another camera: --focal on predict and clip (pipeline/camera.py)
+        # The camera its depth assumes; another camera: --focal on predict and clip (pipeline/deploy/camera.py)
         "camera": (camera.read_beside(layout.trained_model(config)) or {}).get("training"),
         "metrics": metrics_facts(config),
         "formats": format_facts(parity),

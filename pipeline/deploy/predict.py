@@ -10,7 +10,7 @@ Writes into DIR (default runs/<experiment>/predict/):
                           shares, depth summary, the model's format; "resized": true and the model's
                           input size when a fixed-size model got a frame of another size; and any
                           conversion done to the file (grey or RGBA -> RGB, 16-bit -> 8-bit); with
-                          --focal, focal_px and each image's depth_scale (pipeline/camera.py)
+                          --focal, focal_px and each image's depth_scale (pipeline/deploy/camera.py)
 Listed and drawn detections are those with score >= export.score_threshold (runtimes: predictor.score_threshold) (the model itself returns
 all top-K slots).
 """
@@ -24,7 +24,8 @@ import numpy as np
 
 from data.classes import DEFAULT, ClassSet
 from data.errors import UserError
-from pipeline import camera, draw
+from pipeline import draw
+from pipeline.deploy import camera
 from pipeline.deploy import runtimes
 
 
@@ -116,7 +117,7 @@ def run_predict(model: str, images: list[str], out_dir: pathlib.Path, max_depth:
                 class_set: ClassSet = DEFAULT, focal_px: float | None = None) -> dict:
     """Annotates `images` with the model at `model`; returns the predictions.json dict. Classes are
     named as the model file says (runtimes: predictor.classes), else by `class_set`. `focal_px`: the
-    images' focal length in pixels, to rescale depth for their camera (pipeline/camera.py)."""
+    images' focal length in pixels, to rescale depth for their camera (pipeline/deploy/camera.py)."""
     paths = [pathlib.Path(p) for p in images]
     frames = [read_image(path) for path in paths]  # every input checked before the slow model load
     predictor = runtimes.load_predictor(model, num_threads=num_threads, score_threshold=score_threshold)

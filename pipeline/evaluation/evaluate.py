@@ -11,7 +11,7 @@ Output folder (one per model and split, so evaluating another split never overwr
   runs/<experiment>/eval-<split>/               the run's own model on another split
   runs/<experiment>/eval-<name>[-<split>]/      --model pointing at any other .keras file; <name> is
                                                 its stem, or its folder's name for a "model.keras"
-  ...-rescaled/                                 with evaluate.rescale_depth: true (pipeline/camera.py)
+  ...-rescaled/                                 with evaluate.rescale_depth: true (pipeline/deploy/camera.py)
 It is written into a hidden temporary folder and renamed at the end, so an interrupted evaluation
 never leaves a half-written eval folder behind.
 
@@ -32,7 +32,8 @@ from tqdm import tqdm
 from data import schema
 from data.errors import UserError
 from data.vocabulary import TASKS
-from pipeline import atomic, camera, classes, layout, timing, trained
+from pipeline import atomic, classes, layout, timing, trained
+from pipeline.deploy import camera
 from pipeline.config import Config, SourceConfig
 from pipeline.evaluation import report
 from pipeline.evaluation.metrics import DepthEvaluator, DetectionEvaluator, SegmentationEvaluator, absent
@@ -198,7 +199,7 @@ def task_result(task: str, evaluator, examples: int, source: str, split: str) ->
 def evaluate_source(config: Config, model, split: str, source: SourceConfig, max_examples=None,
                     grid_frames: int = 0, progress: bool = True, depth_scale: float = 1.0) -> tuple[dict, list[dict]]:
     """({task: result, "examples": n}, first grid frames) for one source and split; predicted depth is
-    multiplied by depth_scale (evaluate.rescale_depth, pipeline/camera.py)."""
+    multiplied by depth_scale (evaluate.rescale_depth, pipeline/deploy/camera.py)."""
     tasks = trained.tasks(model)
     evaluators = new_evaluators(config, tasks)
     dataset = inputs.make_dataset(config, split, training=False, sources=[source])

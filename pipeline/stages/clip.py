@@ -10,7 +10,8 @@ from __future__ import annotations
 import pathlib
 
 from data.errors import UserError
-from pipeline import camera, layout
+from pipeline import layout
+from pipeline.deploy import camera
 from pipeline.video.io import VideoSource, list_videos
 
 
@@ -40,6 +41,6 @@ def main(config, args=None) -> list[dict]:
     from pipeline.video import clip
 
     predictor = runtimes.load_predictor(model, score_threshold=config.export.score_threshold)
-    if getattr(args, "focal", None) is not None:  # depth for the clip's camera (pipeline/camera.py)
+    if getattr(args, "focal", None) is not None:  # depth for the clip's camera (pipeline/deploy/camera.py)
         predictor = camera.Rescaled(predictor, args.focal, camera.read_beside(model))
     return clip.process_videos(predictor, source, videos, out, config, model)

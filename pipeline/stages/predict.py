@@ -1,7 +1,7 @@
 """`predict` stage: annotate image files with any exported model.
 
-`python -m pipeline predict --model <saved_model dir | .tflite | .onnx | .keras> --images a.png b.png [--out DIR] [--focal PX]`
-writes DIR (default runs/<experiment>/predict/; pipeline/deploy/predict.py lists the files).
+`python -m pipeline predict --model <saved_model dir | .tflite | .onnx | .keras> --images a.png b.png
+[--out DIR] [--focal PX]` writes DIR (default runs/<experiment>/predict/; pipeline/deploy/predict.py lists the files).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Writes `runs/<experiment>/train/`: model.keras (the functional net, best validation epoch),
 best.weights.h5, history.csv (per-task losses, task weights, learning rate), training_curves.png,
 tensorboard/, model_config.json (a resume with a changed model is refused), config.yaml (the
-resolved config), camera.json (the camera its depth assumes, pipeline/camera.py), speed.json and
+resolved config), camera.json (the camera its depth assumes, pipeline/deploy/camera.py), speed.json and
 task_weights.json.
 
 A run writes nothing until everything it needs is checked (config, data set, resume, model), then
@@ -30,7 +30,8 @@ import tensorflow as tf
 from data import classes
 from data.errors import UserError
 from models import multitask
-from pipeline import atomic, camera, layout
+from pipeline import atomic, layout
+from pipeline.deploy import camera
 from pipeline.config import Config, save_config, to_dict
 from pipeline.evaluation import plots
 from pipeline.inputs import dataset as inputs
@@ -90,7 +91,7 @@ def begin_run(work: pathlib.Path, config: Config, resuming: bool) -> None:
             (work / stale).unlink(missing_ok=True)
     atomic.write_text(work / "model_config.json", json.dumps(resume_signature(config), indent=1))
     save_config(config, work / "config.yaml")
-    camera.write(config, work)  # the camera its depth assumes (pipeline/camera.py)
+    camera.write(config, work)  # the camera its depth assumes (pipeline/deploy/camera.py)
 
 
 def multi_worker_compat(trainer, strategy) -> None:

@@ -45,7 +45,8 @@ import numpy as np
 from tqdm import tqdm
 
 from data.errors import UserError
-from pipeline import atomic, camera, classes, timing
+from pipeline import atomic, classes, timing
+from pipeline.deploy import camera
 from pipeline.evaluation.evaluate import HEADLINE_METRICS
 from pipeline.evaluation.stability import Stability
 from pipeline.video.analysis import analyse, frame_prediction, jsonl_record, save_maps
@@ -230,7 +231,7 @@ def _run(predictor, source: VideoSource, labels, staging: pathlib.Path, config, 
         "labels": str(labels_path(source.path)) if labels is not None else None,
         "metrics": metrics.result(tasks) if metrics is not None else None,
         "full_maps": bool(clip_config.full_maps),
-        # --focal: depth rescaled from the training camera to the clip's (pipeline/camera.py)
+        # --focal: depth rescaled from the training camera to the clip's (pipeline/deploy/camera.py)
         "depth_camera": ({"focal_px": predictor.focal_px,
                           "depth_scale": round(predictor.scale((source.height, source.width)), 4)}
                          if isinstance(predictor, camera.Rescaled) else None),

@@ -15,7 +15,7 @@ import pytest
 
 from data.errors import UserError
 from data.synthetic_clip import render_clip
-from pipeline import camera
+from pipeline.deploy import camera
 from pipeline.config import load_config
 from pipeline.deploy import runtimes
 from pipeline.evaluation.stability import Stability

@@ -1,4 +1,4 @@
-"""The camera a model's depth assumes (pipeline/camera.py): what each source records, the rescale for
+"""The camera a model's depth assumes (pipeline/deploy/camera.py): what each source records, the rescale for
 another focal length, and where the record travels (train -> export -> predict, clip, evaluate)."""
 import json
 import math
@@ -10,7 +10,7 @@ import pytest
 
 from data import kitti, synthetic
 from data.errors import UserError
-from pipeline import camera
+from pipeline.deploy import camera
 from pipeline.config import SourceConfig
 from pipeline.deploy import predict
 from support import FIXTURES, REPO, assert_user_error_exit, run_cli, tiny

@@ -109,11 +109,21 @@ def depth_scale(camera: dict | None, focal_px: float, frame_hw, model_path="the 
     the part of the input the frame fills (a letterboxed clip); default the whole input."""
     if not (math.isfinite(focal_px) and focal_px > 0):
         raise UserError(f"--focal must be a positive, finite focal length in pixels. Received: {focal_px}")
+    training = _training_camera(camera, model_path, "--focal")
+    fx, fy = _at_model_size(focal_px, focal_px, frame_hw, content_hw or camera["model_input"])
+    return _focal_ratio(fx, fy, training)
+
+
+def _training_camera(camera: dict | None, model_path, option: str) -> dict:
     training = (camera or {}).get("training")
     if not training:
         raise UserError(f"{model_path} records no training camera (no {RECORD} or training config beside "
-                        f"it, or no depth source with a known camera): --focal cannot rescale its depth")
-    fx, fy = _at_model_size(focal_px, focal_px, frame_hw, content_hw or camera["model_input"])
+                        f"it, or no depth source with a known camera): {option} cannot rescale its depth")
+    return training
+
+
+def _focal_ratio(fx: float, fy: float, training: dict) -> float:
+    """Both axes' focal lengths over the training camera's, as one factor: their geometric mean."""
     return math.sqrt(fx * fy / (training["fx"] * training["fy"]))
 
 
@@ -121,16 +131,9 @@ def source_depth_scales(config, model_path) -> dict[str, float]:
     """{source name: depth factor} for evaluating the model at model_path on config's sources, each
     with its own camera (the mean over its calibration files: evaluate.rescale_depth); sources with an
     unknown camera are left out (factor 1)."""
-    training = (read_beside(model_path) or {}).get("training")
-    if not training:
-        raise UserError(f"{model_path} records no training camera (no {RECORD} or training config beside it): "
-                        f"evaluate.rescale_depth cannot rescale its depth")
-    scales = {}
-    for source in config.data.sources:
-        own = source_camera(source, config)
-        if own["fx"] is not None:
-            scales[source.name] = math.sqrt(own["fx"] * own["fy"] / (training["fx"] * training["fy"]))
-    return scales
+    training = _training_camera(read_beside(model_path), model_path, "evaluate.rescale_depth")
+    own = {source.name: source_camera(source, config) for source in config.data.sources}
+    return {name: _focal_ratio(cam["fx"], cam["fy"], training) for name, cam in own.items() if cam["fx"] is not None}
 
 
 class Rescaled:
