@@ -16,7 +16,7 @@ detection decoding are TensorFlow code and load only on the TensorFlow backend.
 """
 import keras
 
-from models import batch_norm, depth, sharing  # noqa: F401  (registers serializable layers)
+from models import batch_norm, depth, detection, sharing  # noqa: F401  (registers serializable layers)
 
 if keras.backend.backend() == "tensorflow":
     from models import weighting  # noqa: F401  (registers the trainer's task-weighting layers)

@@ -9,6 +9,7 @@ the GradNorm shared layer and the soft-sharing penalty can find corresponding la
 from __future__ import annotations
 
 import keras
+from keras import ops
 
 from models.batch_norm import FusedBatchNorm
 
@@ -83,3 +84,9 @@ def dense_head(feature, skip, out_channels, width, name):
         return keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_up1")(x)
     x = keras.layers.Conv2D(out_channels, 1, name=f"{name}_logits")(x)
     return keras.layers.UpSampling2D(4, interpolation="bilinear", name=f"{name}_up1")(x)
+
+
+def straight_through_clip(x, low, high):
+    """clip(x, low, high) forward, identity backward: the output stays bounded (no exp overflow
+    after a bad early step) while a prediction past a bound is still pulled back by its loss."""
+    return x + ops.stop_gradient(ops.clip(x, low, high) - x)

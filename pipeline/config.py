@@ -112,6 +112,8 @@ class ModelConfig:
     top_k: int = 100  # decoded peaks per frame: COCO evaluation keeps 100 (maxDets)
     max_depth: float = 80.0  # the depth output's range, and the range depth is trained and scored on
     min_depth: float = 0.5
+    # P1..P4: the pretrained encoder's stem and blocks up to that level stay frozen (faster steps)
+    freeze_through: str | None = None
 
 
 @dataclass
@@ -376,6 +378,7 @@ RULES: dict[str, Range | tuple] = {
     "model.top_k": POSITIVE,
     "model.max_depth": POSITIVE,
     "model.min_depth": POSITIVE,
+    "model.freeze_through": ("P1", "P2", "P3", "P4"),
     "train.epochs": POSITIVE,
     "train.steps_per_epoch": POSITIVE,
     "train.batch_size": POSITIVE,

@@ -22,7 +22,9 @@ Two wrappers of the functional net (input "image" float32 [B,H,W,3] 0..255 at th
     Full-integer models also get `int8_friendly`: TFLite lowers softplus (the box-size head) to
     log(1 + exp(x)), whose exp() spans 0..e^x_max; one int8 scale over that range rounds every
     small value to 0 and log() then saturates (measured: all box sizes 0). The same function as
-    relu(x) + log(1 + exp(-|x|)) keeps each intermediate in 0..1 / 1..2 / 0..0.7.
+    relu(x) + log(1 + exp(-|x|)) keeps each intermediate in 0..1 / 1..2 / 0..0.7. (The current
+    box-size head, models.detection.BoxSize, is exp of a clipped log size and needs no rewrite;
+    models trained before it have the softplus head.)
     Full-integer models emit boxes as parts (`box_parts`): `box_cells` int32 (the peak's cell
     index), `box_offsets` and `box_sizes` [1,K,2] in grid cells, each with its own scale; the
     runtime composes boxes with models.detection_decode.boxes_from_parts. Box arithmetic in int8 (and a

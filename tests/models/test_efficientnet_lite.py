@@ -187,3 +187,35 @@ def test_int8_tflite_of_the_pretrained_multitask_net(tiny_config, tmp_path):
     out = predictor.predict(frame)
     assert out["segmentation"].shape == frame.shape[:3]
     assert out["depth"].shape == frame.shape[:3] and np.all(out["depth"] > 0)
+
+
+def test_freeze_through_keeps_the_early_layers_and_their_statistics_bit_identical():
+    import tensorflow as tf
+
+    from models.trainer import MultiTaskTrainer
+    from models.optimizer import make_optimizer
+    from test_models import make_batch, tiny_train
+
+    config = lite_config(freeze_through="P2")
+    net = build_model(config, SIZE)
+    encoder = net.get_layer("encoder")
+    frozen = {layer.name for layer in encoder.layers if not layer.trainable and layer.weights}
+    assert "encoder_conv_stem" in frozen and "encoder_blocks_2_project_conv" in frozen
+    assert not any(name.startswith(("encoder_blocks_3_", "encoder_blocks_10_")) for name in frozen)
+    before = {v.path: v.numpy().copy() for v in encoder.weights}
+    trainer = MultiTaskTrainer(net, config, tiny_train())
+    trainer.compile(optimizer=make_optimizer(tiny_train(), 10), run_eagerly=True)  # 2 steps: tracing costs more
+    trainer.fit(tf.data.Dataset.from_tensors(make_batch()).repeat(), epochs=1, steps_per_epoch=2, verbose=0)
+    for layer in encoder.layers:
+        changed = [not np.array_equal(v.numpy(), before[v.path]) for v in layer.weights]
+        if layer.name in frozen:  # kernels and BatchNorm moving statistics alike
+            assert not any(changed), layer.name
+        elif layer.name in ("encoder_blocks_3_project_conv", "encoder_blocks_3_bn2"):
+            assert all(changed), layer.name
+
+
+def test_freeze_through_needs_the_pretrained_lite0():
+    with pytest.raises(UserError, match="freeze_through"):
+        check_backbone(lite_config(weights=None, freeze_through="P2"))
+    with pytest.raises(UserError, match="freeze_through"):
+        check_backbone(ModelConfig(freeze_through="P2"))

@@ -17,7 +17,7 @@ import tensorflow as tf
 from data.schema import IGNORE
 from models.depth import LogDepth, depth_loss
 from data.vocabulary import STRIDE
-from models.detection import detection_loss
+from models.detection import MIN_SIZE, BoxSize, detection_loss
 from models.detection_decode import _local_peaks, decode_detections
 from models.multitask import TASKS, build_model
 from models.optimizer import make_optimizer
@@ -148,6 +148,39 @@ def test_losses_are_per_example_and_zero_without_labels():
     assert np.allclose(seg, [np.log(9.0), 0.0], atol=1e-5)
     det = detection_loss(y, np.zeros((BATCH, 16, 24, 7), np.float32)).numpy()
     assert det.shape == (BATCH,) and np.isfinite(det).all()
+
+
+def _size_loss(y, sizes):
+    """detection_loss with a fixed heat map: its change is the size term alone."""
+    y = {**y, "det_size": np.asarray(y["det_size"], np.float32)}
+    out = np.zeros((BATCH, 16, 24, 7), np.float32)
+    out[..., 3:5] = sizes
+    return detection_loss(y, out).numpy()
+
+
+def test_box_sizes_are_learned_as_relative_errors():
+    _, y = make_batch()
+    mask = y["det_mask"].astype(bool)
+    small, large = y.copy(), y.copy()
+    small["det_size"] = np.where(mask[..., None], 1.0, 0.0)   # a 4-px box
+    large["det_size"] = np.where(mask[..., None], 20.0, 0.0)  # an 80-px box
+    exact_small = _size_loss(small, np.where(mask[..., None], 1.0, 1.0))
+    exact_large = _size_loss(large, np.where(mask[..., None], 20.0, 1.0))
+    # Both 10 % too wide and tall: the same loss increase for a 4-px box as for an 80-px one.
+    off_small = _size_loss(small, np.where(mask[..., None], 1.1, 1.0)) - exact_small
+    off_large = _size_loss(large, np.where(mask[..., None], 22.0, 1.0)) - exact_large
+    np.testing.assert_allclose(off_small, np.log(1.1), rtol=1e-4)
+    np.testing.assert_allclose(off_large, off_small, rtol=1e-4)
+
+
+def test_box_size_output_is_bounded_and_passes_gradients_past_its_bounds():
+    x = tf.constant([[-50.0, 0.0, 3.0, 50.0]])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        size = BoxSize()(x)
+        log_size = tf.reduce_sum(tf.math.log(size))
+    assert np.all(size.numpy() >= MIN_SIZE * (1 - 1e-6)) and np.all(size.numpy() <= 256.0 * (1 + 1e-6))
+    np.testing.assert_allclose(tape.gradient(log_size, x).numpy(), 1.0, rtol=1e-6)
 
 
 @pytest.mark.parametrize("sharing", ["hard", "soft", "cross_stitch"])
@@ -399,7 +432,7 @@ def test_optimizer_warms_up_and_skips_decay_for_log_vars_and_biases():
 def test_models_package_import_registers_layers():
     """`import models` alone (what a loader does) registers every custom layer a saved model names."""
     assert keras.saving.get_registered_object("dashcam>CrossStitch") is CrossStitch
-    names = ["dashcam>CrossStitch", "dashcam>LogDepth", "dashcam>FusedBatchNorm", "dashcam>FixedWeighting",
+    names = ["dashcam>CrossStitch", "dashcam>LogDepth", "dashcam>BoxSize", "dashcam>FusedBatchNorm", "dashcam>FixedWeighting",
              "dashcam>UncertaintyWeighting", "dashcam>DWAWeighting", "dashcam>GradNormWeighting"]
     code = ("import sys, keras, models; "
             "print([n for n in sys.argv[1:] if keras.saving.get_registered_object(n) is None])")

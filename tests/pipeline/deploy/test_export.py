@@ -174,7 +174,7 @@ def test_tflite_agrees_with_keras(exported, keras_predictor, fmt):
         assert agreement["segmentation_same_class"] > 0.9 and agreement["depth_median_rel_diff"] < 0.05
     else:
         assert agreement["segmentation_same_class"] > 0.99 and agreement["depth_median_rel_diff"] < 0.01
-    # Box sizes survive quantisation (int8 softplus once rounded every size to 0: see serving.py).
+    # Box sizes survive quantisation (an int8 softplus head once rounded every size to 0: see serving.py).
     widths = [p["boxes"][..., 2] - p["boxes"][..., 0] for p in (keras_pred, lite_pred)]
     assert widths[1].mean() > 0.5 * widths[0].mean() > 0
 
