@@ -42,7 +42,7 @@ Why these APIs (Keras 3.15):
   (pipeline/deploy/split_concat.py): int8 CONCATENATION shares one scale between a 0..6 feature and a
   +-30 skip: 40 % of the int8 depth drift (AbsRel 0.119 -> 0.110 against Keras' 0.097). The skip's
   own term is folded into the encoder's projection conv, so the decoders read the block's 0..6
-  feature instead of the rounded +-30 tensor: the rest of the drift (lr 6e-3 default, 64 validation
+  feature instead of the rounded +-30 tensor: the rest of the drift (lr 6e-3 model, 64 test
   frames: int8 AbsRel 0.124 -> 0.095 against Keras' 0.095).
 - int8 io is int8 (export.int8_io): uint8 io adds QUANTIZE ops at both ends that XNNPACK leaves to
   TFLite's own kernels. Where the int8 file's time goes: `make bench`, section 4.
