@@ -8,6 +8,8 @@ the GradNorm shared layer and the soft-sharing penalty can find corresponding la
 """
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import ops
 
@@ -86,7 +88,11 @@ def dense_head(feature, skip, out_channels, width, name):
     return keras.layers.UpSampling2D(4, interpolation="bilinear", name=f"{name}_up1")(x)
 
 
-def straight_through_clip(x, low, high):
-    """clip(x, low, high) forward, identity backward: the output stays bounded (no exp overflow
-    after a bad early step) while a prediction past a bound is still pulled back by its loss."""
-    return x + ops.stop_gradient(ops.clip(x, low, high) - x)
+def bounded_log(x, minimum, maximum):
+    """Raw outputs x -> a log value in [log(minimum), log(maximum)], log(sqrt(minimum * maximum)) at
+    x = 0, computed in float32. The clip is straight-through: clipped forward (exp of it never
+    overflows after a bad early step), identity backward, so a prediction past a bound is still
+    pulled back by its loss. The depth and box-size heads' output (LogDepth, BoxSize)."""
+    low, high = math.log(minimum), math.log(maximum)
+    raw = ops.cast(x, "float32") + 0.5 * (low + high)
+    return raw + ops.stop_gradient(ops.clip(raw, low, high) - raw)

@@ -1,12 +1,10 @@
 """Metric depth: positive metres at input resolution, scale-invariant log loss on valid pixels."""
 from __future__ import annotations
 
-import math
-
 import keras
 from keras import ops
 
-from models.blocks import dense_head, straight_through_clip
+from models.blocks import bounded_log, dense_head
 
 SILOG_LAMBDA = 0.85  # Eigen et al. 2014: 1 = fully scale invariant, 0 = plain log-L2
 
@@ -32,8 +30,7 @@ class LogDepth(keras.layers.Layer):
 
     def log_depth(self, x):
         """The clipped log-depth (natural log of metres) for raw outputs x."""
-        low, high = math.log(self.min_depth), math.log(self.max_depth)
-        return straight_through_clip(ops.cast(x, "float32") + 0.5 * (low + high), low, high)
+        return bounded_log(x, self.min_depth, self.max_depth)
 
     def call(self, x):
         return ops.exp(self.log_depth(x))

@@ -5,8 +5,9 @@ centre offset (x, y). A box centre in input pixels is (cell + offset) * STRIDE, 
 size * STRIDE. Sizes are learned in log space (BoxSize, and an L1 loss on log sizes): a 4-px-wide
 pedestrian's 1-px error then costs what a 40-px car's 10-px error does, where CenterNet's L1 in
 cells let the large boxes dominate (with it, pedestrian AP fell from 0.56 at IoU 0.5 to 0.06 at
-0.75 on the validation split: the boxes were found but not fitted). The head and its loss are backend-agnostic Keras (keras.ops); decoding, which the
-exports need in TensorFlow ops, is models/detection_decode.py.
+0.75 on the validation split: the boxes were found but not fitted). The head and its loss are
+backend-agnostic Keras (keras.ops); decoding, which the exports need in TensorFlow ops, is
+models/detection_decode.py.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import keras
 from keras import ops
 
 from data.schema import DETECTION_CLASSES
-from models.blocks import separable_relu, straight_through_clip
+from models.blocks import bounded_log, separable_relu
 
 NUM_CLASSES = len(DETECTION_CLASSES)
 # Focal-loss prior (Lin et al. 2017): start every pixel at p=0.01 so the ~all-negative heat map
@@ -49,16 +50,11 @@ def build_detection_head(feature, width, num_classes=NUM_CLASSES, name="detectio
 
 @keras.saving.register_keras_serializable(package="dashcam")
 class BoxSize(keras.layers.Layer):
-    """x -> exp(clip(x + log(mid), log(MIN_SIZE), log(MAX_SIZE))) grid cells, mid = sqrt(MIN * MAX)
-    (5 cells, 20 px, at x = 0): the raw output is the log size the loss measures; the clip passes
-    gradients straight through (models.blocks.straight_through_clip)."""
-
-    def log_size(self, x):
-        low, high = math.log(MIN_SIZE), math.log(MAX_SIZE)
-        return straight_through_clip(ops.cast(x, "float32") + 0.5 * (low + high), low, high)
+    """x -> exp(bounded_log(x, MIN_SIZE, MAX_SIZE)) grid cells (5 cells, 20 px, at x = 0): the raw
+    output is the log size the loss measures (models.blocks.bounded_log)."""
 
     def call(self, x):
-        return ops.exp(self.log_size(x))
+        return ops.exp(bounded_log(x, MIN_SIZE, MAX_SIZE))
 
 
 def focal_loss(heat_true, logits, ignore=None):
