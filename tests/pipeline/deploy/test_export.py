@@ -156,24 +156,25 @@ def test_tflite_agrees_with_keras(exported, keras_predictor, fmt):
     for metric, drift in entry["drift"].items():
         assert drift <= allowed[metric] + 1e-9
 
-    # Directly, on a couple of validation frames: the same metrics, within the same tolerances.
-    images, labels = parity.parity_examples(config)
-    images, labels = images[:1], [{k: v[:2] for k, v in labels[0].items()}]
+    # Directly, on a couple of validation frames, output by output. (Not metrics: on two frames of the
+    # barely trained tiny model, float16's ~1e-5 score changes can reorder near-tied detections: CI once
+    # saw mAP50 on two frames move past the float tolerance while the export's 8-frame check passed.)
+    images, _ = parity.parity_examples(config)
     images = [images[0][:2]]
     keras_pred = parity.run_predictor(keras_predictor, images)
     lite = runtimes.load_predictor(out / TFLITE[fmt])
     assert lite.name == fmt
     lite_pred = parity.run_predictor(lite, images)
-    tasks = lite.tasks
-    _, failures = parity.verdict(config, fmt, parity.metrics_of(config, tasks, labels, lite_pred),
-                                 parity.metrics_of(config, tasks, labels, keras_pred))
-    assert not failures
+    assert set(lite.tasks) == {"detection", "segmentation", "depth"}
     agreement = parity.agreement(keras_pred, lite_pred)
-    # int8 arithmetic moves class boundaries and depth by its quantisation steps; float formats barely.
+    # int8 arithmetic moves scores, class boundaries and depth by its quantisation steps; float formats barely.
     if fmt == "tflite-int8":
         assert agreement["segmentation_same_class"] > 0.9 and agreement["depth_median_rel_diff"] < 0.05
+        assert agreement["max_score_diff"] < 0.05
     else:
         assert agreement["segmentation_same_class"] > 0.99 and agreement["depth_median_rel_diff"] < 0.01
+        assert agreement["max_score_diff"] < 1e-3
+    assert agreement["detections_matched"] in (None, 1.0) or fmt == "tflite-int8"
     # Box sizes survive quantisation (an int8 softplus head once rounded every size to 0: see serving.py).
     widths = [p["boxes"][..., 2] - p["boxes"][..., 0] for p in (keras_pred, lite_pred)]
     assert widths[1].mean() > 0.5 * widths[0].mean() > 0
