@@ -178,6 +178,9 @@ class ClipConfig:
 @dataclass
 class BaselinesConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # each variant is trained once per seed
+    # Which models to train (names as in baselines.md, e.g. [multi-fixed]); empty = all. The single-task
+    # models and the configured multi-task model are always trained: every comparison needs them.
+    variants: list[str] = field(default_factory=list)
 
 
 @dataclass

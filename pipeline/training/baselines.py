@@ -7,6 +7,7 @@ Trains, with the encoder, data and step budget of the configured run, once per s
                          gradnorm, famo, pcgrad) with the configured sharing mode
   multi-<w>-<sharing>    the configured weighting (fixed where it needs a shared layer and the mode has
                          none) under each other sharing mode (hard, soft, cross_stitch)
+(baselines.variants names a subset; the single-task models and the configured multi-task model are always in it)
 each into runs/<experiment>/baselines/<name>/seed-<seed>/ with pipeline.training.fit.run_training. The
 configured variant at the configured seed reuses the train stage's model (runs/<experiment>/train/model.keras)
 when that run's config matches. A variant already trained with the same config is skipped, so an
@@ -81,6 +82,21 @@ def variants(config: Config) -> dict[str, Config]:
                 weighting = "fixed"
             out[f"multi-{weighting}-{other}"] = multi(weighting, other)
     return out
+
+
+def chosen_variants(config: Config) -> dict[str, Config]:
+    """variants() cut to baselines.variants (empty: all), always with what the comparison needs: every
+    single-task model and the configured multi-task model."""
+    found = variants(config)
+    wanted = list(config.baselines.variants)
+    if not wanted:
+        return found
+    unknown = [name for name in wanted if name not in found]
+    if unknown:
+        raise UserError(f"baselines.variants: no variant {', '.join(unknown)}; this config has "
+                        f"{', '.join(found)}")
+    needed = {name for name in found if name.startswith("single-")} | {f"multi-{config.train.weighting}"}
+    return {name: variant for name, variant in found.items() if name in needed or name in wanted}
 
 
 def seeded(config: Config, seed: int) -> Config:
@@ -310,7 +326,7 @@ def run_baselines(config: Config, verbose: int = 1, quick: bool = False) -> dict
     seeds = list(dict.fromkeys(int(seed) for seed in config.baselines.seeds))
     if not seeds:
         raise UserError("baselines.seeds is empty: give at least one seed, e.g. baselines.seeds=[0]")
-    todo = variants(config)
+    todo = chosen_variants(config)
     per_seed = {}
     total, index = len(todo) * len(seeds), 0
     for seed in seeds:

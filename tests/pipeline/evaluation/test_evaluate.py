@@ -172,6 +172,16 @@ def test_baselines_variants_share_the_budget(config):
         variants(tiny(config.run_root, "model.tasks=[depth]"))
 
 
+def test_baselines_variants_option_keeps_what_the_comparison_needs(config):
+    every = baselines.variants(config)
+    assert baselines.chosen_variants(config) == every  # empty: all
+    few = tiny(config.run_root, "baselines.variants=[multi-dwa]")
+    assert sorted(baselines.chosen_variants(few)) == ["multi-dwa", f"multi-{config.train.weighting}",
+                                                      "single-depth", "single-detection", "single-segmentation"]
+    with pytest.raises(UserError, match="baselines.variants: no variant multi-adam; this config has single-"):
+        baselines.chosen_variants(tiny(config.run_root, "baselines.variants=[multi-adam]"))
+
+
 def test_baselines_summary_and_refreshed_report_from_hand_made_results(config, tmp_path):
     metrics, frames = _hand_made(config)
     better = json.loads(json.dumps(metrics))
