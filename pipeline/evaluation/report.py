@@ -84,7 +84,18 @@ def detection_section(result: dict) -> str:
     per_class = table(["class", "GT boxes", "AP@[.5:.95]", "AP50"],
                       [[name, fmt(truth.get(name, 0)), fmt(result.get("per_class_AP", {}).get(name)),
                         fmt(result.get("per_class_AP50", {}).get(name))] for name in truth])
-    return f"{counts}\n\n{main}\n\n{per_class}"
+    return f"{counts}\n\n{main}\n\n{per_class}{_by_height(result.get('AP50_by_height'))}"
+
+
+def _by_height(by_height) -> str:
+    """AP50 per object-height band (metrics/detection.py HEIGHT_BANDS), one row per class."""
+    if not by_height:
+        return ""
+    bands = [f"{low:g}-{high:g} px" if high is not None else f">= {low:g} px"
+             for low, high in by_height["bands_px"]]
+    rows = [[name, *(fmt(value) for value in values)] for name, values in by_height.items() if name != "bands_px"]
+    return "\n\nAP50 by object height (model-input pixels; objects of other heights ignored):\n\n" + table(
+        ["class", *bands], rows)
 
 
 def segmentation_section(result: dict) -> str:

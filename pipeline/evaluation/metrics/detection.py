@@ -24,6 +24,8 @@ from pycocotools.cocoeval import COCOeval
 # COCOeval.eval arrays are indexed [iou T, recall R, class K, area A, maxDets M]; we use area "all"
 # (index 0) and maxDets 100 (index 2) throughout.
 _AREA_ALL, _MAX_DETS_100 = 0, 2
+# Object-height bands (model-input pixels) of the AP50-by-height breakdown: where small objects lose.
+HEIGHT_BANDS = ((0.0, 12.0), (12.0, 24.0), (24.0, float("inf")))
 
 
 def box_iou(boxes_a, boxes_b) -> np.ndarray:
@@ -114,6 +116,28 @@ class DetectionEvaluator:
                                    "category_id": cls + 1, "bbox": xywh, "area": xywh[2] * xywh[3],
                                    "iscrowd": int(crowd)})
 
+    def _ap50_by_height(self) -> dict:
+        """{class: [AP50 per HEIGHT_BANDS band, None where the band has no ground truth]}.
+
+        COCOeval's area ranges, with each box's "area" set to its height: a band's AP is COCO's size-range
+        AP (ground truth outside the band ignored; a detection outside it that matches nothing ignored,
+        one inside it a false positive), like KITTI's difficulty levels by box height.
+        """
+        def by_height(annotations):
+            return [{**a, "area": a["bbox"][3]} for a in annotations]
+
+        evaluator = COCOeval(self._coco(by_height(self._ground_truth)), self._coco(by_height(self._detections)),
+                             "bbox")
+        evaluator.params.iouThrs = np.array([0.5])
+        evaluator.params.areaRng = [[0.0, 1e10]] + [[low, min(high, 1e10)] for low, high in HEIGHT_BANDS]
+        evaluator.params.areaRngLbl = ["all"] + [f"{low:g}-{high:g}" for low, high in HEIGHT_BANDS]
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator.evaluate()
+            evaluator.accumulate()
+        precision = evaluator.eval["precision"][0, :, :, 1:, _MAX_DETS_100]  # [R, K, bands]
+        return {name: [_mean_valid(precision[:, k, band]) for band in range(len(HEIGHT_BANDS))]
+                for k, name in enumerate(self.class_names)}
+
     def _coco(self, annotations) -> COCO:
         coco = COCO()
         coco.dataset = {"images": self._images, "annotations": annotations,
@@ -151,6 +175,7 @@ class DetectionEvaluator:
         at75 = int(np.argmin(np.abs(iou_thresholds - 0.75)))
 
         per_class, per_class50, curves, curve_scores = {}, {}, {}, {}
+        by_height = self._ap50_by_height()
         for k, name in enumerate(self.class_names):
             ap = _mean_valid(precision[:, :, k])
             if ap is None:  # no ground truth of this class: absent, not 0
@@ -166,6 +191,9 @@ class DetectionEvaluator:
             "AR100": _mean_valid(recall),
             "per_class_AP": per_class,
             "per_class_AP50": per_class50,
+            "AP50_by_height": {"bands_px": [[low, high if high != float("inf") else None]  # JSON has no inf
+                                             for low, high in HEIGHT_BANDS],
+                               **{name: by_height[name] for name in per_class50}},
             # COCO's interpolated precision at its 101 recall thresholds; "scores" is the detection score
             # reached at each recall, handy for picking a display threshold in the clip stage.
             "pr_curves": {"iou": float(iou_thresholds[at50]),

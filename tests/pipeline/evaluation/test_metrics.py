@@ -69,6 +69,19 @@ def test_detection_in_ignore_region_is_not_a_false_positive():
     assert _detect([[60, 60, 80, 80], GT_BOX], [0.9, 0.8])["mAP"] == pytest.approx(0.5)
 
 
+def test_ap50_by_height_scores_each_band_on_its_own_objects():
+    """An 8-px object found below a higher-scored 8-px false positive, a 30-px object found cleanly: the
+    small band's AP50 is 0.5 (FP first), the tall band's 1.0 (the small FP is outside it, so ignored),
+    the band between has no ground truth (None); over all heights: FP, TP, TP -> 2/3."""
+    small, tall, small_fp = [10, 10, 14, 18], [40, 10, 60, 40], [80, 10, 84, 18]
+    result = _detect([small_fp, tall, small], [0.99, 0.9, 0.5], gt_boxes=[small, tall])
+    assert result["mAP50"] == pytest.approx(2 / 3)
+    by_height = result["AP50_by_height"]
+    assert by_height["bands_px"] == [[0.0, 12.0], [12.0, 24.0], [24.0, None]]
+    assert by_height["vehicle"] == [pytest.approx(0.5), None, pytest.approx(1.0)]
+    json.dumps(result, allow_nan=False)  # strict JSON: the open band is null, not Infinity
+
+
 def test_classes_without_ground_truth_are_absent_not_zero():
     # Class 0 found, class 1 has GT but is missed, class 2 has no GT (only a stray detection).
     result = _detect([GT_BOX, [50, 50, 70, 70]], [0.9, 0.8], gt_boxes=[GT_BOX, [0, 40, 10, 60]],
