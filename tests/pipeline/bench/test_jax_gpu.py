@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from models.portable_trainer import PortableMultiTask
 from models.trainer import MultiTaskTrainer
@@ -14,6 +15,7 @@ from pipeline.bench.gpu_inputs import pack
 from pipeline.inputs.dataset import make_dataset
 
 
+@pytest.mark.slow  # ~65 s of JAX compiles; `make test-all` (and the GPU check itself) runs it
 def test_jax_backend_reproduces_tensorflow_and_trains(tiny_trained, tmp_path):
     config, model_path = tiny_trained
     pack(config, tmp_path / "inputs", batches=2)
