@@ -93,7 +93,7 @@ def _by_height(by_height) -> str:
         return ""
     bands = [f"{low:g}-{high:g} px" if high is not None else f">= {low:g} px"
              for low, high in by_height["bands_px"]]
-    rows = [[name, *(fmt(value) for value in values)] for name, values in by_height.items() if name != "bands_px"]
+    rows = [[name, *(fmt(value) for value in values)] for name, values in by_height["per_class"].items()]
     return "\n\nAP50 by object height (model-input pixels; objects of other heights ignored):\n\n" + table(
         ["class", *bands], rows)
 

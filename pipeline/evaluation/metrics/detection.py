@@ -129,12 +129,12 @@ class DetectionEvaluator:
         evaluator = COCOeval(self._coco(by_height(self._ground_truth)), self._coco(by_height(self._detections)),
                              "bbox")
         evaluator.params.iouThrs = np.array([0.5])
-        evaluator.params.areaRng = [[0.0, 1e10]] + [[low, min(high, 1e10)] for low, high in HEIGHT_BANDS]
-        evaluator.params.areaRngLbl = ["all"] + [f"{low:g}-{high:g}" for low, high in HEIGHT_BANDS]
+        evaluator.params.areaRng = [[low, min(high, 1e10)] for low, high in HEIGHT_BANDS]  # the bands only
+        evaluator.params.areaRngLbl = [f"{low:g}-{high:g}" for low, high in HEIGHT_BANDS]
         with contextlib.redirect_stdout(io.StringIO()):
             evaluator.evaluate()
             evaluator.accumulate()
-        precision = evaluator.eval["precision"][0, :, :, 1:, _MAX_DETS_100]  # [R, K, bands]
+        precision = evaluator.eval["precision"][0, :, :, :, _MAX_DETS_100]  # [R, K, bands]
         return {name: [_mean_valid(precision[:, k, band]) for band in range(len(HEIGHT_BANDS))]
                 for k, name in enumerate(self.class_names)}
 
@@ -193,7 +193,7 @@ class DetectionEvaluator:
             "per_class_AP50": per_class50,
             "AP50_by_height": {"bands_px": [[low, high if high != float("inf") else None]  # JSON has no inf
                                              for low, high in HEIGHT_BANDS],
-                               **{name: by_height[name] for name in per_class50}},
+                               "per_class": {name: by_height[name] for name in per_class50}},
             # COCO's interpolated precision at its 101 recall thresholds; "scores" is the detection score
             # reached at each recall, handy for picking a display threshold in the clip stage.
             "pr_curves": {"iou": float(iou_thresholds[at50]),

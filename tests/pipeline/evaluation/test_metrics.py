@@ -78,8 +78,11 @@ def test_ap50_by_height_scores_each_band_on_its_own_objects():
     assert result["mAP50"] == pytest.approx(2 / 3)
     by_height = result["AP50_by_height"]
     assert by_height["bands_px"] == [[0.0, 12.0], [12.0, 24.0], [24.0, None]]
-    assert by_height["vehicle"] == [pytest.approx(0.5), None, pytest.approx(1.0)]
+    assert by_height["per_class"] == {"vehicle": [pytest.approx(0.5), None, pytest.approx(1.0)]}
     json.dumps(result, allow_nan=False)  # strict JSON: the open band is null, not Infinity
+    from pipeline.evaluation.report import detection_section
+    section = detection_section(result)
+    assert "| class | 0-12 px | 12-24 px | >= 24 px |" in section and "| vehicle | 0.500 | — | 1.000 |" in section
 
 
 def test_classes_without_ground_truth_are_absent_not_zero():
