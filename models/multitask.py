@@ -22,7 +22,7 @@ if keras.backend.backend() == "tensorflow":
     from models.optimizer import make_optimizer
     from models.trainer import MultiTaskTrainer
 
-__all__ = ["TASKS", "build_model", "MultiTaskTrainer", "make_optimizer"]
+__all__ = ["TASKS", "build_model", "rebuild_at", "MultiTaskTrainer", "make_optimizer"]
 
 
 def ordered_tasks(tasks):
@@ -32,6 +32,13 @@ def ordered_tasks(tasks):
         raise UserError(f"model.tasks must be a non-empty subset of {', '.join(TASKS)}; "
                         f"Received: tasks={list(tasks)}")
     return tuple(task for task in TASKS if task in tasks)
+
+
+def rebuild_at(net, model_config, image_size):
+    """The same net and weights for another input size (every weight is independent of it)."""
+    resized = build_model(model_config, image_size)
+    resized.set_weights(net.get_weights())
+    return resized
 
 
 def build_model(model_config, image_size):

@@ -66,6 +66,10 @@ class DataConfig:
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     image_size: tuple[int, int] = (128, 256)  # model input (height, width)
+    # Train on crops of this size (height, width) cut at the model's scale, and evaluate and deploy on
+    # whole frames at image_size: small objects get image_size's pixels at train_crop's cost per step.
+    # None: train on whole frames.
+    train_crop: tuple[int, int] | None = None
     max_boxes: int = 32  # box-list length of a training batch (the losses read dense maps, not the list)
     # Size protocol: boxes shorter than this (model-input px) become ignore regions, in training and
     # evaluation alike. 0 = every object counts.
@@ -362,6 +366,7 @@ RULES: dict[str, Range | tuple] = {
     "data.augment.blur": PROBABILITY,
     "data.augment.noise": PROBABILITY,
     "data.image_size": POSITIVE,
+    "data.train_crop": POSITIVE,
     "data.max_boxes": POSITIVE,
     "data.min_box_height": NON_NEGATIVE,
     "data.shuffle_buffer": POSITIVE,
@@ -505,6 +510,10 @@ def validate(config: Config) -> None:
     if height % 32 or width % 32:
         raise UserError(f"config: data.image_size must be multiples of 32 (the encoder's stride); "
                         f"Received: data.image_size={list(config.data.image_size)}")
+    crop = config.data.train_crop
+    if crop is not None and (crop[0] % 32 or crop[1] % 32 or crop[0] > height or crop[1] > width):
+        raise UserError(f"config: data.train_crop must be multiples of 32 no larger than data.image_size "
+                        f"{list(config.data.image_size)}; Received: data.train_crop={list(crop)}")
     low, high = config.data.augment.crop_scale
     if low > high:
         raise UserError(f"config: data.augment.crop_scale must be [low, high] with low <= high; "

@@ -31,7 +31,7 @@ def pack(config, out: pathlib.Path, batches: int) -> None:
     shutil.copyfile(layout.trained_model(config), out / "model.keras")
     save_config(config, out / "config.yaml")
 
-    train = make_dataset(config, "train", training=True)
+    train = make_dataset(config, "train", training=True, crop=False)  # the saved net takes whole frames
     packed = {}
     for index, (x, y) in enumerate(train.take(batches)):
         packed.update(_flat(f"{index}/x/", {"image": x["image"].numpy().astype(np.float16)}))

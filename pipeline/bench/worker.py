@@ -64,7 +64,7 @@ def make_trainer(config, jit: bool, precision: str):
 
     keras.mixed_precision.set_global_policy(precision)
     try:
-        net = multitask.build_model(config.model, tuple(config.data.image_size))
+        net = multitask.build_model(config.model, inputs.output_size(config, crop=True))  # what train steps see
         trainer = multitask.MultiTaskTrainer(net, config.model, config.train)
         total = max(2, config.train.epochs * config.train.steps_per_epoch)
         trainer.compile(optimizer=multitask.make_optimizer(config.train, total), jit_compile=jit)

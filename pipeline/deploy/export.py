@@ -102,7 +102,8 @@ def write_saved_model(net, path: pathlib.Path, top_k: int, score_threshold: floa
 
 def representative_frames(config: Config) -> list[np.ndarray]:
     """Augmented training frames [1,H,W,3] float32 for int8 calibration (the activations' ranges)."""
-    dataset = inputs.make_dataset(parity.deterministic(config), "train", training=True, batch_size=1)
+    dataset = inputs.make_dataset(parity.deterministic(config), "train", training=True, batch_size=1,
+                                 crop=False)  # whole frames: what the exported model takes
     frames = [x["image"].numpy() for x, _ in dataset.take(config.export.representative_frames)]
     if not frames:
         raise UserError("no training frames for int8 calibration: run `make data` first")

@@ -88,7 +88,7 @@ def detection_section(result: dict) -> str:
 
 
 def _by_height(by_height) -> str:
-    """AP50 per object-height band (metrics/detection.py HEIGHT_BANDS), one row per class."""
+    """AP50 per object-height band (metrics/detection.py height_bands), one row per class."""
     if not by_height:
         return ""
     bands = [f"{low:g}-{high:g} px" if high is not None else f">= {low:g} px"

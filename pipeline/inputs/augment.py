@@ -44,15 +44,41 @@ def _photometric(cfg: AugmentConfig) -> list:
     ]
 
 
-def _crop_window(rng: np.random.Generator, height: int, width: int, cfg: AugmentConfig):
-    """A random window of the same aspect ratio, or the whole frame; returns (window, zoom)."""
-    if rng.random() >= cfg.crop_probability:
-        return (0, 0, width, height), 1.0
-    scale = rng.uniform(*cfg.crop_scale)
-    crop_w, crop_h = max(1, int(round(width * scale))), max(1, int(round(height * scale)))
-    x0 = int(rng.integers(0, width - crop_w + 1))
-    y0 = int(rng.integers(0, height - crop_h + 1))
-    return (x0, y0, x0 + crop_w, y0 + crop_h), width / crop_w
+def _crop_window(rng: np.random.Generator, frame: tuple[int, int], view: tuple[int, int],
+                 cfg: AugmentConfig, random: bool):
+    """The frame-pixel window an example shows, and its zoom; returns ((x0, y0, x1, y1), zoom).
+
+    `view` (height, width, frame pixels) is what the output shows unzoomed: the whole frame, or a
+    training crop at the model's scale. With probability crop_probability the view shrinks by a
+    random crop_scale (a zoom once resized). Placed at random in training, centred otherwise."""
+    height, width = frame
+    view_h, view_w = view
+    zoom = 1.0
+    if random and rng.random() < cfg.crop_probability:
+        scale = rng.uniform(*cfg.crop_scale)
+        crop_w, crop_h = max(1, int(round(view_w * scale))), max(1, int(round(view_h * scale)))
+        zoom = view_w / crop_w
+    else:
+        crop_w, crop_h = view_w, view_h
+    if (crop_w, crop_h) == (width, height):
+        return (0, 0, width, height), zoom
+    if random:
+        x0 = int(rng.integers(0, width - crop_w + 1))
+        y0 = int(rng.integers(0, height - crop_h + 1))
+    else:
+        x0, y0 = (width - crop_w) // 2, (height - crop_h) // 2
+    return (x0, y0, x0 + crop_w, y0 + crop_h), zoom
+
+
+def crop_view(frame: tuple[int, int], out_size: tuple[int, int], crop_size: tuple[int, int] | None):
+    """Frame pixels that a crop_size output shows at the model's scale (frame -> out_size)."""
+    if crop_size is None:
+        return frame
+    height, width = frame
+    if crop_size[0] > out_size[0] or crop_size[1] > out_size[1]:
+        raise ValueError(f"crop {tuple(crop_size)} is larger than the model input {tuple(out_size)}")
+    return (min(height, int(round(crop_size[0] * height / out_size[0]))),
+            min(width, int(round(crop_size[1] * width / out_size[1]))))
 
 
 def _build(out_size: tuple[int, int], cfg: AugmentConfig, photometric: bool) -> A.Compose:
@@ -74,19 +100,22 @@ def _build(out_size: tuple[int, int], cfg: AugmentConfig, photometric: bool) -> 
 
 def augment(image: np.ndarray, segmentation: np.ndarray, depth: np.ndarray, boxes: np.ndarray,
             classes: np.ndarray, seed: int, out_size: tuple[int, int], cfg: AugmentConfig,
-            training: bool, ignore_boxes: np.ndarray | None = None, min_box_height: float = 0.0):
+            training: bool, ignore_boxes: np.ndarray | None = None, min_box_height: float = 0.0,
+            crop_size: tuple[int, int] | None = None):
     """Returns (image, segmentation, depth, boxes, classes, ignore_boxes) at `out_size` (height,
-    width); boxes shorter than min_box_height (output pixels) are moved to ignore_boxes."""
+    width), or at `crop_size`: a crop of the frame as the model sees it at `out_size` (random in
+    training, centred otherwise). Boxes shorter than min_box_height (output pixels) are moved to
+    ignore_boxes."""
     height, width = image.shape[:2]
     rng = np.random.default_rng(seed)
-    window, zoom, flip = (0, 0, width, height), 1.0, False
-    random_work = training and cfg.enabled
-    if random_work:
-        window, zoom = _crop_window(rng, height, width, cfg)
-        flip = bool(rng.random() < cfg.hflip)
     out_size = (int(out_size[0]), int(out_size[1]))
-    pipeline = per_worker.compose((out_size, random_work, dataclasses.astuple(cfg)),
-                                  lambda: _build(out_size, cfg, random_work))
+    view = crop_view((height, width), out_size, crop_size)
+    random_work = training and cfg.enabled
+    window, zoom = _crop_window(rng, (height, width), view, cfg, random_work)
+    flip = random_work and bool(rng.random() < cfg.hflip)
+    target = (int(crop_size[0]), int(crop_size[1])) if crop_size is not None else out_size
+    pipeline = per_worker.compose((target, random_work, dataclasses.astuple(cfg)),
+                                  lambda: _build(target, cfg, random_work))
     pipeline.set_random_seed(int(seed) % (2**32))  # the photometric draws of this example
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     classes = np.asarray(classes, np.int32).reshape(-1)
@@ -94,14 +123,14 @@ def augment(image: np.ndarray, segmentation: np.ndarray, depth: np.ndarray, boxe
     # Ignore regions ride along as boxes of class -1, so every geometric step treats both alike.
     result = pipeline(image=image, mask=segmentation, bboxes=np.concatenate([boxes, ignore]),
                       classes=np.concatenate([classes, np.full(len(ignore), IGNORE_CLASS, np.int32)]),
-                      crop_window=window if zoom != 1.0 else None, flip=flip)
+                      crop_window=window if window != (0, 0, width, height) else None, flip=flip)
     out_boxes = np.asarray(result["bboxes"], np.float32).reshape(-1, 4)
     out_classes = np.asarray(result["classes"], np.int32).reshape(-1)
     sizes = out_boxes[:, 2:] - out_boxes[:, :2]
     small = (sizes[:, 1] < max(min_box_height, MIN_BOX_PIXELS)) | (sizes[:, 0] < MIN_BOX_PIXELS)
     regular = (out_classes != IGNORE_CLASS) & ~small
     x0, y0, x1, y1 = window
-    out_depth = resize_depth(np.asarray(depth, np.float32)[y0:y1, x0:x1], out_size) / np.float32(zoom)
+    out_depth = resize_depth(np.asarray(depth, np.float32)[y0:y1, x0:x1], target) / np.float32(zoom)
     if flip:
         out_depth = out_depth[:, ::-1].copy()
     return (result["image"], result["mask"].astype(np.uint8), out_depth, out_boxes[regular],

@@ -45,15 +45,21 @@ def split_size(config: Config, source: SourceConfig, split: str) -> int:
     return builder.info.splits[split].num_examples
 
 
-def _augment_and_resize(example: dict, seed: tf.Tensor, config: Config, training: bool) -> dict:
+def output_size(config: Config, crop: bool) -> tuple[int, int]:
+    """(height, width) of the examples: data.train_crop when cropping to it, else the model input."""
+    return tuple(config.data.train_crop) if crop and config.data.train_crop else tuple(config.data.image_size)
+
+
+def _augment_and_resize(example: dict, seed: tf.Tensor, config: Config, training: bool, crop: bool) -> dict:
     """Wraps augment.augment (NumPy, albumentations) in tf.numpy_function with static out shapes."""
-    height, width = config.data.image_size
+    height, width = output_size(config, crop)
+    crop_size = (height, width) if crop and config.data.train_crop else None
     cfg = config.data.augment
 
     def run(image, segmentation, depth, boxes, classes, ignore_boxes, seed):
         return augment_lib.augment(image, segmentation, depth, boxes, classes, int(seed),
-                                   (height, width), cfg, training, ignore_boxes=ignore_boxes,
-                                   min_box_height=config.data.min_box_height)
+                                   tuple(config.data.image_size), cfg, training, ignore_boxes=ignore_boxes,
+                                   min_box_height=config.data.min_box_height, crop_size=crop_size)
 
     depth = tf.cast(example["depth"][..., 0], tf.float32) / DEPTH_SCALE
     image, segmentation, depth, boxes, classes, ignore_boxes = tf.numpy_function(
@@ -70,9 +76,8 @@ def _augment_and_resize(example: dict, seed: tf.Tensor, config: Config, training
     }
 
 
-def _to_model_io(example: dict, resized: dict, config: Config, training: bool):
+def _to_model_io(example: dict, resized: dict, config: Config, training: bool, image_size: tuple[int, int]):
     """(x, y) of the batch contract: image for the model, targets and flags for the losses."""
-    image_size = tuple(config.data.image_size)
     det = targets.encode_detection(resized["boxes"], resized["classes"], image_size,
                                    len(config.model.classes.detection))  # a heat map per class
     y = {**det,
@@ -121,8 +126,12 @@ def _zero(spec: tf.TensorSpec) -> tf.Tensor:
 
 def make_dataset(config: Config, split: str, training: bool, batch_size: int | None = None,
                  sources: list[SourceConfig] | None = None,
-                 data_dir: pathlib.Path | None = None) -> tf.data.Dataset:
-    """Batched (x, y) for the model. Training: shuffled, augmented, infinite, mixed by weight."""
+                 data_dir: pathlib.Path | None = None, crop: bool | None = None) -> tf.data.Dataset:
+    """Batched (x, y) for the model. Training: shuffled, augmented, infinite, mixed by weight.
+
+    With data.train_crop set, `crop` (default: `training`) gives crops of that size at the model's
+    scale (random in training, centred otherwise) instead of whole frames at data.image_size."""
+    crop = training if crop is None else crop
     sources = sources or config.data.sources
     batch_size = batch_size or config.train.batch_size
     per_source = []
@@ -151,8 +160,8 @@ def make_dataset(config: Config, split: str, training: bool, batch_size: int | N
 
     def prepare(index, example):
         seed = tf.cast(index, tf.int64) + tf.constant(config.seed * 1_000_003, tf.int64)
-        resized = _augment_and_resize(example, seed, config, training)
-        return _to_model_io(example, resized, config, training)
+        resized = _augment_and_resize(example, seed, config, training, crop)
+        return _to_model_io(example, resized, config, training, output_size(config, crop))
 
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=config.data.deterministic or None)
     if training:

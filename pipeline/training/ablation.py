@@ -72,7 +72,7 @@ def measure_step_seconds(config: Config) -> tuple[float, float]:
     variants measured at different moments get the same budget.
     """
     keras.mixed_precision.set_global_policy(devices.resolve_precision(config.train.precision))
-    net = multitask.build_model(config.model, tuple(config.data.image_size))
+    net = multitask.build_model(config.model, inputs.output_size(config, crop=True))
     trainer = multitask.MultiTaskTrainer(net, config.model, config.train)
     trainer.compile(optimizer=multitask.make_optimizer(config.train, 1000),
                     jit_compile=devices.resolve_jit(config.train.jit_compile))

@@ -44,8 +44,11 @@ from pipeline.training.progress import CompactProgbarLogger
 def resume_signature(config: Config) -> dict:
     """What a backup's weights depend on: the model, the input size, the weighting's variables
     and the precision (a loss-scale optimizer has its own state)."""
-    return {"model": to_dict(config)["model"], "image_size": list(config.data.image_size),
-            "train": {"weighting": config.train.weighting, "precision": config.train.precision}}
+    signature = {"model": to_dict(config)["model"], "image_size": list(config.data.image_size),
+                 "train": {"weighting": config.train.weighting, "precision": config.train.precision}}
+    if config.data.train_crop:  # the trained net's input size (older signatures have no key)
+        signature["train_crop"] = list(config.data.train_crop)
+    return signature
 
 
 def staging_folder(out: pathlib.Path) -> pathlib.Path:
@@ -141,7 +144,9 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
     tasks = list(config.model.tasks)
     global_batch = config.train.batch_size * strategy.num_replicas_in_sync
     train_ds = inputs.make_dataset(config, "train", training=True, batch_size=global_batch)
-    val_ds = inputs.make_dataset(config, "validation", training=False, batch_size=global_batch)
+    # With data.train_crop the net trains on crops and validates on centred crops of the same size;
+    # the saved model.keras takes whole frames at data.image_size (the same weights).
+    val_ds = inputs.make_dataset(config, "validation", training=False, batch_size=global_batch, crop=True)
     # Evaluation batches carry names and box lists (of varying length) that the losses do not use.
     unused = ("key", "ignore_boxes", "boxes", "classes")
     val_ds = val_ds.map(lambda x, y: (x, {k: v for k, v in y.items() if k not in unused}))
@@ -153,7 +158,7 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
     total_steps = config.train.epochs * config.train.steps_per_epoch
 
     with strategy.scope():
-        net = multitask.build_model(config.model, tuple(config.data.image_size))
+        net = multitask.build_model(config.model, inputs.output_size(config, crop=True))
         trainer = multitask.MultiTaskTrainer(net, config.model, config.train)
         trainer.compile(optimizer=multitask.make_optimizer(config.train, total_steps), jit_compile=jit)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -202,6 +207,8 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
 
     if best.exists():
         trainer.load_weights(str(best))
+    if config.data.train_crop:
+        net = multitask.rebuild_at(net, config.model, tuple(config.data.image_size))
     with atomic.partial_file(work / layout.MODEL_FILE) as partial:
         net.save(str(partial))
     plots.training_curves(history_csv, work / "training_curves.png")

@@ -25,7 +25,16 @@ from pycocotools.cocoeval import COCOeval
 # (index 0) and maxDets 100 (index 2) throughout.
 _AREA_ALL, _MAX_DETS_100 = 0, 2
 # Object-height bands (model-input pixels) of the AP50-by-height breakdown: where small objects lose.
+# They are given for a 128-px-high input and scale with the input height (height_bands), so that they
+# name the same objects at any input size.
 HEIGHT_BANDS = ((0.0, 12.0), (12.0, 24.0), (24.0, float("inf")))
+BANDS_REFERENCE_HEIGHT = 128
+
+
+def height_bands(input_height: int | None) -> tuple:
+    """HEIGHT_BANDS in pixels of an input `input_height` px high (None: as given)."""
+    scale = 1.0 if not input_height else input_height / BANDS_REFERENCE_HEIGHT
+    return tuple((low * scale, high * scale) for low, high in HEIGHT_BANDS)
 
 
 def box_iou(boxes_a, boxes_b) -> np.ndarray:
@@ -71,8 +80,9 @@ def _mean_valid(values: np.ndarray):
 class DetectionEvaluator:
     """Streams images in with `add`, then `result()` runs COCOeval once over everything added."""
 
-    def __init__(self, class_names):
+    def __init__(self, class_names, input_height: int | None = None):
         self.class_names = tuple(str(name) for name in class_names)
+        self.bands = height_bands(input_height)
         if not self.class_names:
             raise ValueError(f"DetectionEvaluator needs at least one class. Received: class_names={class_names!r}")
         self._images = []          # COCO image records
@@ -117,7 +127,7 @@ class DetectionEvaluator:
                                    "iscrowd": int(crowd)})
 
     def _ap50_by_height(self) -> dict:
-        """{class: [AP50 per HEIGHT_BANDS band, None where the band has no ground truth]}.
+        """{class: [AP50 per height band (self.bands), None where the band has no ground truth]}.
 
         COCOeval's area ranges, with each box's "area" set to its height: a band's AP is COCO's size-range
         AP (ground truth outside the band ignored; a detection outside it that matches nothing ignored,
@@ -129,13 +139,13 @@ class DetectionEvaluator:
         evaluator = COCOeval(self._coco(by_height(self._ground_truth)), self._coco(by_height(self._detections)),
                              "bbox")
         evaluator.params.iouThrs = np.array([0.5])
-        evaluator.params.areaRng = [[low, min(high, 1e10)] for low, high in HEIGHT_BANDS]  # the bands only
-        evaluator.params.areaRngLbl = [f"{low:g}-{high:g}" for low, high in HEIGHT_BANDS]
+        evaluator.params.areaRng = [[low, min(high, 1e10)] for low, high in self.bands]  # the bands only
+        evaluator.params.areaRngLbl = [f"{low:g}-{high:g}" for low, high in self.bands]
         with contextlib.redirect_stdout(io.StringIO()):
             evaluator.evaluate()
             evaluator.accumulate()
         precision = evaluator.eval["precision"][0, :, :, :, _MAX_DETS_100]  # [R, K, bands]
-        return {name: [_mean_valid(precision[:, k, band]) for band in range(len(HEIGHT_BANDS))]
+        return {name: [_mean_valid(precision[:, k, band]) for band in range(len(self.bands))]
                 for k, name in enumerate(self.class_names)}
 
     def _coco(self, annotations) -> COCO:
@@ -192,7 +202,7 @@ class DetectionEvaluator:
             "per_class_AP": per_class,
             "per_class_AP50": per_class50,
             "AP50_by_height": {"bands_px": [[low, high if high != float("inf") else None]  # JSON has no inf
-                                             for low, high in HEIGHT_BANDS],
+                                             for low, high in self.bands],
                                "per_class": {name: by_height[name] for name in per_class50}},
             # COCO's interpolated precision at its 101 recall thresholds; "scores" is the detection score
             # reached at each recall, handy for picking a display threshold in the clip stage.

@@ -111,3 +111,62 @@ def test_boxes_below_the_size_protocol_become_ignore_regions_and_ignore_regions_
                         min_box_height=8.0)
     np.testing.assert_array_equal(evaluated[4], [0])
     np.testing.assert_allclose(evaluated[5], [[10, 10, 14, 16]], atol=1e-4)
+
+
+# --- training crops at the model's scale (data.train_crop) ---------------------------------------
+
+NO_ZOOM = dataclasses.replace(GEOMETRIC_ONLY, crop_probability=0.0, hflip=0.0)
+
+
+def test_a_centred_crop_outside_training_keeps_the_models_scale():
+    """Frame 96x192 -> model 96x192, crop 64x128: the centred window, nothing resized."""
+    image, seg, depth, boxes, _, _ = augment(*known_frame(), seed=0, out_size=(96, 192), cfg=AugmentConfig(),
+                                          training=False, crop_size=(64, 128))
+    assert image.shape == (64, 128, 3) and seg.shape == (64, 128) and depth.shape == (64, 128)
+    np.testing.assert_allclose(boxes[0], [120 - 32, 40 - 16, 160 - 32, 70 - 16], atol=1e-4)
+    assert np.all(np.all(image == RED, axis=-1) == (seg == 6))
+    assert np.all(depth[seg == 6] == 10.0) and np.all(depth[seg == 0] == 30.0)
+
+
+def test_a_crop_of_a_larger_frame_is_cut_at_the_models_scale():
+    """Frame 96x192 -> model 48x96 (half), crop 32x64: a 64x128 window halved, so the box is half size."""
+    _, seg, depth, boxes, _, _ = augment(*known_frame(), seed=0, out_size=(48, 96), cfg=AugmentConfig(),
+                                         training=False, crop_size=(32, 64))
+    assert seg.shape == (32, 64)
+    np.testing.assert_allclose(boxes[0], [(120 - 32) / 2, (40 - 16) / 2, (160 - 32) / 2, (70 - 16) / 2], atol=1e-4)
+    assert np.all(depth[seg == 6] == 10.0), "no zoom: metres unchanged"
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_training_crops_move_but_never_rescale_the_object(seed):
+    """Without zoom, every training crop shows the object at its full-frame size and depth."""
+    _, seg, depth, boxes, _, _ = augment(*known_frame(), seed=seed, out_size=(96, 192), cfg=NO_ZOOM,
+                                         training=True, crop_size=(64, 128))
+    assert seg.shape == (64, 128)
+    assert np.all(depth[seg == 6] == 10.0) and np.all(depth[seg == 0] == 30.0)
+    inside = [box for box in boxes if box[0] > 0 and box[1] > 0 and box[2] < 128 and box[3] < 64]
+    for box in inside:  # an object the crop did not cut keeps its 40x30 px
+        np.testing.assert_allclose(box[2:] - box[:2], [40, 30], atol=1e-4)
+
+
+def test_crop_positions_differ_between_examples():
+    windows = set()
+    for seed in range(10):
+        _, seg, _, _, _, _ = augment(*known_frame(), seed=seed, out_size=(96, 192), cfg=NO_ZOOM,
+                                     training=True, crop_size=(64, 128))
+        ys, xs = np.nonzero(seg == 6)
+        windows.add((xs.min(), ys.min()) if len(xs) else None)
+    assert len(windows) >= 5
+
+
+def test_zoomed_training_crops_still_divide_depth_by_the_zoom():
+    for seed in range(12):
+        _, seg, depth, _, _, _ = augment(*known_frame(), seed=seed, out_size=(96, 192), cfg=GEOMETRIC_ONLY,
+                                         training=True, crop_size=(64, 128))
+        zoom = 30.0 / np.median(depth[seg == 0])
+        assert 1 / 0.95 - 0.02 <= zoom <= 1 / 0.7 + 0.02
+
+
+def test_a_crop_larger_than_the_model_input_is_refused():
+    with pytest.raises(ValueError, match="larger than the model input"):
+        augment(*known_frame(), seed=0, out_size=(64, 128), cfg=AugmentConfig(), training=True, crop_size=(96, 128))

@@ -22,7 +22,7 @@ def per_example(image, segmentation, depth, boxes, classes, seed, out_size, cfg,
     rng = np.random.default_rng(seed)
     transforms = []
     if training and cfg.enabled:
-        (x0, y0, x1, y1), zoom = _crop_window(rng, height, width, cfg)
+        (x0, y0, x1, y1), zoom = _crop_window(rng, (height, width), (height, width), cfg, True)
         flip = bool(rng.random() < cfg.hflip)
         if zoom != 1.0:
             transforms.append(A.Crop(x_min=x0, y_min=y0, x_max=x1, y_max=y1))
@@ -77,7 +77,7 @@ def test_reused_compose_gives_the_per_example_result_for_every_seed(training):
         np.testing.assert_array_equal(new_mask, old_mask, err_msg=f"seed {seed}")
         np.testing.assert_array_equal(new_boxes, old_boxes[np.lexsort(old_boxes.T[::-1])], err_msg=f"seed {seed}")
         rng = np.random.default_rng(seed)
-        cropped += _crop_window(rng, 96, 160, cfg)[1] != 1.0
+        cropped += _crop_window(rng, (96, 160), (96, 160), cfg, True)[1] != 1.0
         flipped += rng.random() < cfg.hflip
     if training:  # the seeds covered every branch: crop and none, flip and none
         assert 0 < cropped < 60 and 0 < flipped < 60

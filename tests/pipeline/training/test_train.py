@@ -106,6 +106,32 @@ def test_training_writes_its_outputs_and_lowers_the_loss(tmp_path):
         assert any(np.array_equal(value, candidate) for candidate in by_shape.get(value.shape, [])), weight.path
 
 
+def test_train_crop_trains_on_crops_and_saves_a_whole_frame_model(tiny_config, tmp_path):
+    """data.train_crop: batches are crops (centred ones for validation), the saved net takes whole
+    frames at data.image_size with the trained weights."""
+    config = load_config(REPO / "configs" / "tiny.yaml",
+                         [f"run_root={tiny_config.run_root}", "data.train_crop=[32,64]", "train.epochs=1",
+                          "train.steps_per_epoch=2"])
+    x, y = next(iter(inputs.make_dataset(config, "train", training=True)))
+    assert x["image"].shape == (4, 32, 64, 3) and y["segmentation"].shape == (4, 32, 64)
+    assert y["det_heatmap"].shape[1:3] == (8, 16)
+    x, _ = next(iter(inputs.make_dataset(config, "validation", training=False, crop=True)))
+    assert x["image"].shape[1:3] == (32, 64)
+    x, y = next(iter(inputs.make_dataset(config, "validation", training=False)))
+    assert x["image"].shape[1:3] == (64, 96), "evaluation sees whole frames"
+
+    model_path = train_stage.run_training(config, out=tmp_path / "train", verbose=0)
+    net = trained.load(model_path)
+    assert trained.input_size(net) == (64, 96)
+    outputs = net(x, training=False)
+    assert outputs["segmentation"].shape[1:3] == (64, 96)
+    best = h5_arrays(model_path.parent / "best.weights.h5")
+    trained_values = [np.asarray(v) for v in best.values()]
+    for weight in net.weights:  # the whole-frame net holds the trained (best-epoch) weights
+        value = np.asarray(weight.numpy())
+        assert any(v.shape == value.shape and np.array_equal(v, value) for v in trained_values), weight.path
+
+
 # --- resume bookkeeping, without training --------------------------------------------------------
 
 
