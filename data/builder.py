@@ -45,7 +45,9 @@ class DashcamScenes(tfds.core.GeneratorBasedBuilder):
     raises schema.BadExample. `on_bad` decides what a bad example does (raise, or count and drop);
     a label value with no mapping (data.mapping.UnmappedLabel, also a UserError) always stops the
     build. `loader` (data/parallel.py) runs the loaders, in worker processes when it has more than
-    one, and bounds the class ids an example may hold by its class set.
+    one, and bounds the class ids an example may hold by its class set. With `beam` (a
+    data.beam_build.Generation) the splits are Beam transforms instead, whose loaders run in the
+    runner's workers: build it with beam_build.prepare.
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -54,10 +56,11 @@ class DashcamScenes(tfds.core.GeneratorBasedBuilder):
 
     def __init__(self, *, items: dict[str, list[tuple[str, Callable[[], dict]]]] | None = None,
                  on_bad: Callable[[str, Exception], None] | None = None,
-                 loader: parallel.Loader | None = None, **kwargs):
+                 loader: parallel.Loader | None = None, beam=None, **kwargs):
         self._items = items
         self._on_bad = on_bad
         self._loader = loader or parallel.Loader(1)
+        self._beam = beam
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -79,6 +82,11 @@ class DashcamScenes(tfds.core.GeneratorBasedBuilder):
         pass
 
     def _generate_examples(self, split):
+        if self._beam is not None:
+            return self._beam.examples(split, self._items[split])
+        return self._generated(split)
+
+    def _generated(self, split):
         for key, example in self._loader.loaded(self._items[split]):
             if isinstance(example, schema.BadExample):
                 self._on_bad(key, example)

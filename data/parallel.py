@@ -16,10 +16,9 @@ readers' are), and a script that builds a data set with workers > 1 needs the us
 `if __name__ == "__main__":` guard (`python -m pipeline` has it). At most 2 x workers chunks are in
 flight, so memory stays flat on any split size.
 
-For data sets beyond one machine, TFDS runs the same builders on Apache Beam when
-`_generate_examples` returns a PTransform, e.g. `beam.Create(items) | beam.Map(load)` with this
-module's `load`, and `download_and_prepare(download_config=DownloadConfig(beam_runner=...))`; that
-needs apache-beam installed, which this project does not require.
+For data sets beyond one machine, `data.beam_runner` has TFDS run the same builder on Apache Beam
+(data/beam_build.py): `beam.Create(items) | beam.Map(...)` with this module's `load` in the runner's
+workers, the same records.
 """
 from __future__ import annotations
 

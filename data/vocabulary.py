@@ -18,6 +18,8 @@ PRECISIONS = ("auto", "float32", "bfloat16", "mixed_float16", "mixed_bfloat16")
 JIT_MODES = ("auto", "true", "false")
 BAD_EXAMPLES = ("error", "drop")  # a malformed source file stops the build, or is dropped and listed
 SCHEDULES = ("joint", "alternating")
+# data.beam_runner: Apache Beam's local runners and the cluster ones (data/beam_build.py)
+BEAM_RUNNERS = ("DirectRunner", "PrismRunner", "PortableRunner", "FlinkRunner", "SparkRunner", "DataflowRunner")
 CLIP_RESIZE = ("stretch", "letterbox")
 INT8_IO = ("uint8", "int8", "float32")
 

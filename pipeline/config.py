@@ -20,8 +20,8 @@ import yaml
 from data import label_maps
 from data.classes import default_dict
 from data.errors import UserError
-from data.vocabulary import (BACKBONES, BAD_EXAMPLES, CLIP_RESIZE, INT8_IO, JIT_MODES, PRECISIONS, SCHEDULES,
-                             SCORE_THRESHOLD, SHARING_MODES, SOURCES, STRATEGIES, TASKS, WEIGHTINGS)
+from data.vocabulary import (BACKBONES, BAD_EXAMPLES, BEAM_RUNNERS, CLIP_RESIZE, INT8_IO, JIT_MODES, PRECISIONS,
+                             SCHEDULES, SCORE_THRESHOLD, SHARING_MODES, SOURCES, STRATEGIES, TASKS, WEIGHTINGS)
 from pipeline import atomic
 
 
@@ -81,6 +81,12 @@ class DataConfig:
     # Processes that render or read the examples while the main one encodes and writes them
     # (data/parallel.py); 0: one per usable core. The records are the same bytes for any number.
     workers: int = 0
+    # Apache Beam runner that generates the records instead (TFDS's Beam generation, data/beam_build.py),
+    # e.g. "DirectRunner" on this machine, or a cluster's runner; null: the worker processes above.
+    beam_runner: str | None = None
+    # Beam pipeline options for that runner, as command-line flags, e.g. ["--direct_num_workers=2",
+    # "--direct_running_mode=multi_processing"], or a cluster's ["--flink_master=host:8081"].
+    beam_options: list[str] = field(default_factory=list)
     schedule: str = "joint"  # "joint": all tasks every step; "alternating": steps cycle through tasks
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -372,6 +378,7 @@ RULES: dict[str, Range | tuple] = {
     "data.shuffle_buffer": POSITIVE,
     "data.bad_examples": BAD_EXAMPLES,
     "data.workers": NON_NEGATIVE,
+    "data.beam_runner": BEAM_RUNNERS,
     "data.schedule": SCHEDULES,
     "model.tasks": TASKS,
     "model.classes.detection.*.colour": Range(0, 255),
@@ -506,6 +513,13 @@ def validate(config: Config) -> None:
     for i, source in enumerate(config.data.sources):
         if source.name != "synthetic" and not source.path:
             raise UserError(f"config: data source '{source.name}' needs a path (data.sources.{i}.path)")
+    if config.data.beam_options and not config.data.beam_runner:
+        raise UserError("config: data.beam_options needs data.beam_runner (e.g. DirectRunner); "
+                        f"Received: data.beam_options={config.data.beam_options}")
+    for option in config.data.beam_options:
+        if not re.fullmatch(r"--[A-Za-z_][\w-]*(=.*)?", option):
+            raise UserError(f"config: each data.beam_options entry must be a Beam flag such as "
+                            f"--direct_num_workers=2; Received: {option!r}")
     height, width = config.data.image_size
     if height % 32 or width % 32:
         raise UserError(f"config: data.image_size must be multiples of 32 (the encoder's stride); "
