@@ -24,5 +24,5 @@ def measure(config: Config, batches: int = 40, warmup: int | None = None) -> dic
     seconds = time.perf_counter() - start
     batch = config.train.batch_size
     return {"examples_per_second": batches * batch / seconds, "batches": batches, "batch_size": batch,
-            "warmup_batches": warmup, "image_size": list(config.data.image_size),
+            "warmup_batches": warmup, "image_size": list(inputs.output_size(config, crop=True)),
             "augmentation": config.data.augment.enabled}

@@ -100,7 +100,7 @@ class InputBench:
                        f"batch or step; warm-up: {self.warmup_batches} batches (one pass: fills the cache) and "
                        f"2 steps per iterator (trace). Steps = trainer.train_function on a tf.data iterator, "
                        f"as fit() runs them."),
-            "setting": {"image_size": list(cfg.data.image_size), "batch_size": self.batch,
+            "setting": {"image_size": list(inputs.output_size(cfg, crop=True)), "batch_size": self.batch,
                         "augmentation": cfg.data.augment.enabled, "precision": self.precision,
                         "jit_compile": self.jit, "weighting": cfg.train.weighting},
             "pipeline_images_per_s": supply, "train_consumes_images_per_s": demand,
@@ -128,8 +128,9 @@ def variants(config: Config) -> dict[str, dict]:
 
 
 def scaling_settings(config: Config, quick: bool) -> dict[str, tuple[tuple[int, int], int]]:
-    """name -> (image size, batch) for section 7: the config's, then other sizes and batches."""
-    (height, width), batch = tuple(config.data.image_size), config.train.batch_size
+    """name -> (training input size, batch) for section 7: the config's, then other sizes and batches.
+    The size is what a train step sees: data.train_crop when set, else data.image_size."""
+    (height, width), batch = inputs.output_size(config, crop=True), config.train.batch_size
 
     def size(scale):
         return (max(32, round(height * scale / 32) * 32), max(32, round(width * scale / 32) * 32))
@@ -162,8 +163,8 @@ def worker_specs(config: Config, config_yaml: str, quick: bool) -> tuple[dict, d
     precision = devices.resolve_precision(config.train.precision)
     for name, ((h, w), batch) in scaling_settings(config, quick).items():
         overrides = [f"train.weighting={config.train.weighting}"]
-        if (h, w) != tuple(config.data.image_size):
-            overrides.append(f"data.image_size=[{h},{w}]")
+        if (h, w) != inputs.output_size(config, crop=True):  # whole frames of that size: the same step
+            overrides += [f"data.image_size=[{h},{w}]", "data.train_crop=null"]
         if batch != config.train.batch_size:
             overrides.append(f"train.batch_size={batch}")
         by_setting[name] = add(overrides, jit, precision)
@@ -218,7 +219,7 @@ def step_section(config: Config, workers: dict, by_variant: dict, samples: dict,
                        f"augmented batches "
                        f"held in memory (tf.data iterator, as fit() runs); medians. Reference: fixed weights, "
                        f"float32, XLA off; the other rows change one thing."),
-            "setting": {"image_size": list(config.data.image_size), "batch_size": batch},
+            "setting": {"image_size": list(inputs.output_size(config, crop=True)), "batch_size": batch},
             "variants": rows}
 
 

@@ -91,6 +91,24 @@ def test_quick_config_and_settings():
         assert len(specs) == len(set(by_variant.values()) | set(by_setting.values()))
 
 
+def test_training_measurements_follow_the_training_crop():
+    """With data.train_crop, section 7 scales the crop a train step sees; its other sizes are whole
+    frames of that size (a valid config); the quick bench drops the crop with the large input."""
+    overrides = ["data.image_size=[192,384]", "data.train_crop=[128,256]"]
+    config = load_config(REPO / "configs" / "default.yaml", overrides)
+    settings = bench_train.scaling_settings(config, False)
+    assert settings["config"] == ((128, 256), 16) and settings["64x128/b16"][0] == (64, 128)
+    specs, _, by_setting = bench_train.worker_specs(config, "c.yaml", False)
+    assert "data.train_crop=null" not in specs[by_setting["config"]]["overrides"]
+    for name, key in by_setting.items():
+        if settings[name][0] != (128, 256):
+            assert specs[key]["overrides"][-2:] == [f"data.image_size=[{settings[name][0][0]},{settings[name][0][1]}]",
+                                                    "data.train_crop=null"]
+            load_config(REPO / "configs" / "default.yaml", [*overrides, *specs[key]["overrides"]])
+    quick = bench.quick_config(config)
+    assert quick.data.train_crop is None and tuple(quick.data.image_size) == (64, 96)
+
+
 def test_worker_protocol(tiny_config, tmp_path):
     save_config(tiny_config, tmp_path / "config.yaml")
     spec = {"config": str(tmp_path / "config.yaml"), "overrides": ["data.cache=false", "data.shuffle_buffer=1"],
