@@ -73,8 +73,10 @@ def one_vs_three(config: Config, net, rounds: int, calls: int):
 
 # ------------------------------------------------------------------------------ 5. against the limit
 def limit(flops_per_frame: int, forward_b1, forward_batch, batch: int, train_step, train_batch: int,
-          size: int, rounds: int, calls: int):
-    """Prepares the matmul; returns measure() -> section."""
+          size: int, rounds: int, calls: int, train_flops_per_image: int | None = None):
+    """Prepares the matmul; returns measure() -> section. train_flops_per_image: the forward FLOPs of
+    one training input (a crop with data.train_crop), default flops_per_frame."""
+    train_flops = train_flops_per_image or flops_per_frame
     matmul, matmul_flops = timing.matmul_runner(size, 3)
 
     def measure() -> dict:
@@ -88,12 +90,12 @@ def limit(flops_per_frame: int, forward_b1, forward_batch, batch: int, train_ste
         achieved = {
             "inference_batch1": flops_per_frame / timing.median(samples["forward_b1"]),
             f"inference_batch{batch}": flops_per_frame * batch / timing.median(samples["forward_batch"]),
-            f"training_batch{train_batch}": 3 * flops_per_frame * train_batch / timing.median(samples["train_step"]),
+            f"training_batch{train_batch}": 3 * train_flops * train_batch / timing.median(samples["train_step"]),
         }
         return {"title": "5. Against the machine's limit",
                 "method": (f"peak = float32 {size}x{size} @ {size}x{size} matmul through TF (2n^3 FLOPs, 3 calls "
                            f"per round); model FLOPs per frame from section 3 (forward), training = 3 x forward "
-                           f"per image; {rounds} rounds alternating matmul, forward at batch 1 ({calls} calls), "
+                           f"per training input (the crop with data.train_crop); {rounds} rounds alternating matmul, forward at batch 1 ({calls} calls), "
                            f"forward at batch {batch} ({max(1, calls // 4)} calls), one train step (section 1's "
                            f"trainer, held batches); medians."),
                 "peak_gflops": peak / 1e9, "forward_gflops_per_frame": flops_per_frame / 1e9,

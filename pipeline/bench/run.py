@@ -215,8 +215,11 @@ def _limit(net, inputs, multi, flops: int, plan: dict):
     batch = inputs.batch
     forward_batch = infer.forward_function(net, trained.input_size(net), batch)
     train_step = lambda: workers_lib.step(inputs.trainer, inputs.memory)  # noqa: E731
+    # A train step sees data.train_crop when set: its FLOPs are counted on the trainer's own net.
+    train_net = inputs.trainer.net
+    train_flops = timing.forward_flops(train_net, trained.input_size(train_net))["flops"]
     return infer.limit(flops, multi, forward_batch, batch, train_step, batch, plan["size"], plan["rounds"],
-                       plan["calls"])
+                       plan["calls"], train_flops_per_image=train_flops)
 
 
 def _deployment(config, data_config, net, keras_path, quick, tmp, plan):

@@ -45,12 +45,13 @@ def _photometric(cfg: AugmentConfig) -> list:
 
 
 def _crop_window(rng: np.random.Generator, frame: tuple[int, int], view: tuple[int, int],
-                 cfg: AugmentConfig, random: bool):
+                 cfg: AugmentConfig, random: bool, place_at_random: bool | None = None):
     """The frame-pixel window an example shows, and its zoom; returns ((x0, y0, x1, y1), zoom).
 
     `view` (height, width, frame pixels) is what the output shows unzoomed: the whole frame, or a
     training crop at the model's scale. With probability crop_probability the view shrinks by a
-    random crop_scale (a zoom once resized). Placed at random in training, centred otherwise."""
+    random crop_scale (a zoom once resized), when `random`. Placed at random when place_at_random
+    (default: `random`), centred otherwise."""
     height, width = frame
     view_h, view_w = view
     zoom = 1.0
@@ -62,7 +63,7 @@ def _crop_window(rng: np.random.Generator, frame: tuple[int, int], view: tuple[i
         crop_w, crop_h = view_w, view_h
     if (crop_w, crop_h) == (width, height):
         return (0, 0, width, height), zoom
-    if random:
+    if random if place_at_random is None else place_at_random:
         x0 = int(rng.integers(0, width - crop_w + 1))
         y0 = int(rng.integers(0, height - crop_h + 1))
     else:
@@ -111,7 +112,8 @@ def augment(image: np.ndarray, segmentation: np.ndarray, depth: np.ndarray, boxe
     out_size = (int(out_size[0]), int(out_size[1]))
     view = crop_view((height, width), out_size, crop_size)
     random_work = training and cfg.enabled
-    window, zoom = _crop_window(rng, (height, width), view, cfg, random_work)
+    # Training crops move even with augmentation off: a fixed window would never show the rest.
+    window, zoom = _crop_window(rng, (height, width), view, cfg, random_work, place_at_random=training)
     flip = random_work and bool(rng.random() < cfg.hflip)
     target = (int(crop_size[0]), int(crop_size[1])) if crop_size is not None else out_size
     pipeline = per_worker.compose((target, random_work, dataclasses.astuple(cfg)),

@@ -74,6 +74,7 @@ def check_resume(work: pathlib.Path, config: Config) -> bool:
         if previous != current:
             changed = [f"model.{k}" for k in current["model"] if current["model"][k] != previous["model"].get(k)]
             changed += ["data.image_size"] if current["image_size"] != previous["image_size"] else []
+            changed += ["data.train_crop"] if current.get("train_crop") != previous.get("train_crop") else []
             changed += [f"train.{k}" for k in current["train"] if current["train"][k] != previous["train"].get(k)]
             raise UserError(f"{work} holds an unfinished run of a different model (changed: "
                             f"{', '.join(changed)}); delete {work / 'backup'} to start afresh, or "

@@ -149,10 +149,24 @@ def test_random_training_crops_move_but_never_rescale_the_object(seed):
         np.testing.assert_allclose(box[2:] - box[:2], [40, 30], atol=1e-4)
 
 
-def test_crop_positions_differ_between_examples():
+def test_some_training_crop_holds_the_whole_object():
+    """The object (x 120-160, y 40-70 of 96x192) fits a 64x128 crop: some seed's crop must hold it whole
+    (so the size check above is not vacuous)."""
+    whole = 0
+    for seed in range(8):
+        _, _, _, boxes, _, _ = augment(*known_frame(), seed=seed, out_size=(96, 192), cfg=NO_ZOOM, training=True,
+                                       crop_size=(64, 128))
+        whole += any(np.allclose(box[2:] - box[:2], [40, 30], atol=1e-4) for box in boxes)
+    assert whole >= 1
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_crop_positions_differ_between_examples_even_without_augmentation(enabled):
+    """With data.augment.enabled=false a fixed window would never train on the rest of the frame."""
+    cfg = dataclasses.replace(NO_ZOOM, enabled=enabled)
     windows = set()
     for seed in range(10):
-        _, seg, _, _, _, _ = augment(*known_frame(), seed=seed, out_size=(96, 192), cfg=NO_ZOOM,
+        _, seg, _, _, _, _ = augment(*known_frame(), seed=seed, out_size=(96, 192), cfg=cfg,
                                      training=True, crop_size=(64, 128))
         ys, xs = np.nonzero(seg == 6)
         windows.add((xs.min(), ys.min()) if len(xs) else None)

@@ -159,6 +159,8 @@ def test_resume_keeps_history_and_refuses_a_changed_model_or_weighting(tmp_path)
         train_stage.check_resume(tmp_path, tiny(tmp_path, "train.weighting=gradnorm"))
     with pytest.raises(UserError, match=r"changed: data\.image_size\)"):
         train_stage.check_resume(tmp_path, tiny(tmp_path, "data.image_size=[64,128]"))
+    with pytest.raises(UserError, match=r"changed: data\.train_crop\)"):  # the trained net's size
+        train_stage.check_resume(tmp_path, tiny(tmp_path, "data.train_crop=[32,64]"))
 
 
 def test_resume_trims_history_to_the_backup_and_keeps_the_best_so_far(tmp_path):
