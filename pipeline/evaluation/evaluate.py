@@ -138,7 +138,7 @@ def new_evaluators(config: Config, tasks: list[str]) -> dict:
     """Per task, an evaluator in the config's classes (the classes the data set is labelled in)."""
     names = classes.of_config(config)
     makers = {
-        "detection": lambda: DetectionEvaluator(names.detection, input_height=config.data.image_size[0]),
+        "detection": lambda: DetectionEvaluator(names.detection, image_height=config.data.image_size[0]),
         "segmentation": lambda: SegmentationEvaluator(len(names.segmentation), schema.IGNORE,
                                                       names.segmentation),
         "depth": lambda: DepthEvaluator(max_depth=config.model.max_depth),

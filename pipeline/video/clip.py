@@ -115,7 +115,7 @@ def _run(predictor, source: VideoSource, labels, staging: pathlib.Path, config, 
 
     batch_size = max(1, int(clip_config.batch_size))
     out_w, out_h = even_size(source.width, source.height)
-    metrics = ClipMetrics(labels, max_depth, class_set, input_height=model_hw[0]) if labels is not None else None
+    metrics = ClipMetrics(labels, max_depth, class_set, frame_height=source.height) if labels is not None else None
     stability = Stability(len(class_set.segmentation))
     if clip_config.full_maps:
         (staging / "maps").mkdir()

@@ -59,11 +59,12 @@ class ClipMetrics:
     """The evaluate stage's evaluators, fed frame by frame at the labels' resolution."""
 
     def __init__(self, labels: list, max_depth: float, class_set: ClassSet = DEFAULT,
-                 input_height: int | None = None):
+                 frame_height: int | None = None):
         # Lines carry their frame index; frames without a line are unlabelled (data/synthetic_clip.py).
         self.labels = {int(label.get("frame", i)): label for i, label in enumerate(labels)}
-        # input_height: the model's, so the AP50-by-height bands name the objects evaluate's do.
-        self.detection = DetectionEvaluator(class_set.detection, input_height=input_height)
+        # Boxes are scored in frame pixels, so the AP50-by-height bands scale with the frame's height:
+        # the same share of the picture as evaluate's bands at the model input.
+        self.detection = DetectionEvaluator(class_set.detection, image_height=frame_height)
         self.segmentation = SegmentationEvaluator(len(class_set.segmentation), IGNORE, class_set.segmentation)
         self.depth = DepthEvaluator(max_depth=max_depth)
         self.frames = 0

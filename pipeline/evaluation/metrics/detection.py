@@ -31,9 +31,9 @@ HEIGHT_BANDS = ((0.0, 12.0), (12.0, 24.0), (24.0, float("inf")))
 BANDS_REFERENCE_HEIGHT = 128
 
 
-def height_bands(input_height: int | None) -> tuple:
-    """HEIGHT_BANDS in pixels of an input `input_height` px high (None: as given)."""
-    scale = 1.0 if not input_height else input_height / BANDS_REFERENCE_HEIGHT
+def height_bands(image_height: int | None) -> tuple:
+    """HEIGHT_BANDS in pixels of an image `image_height` px high (None: as given)."""
+    scale = 1.0 if not image_height else image_height / BANDS_REFERENCE_HEIGHT
     return tuple((low * scale, high * scale) for low, high in HEIGHT_BANDS)
 
 
@@ -80,9 +80,10 @@ def _mean_valid(values: np.ndarray):
 class DetectionEvaluator:
     """Streams images in with `add`, then `result()` runs COCOeval once over everything added."""
 
-    def __init__(self, class_names, input_height: int | None = None):
+    def __init__(self, class_names, image_height: int | None = None):
+        """image_height: of the images whose pixels the boxes are in (scales the height bands)."""
         self.class_names = tuple(str(name) for name in class_names)
-        self.bands = height_bands(input_height)
+        self.bands = height_bands(image_height)
         if not self.class_names:
             raise ValueError(f"DetectionEvaluator needs at least one class. Received: class_names={class_names!r}")
         self._images = []          # COCO image records

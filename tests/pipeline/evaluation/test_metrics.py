@@ -14,8 +14,8 @@ GT_BOX = [10.0, 10.0, 30.0, 30.0]  # 20 x 20 px
 
 
 def _detect(pred_boxes, pred_scores, gt_boxes=(GT_BOX,), gt_classes=None, pred_classes=None, ignore=None,
-            input_height=None):
-    evaluator = DetectionEvaluator(DETECTION_CLASSES, input_height=input_height)
+            image_height=None):
+    evaluator = DetectionEvaluator(DETECTION_CLASSES, image_height=image_height)
     gt_boxes = np.asarray(gt_boxes, np.float32).reshape(-1, 4)
     pred_boxes = np.asarray(pred_boxes, np.float32).reshape(-1, 4)
     evaluator.add("frame-0", gt_boxes, np.zeros(len(gt_boxes)) if gt_classes is None else gt_classes,
@@ -86,16 +86,16 @@ def test_ap50_by_height_scores_each_band_on_its_own_objects():
     assert "| class | 0-12 px | 12-24 px | >= 24 px |" in section and "| vehicle | 0.500 | — | 1.000 |" in section
 
 
-def test_height_bands_scale_with_the_input_height():
+def test_height_bands_scale_with_the_image_height():
     """At a 192-px input the bands are 0-18, 18-36, >= 36 px: a 16-px object (the 12-24 band at 128 px)
     falls in the first, a 30-px one (>= 24 at 128 px) in the second; the same objects as at 128 px
     have 2/3 of those heights."""
     short, taller = [10, 10, 16, 26], [40, 10, 60, 40]
-    result = _detect([short, taller], [0.9, 0.8], gt_boxes=[short, taller], input_height=192)
+    result = _detect([short, taller], [0.9, 0.8], gt_boxes=[short, taller], image_height=192)
     by_height = result["AP50_by_height"]
     assert by_height["bands_px"] == [[0.0, 18.0], [18.0, 36.0], [36.0, None]]
     assert by_height["per_class"] == {"vehicle": [pytest.approx(1.0), pytest.approx(1.0), None]}
-    at_128 = _detect([short, taller], [0.9, 0.8], gt_boxes=[short, taller], input_height=128)
+    at_128 = _detect([short, taller], [0.9, 0.8], gt_boxes=[short, taller], image_height=128)
     assert at_128["AP50_by_height"]["per_class"] == {"vehicle": [None, pytest.approx(1.0), pytest.approx(1.0)]}
 
 

@@ -101,3 +101,9 @@ def test_labels_are_resized_as_the_evaluate_stage_resizes_them():
     out = label_at("depth", depth, (6, 8))
     assert out.shape == (6, 8) and out[0, 0] == 7.0 and np.count_nonzero(out) == 1
     assert label_at("depth", depth, (12, 16)) is depth
+
+
+def test_height_bands_follow_the_frame_height_the_boxes_are_in():
+    """Clip boxes are in frame pixels: at 720 px the bands are 12/24 px at 128 scaled by 720/128."""
+    bands = ClipMetrics([], 80.0, frame_height=720).detection.bands
+    assert bands[:2] == ((0.0, 67.5), (67.5, 135.0)) and bands[2][0] == 135.0
