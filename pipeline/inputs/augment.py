@@ -14,7 +14,9 @@ measurement is lost when it shrinks (`resize_depth`).
 Ignore regions (KITTI DontCare, heavily occluded synthetic objects) travel with the boxes. The
 size protocol turns boxes shorter than `min_box_height` model-input pixels into ignore regions,
 the same way for training and evaluation: such objects are neither taught nor scored (KITTI's
-difficulty levels do the same with a minimum height).
+difficulty levels do the same with a minimum height). A crop that leaves less than MIN_VISIBILITY
+of a box in view makes it an ignore region too: evaluation, on whole frames, scores that object, so
+its sliver must not be taught as background.
 """
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ from pipeline.config import AugmentConfig
 from pipeline.inputs import per_worker
 from pipeline.inputs.depth_maps import resize_depth
 
-# Boxes whose visible part after a crop is smaller than this share of the original are dropped:
-# the detector should not be taught to find a sliver of a car.
+# Boxes whose visible part after a crop is smaller than this share of the original become ignore
+# regions: the detector should not be taught to find a sliver of a car, nor that it is background.
 MIN_VISIBILITY = 0.3
 MIN_BOX_PIXELS = 2.0
 IGNORE_CLASS = -1  # label of ignore regions while they travel through albumentations with the boxes
@@ -92,11 +94,30 @@ def _build(out_size: tuple[int, int], cfg: AugmentConfig, photometric: bool) -> 
         transforms += _photometric(cfg)
     return A.Compose(
         transforms,
-        # Tiny boxes are kept here and turned into ignore regions below: dropped, they would be
-        # taught as background while evaluation ignores them.
-        bbox_params=A.BboxParams(format="pascal_voc", label_fields=["classes"], clip=True,
-                                 min_visibility=MIN_VISIBILITY),
+        # No box is filtered here: boxes a crop cuts below MIN_VISIBILITY are already ignore regions
+        # (_cut_to_ignore) and tiny boxes become ignore regions below. Dropped, either would be
+        # taught as background, while evaluation (on whole frames) scores or ignores them.
+        bbox_params=A.BboxParams(format="pascal_voc", label_fields=["classes"], clip=True),
     )
+
+
+def _cut_to_ignore(boxes: np.ndarray, classes: np.ndarray, window: tuple[int, int, int, int],
+                   frame: tuple[int, int]):
+    """(boxes, classes) with the boxes the window cuts below MIN_VISIBILITY of their in-frame area
+    relabelled IGNORE_CLASS, and those it does not show at all removed."""
+    height, width = frame
+    inside = np.clip(boxes, 0, [width, height, width, height])
+    x0, y0, x1, y1 = window
+    shown = np.clip(boxes, [x0, y0, x0, y0], [x1, y1, x1, y1])
+
+    def area(b):
+        return np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+
+    visible = area(shown)
+    share = visible / np.maximum(area(inside), 1e-6)
+    keep = visible > 0
+    classes = np.where(share < MIN_VISIBILITY, IGNORE_CLASS, classes)
+    return boxes[keep], classes[keep]
 
 
 def augment(image: np.ndarray, segmentation: np.ndarray, depth: np.ndarray, boxes: np.ndarray,
@@ -123,8 +144,10 @@ def augment(image: np.ndarray, segmentation: np.ndarray, depth: np.ndarray, boxe
     classes = np.asarray(classes, np.int32).reshape(-1)
     ignore = np.asarray(ignore_boxes if ignore_boxes is not None else np.zeros((0, 4)), np.float32).reshape(-1, 4)
     # Ignore regions ride along as boxes of class -1, so every geometric step treats both alike.
-    result = pipeline(image=image, mask=segmentation, bboxes=np.concatenate([boxes, ignore]),
-                      classes=np.concatenate([classes, np.full(len(ignore), IGNORE_CLASS, np.int32)]),
+    all_boxes, all_classes = _cut_to_ignore(
+        np.concatenate([boxes, ignore]),
+        np.concatenate([classes, np.full(len(ignore), IGNORE_CLASS, np.int32)]), window, (height, width))
+    result = pipeline(image=image, mask=segmentation, bboxes=all_boxes, classes=all_classes,
                       crop_window=window if window != (0, 0, width, height) else None, flip=flip)
     out_boxes = np.asarray(result["bboxes"], np.float32).reshape(-1, 4)
     out_classes = np.asarray(result["classes"], np.int32).reshape(-1)

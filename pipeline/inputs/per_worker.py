@@ -10,7 +10,8 @@ and the transforms they switch are built once:
   crop_window  (x0, y0, x1, y1) or None: ExampleCrop crops to that window; None skips it
   flip         bool: ExampleFlip mirrors; False skips it
 A skipped transform returns the data unchanged, exactly as if it were not in the list, and
-albumentations' box filtering (clip, min_visibility) still runs after the crop as before.
+albumentations' box clipping still runs after the crop as before (the visibility rule runs before
+it: augment._cut_to_ignore).
 The random draws stay per example: `Compose.set_random_seed(seed)` gives every transform the same
 generators that `Compose(..., seed=seed)` gave it, so the augmentation is the same, draw for draw.
 """

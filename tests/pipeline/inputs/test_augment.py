@@ -28,20 +28,24 @@ GEOMETRIC_ONLY = dataclasses.replace(AugmentConfig(), brightness_contrast=0, hue
 
 @pytest.mark.parametrize("seed", range(12))
 def test_box_mask_and_depth_follow_the_object(seed):
-    image, seg, depth, boxes, classes, _ = augment(*known_frame(), seed=seed, out_size=(64, 128),
-                                                cfg=GEOMETRIC_ONLY, training=True)
+    image, seg, depth, boxes, classes, ignore = augment(*known_frame(), seed=seed, out_size=(64, 128),
+                                                     cfg=GEOMETRIC_ONLY, training=True)
     assert image.shape == (64, 128, 3) and seg.shape == (64, 128) and depth.shape == (64, 128)
     red = np.all(image == RED, axis=-1)
     object_pixels = seg == 6
     # the mask covers the red pixels (nearest-neighbour keeps them aligned up to the boundary row/col)
     assert (red & object_pixels).sum() >= 0.9 * red.sum()
     if len(boxes):
+        assert len(ignore) == 0
         x1, y1, x2, y2 = boxes[0]
         ys, xs = np.nonzero(object_pixels)
         assert abs(xs.min() - x1) <= 1.5 and abs(xs.max() + 1 - x2) <= 1.5
         assert abs(ys.min() - y1) <= 1.5 and abs(ys.max() + 1 - y2) <= 1.5
-    else:  # only dropped when the crop cut most of the object away
+    elif object_pixels.any():  # an ignore region when the crop cut most of the object away
         assert object_pixels.sum() < 0.3 * (30 * 40) * (64 / 96) ** 2 / 0.7 ** 2
+        assert len(ignore) == 1
+    else:
+        assert len(ignore) == 0
 
 
 def test_crop_zoom_scales_depth_by_the_zoom():
@@ -147,6 +151,67 @@ def test_random_training_crops_move_but_never_rescale_the_object(seed):
     inside = [box for box in boxes if box[0] > 0 and box[1] > 0 and box[2] < 128 and box[3] < 64]
     for box in inside:  # an object the crop did not cut keeps its 40x30 px
         np.testing.assert_allclose(box[2:] - box[:2], [40, 30], atol=1e-4)
+
+
+def test_boxes_a_crop_cuts_below_min_visibility_become_ignore_regions():
+    """Centred 96x96 crop of a 96x192 frame: window x 48-144. Objects the crop cuts to under 30 % are
+    ignore regions (evaluation, on whole frames, scores them, so their slivers are not background);
+    objects it cuts less stay objects; objects it does not show are gone."""
+    image, seg, depth, _, _ = known_frame()
+    boxes = np.array([[30, 10, 60, 40],     # 12 of 30 px wide in view: 40 %, an object
+                      [130, 50, 170, 80],   # 14 of 40: 35 %, an object
+                      [0, 50, 55, 80],      # 7 of 55: 13 %, an ignore region
+                      [150, 10, 190, 40]],  # not in view
+                     np.float32)
+    classes = np.array([0, 1, 2, 0], np.int32)
+    dont_care = np.array([[140, 0, 160, 20]], np.float32)  # 4 of 20 px: still an ignore region
+    _, _, _, out_boxes, out_classes, ignore = augment(
+        image, seg, depth, boxes, classes, seed=0, out_size=(96, 192), cfg=NO_ZOOM, training=False,
+        ignore_boxes=dont_care, crop_size=(96, 96))
+    np.testing.assert_array_equal(out_classes, [0, 1])
+    np.testing.assert_allclose(out_boxes, [[0, 10, 12, 40], [82, 50, 96, 80]], atol=1e-4)
+    np.testing.assert_allclose(sorted(ignore.tolist()), [[0, 50, 7, 80], [92, 0, 96, 20]], atol=1e-4)
+
+
+def test_training_crops_make_the_object_an_ignore_region_exactly_when_they_show_under_30_percent():
+    """Random 96x64 training crops, flipped: the object (40 px wide) is an object when at least 30 % of
+    its width is in view, an ignore region covering its visible pixels when less, and gone when none."""
+    image, seg, depth, boxes, classes = known_frame()
+    cfg = dataclasses.replace(NO_ZOOM, hflip=1.0)
+    cases = set()
+    for seed in range(60):
+        _, out_seg, _, out_boxes, _, ignore = augment(image, seg, depth, boxes, classes, seed=seed,
+                                                      out_size=(96, 192), cfg=cfg, training=True,
+                                                      crop_size=(96, 64))
+        columns = np.nonzero((out_seg == 6).any(axis=0))[0]
+        share = len(columns) / 40
+        if share >= 0.3:
+            cases.add("object")
+            assert len(out_boxes) == 1 and len(ignore) == 0
+            np.testing.assert_allclose(out_boxes[0][[0, 2]], [columns.min(), columns.max() + 1], atol=1e-4)
+        elif share > 0:
+            cases.add("ignore")
+            assert len(out_boxes) == 0 and len(ignore) == 1
+            np.testing.assert_allclose(ignore[0][[0, 2]], [columns.min(), columns.max() + 1], atol=1e-4)
+        else:
+            cases.add("gone")
+            assert len(out_boxes) == 0 and len(ignore) == 0
+    assert cases == {"object", "ignore", "gone"}
+
+
+def test_a_box_partly_outside_the_frame_is_measured_by_its_part_in_the_frame():
+    """Albumentations clips boxes to the frame first; the 30 % rule measures the same in-frame area."""
+    image, seg, depth, _, _ = known_frame()
+    boxes = np.array([[-20, 10, 60, 40],   # 60 px in frame, 12 in the window 48-144: 20 %, ignore
+                      [-100, 50, 55, 80]], np.float32)  # 55 px in frame, 7 in view: 13 %, ignore
+    _, _, _, out_boxes, _, ignore = augment(image, seg, depth, boxes, np.array([0, 1], np.int32), seed=0,
+                                            out_size=(96, 192), cfg=NO_ZOOM, training=False, crop_size=(96, 96))
+    assert len(out_boxes) == 0
+    np.testing.assert_allclose(sorted(ignore.tolist()), [[0, 10, 12, 40], [0, 50, 7, 80]], atol=1e-4)
+    wide = np.array([[-20, 10, 80, 40]], np.float32)  # 80 px in frame, 32 in view: 40 %, an object
+    _, _, _, out_boxes, _, _ = augment(image, seg, depth, wide, np.array([0], np.int32), seed=0,
+                                       out_size=(96, 192), cfg=NO_ZOOM, training=False, crop_size=(96, 96))
+    np.testing.assert_allclose(out_boxes, [[0, 10, 32, 40]], atol=1e-4)
 
 
 def test_some_training_crop_holds_the_whole_object():

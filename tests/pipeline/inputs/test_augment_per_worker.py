@@ -1,8 +1,10 @@
 """One Compose per worker thread (issue 15) gives the same augmentation as one Compose per example.
 
 `per_example` below is augment() as it was before: a new Compose for every example, with the crop
-window and the flip as fixed transforms in its list. The reused Compose must give the same result,
-array for array, for every seed: same crops, same flips, same photometric draws, same box filtering.
+window and the flip as fixed transforms in its list (and, as augment() does now, the boxes the crop
+cuts below MIN_VISIBILITY relabelled as ignore regions before albumentations sees them). The reused
+Compose must give the same result, array for array, for every seed: same crops, same flips, same
+photometric draws, same boxes.
 """
 import threading
 
@@ -13,7 +15,7 @@ import pytest
 
 from pipeline.config import AugmentConfig
 from pipeline.inputs import augment as augment_lib
-from pipeline.inputs.augment import IGNORE_CLASS, MIN_VISIBILITY, _crop_window, _photometric, augment
+from pipeline.inputs.augment import IGNORE_CLASS, _crop_window, _cut_to_ignore, _photometric, augment
 
 
 def per_example(image, segmentation, depth, boxes, classes, seed, out_size, cfg, training, ignore_boxes=None):
@@ -21,6 +23,7 @@ def per_example(image, segmentation, depth, boxes, classes, seed, out_size, cfg,
     height, width = image.shape[:2]
     rng = np.random.default_rng(seed)
     transforms = []
+    x0, y0, x1, y1 = 0, 0, width, height
     if training and cfg.enabled:
         (x0, y0, x1, y1), zoom = _crop_window(rng, (height, width), (height, width), cfg, True)
         flip = bool(rng.random() < cfg.hflip)
@@ -35,17 +38,20 @@ def per_example(image, segmentation, depth, boxes, classes, seed, out_size, cfg,
     if training and cfg.enabled:
         transforms += _photometric(cfg)
     pipeline = A.Compose(transforms, bbox_params=A.BboxParams(format="pascal_voc", label_fields=["classes"],
-                                                              clip=True, min_visibility=MIN_VISIBILITY),
+                                                              clip=True),
                          seed=int(seed) % (2**32))
     ignore = np.asarray(ignore_boxes, np.float32).reshape(-1, 4)
-    result = pipeline(image=image, mask=segmentation, bboxes=np.concatenate([boxes, ignore]),
-                      classes=np.concatenate([classes, np.full(len(ignore), IGNORE_CLASS, np.int32)]))
+    all_boxes, all_classes = _cut_to_ignore(
+        np.concatenate([boxes, ignore]), np.concatenate([classes, np.full(len(ignore), IGNORE_CLASS, np.int32)]),
+        (x0, y0, x1, y1), (height, width))
+    result = pipeline(image=image, mask=segmentation, bboxes=all_boxes, classes=all_classes)
     return result["image"], result["mask"], np.asarray(result["bboxes"], np.float32).reshape(-1, 4), \
         np.asarray(result["classes"], np.int32)
 
 
 def busy_frame(seed=0):
-    """Texture (so blur and noise show) and boxes at the edges, where crops cut them below visibility."""
+    """Texture (so blur and noise show) and boxes at the edges, where crops cut them below visibility
+    (into ignore regions)."""
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, (96, 160, 3), dtype=np.uint8)
     segmentation = rng.integers(0, 9, (96, 160), dtype=np.uint8)
