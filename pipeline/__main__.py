@@ -10,7 +10,7 @@ import os
 import sys
 
 from data.errors import UserError
-from pipeline import console
+from pipeline import allocator, console
 from pipeline.config import load_config
 from pipeline.stages import STAGES
 
@@ -57,6 +57,7 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = list(args.overrides) + extra
+    allocator.keep_freed_memory()  # before the stages allocate anything large
     if not args.verbose:
         console.quiet()  # before TensorFlow is imported: the stage modules import it
     try:
