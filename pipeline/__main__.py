@@ -10,7 +10,8 @@ import os
 import sys
 
 from data.errors import UserError
-from pipeline import allocator, console
+from pipeline import console
+from pipeline.training import allocator
 from pipeline.config import load_config
 from pipeline.stages import STAGES
 

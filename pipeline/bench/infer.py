@@ -95,7 +95,8 @@ def limit(flops_per_frame: int, forward_b1, forward_batch, batch: int, train_ste
         return {"title": "5. Against the machine's limit",
                 "method": (f"peak = float32 {size}x{size} @ {size}x{size} matmul through TF (2n^3 FLOPs, 3 calls "
                            f"per round); model FLOPs per frame from section 3 (forward), training = 3 x forward "
-                           f"per training input (the crop with data.train_crop); {rounds} rounds alternating matmul, forward at batch 1 ({calls} calls), "
+                           f"per training input (the crop with data.train_crop); {rounds} rounds alternating "
+                           f"matmul, forward at batch 1 ({calls} calls), "
                            f"forward at batch {batch} ({max(1, calls // 4)} calls), one train step (section 1's "
                            f"trainer, held batches); medians."),
                 "peak_gflops": peak / 1e9, "forward_gflops_per_frame": flops_per_frame / 1e9,

@@ -215,9 +215,11 @@ def _limit(net, inputs, multi, flops: int, plan: dict):
     batch = inputs.batch
     forward_batch = infer.forward_function(net, trained.input_size(net), batch)
     train_step = lambda: workers_lib.step(inputs.trainer, inputs.memory)  # noqa: E731
-    # A train step sees data.train_crop when set: its FLOPs are counted on the trainer's own net.
-    train_net = inputs.trainer.net
-    train_flops = timing.forward_flops(train_net, trained.input_size(train_net))["flops"]
+    # A train step sees data.train_crop when set: its FLOPs are counted on the trainer's own net
+    # (the same as the whole-frame net's without a crop, so not traced twice then).
+    train_size = trained.input_size(inputs.trainer.net)
+    train_flops = (flops if train_size == trained.input_size(net)
+                   else timing.forward_flops(inputs.trainer.net, train_size)["flops"])
     return infer.limit(flops, multi, forward_batch, batch, train_step, batch, plan["size"], plan["rounds"],
                        plan["calls"], train_flops_per_image=train_flops)
 

@@ -203,6 +203,6 @@ def start_workers(workers: list[WorkerProcess], parallel: int = 2) -> threading.
 
 
 if __name__ == "__main__":
-    from pipeline import allocator
+    from pipeline.training import allocator
     allocator.keep_freed_memory()  # as `python -m pipeline` does, so the bench times what train runs
     worker(json.loads(sys.argv[1]))

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from pipeline import allocator
+from pipeline.training import allocator
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
 
@@ -15,7 +15,7 @@ CHURN = """
 import ctypes, ctypes.util, resource, sys
 sys.path.insert(0, {root!r})
 if {tuned}:
-    from pipeline import allocator
+    from pipeline.training import allocator
     assert allocator.keep_freed_memory()
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.malloc.restype = ctypes.c_void_p
@@ -33,7 +33,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def page_faults(tuned: bool) -> int:
-    root = str(pathlib.Path(allocator.__file__).resolve().parents[1])
+    root = str(pathlib.Path(allocator.__file__).resolve().parents[2])
     out = subprocess.run([sys.executable, "-c", CHURN.format(root=root, tuned=tuned)], check=True,
                          capture_output=True, text=True).stdout
     return int(out.split()[-1])

@@ -1,4 +1,5 @@
-"""glibc malloc settings for the pipeline's processes: keep freed memory for the next step.
+"""glibc malloc settings for the pipeline's processes (every stage calls them first; they are here
+because training steps are what they are for): keep freed memory for the next step.
 
 TensorFlow's CPU allocator takes every activation and gradient buffer of a step from malloc, and
 so does NumPy for every augmented frame. By default glibc serves a buffer over its mmap threshold
