@@ -11,7 +11,7 @@ import sys
 
 from data.errors import UserError
 from pipeline import console
-from pipeline.training import allocator
+from pipeline.training import allocator, onednn
 from pipeline.config import load_config
 from pipeline.stages import STAGES
 
@@ -59,6 +59,7 @@ def main(argv=None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = list(args.overrides) + extra
     allocator.keep_freed_memory()  # before the stages allocate anything large
+    onednn.prefer_onednn()  # before TensorFlow is imported: it reads the choice once, when it loads
     if not args.verbose:
         console.quiet()  # before TensorFlow is imported: the stage modules import it
     try:

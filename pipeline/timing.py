@@ -10,6 +10,8 @@ from typing import Callable
 
 import numpy as np
 
+from pipeline.training import onednn
+
 
 def timed_ms(fn: Callable[[], object], runs: int, warmup: int = 0) -> list[float]:
     """Milliseconds of each of `runs` calls of fn(), after `warmup` untimed calls (tracing and
@@ -99,4 +101,5 @@ def machine() -> dict:
             "tensorflow": tf.__version__, "keras": keras.__version__, "ai_edge_litert": litert,
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+            "onednn": onednn.enabled(),
             "load_average": [round(v, 2) for v in os.getloadavg()]}

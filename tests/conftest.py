@@ -6,6 +6,10 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from pipeline.training import onednn  # noqa: E402
+
+onednn.prefer_onednn()  # the kernels the stages run (`python -m pipeline` asks for them too)
+
 from pipeline.inputs import records  # noqa: E402
 from pipeline.training.fit import run_training  # noqa: E402
 from support import tiny  # noqa: E402

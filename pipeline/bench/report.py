@@ -78,14 +78,20 @@ def _input_vs_step(s):
          "held CPU / (held CPU + pipeline CPU per batch)"]])
 
 
+def _on_off(flag) -> str:
+    """on / off, or - where a result predates the field."""
+    return {True: "on", False: "off"}.get(flag, "-")
+
+
 def _train_step(s):
     rows = []
     for name, v in s["variants"].items():
-        rows.append([name, v["weighting"], v["precision"], "on" if v["jit"] else "off", v["step_ms"]["median_ms"],
+        rows.append([name, v["weighting"], v["precision"], "on" if v["jit"] else "off",
+                     _on_off(v.get("onednn")), v["step_ms"]["median_ms"],
                      v["step_ms"]["p90_ms"], v["images_per_s"], v["step_time_vs_reference"], v["first_step_s"],
                      v.get("peak_rss_mb")])
-    return _table(["variant", "weighting", "precision", "XLA", "step ms (median)", "step ms (p90)", "images/s",
-                   "step time / reference", "first step s (trace)", "peak RSS MB"], rows)
+    return _table(["variant", "weighting", "precision", "XLA", "oneDNN", "step ms (median)", "step ms (p90)",
+                   "images/s", "step time / reference", "first step s (trace)", "peak RSS MB"], rows)
 
 
 def _one_vs_three(s):
@@ -204,10 +210,11 @@ def markdown(results: dict) -> str:
              f"{results['seconds']:.0f} s. Model: {results['model']}. Data: {results['data']}. "
              "Every comparison alternates its candidates in the same run (order rotated each round); "
              "figures are medians, ratios are ratios of medians.", "", "### Machine", ""]
-    lines += _table(["CPU", "vector ISA", "cores", "GPU", "TensorFlow", "Keras", "LiteRT", "intra-op threads",
-                     "inter-op threads", "load average at start / end"],
+    lines += _table(["CPU", "vector ISA", "cores", "GPU", "TensorFlow", "Keras", "LiteRT", "oneDNN kernels",
+                     "intra-op threads", "inter-op threads", "load average at start / end"],
                     [[m["cpu"], " ".join(m.get("cpu_flags", [])) or "-", m["cores"], ", ".join(m["gpus"]) or "none",
-                      m["tensorflow"], m["keras"], str(m["ai_edge_litert"]), _threads(m["intra_op_threads"]),
+                      m["tensorflow"], m["keras"], str(m["ai_edge_litert"]),
+                      _on_off(m.get("onednn")), _threads(m["intra_op_threads"]),
                       _threads(m["inter_op_threads"]),
                       f"{m['load_average'][0]:.2f} / {results['load_average_end'][0]:.2f}"]])
     lines += ["", "### Targets", ""]

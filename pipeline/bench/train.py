@@ -13,7 +13,7 @@ from pipeline.bench import timing
 from pipeline.bench import worker as bench_worker
 from pipeline.config import Config
 from pipeline.inputs import dataset as inputs
-from pipeline.training import devices
+from pipeline.training import devices, onednn
 
 
 # ------------------------------------------------------------------------- 1. input pipeline
@@ -115,11 +115,14 @@ class InputBench:
 
 # ----------------------------------------------------------------------- 2 and 7. train step
 def variants(config: Config) -> dict[str, dict]:
-    """name -> worker settings for section 2. The reference is fixed weights, float32, XLA off."""
-    reference = {"weighting": "fixed", "jit": False, "precision": "float32"}
+    """name -> worker settings for section 2. The reference is fixed weights, float32, XLA off and
+    TensorFlow's oneDNN kernels as the stages run them (pipeline/training/onednn.py)."""
+    dnn = onednn.enabled()
+    reference = {"weighting": "fixed", "jit": False, "precision": "float32", "onednn": dnn}
     out = {"reference": reference,
            "xla": {**reference, "jit": True},
-           "mixed_bfloat16": {**reference, "precision": "mixed_bfloat16"}}
+           "mixed_bfloat16": {**reference, "precision": "mixed_bfloat16"},
+           f"onednn_{'off' if dnn else 'on'}": {**reference, "onednn": not dnn}}
     if devices.has_gpu():
         out["mixed_float16"] = {**reference, "precision": "mixed_float16"}
     for weighting in ("uncertainty", "dwa", "gradnorm"):
@@ -150,15 +153,15 @@ def worker_specs(config: Config, config_yaml: str, quick: bool) -> tuple[dict, d
     common = ["data.cache=false", "data.shuffle_buffer=1"]  # the worker's held batches only
     specs, by_variant, by_setting = {}, {}, {}
 
-    def add(overrides, jit, precision):
+    def add(overrides, jit, precision, dnn):
         spec = {"config": config_yaml, "overrides": common + overrides, "jit": jit, "precision": precision,
-                "batches": 2}
+                "onednn": dnn, "batches": 2}
         key = json_key(spec)
         specs.setdefault(key, spec)
         return key
 
     for name, v in variants(config).items():
-        by_variant[name] = add([f"train.weighting={v['weighting']}"], v["jit"], v["precision"])
+        by_variant[name] = add([f"train.weighting={v['weighting']}"], v["jit"], v["precision"], v["onednn"])
     jit = devices.resolve_jit(config.train.jit_compile)
     precision = devices.resolve_precision(config.train.precision)
     for name, ((h, w), batch) in scaling_settings(config, quick).items():
@@ -167,7 +170,7 @@ def worker_specs(config: Config, config_yaml: str, quick: bool) -> tuple[dict, d
             overrides += [f"data.image_size=[{h},{w}]", "data.train_crop=null"]
         if batch != config.train.batch_size:
             overrides.append(f"train.batch_size={batch}")
-        by_setting[name] = add(overrides, jit, precision)
+        by_setting[name] = add(overrides, jit, precision, onednn.enabled())
     return specs, by_variant, by_setting
 
 

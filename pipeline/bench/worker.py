@@ -25,6 +25,7 @@ import time
 from models import multitask
 from pipeline.config import load_config
 from pipeline.inputs import dataset as inputs
+from pipeline.training import onednn
 
 PREFIX = "@bench "
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -100,7 +101,7 @@ def worker(spec: dict) -> None:
     start = time.perf_counter()
     step(trainer, iterator)
     _say({"ready": True, "first_step_s": first, "warm_step_s": time.perf_counter() - start,
-          "rss_before_mb": rss_before,
+          "rss_before_mb": rss_before, "onednn": onednn.enabled(),
           "params": int(trainer.net.count_params())})
     for line in sys.stdin:
         command = line.split()
@@ -137,6 +138,8 @@ class WorkerProcess:
     def start(self) -> None:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_FORCE_GPU_ALLOW_GROWTH="true",
                    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        if "onednn" in self.spec:  # read by TensorFlow when it loads, so it is the process's to choose
+            env[onednn.ENV] = "1" if self.spec["onednn"] else "0"
         try:
             with open(self.log, "w") as log:
                 self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.bench.worker", json.dumps(self.spec)],

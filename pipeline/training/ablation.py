@@ -176,8 +176,8 @@ def write_table(results: dict, reference: str, budget_minutes: float, machine: s
 
 def machine_line() -> str:
     info = machine()
-    return (f"{info['cpu']} ({info['cores']} cores; {' '.join(info['cpu_flags'])}), "
-            f"load average at the end {info['load_average'][0]}")
+    return (f"{info['cpu']} ({info['cores']} cores; {' '.join(info['cpu_flags'])}; "
+            f"oneDNN {'on' if info['onednn'] else 'off'}), load average at the end {info['load_average'][0]}")
 
 
 def run_study(config_path, base_overrides: list[str], variants: dict[str, list[str]],

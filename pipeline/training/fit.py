@@ -35,7 +35,7 @@ from pipeline.deploy import camera
 from pipeline.config import Config, save_config, to_dict
 from pipeline.evaluation import plots
 from pipeline.inputs import dataset as inputs
-from pipeline.training import devices
+from pipeline.training import devices, onednn
 from pipeline.training.callbacks import (GuardedBackup, GuardedCheckpoint, LogLearningRate, ResumeHistory,
                                          StopOnNaNTask, SyncReplicaStatistics, Throughput, ValidationTaskSum)
 from pipeline.training.progress import CompactProgbarLogger
@@ -192,6 +192,7 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
     ]  # the trainer adds the weighting's own epoch hook (DWA) itself
     print(f"train: {len(tasks)} task(s) {tasks}, weighting={config.train.weighting}, "
           f"sharing={config.model.sharing}, precision={precision}, jit_compile={jit}, "
+          f"onednn={'on' if onednn.enabled() else 'off'}, "
           f"replicas={strategy.num_replicas_in_sync}, {net.count_params():,} parameters")
     trainer.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=config.train.steps_per_epoch,
                 validation_data=val_ds, validation_steps=validation_steps,
@@ -217,7 +218,8 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
     (work / "speed.json").write_text(json.dumps({
         "images_per_second_median": float(np.median(measured)) if measured else None,
         "per_epoch": speed.per_epoch, "batch_size": global_batch, "precision": precision,
-        "jit_compile": jit, "replicas": strategy.num_replicas_in_sync, "resumed_from_epoch": resume.resumed_from,
+        "jit_compile": jit, "onednn": onednn.enabled(), "replicas": strategy.num_replicas_in_sync,
+        "resumed_from_epoch": resume.resumed_from,
         "note": "the first epoch includes tracing/compilation and is left out of the median"}, indent=1))
     weights = {task: round(float(w), 4) for task, w in trainer.weighting.effective_weights().items()}
     (work / "task_weights.json").write_text(json.dumps(weights, indent=1))

@@ -23,7 +23,7 @@ from pipeline.bench import train as bench_train
 from pipeline.bench import worker as bench_worker
 from pipeline.config import load_config, save_config
 from pipeline.stages import bench as bench_stage
-from pipeline.training import devices
+from pipeline.training import devices, onednn
 from pipeline.video.clip_metrics import labels_path
 from support import REPO, tiny
 
@@ -86,6 +86,11 @@ def test_quick_config_and_settings():
         assert all(h % 32 == 0 and w % 32 == 0 for (h, w), _ in settings.values())
         specs, by_variant, by_setting = bench_train.worker_specs(config, "c.yaml", is_quick)
         assert {"reference", "xla", "mixed_bfloat16", "uncertainty", "dwa", "gradnorm"} <= set(by_variant)
+        # The kernels the stages run, and the other choice beside them (timed per machine).
+        flipped = "onednn_off" if onednn.enabled() else "onednn_on"
+        assert specs[by_variant["reference"]]["onednn"] is onednn.enabled()
+        assert specs[by_variant[flipped]]["onednn"] is not onednn.enabled()
+        assert all(specs[key]["onednn"] is onednn.enabled() for key in by_setting.values())
         if not devices.has_gpu():  # the config's own setting (uncertainty, float32, XLA off) is shared
             assert by_setting["config"] == by_variant["uncertainty"]
         assert len(specs) == len(set(by_variant.values()) | set(by_setting.values()))
@@ -111,13 +116,15 @@ def test_training_measurements_follow_the_training_crop():
 
 def test_worker_protocol(tiny_config, tmp_path):
     save_config(tiny_config, tmp_path / "config.yaml")
+    # The kernel choice this process did not make: the worker's own environment carries it.
     spec = {"config": str(tmp_path / "config.yaml"), "overrides": ["data.cache=false", "data.shuffle_buffer=1"],
-            "jit": False, "precision": "float32", "batches": 2}
+            "jit": False, "precision": "float32", "onednn": not onednn.enabled(), "batches": 2}
     worker = bench_worker.WorkerProcess("w", spec, tmp_path)
     try:
         bench_worker.start_workers([worker]).join()
         ready = worker.check()
         assert ready["first_step_s"] > 0 and ready["params"] > 0
+        assert ready["onednn"] is (not onednn.enabled())
         times = worker.run(2)
         assert len(times) == 2 and all(t > 0 for t in times)
         peak = worker.close()
