@@ -191,10 +191,11 @@ def _clip(s):
 
 
 def _scaling(s):
-    rows = [[name, f"{v['image_size'][0]}x{v['image_size'][1]}", v["batch_size"], v["step_ms"]["median_ms"],
-             v["images_per_s"], v["step_time_vs_config"], v["peak_rss_mb"], v["training_rss_mb"]]
+    rows = [[name, f"{v['image_size'][0]}x{v['image_size'][1]}", v["batch_size"], _on_off(v.get("onednn")),
+             v["step_ms"]["median_ms"], v["images_per_s"], v["step_time_vs_config"], v["peak_rss_mb"],
+             v["training_rss_mb"]]
             for name, v in s["settings"].items()]
-    return _table(["setting", "input", "batch", "step ms (median)", "images/s", "step time / config's",
+    return _table(["setting", "input", "batch", "oneDNN", "step ms (median)", "images/s", "step time / config's",
                    "peak RSS MB", "RSS added by training MB"], rows)
 
 

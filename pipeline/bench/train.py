@@ -117,12 +117,10 @@ class InputBench:
 def variants(config: Config) -> dict[str, dict]:
     """name -> worker settings for section 2. The reference is fixed weights, float32, XLA off and
     TensorFlow's oneDNN kernels as the stages run them (pipeline/training/onednn.py)."""
-    dnn = onednn.enabled()
-    reference = {"weighting": "fixed", "jit": False, "precision": "float32", "onednn": dnn}
+    reference = {"weighting": "fixed", "jit": False, "precision": "float32", "onednn": onednn.enabled()}
     out = {"reference": reference,
            "xla": {**reference, "jit": True},
-           "mixed_bfloat16": {**reference, "precision": "mixed_bfloat16"},
-           f"onednn_{'off' if dnn else 'on'}": {**reference, "onednn": not dnn}}
+           "mixed_bfloat16": {**reference, "precision": "mixed_bfloat16"}}
     if devices.has_gpu():
         out["mixed_float16"] = {**reference, "precision": "mixed_float16"}
     for weighting in ("uncertainty", "dwa", "gradnorm"):
@@ -130,14 +128,22 @@ def variants(config: Config) -> dict[str, dict]:
     return out
 
 
+def other_kernels() -> str:
+    """Section 7's setting that runs the config's step on the kernels the stages do not choose
+    (pipeline/training/onednn.py): what that choice is worth on this machine. It is timed in the
+    second wave of workers, which holds fewer of them at once than section 2's."""
+    return f"config, oneDNN {'off' if onednn.enabled() else 'on'}"
+
+
 def scaling_settings(config: Config, quick: bool) -> dict[str, tuple[tuple[int, int], int]]:
-    """name -> (training input size, batch) for section 7: the config's, then other sizes and batches.
-    The size is what a train step sees: data.train_crop when set, else data.image_size."""
+    """name -> (training input size, batch) for section 7: the config's, the config's on the other
+    kernels (other_kernels()), then other sizes and batches. The size is what a train step sees:
+    data.train_crop when set, else data.image_size."""
     (height, width), batch = inputs.output_size(config, crop=True), config.train.batch_size
 
     def size(scale):
         return (max(32, round(height * scale / 32) * 32), max(32, round(width * scale / 32) * 32))
-    settings = {"config": ((height, width), batch)}
+    settings = {"config": ((height, width), batch), other_kernels(): ((height, width), batch)}
     sizes = [size(2.0)] if quick else [size(0.5), size(1.5)]
     batches = [batch * 2]
     for hw in sizes:
@@ -170,7 +176,7 @@ def worker_specs(config: Config, config_yaml: str, quick: bool) -> tuple[dict, d
             overrides += [f"data.image_size=[{h},{w}]", "data.train_crop=null"]
         if batch != config.train.batch_size:
             overrides.append(f"train.batch_size={batch}")
-        by_setting[name] = add(overrides, jit, precision, onednn.enabled())
+        by_setting[name] = add(overrides, jit, precision, onednn.enabled() != (name == other_kernels()))
     return specs, by_variant, by_setting
 
 
@@ -209,7 +215,8 @@ def step_section(config: Config, workers: dict, by_variant: dict, samples: dict,
     rows = {}
     for name, times in samples.items():
         key = by_variant[name]
-        rows[name] = {**variants(config)[name], "step_ms": timing.stats(times),
+        rows[name] = {**variants(config)[name], "onednn": workers[key].ready["onednn"],  # what ran
+                      "step_ms": timing.stats(times),
                       "images_per_s": batch / timing.median(times),
                       "step_time_vs_reference": timing.median(times) / reference,
                       "first_step_s": workers[key].ready["first_step_s"],
@@ -221,7 +228,8 @@ def step_section(config: Config, workers: dict, by_variant: dict, samples: dict,
                        f"({2 * plan['steps']} for workers whose step is under {CHEAP_STEP_S:g} s), on 2 "
                        f"augmented batches "
                        f"held in memory (tf.data iterator, as fit() runs); medians. Reference: fixed weights, "
-                       f"float32, XLA off; the other rows change one thing."),
+                       f"float32, XLA off, TensorFlow's CPU kernels as the stages choose them (section 7 times "
+                       f"the other ones); the other rows change one thing."),
             "setting": {"image_size": list(inputs.output_size(config, crop=True)), "batch_size": batch},
             "variants": rows}
 
@@ -233,7 +241,8 @@ def scaling_section(config: Config, by_setting: dict, quick: bool, samples: dict
     for name, times in samples.items():
         (h, w), batch = settings[name]
         peak = peaks[by_setting[name]]
-        rows[name] = {"image_size": [h, w], "batch_size": batch, "step_ms": timing.stats(times),
+        rows[name] = {"image_size": [h, w], "batch_size": batch, "onednn": peak["onednn"],
+                      "step_ms": timing.stats(times),
                       "images_per_s": batch / timing.median(times),
                       "step_time_vs_config": timing.median(times) / base,
                       "peak_rss_mb": peak["peak_rss_mb"], "rss_before_first_step_mb": peak["rss_before_mb"],
@@ -242,7 +251,8 @@ def scaling_section(config: Config, by_setting: dict, quick: bool, samples: dict
             rows[name]["gpu_peak_mb"] = peak["gpu_peak_mb"]
     gpu = "GPU: tf.config.experimental.get_memory_info peak; also " if devices.has_gpu() else ""
     return {"title": "7. Scaling with input size and batch",
-            "method": (f"one worker process per setting (the config's weighting, precision and XLA choice), each "
+            "method": (f"one worker process per setting (the config's weighting, precision and XLA choice; "
+                       f"'{other_kernels()}': TensorFlow's other CPU kernels, pipeline/training/onednn.py), each "
                        f"warmed up first; {plan['rounds']} rounds alternating, {plan['steps']} step(s) each "
                        f"({2 * plan['steps']} under {CHEAP_STEP_S:g} s a step); "
                        f"medians. Memory: {gpu}each worker's peak RSS (VmHWM from /proc/self/status when it "

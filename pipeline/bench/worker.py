@@ -113,7 +113,7 @@ def worker(spec: dict) -> None:
                 times.append(time.perf_counter() - begin)
             _say({"times": times})
         elif command[:1] == ["quit"]:
-            result = {"peak_rss_mb": _status_mb("VmHWM"), "rss_before_mb": rss_before}
+            result = {"peak_rss_mb": _status_mb("VmHWM"), "rss_before_mb": rss_before, "onednn": onednn.enabled()}
             if gpu:
                 result["gpu_peak_mb"] = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
             _say(result)

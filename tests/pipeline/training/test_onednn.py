@@ -39,6 +39,24 @@ def test_on_by_default_on_any_x86_cpu():
     assert probe(None) == {"asked": True, "env": "1", "enabled": True}
 
 
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="TensorFlow's oneDNN build is x86")
+def test_every_stage_asks_for_it():
+    # `python -m pipeline` with the setting unset: a config mistake ends the stage (exit 2) after the
+    # process-wide settings and before any stage work; TensorFlow loaded afterwards runs oneDNN.
+    script = f"""
+import json, os, sys
+sys.path.insert(0, {ROOT!r})
+from pipeline.__main__ import main
+from pipeline.training import onednn
+code = main(["evaluate", "--config", {ROOT + '/configs/default.yaml'!r}, "train.no_such_key=1"])
+import tensorflow
+print(json.dumps({{"code": code, "env": os.environ.get(onednn.ENV), "enabled": onednn.enabled()}}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != onednn.ENV}
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, env=env)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"code": 2, "env": "1", "enabled": True}
+
+
 def test_the_users_choice_wins():
     assert probe("0") == {"asked": False, "env": "0", "enabled": False}
 
