@@ -185,11 +185,24 @@ class MultiTaskTrainer(keras.Model):
         return self._update_logs(total, losses, present)
 
     def _log_conflicts(self, tape, losses, present, task_grads, grad_scale):
-        """Updates the cos_<a>_<b> trackers: cosine of the task gradients on the shared kernel.
+        """Updates the cos_<a>_<b> trackers on every conflict_every-th step: the cosine of the task
+        gradients on the shared kernel.
 
-        Costs one backward pass per task from its loss to the shared kernel (heads and the last
-        shared layer for hard sharing), or nothing extra when the per-task gradients exist (PCGrad).
-        """
+        A measured step costs one backward pass per task from its loss to the shared kernel (heads and
+        the last shared layer for hard sharing), about 10 % of a default step; the other steps skip it
+        (tf.cond), and PCGrad, whose per-task gradients exist anyway, measures for free."""
+        measured = tf.equal(self.optimizer.iterations % self.conflict_every, 0)
+        if task_grads is not None:
+            cosines = self._conflict_cosines(tape, losses, task_grads, grad_scale)
+        else:
+            cosines = tf.cond(measured, lambda: self._conflict_cosines(tape, losses, None, grad_scale),
+                              lambda: tf.zeros([len(self.conflict_pairs)]))
+        measured = tf.cast(measured, tf.float32)
+        for index, ((a, b), name) in enumerate(zip(self.conflict_pairs, self.conflict_names)):
+            self.trackers[name].update_state(cosines[index], sample_weight=measured * present[a] * present[b])
+
+    def _conflict_cosines(self, tape, losses, task_grads, grad_scale):
+        """[cosine of each conflict pair] on the shared kernel, from per-task gradients when given."""
         kernels = list(shared_kernel(self.net))
         if task_grads is not None:
             index = {id(v): k for k, v in enumerate(self.net.trainable_variables)}
@@ -199,9 +212,7 @@ class MultiTaskTrainer(keras.Model):
             kernel_grads = {task: tape.gradient(losses[task], kernels, output_gradients=scale)
                             for task in self.tasks}
         cosines = gradient_cosines(kernel_grads, self.tasks)
-        measured = tf.cast(tf.equal(self.optimizer.iterations % self.conflict_every, 0), tf.float32)
-        for (a, b), name in zip(self.conflict_pairs, self.conflict_names):
-            self.trackers[name].update_state(cosines[(a, b)], sample_weight=measured * present[a] * present[b])
+        return tf.stack([tf.cast(cosines[pair], tf.float32) for pair in self.conflict_pairs])
 
     def test_step(self, data):
         x, y = data[0], data[1]

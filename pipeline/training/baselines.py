@@ -45,6 +45,8 @@ from pipeline.training.fit import run_training
 
 # Parts of the config that change what a model learns; two runs with equal parts are the same run.
 TRAINING_KEYS = ("seed", "data", "model", "train")
+# Train keys that change what a run logs, not what it learns (the gradient-conflict log only reads gradients).
+LOGGING_ONLY = ("conflict_every",)
 # Headline metrics kept per task in the summary (the full results are in each variant's metrics.json).
 KEPT = {"detection": ("mAP", "mAP50", "mAP75", "AR100"), "segmentation": ("mIoU", "pixel_accuracy"),
         "depth": ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1")}
@@ -114,7 +116,10 @@ def quick_config(config: Config) -> Config:
 
 
 def _training_part(config_dict: dict) -> dict:
-    return {key: config_dict.get(key) for key in TRAINING_KEYS}
+    part = {key: config_dict.get(key) for key in TRAINING_KEYS}
+    if isinstance(part["train"], dict):
+        part["train"] = {k: v for k, v in part["train"].items() if k not in LOGGING_ONLY}
+    return part
 
 
 def same_training(config: Config, folder: pathlib.Path) -> bool:

@@ -309,6 +309,9 @@ def test_tiny_model_trains_and_lowers_the_loss():
     history = _fit(trainer, make_batch(), 12, eager=False)
     assert {"loss", "detection_loss", "segmentation_loss", "depth_loss", "depth_weight"} <= set(history)
     assert np.mean(history["loss"][-3:]) < history["loss"][0]
+    # Traced: gradient conflict measured on every conflict_every-th step (10) only, one step per epoch.
+    for name in ("cos_detection_segmentation", "cos_detection_depth", "cos_segmentation_depth"):
+        assert [epoch for epoch, cosine in enumerate(history[name]) if cosine != 0.0] == [0, 10], history[name]
 
 
 @pytest.mark.parametrize("weighting,sharing", [("uncertainty", "soft"), ("gradnorm", "cross_stitch"),
@@ -316,7 +319,7 @@ def test_tiny_model_trains_and_lowers_the_loss():
                                                ("pcgrad", "hard"), ("pcgrad", "soft"), ("famo", "cross_stitch")])
 def test_every_weighting_and_sharing_mode_trains(weighting, sharing):
     model = build_model(tiny_model(sharing=sharing), SIZE)
-    trainer = MultiTaskTrainer(model, tiny_model(sharing=sharing), tiny_train(weighting=weighting))
+    trainer = MultiTaskTrainer(model, tiny_model(sharing=sharing), tiny_train(weighting=weighting, conflict_every=1))
     batch = make_batch(has=(1.0, 0.0, 1.0))
     history = _fit(trainer, batch, 3)
     assert np.isfinite(history["loss"]).all()

@@ -86,6 +86,32 @@ def test_lazy_adamw_decays_weights_where_a_gradient_arrives_and_nowhere_else():
     np.testing.assert_array_equal(untouched, 1.0)
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_lazy_adamw_steps_as_keras_adamw_where_gradients_arrive(compiled):
+    """Three scheduled steps on a kernel (decayed) and a bias (not), eager and traced: the same
+    weights as Keras' own AdamW, whose decay is also w -= lr * wd * w before the Adam step."""
+    rng = np.random.default_rng(0)
+    start = [rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32)]
+    grads = [[rng.normal(size=w.shape).astype(np.float32) for w in start] for _ in range(3)]
+
+    def run(optimizer):
+        variables = [keras.Variable(w, name=name) for w, name in zip(start, ("kernel", "bias"))]
+        optimizer.build(variables)
+        step = lambda g: optimizer.apply([tf.convert_to_tensor(x) for x in g], variables)  # noqa: E731
+        step = tf.function(step) if compiled else step
+        for g in grads:
+            step(g)
+        return [v.numpy() for v in variables]
+
+    schedule = lambda: keras.optimizers.schedules.CosineDecay(0.0, 4, warmup_target=0.1, warmup_steps=1)  # noqa: E731
+    ours = LazyAdamW(learning_rate=schedule(), weight_decay=0.3)
+    ours.exclude_from_weight_decay(var_names=["bias"])
+    theirs = keras.optimizers.AdamW(learning_rate=schedule(), weight_decay=0.3)
+    theirs.exclude_from_weight_decay(var_names=["bias"])
+    for mine, reference in zip(run(ours), run(theirs)):
+        np.testing.assert_allclose(mine, reference, rtol=1e-6, atol=1e-7)
+
+
 def test_element_skip_moves_only_elements_with_a_gradient():
     moved = _one_step(LazyAdamW(learning_rate=0.1, skip="element"), [[1.0, 0.0], [0.0, -1.0]])
     np.testing.assert_array_equal(moved == 1.0, [[False, True], [True, False]])

@@ -223,6 +223,8 @@ def test_baselines_reuse_the_main_run_and_skip_trained_variants(config):
     assert baselines.train_variant("single-depth", found["single-depth"], config, 0) == (done / "model.keras", False)
     assert not baselines.same_training(found["single-segmentation"], done)
     assert not baselines.same_training(tiny(config.run_root, "train.epochs=5"), main_run)
+    # How often gradient conflict is logged does not change what a model learns.
+    assert baselines.same_training(tiny(config.run_root, "train.conflict_every=3"), main_run)
 
 
 def test_baselines_over_seeds_give_mean_and_std_of_delta_m_and_cost_ratios(config, tmp_path):

@@ -69,7 +69,7 @@ def test_mirrored_strategy_over_two_cpu_devices_keeps_replicas_identical(tiny_co
     out = tmp_path / "train"
     result = subprocess.run(
         [sys.executable, "-c", MIRRORED, str(out), f"run_root={tiny_config.run_root}",
-         "train.strategy=mirrored", "train.epochs=2"],
+         "train.strategy=mirrored", "train.epochs=2", "train.conflict_every=2"],  # the conflict log's tf.cond too
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     verdict = json.loads(result.stdout.split("VERDICT ", 1)[1].splitlines()[0])
@@ -105,7 +105,8 @@ def test_multi_worker_strategy_over_two_local_processes(tiny_config, tmp_path):
             logs.append((tmp_path / f"worker{index}.log").open("w"))
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "pipeline", "train", "--config", "configs/tiny.yaml",
-                 f"run_root={tiny_config.run_root}", "train.strategy=multi_worker", "--out", str(out)],
+                 f"run_root={tiny_config.run_root}", "train.strategy=multi_worker", "train.conflict_every=2",
+                 "--out", str(out)],
                 cwd=REPO, env=_env(TF_CONFIG=json.dumps(tf_config)), stdout=logs[-1],
                 stderr=subprocess.STDOUT))
         codes = [proc.wait(timeout=500) for proc in procs]

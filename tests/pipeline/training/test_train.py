@@ -51,7 +51,8 @@ def h5_arrays(path) -> dict:
 
 
 def test_training_writes_its_outputs_and_lowers_the_loss(tmp_path):
-    config = tiny(tmp_path, "train.epochs=4", "data.deterministic=true")
+    # The tiny config leaves the gradient-conflict log off (tracing it costs seconds); this run has it.
+    config = tiny(tmp_path, "train.epochs=4", "data.deterministic=true", "train.conflict_every=2")
     records.build_all(config)
     model_path = train_stage.run_training(config, verbose=0)
 
@@ -69,6 +70,10 @@ def test_training_writes_its_outputs_and_lowers_the_loss(tmp_path):
     for task in TASKS:
         assert {f"{task}_loss", f"{task}_weight", f"val_{task}_loss", f"{task}_log_var"} <= columns
     assert {"loss", "learning_rate", "val_task_loss_sum"} <= columns
+    # Gradient conflict on training steps only, on steps 0, 2, 4, ... (3 steps an epoch: each epoch has one).
+    conflicts = {"cos_detection_segmentation", "cos_detection_depth", "cos_segmentation_depth"}
+    assert conflicts <= columns and not {f"val_{name}" for name in conflicts} & columns
+    assert all(-1.0 <= float(row[name]) <= 1.0 and float(row[name]) != 0.0 for row in rows for name in conflicts)
     for row in rows:
         assert all(math.isfinite(float(value)) for value in row.values()), row
 
