@@ -44,6 +44,8 @@ class LazyAdamW(keras.optimizers.Adam):
             raise ValueError(f"weight_decay must be >= 0; Received: weight_decay={weight_decay}")
         if skip not in SKIP_GRANULARITIES:
             raise ValueError(f"skip must be one of {SKIP_GRANULARITIES}; Received: skip={skip!r}")
+        if self.amsgrad:  # update_step writes out plain Adam
+            raise ValueError("LazyAdamW has no amsgrad; Received: amsgrad=True")
         self.decoupled_weight_decay = float(weight_decay)
         self.skip = skip
         self._step_scalars = None

@@ -145,6 +145,7 @@ class TrainConfig:
     famo_gamma: float = 0.01  # FAMO: L2 decay of the task logits
     # Task-gradient cosines every N-th training step (0 = never): a measured step costs about 10 % more
     # (one backward pass per task to the shared kernel); every 10th leaves 7 samples per default epoch.
+    # An epoch with no measured step (fewer steps than N) logs 0 for every cosine.
     conflict_every: int = 10
     jit_compile: str = "auto"  # "auto" | "true" | "false"
     precision: str = "auto"

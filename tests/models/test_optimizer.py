@@ -117,6 +117,8 @@ def test_element_skip_moves_only_elements_with_a_gradient():
     np.testing.assert_array_equal(moved == 1.0, [[False, True], [True, False]])
     with pytest.raises(ValueError, match="skip"):
         LazyAdamW(skip="row")
+    with pytest.raises(ValueError, match="amsgrad"):
+        LazyAdamW(amsgrad=True)
 
 
 def test_ema_writes_the_average_into_the_model_every_epoch():
