@@ -22,7 +22,12 @@ from typing import Callable, Hashable
 
 import albumentations as A
 
-_local = threading.local()
+# Keyed by thread id, not a threading.local: tf.data runs `tf.numpy_function` on TensorFlow's own
+# (non-Python) threads, and Python gives such a thread a fresh thread state for each call and drops
+# it afterwards, taking a threading.local's data with it. A threading.local rebuilt the Compose for
+# every example; the thread ids of TensorFlow's pool stay. A dict's get and set are atomic under the
+# GIL, and each thread only ever touches its own entries.
+_composes: dict[tuple[int, Hashable], A.Compose] = {}
 
 
 class _Switched:
@@ -54,7 +59,8 @@ class ExampleFlip(_Switched, A.HorizontalFlip):
 
 def compose(key: Hashable, build: Callable[[], A.Compose]) -> A.Compose:
     """This thread's Compose for `key`, built by `build()` the first time the thread asks."""
-    cache = _local.__dict__.setdefault("composes", {})
-    if key not in cache:
-        cache[key] = build()
-    return cache[key]
+    slot = (threading.get_ident(), key)
+    found = _composes.get(slot)
+    if found is None:
+        found = _composes[slot] = build()
+    return found

@@ -104,6 +104,30 @@ def test_the_compose_is_built_once_per_thread_and_setting(monkeypatch):
     assert len(built) == 2  # the other thread built its own
 
 
+def test_tf_data_workers_build_the_compose_once_each(monkeypatch):
+    """The input pipeline calls augment through tf.numpy_function on TensorFlow's own threads, where
+    Python makes a new thread state for every call: a cache in a threading.local was empty each time,
+    so the Compose was rebuilt for every example."""
+    import tensorflow as tf
+
+    built = []
+    original = augment_lib._build
+    monkeypatch.setattr(augment_lib, "_build", lambda *args: built.append(args) or original(*args))
+    frame = busy_frame()
+    cfg = AugmentConfig(noise=0.29)  # a setting no other test used: no thread has a Compose for it yet
+    threads = set()
+
+    def run(seed):
+        threads.add(threading.get_ident())
+        return augment(*frame[:5], int(seed), (64, 128), cfg, True, ignore_boxes=frame[5])[0]
+
+    examples = 32
+    ds = tf.data.Dataset.range(examples).map(lambda seed: tf.numpy_function(run, [seed], tf.uint8),
+                                             num_parallel_calls=2)
+    assert sum(1 for _ in ds) == examples
+    assert 1 <= len(built) <= len(threads) < examples
+
+
 def test_threads_running_at_once_get_the_serial_results():
     """tf.data calls augment from several threads at once: a Compose shared between them would mix
     one example's draws into another's."""
