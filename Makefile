@@ -5,6 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
 ARGS ?=
+# `make test` runs on this many pytest-xdist workers (tests/conftest.py groups the files); 0 runs it in
+# one process. `make test-all` stays in one process: its fault and multi-worker tests time and kill
+# processes of their own.
+TEST_WORKERS ?= 2
 CLIP ?=
 # The stages keep TensorFlow's start-up logs quiet themselves; ARGS=--verbose shows them.
 
@@ -30,7 +34,7 @@ clip: $(STAMP)
 	$(PY) -m pipeline clip --config $(CONFIG) $(if $(CLIP),--input $(CLIP)) $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -m "" $(ARGS)

@@ -14,6 +14,22 @@ from pipeline.inputs import records  # noqa: E402
 from pipeline.training.fit import run_training  # noqa: E402
 from support import tiny  # noqa: E402
 
+# `make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`). Most fixtures are per
+# module, so each file goes to one worker whole; the files that share the tiny export (about a
+# minute to build) go together, so that it is built once.
+SHARED_EXPORT_GROUP = "tiny_exported"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(items):
+    def file_of(item):
+        return item.nodeid.split("::")[0]
+
+    exporting = {file_of(item) for item in items if "tiny_exported" in getattr(item, "fixturenames", ())}
+    for item in items:
+        group = SHARED_EXPORT_GROUP if file_of(item) in exporting else file_of(item)
+        item.add_marker(pytest.mark.xdist_group(group))
+
 
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> pathlib.Path:
