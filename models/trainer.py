@@ -60,7 +60,7 @@ class MultiTaskTrainer(keras.Model):
                             f"model.sharing=hard or cross_stitch (got sharing={model_config.sharing})")
         names = ["loss"] + [f"{task}_loss" for task in self.tasks] + [f"{task}_weight" for task in self.tasks]
         names += list(self.weighting.extra_logs())
-        self.conflict_every = int(getattr(train_config, "conflict_every", 10) or 0)
+        self.conflict_every = int(train_config.conflict_every or 0)
         has_shared = shared_kernel(net) is not None
         self.conflict_pairs = [(a, b) for i, a in enumerate(self.tasks) for b in self.tasks[i + 1:]
                                if self.conflict_every > 0 and has_shared]
