@@ -14,7 +14,9 @@ only what the loaders need (NumPy, OpenCV, data/), not TensorFlow. Loaders must 
 picklable: module-level functions or functools.partial of them (data/synthetic.py's and the
 readers' are), and a script that builds a data set with workers > 1 needs the usual
 `if __name__ == "__main__":` guard (`python -m pipeline` has it). At most 2 x workers chunks are in
-flight, so memory stays flat on any split size.
+flight, so memory stays flat on any split size; `start()` hands out up to AHEAD chunks at once, so the
+workers render while the parent does its own start-up (the data stage imports TensorFlow, 3 s here),
+and `in_background()` runs other work, such as the synthetic clip, beside the records.
 
 For data sets beyond one machine, `data.beam_runner` has TFDS run the same builder on Apache Beam
 (data/beam_build.py): `beam.Create(items) | beam.Map(...)` with this module's `load` in the runner's
@@ -29,7 +31,7 @@ import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
@@ -39,7 +41,11 @@ from data.errors import UserError
 from data.stored import stored
 
 Item = tuple[str, Callable[[], dict]]
+T = TypeVar("T")
 CHUNK = 4  # examples per task: amortises the hand-over between processes (a frame is ~0.5 MB)
+# Chunks start() hands out at once: 256 examples, about what two workers render here in the 3 s the
+# data stage takes to import TensorFlow; ~30 MB of synthetic examples at their ~115 kB on disk.
+AHEAD = 64
 
 
 def usable_cores() -> int:
@@ -88,6 +94,7 @@ class Loader:
         self.workers = max(1, int(workers))
         self.classes = classes
         self._pool = None
+        self._started = {}  # id(items) -> (items, pending futures, the items not yet handed out)
 
     def __enter__(self) -> "Loader":
         if self.workers > 1:
@@ -99,17 +106,35 @@ class Loader:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        self._started.clear()
+
+    def start(self, items: list[Item]) -> None:
+        """Hands the workers the first AHEAD chunks of `items` now, so they load while this process does
+        something else; `loaded(items)` with the same list continues from them. Without a pool, nothing."""
+        if self._pool is None or id(items) in self._started:
+            return
+        iterator = iter(items)
+        pending = collections.deque()
+        while len(pending) < AHEAD and (chunk := list(itertools.islice(iterator, CHUNK))):
+            pending.append(self._pool.submit(_load_chunk, chunk, self.classes))
+        self._started[id(items)] = (items, pending, iterator)  # the list is kept: its id stays unique
+
+    def in_background(self, work: Callable[[], T]) -> Callable[[], T]:
+        """Starts work() in a worker (a picklable call, as loaders are) and returns a call that waits for
+        its value; without a pool that call runs work() itself, then."""
+        if self._pool is None:
+            return work
+        return self._pool.submit(work).result
 
     def loaded(self, items: Iterable[Item]) -> Iterator[tuple[str, dict | schema.BadExample]]:
         if self._pool is None:
             yield from (load(item, self.classes) for item in items)
             return
-        pending = collections.deque()
-        iterator = iter(items)
+        _, pending, iterator = self._started.pop(id(items), (None, collections.deque(), iter(items)))
         try:
             while chunk := list(itertools.islice(iterator, CHUNK)):
                 pending.append(self._pool.submit(_load_chunk, chunk, self.classes))
-                if len(pending) >= 2 * self.workers:
+                while len(pending) >= 2 * self.workers:  # after start(): drains back to the usual bound
                     yield from pending.popleft().result()
             while pending:
                 yield from pending.popleft().result()

@@ -8,8 +8,8 @@ imported and imports the stage under `native_stderr_silenced()`:
   absl::InitializeLog()", the oneDNN note, "Could not find cuda drivers") are written by absl before
   its log level is set, so no environment variable reaches them: native stderr is closed while
   TensorFlow and the stage's modules import (`import_stage`; some libraries, TFDS among them, import
-  TensorFlow only when first used, so it is imported here first; a Python exception still reaches
-  the user: it is raised, not logged);
+  TensorFlow only when first used, so it is imported there too, or by the stage through
+  `import_tensorflow`; a Python exception still reaches the user: it is raised, not logged);
 - Keras' "`shuffle=True` was passed, but will be ignored" (fit is given tf.data, shuffled already)
   is filtered by its text;
 - tqdm bars (TFDS, evaluate, clip) are kept to 80 columns (TQDM_NCOLS, unless the user set it).
@@ -51,8 +51,17 @@ def native_stderr_silenced(enabled: bool = True):
 
 
 def import_stage(module: str, verbose: bool):
-    """The stage's module; without verbose, TensorFlow is imported first with native stderr closed."""
+    """The stage's module; without verbose, TensorFlow is imported too, with native stderr closed,
+    unless the stage imports it itself (IMPORTS_TENSORFLOW_ITSELF: the data stage, whose workers start
+    first)."""
     with native_stderr_silenced(not verbose):
-        if not verbose:
+        stage = importlib.import_module(module)
+        if not verbose and not getattr(stage, "IMPORTS_TENSORFLOW_ITSELF", False):
             importlib.import_module("tensorflow")
-        return importlib.import_module(module)
+    return stage
+
+
+def import_tensorflow(verbose: bool) -> None:
+    """For a stage that imports TensorFlow itself: with native stderr closed unless verbose."""
+    with native_stderr_silenced(not verbose):
+        importlib.import_module("tensorflow")

@@ -9,11 +9,13 @@ records, bad examples and messages.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import pathlib
 import shutil
+from typing import Callable
 
 from data import builder as storage
 from data import classes as class_sets
@@ -66,15 +68,30 @@ def source_items(config: Config, source: SourceConfig) -> dict:
             for split, split_keys in storage.split_items(keys).items()}
 
 
-def build_source(config: Config, source: SourceConfig) -> dict:
+def up_to_date(config: Config, source: SourceConfig) -> dict | None:
+    """The source's report when its records are built with the config's parameters, else None."""
     target = storage.stored_dir(source.name, config.data_dir)
-    params = source_params(config, source)
     params_file = target / "params.json"
-    if params_file.exists() and json.loads(params_file.read_text()) == params:
-        existing = storage.builder_for(source.name, config.data_dir)
-        if existing.is_prepared():
-            print(f"data: {source.name} already built at {target}")
+    if params_file.exists() and json.loads(params_file.read_text()) == source_params(config, source):
+        if storage.builder_for(source.name, config.data_dir).is_prepared():
             return json.loads((target / "report.json").read_text())
+    return None
+
+
+def new_loader(config: Config) -> parallel.Loader:
+    return parallel.Loader(config.data.workers or parallel.usable_cores(), classes.of_config(config))
+
+
+def build_source(config: Config, source: SourceConfig, loader: parallel.Loader | None = None,
+                 items: dict | None = None) -> dict:
+    """Builds the source's records unless up to date. loader: the build's worker pool (default: one of
+    its own); items: source_items() when the caller has them already (the first ones started)."""
+    target = storage.stored_dir(source.name, config.data_dir)
+    report = up_to_date(config, source)
+    if report is not None:
+        print(f"data: {source.name} already built at {target}")
+        return report
+    params = source_params(config, source)
     dropped = []
 
     def on_bad(key, err):
@@ -93,9 +110,9 @@ def build_source(config: Config, source: SourceConfig) -> dict:
         if config.data.beam_runner:
             builder = build_with_beam(config, source, staging, on_bad)
         else:
-            with parallel.Loader(config.data.workers or parallel.usable_cores(), classes.of_config(config)) as loader:
-                builder = storage.builder_for(source.name, staging, items=source_items(config, source),
-                                              on_bad=on_bad, loader=loader)
+            with contextlib.nullcontext(loader) if loader is not None else new_loader(config) as active:
+                builder = storage.builder_for(source.name, staging, items=items or source_items(config, source),
+                                              on_bad=on_bad, loader=active)
                 builder.download_and_prepare()
         built = storage.stored_dir(source.name, staging)
         splits = {name: info.num_examples for name, info in builder.info.splits.items()}
@@ -129,22 +146,32 @@ def build_with_beam(config: Config, source: SourceConfig, staging: pathlib.Path,
     return builder
 
 
-def render_synthetic_clip(config: Config) -> pathlib.Path:
+def synthetic_clip_job(config: Config) -> Callable[[], pathlib.Path]:
+    """Rendering the labelled synthetic clip, as a picklable call (a data worker may run it)."""
     cfg = config.data.synthetic
-    video = layout.synthetic_clip(config)
-    if video.exists():
-        return video
     source = next(s for s in config.data.sources if s.name == "synthetic")
-    return synthetic_clip.render_clip(layout.clips_data_dir(config), layout.CLIP_NAME, seed=config.seed + 1000, frames=cfg.clip_frames,
-                                      height=cfg.height, width=cfg.width, fps=cfg.clip_fps,
-                                      mapping=classes.source_labels(config, source))
+    return functools.partial(synthetic_clip.render_clip, layout.clips_data_dir(config), layout.CLIP_NAME,
+                             seed=config.seed + 1000, frames=cfg.clip_frames, height=cfg.height,
+                             width=cfg.width, fps=cfg.clip_fps, mapping=classes.source_labels(config, source))
 
 
-def build_all(config: Config) -> list[dict]:
-    """The data stage's work: the run's config, every source's records and the synthetic clip."""
+def build_all(config: Config, meanwhile: Callable[[], None] = lambda: None) -> list[dict]:
+    """The data stage's work: the run's config, every source's records and the synthetic clip.
+    With worker processes the clip renders beside the records, and `meanwhile` runs once the workers
+    have the first frames to render (the data stage imports TensorFlow then: 3 s of one core)."""
     save_config(config, layout.config_file(config))
-    reports = [build_source(config, source) for source in config.data.sources]
-    if any(source.name == "synthetic" for source in config.data.sources):
-        print(f"data: synthetic clip at {render_synthetic_clip(config)}")
+    todo = [source for source in config.data.sources if up_to_date(config, source) is None]
+    with new_loader(config) as loader:
+        clip = None
+        if any(source.name == "synthetic" for source in config.data.sources):
+            video = layout.synthetic_clip(config)
+            clip = (lambda: video) if video.exists() else loader.in_background(synthetic_clip_job(config))
+        first = source_items(config, todo[0]) if todo and not config.data.beam_runner else None
+        if first:
+            loader.start(next(iter(first.values())))  # the workers render while TensorFlow imports
+        meanwhile()
+        reports = [build_source(config, source, loader, first if todo and source is todo[0] else None)
+                   for source in config.data.sources]
+        if clip is not None:
+            print(f"data: synthetic clip at {clip()}")
     return reports
-

@@ -11,6 +11,7 @@ import pytest
 
 from data import builder as storage
 from data import parallel, schema, synthetic
+from pipeline import layout
 from pipeline.inputs import records
 from support import REPO, tiny
 
@@ -21,11 +22,19 @@ def built_files(config):
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
+def clip_files(config):
+    """relative path -> bytes of the synthetic clip and its labels."""
+    folder = layout.clips_data_dir(config)
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
 def test_parallel_build_equals_the_serial_build_byte_for_byte(tmp_path, capsys):
+    """The whole data stage's work: with workers, the first frames are handed out before the records'
+    writing starts and the clip renders in a worker; the files are the serial build's."""
     serial = tiny(tmp_path / "serial", "data.workers=1")
     pooled = tiny(tmp_path / "pooled", "data.workers=2")
-    records.build_source(serial, serial.data.sources[0])
-    records.build_source(pooled, pooled.data.sources[0])
+    records.build_all(serial)
+    records.build_all(pooled)
     assert "data: synthetic: {'train': 16, 'validation': 8}" in capsys.readouterr().out  # the stage's line
     one, two = built_files(serial), built_files(pooled)
     assert sorted(one) == sorted(two)
@@ -33,6 +42,39 @@ def test_parallel_build_equals_the_serial_build_byte_for_byte(tmp_path, capsys):
     assert records_files, sorted(one)
     for name in one:  # records, dataset_info.json, features.json, params.json, report.json, dropped.json
         assert one[name] == two[name], name
+    clip_one, clip_two = clip_files(serial), clip_files(pooled)
+    assert "synthetic_clip.mp4" in clip_one and sorted(clip_one) == sorted(clip_two)
+    for name in clip_one:  # the mp4, labels.jsonl and the label PNGs
+        assert clip_one[name] == clip_two[name], name
+
+
+def marked(marker: pathlib.Path, load):
+    """A loader that leaves a file behind when it runs (in whichever process)."""
+    marker.touch()
+    return load()
+
+
+def test_started_items_load_before_anyone_asks_and_continue_in_order(tmp_path):
+    frames = synthetic.frame_loaders("train", 3 * parallel.CHUNK, 32, 48, seed=2)
+    items = [(key, functools.partial(marked, tmp_path / key, load)) for key, load in frames]
+    with parallel.Loader(2) as loader:
+        loader.start(items)
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.iterdir())) < len(items) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sorted(path.name for path in tmp_path.iterdir()) == [key for key, _ in items]
+        pooled = list(loader.loaded(items))
+    assert [key for key, _ in pooled] == [key for key, _ in items]
+    for (_, a), (_, b) in zip(pooled, parallel.Loader(1).loaded(frames)):
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_work_in_the_background_runs_in_a_worker():
+    with parallel.Loader(2) as loader:
+        pid = loader.in_background(os.getpid)
+        assert pid() in loader._pool._processes and pid() != os.getpid()
+    assert parallel.Loader(1).in_background(os.getpid)() == os.getpid()  # no pool: here, when asked
 
 
 def test_loader_hands_back_in_order_from_other_processes():

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
 from pipeline.console import COLUMNS
 from pipeline.training.progress import CompactBar, shown
-from support import assert_user_error_exit, run_cli
+from support import REPO, assert_user_error_exit, run_cli
 
 NOISE = ("All log messages before absl::InitializeLog()", "oneDNN custom operations",
          "Could not find cuda drivers", "failed call to cuInit", "CUDA error",
@@ -32,7 +34,8 @@ def assert_quiet(result) -> None:
 
 
 def test_data_and_train_stages_are_quiet(tmp_path):
-    data = run_cli("data", "--config", "configs/tiny.yaml", f"run_root={tmp_path}")
+    # Two workers: the data stage imports TensorFlow itself, while they render (pipeline/stages/data.py).
+    data = run_cli("data", "--config", "configs/tiny.yaml", f"run_root={tmp_path}", "data.workers=2")
     assert_quiet(data)
     assert "data: building synthetic records (train, validation)" in data.stdout
     train = run_cli("train", "--config", "configs/tiny.yaml", f"run_root={tmp_path}", "train.epochs=1")
@@ -43,6 +46,23 @@ def test_data_and_train_stages_are_quiet(tmp_path):
     # The bar is narrowed, the history keeps every metric.
     header = (tmp_path / "tiny" / "train" / "history.csv").read_text().splitlines()[0]
     assert "detection_log_var" in header and "val_depth_loss" in header
+
+
+IMPORTS = """
+import sys
+from pipeline import console
+console.import_stage("pipeline.stages.data", verbose=False)
+print("tensorflow" in sys.modules)
+console.import_stage("pipeline.stages.evaluate", verbose=False)
+print("tensorflow" in sys.modules)
+"""
+
+
+def test_the_data_stage_leaves_tensorflow_to_its_workers_start():
+    """Its worker processes render while it imports TensorFlow (3 s of one core): not before."""
+    result = subprocess.run([sys.executable, "-c", IMPORTS], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert result.stdout.split() == ["False", "True"], result.stderr[-2000:]
 
 
 @pytest.mark.slow
