@@ -14,9 +14,11 @@ only what the loaders need (NumPy, OpenCV, data/), not TensorFlow. Loaders must 
 picklable: module-level functions or functools.partial of them (data/synthetic.py's and the
 readers' are), and a script that builds a data set with workers > 1 needs the usual
 `if __name__ == "__main__":` guard (`python -m pipeline` has it). At most 2 x workers chunks are in
-flight, so memory stays flat on any split size; `start()` hands out up to AHEAD chunks at once, so the
-workers render while the parent does its own start-up (the data stage imports TensorFlow, 3 s here),
-and `in_background()` runs other work, such as the synthetic clip, beside the records.
+flight and at most AHEAD chunks held, so memory stays bounded on any split size (AHEAD is sized for
+the synthetic frames: 256 examples of 2048x1024 real frames would take about 1 GB). `start()` hands
+out up to AHEAD chunks at once, so the workers render while the parent does its own start-up (the
+data stage imports TensorFlow, 3 s here), and `in_background()` runs other work, such as the
+synthetic clip, beside the records.
 
 For data sets beyond one machine, `data.beam_runner` has TFDS run the same builder on Apache Beam
 (data/beam_build.py): `beam.Create(items) | beam.Map(...)` with this module's `load` in the runner's
@@ -28,6 +30,7 @@ import collections
 import itertools
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -78,7 +81,10 @@ def _load_chunk(chunk: list[Item], classes: ClassSet) -> list:
 
 def _exit_with(parent: int) -> None:
     """Runs first in each worker: a worker whose parent was killed (SIGKILL, out of memory) would
-    otherwise wait for work forever; it checks once a second and exits."""
+    otherwise wait for work forever; it checks once a second and exits. Ctrl-C reaches the whole
+    process group: the parent alone handles it (cancels the work, shuts the pool down), so the workers
+    ignore it rather than each printing a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     def watch():
         while os.getppid() == parent:
             time.sleep(1.0)
@@ -102,11 +108,14 @@ class Loader:
                                              initializer=_exit_with, initargs=(os.getpid(),))
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-        self._started.clear()
+        never_loaded, self._started = self._started, {}
+        if never_loaded and exc_type is None:  # a caller that passed on a copy of the list it started
+            raise RuntimeError(f"{len(never_loaded)} started list(s) of items were never loaded: start() "
+                               f"and loaded() must get the same list object")
 
     def start(self, items: list[Item]) -> None:
         """Hands the workers the first AHEAD chunks of `items` now, so they load while this process does
@@ -134,7 +143,10 @@ class Loader:
         try:
             while chunk := list(itertools.islice(iterator, CHUNK)):
                 pending.append(self._pool.submit(_load_chunk, chunk, self.classes))
-                while len(pending) >= 2 * self.workers:  # after start(): drains back to the usual bound
+                unfinished = sum(not future.done() for future in pending)
+                # Hand out more while fewer than 2 per worker wait and memory allows (after start(),
+                # the finished head start is written out while the workers go on).
+                if unfinished >= 2 * self.workers or len(pending) >= AHEAD:
                     yield from pending.popleft().result()
             while pending:
                 yield from pending.popleft().result()

@@ -62,6 +62,9 @@ def import_stage(module: str, verbose: bool):
 
 
 def import_tensorflow(verbose: bool) -> None:
-    """For a stage that imports TensorFlow itself: with native stderr closed unless verbose."""
+    """For a stage that imports TensorFlow itself: with native stderr closed unless verbose (nothing
+    to do when it is loaded already, as under the run stage)."""
+    if "tensorflow" in sys.modules:
+        return
     with native_stderr_silenced(not verbose):
         importlib.import_module("tensorflow")

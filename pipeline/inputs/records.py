@@ -79,6 +79,7 @@ def up_to_date(config: Config, source: SourceConfig) -> dict | None:
 
 
 def new_loader(config: Config) -> parallel.Loader:
+    """The data stage's worker pool: data.workers processes (0 = one per usable core)."""
     return parallel.Loader(config.data.workers or parallel.usable_cores(), classes.of_config(config))
 
 
@@ -110,7 +111,8 @@ def build_source(config: Config, source: SourceConfig, loader: parallel.Loader |
         if config.data.beam_runner:
             builder = build_with_beam(config, source, staging, on_bad)
         else:
-            with contextlib.nullcontext(loader) if loader is not None else new_loader(config) as active:
+            pool = contextlib.nullcontext(loader) if loader is not None else new_loader(config)
+            with pool as active:
                 builder = storage.builder_for(source.name, staging, items=items or source_items(config, source),
                                               on_bad=on_bad, loader=active)
                 builder.download_and_prepare()
@@ -162,16 +164,16 @@ def build_all(config: Config, meanwhile: Callable[[], None] = lambda: None) -> l
     save_config(config, layout.config_file(config))
     todo = [source for source in config.data.sources if up_to_date(config, source) is None]
     with new_loader(config) as loader:
-        clip = None
+        wait_for_clip = None
         if any(source.name == "synthetic" for source in config.data.sources):
             video = layout.synthetic_clip(config)
-            clip = (lambda: video) if video.exists() else loader.in_background(synthetic_clip_job(config))
-        first = source_items(config, todo[0]) if todo and not config.data.beam_runner else None
-        if first:
-            loader.start(next(iter(first.values())))  # the workers render while TensorFlow imports
+            wait_for_clip = (lambda: video) if video.exists() else loader.in_background(synthetic_clip_job(config))
+        first_items = source_items(config, todo[0]) if todo and not config.data.beam_runner else None
+        if first_items:
+            loader.start(next(iter(first_items.values())))  # the workers render while TensorFlow imports
         meanwhile()
-        reports = [build_source(config, source, loader, first if todo and source is todo[0] else None)
+        reports = [build_source(config, source, loader, first_items if todo and source is todo[0] else None)
                    for source in config.data.sources]
-        if clip is not None:
-            print(f"data: synthetic clip at {clip()}")
+        if wait_for_clip is not None:
+            print(f"data: synthetic clip at {wait_for_clip()}")
     return reports

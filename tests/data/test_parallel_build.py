@@ -49,25 +49,38 @@ def test_parallel_build_equals_the_serial_build_byte_for_byte(tmp_path, capsys):
 
 
 def marked(marker: pathlib.Path, load):
-    """A loader that leaves a file behind when it runs (in whichever process)."""
-    marker.touch()
+    """A loader that leaves a file behind when it runs (in whichever process); a second run fails."""
+    marker.open("x").close()
     return load()
 
 
-def test_started_items_load_before_anyone_asks_and_continue_in_order(tmp_path):
-    frames = synthetic.frame_loaders("train", 3 * parallel.CHUNK, 32, 48, seed=2)
+def test_started_items_load_before_anyone_asks_and_continue_in_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(parallel, "AHEAD", 2)  # a head start of 2 chunks, then loaded() goes on
+    frames = synthetic.frame_loaders("train", 5 * parallel.CHUNK, 32, 48, seed=2)
     items = [(key, functools.partial(marked, tmp_path / key, load)) for key, load in frames]
+    head = [key for key, _ in items[:2 * parallel.CHUNK]]
     with parallel.Loader(2) as loader:
         loader.start(items)
         deadline = time.monotonic() + 60
-        while len(list(tmp_path.iterdir())) < len(items) and time.monotonic() < deadline:
+        while len(list(tmp_path.iterdir())) < len(head) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert sorted(path.name for path in tmp_path.iterdir()) == [key for key, _ in items]
-        pooled = list(loader.loaded(items))
+        time.sleep(0.5)  # time enough to load more, had more been handed out
+        assert sorted(path.name for path in tmp_path.iterdir()) == head
+        pooled = list(loader.loaded(items))  # each loader runs once: marked() fails on a second run
     assert [key for key, _ in pooled] == [key for key, _ in items]
+    assert len(list(tmp_path.iterdir())) == len(items)
     for (_, a), (_, b) in zip(pooled, parallel.Loader(1).loaded(frames)):
         for name in a:
             np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_a_started_list_that_is_never_loaded_is_an_error():
+    """start() and loaded() hand over by the list object: a copy would render everything twice."""
+    items = synthetic.frame_loaders("train", 2, 32, 48, seed=2)
+    with pytest.raises(RuntimeError, match="never loaded"):
+        with parallel.Loader(2) as loader:
+            loader.start(items)
+            list(loader.loaded(list(items)))
 
 
 def test_work_in_the_background_runs_in_a_worker():

@@ -38,6 +38,9 @@ def test_data_and_train_stages_are_quiet(tmp_path):
     data = run_cli("data", "--config", "configs/tiny.yaml", f"run_root={tmp_path}", "data.workers=2")
     assert_quiet(data)
     assert "data: building synthetic records (train, validation)" in data.stdout
+    again = run_cli("data", "--config", "configs/tiny.yaml", f"run_root={tmp_path}", "data.workers=2")
+    assert_quiet(again)
+    assert "data: synthetic already built" in again.stdout
     train = run_cli("train", "--config", "configs/tiny.yaml", f"run_root={tmp_path}", "train.epochs=1")
     assert_quiet(train)
     bar = [line for line in screen_lines(train.stdout) if line.startswith("3/3 ")]
