@@ -13,7 +13,7 @@ from models.detection import build_detection_head
 from models.encoder import builtin_stage, builtin_stem, check_backbone, encoder_model
 from models.neck import build_neck
 from models.segmentation import build_segmentation_head
-from models.sharing import CrossStitch
+from models.sharing import CROSS_STITCH_BACKBONES, CrossStitch
 from data.errors import UserError
 from data.vocabulary import SHARING_MODES, TASKS
 
@@ -50,7 +50,7 @@ def build_model(model_config, image_size):
         raise UserError(f"unknown sharing mode '{sharing}'; valid: {', '.join(SHARING_MODES)}")
     if len(tasks) == 1:
         sharing = "hard"  # one task: every mode is the same single encoder
-    if sharing == "cross_stitch" and model_config.backbone != "builtin":
+    if sharing == "cross_stitch" and model_config.backbone not in CROSS_STITCH_BACKBONES:
         raise UserError("model.sharing=cross_stitch needs the builtin backbone (it stitches after each "
                         f"built-in stage); Received: backbone={model_config.backbone}")
     height, width = image_size

@@ -15,6 +15,10 @@ from keras import ops
 from models.encoder import STAGES
 from models.neck import shared_layer_name
 
+# Cross-stitch units sit between the stages of the builtin encoder (models/encoder.py: STAGES); the
+# pretrained encoders are whole Keras applications without those seams.
+CROSS_STITCH_BACKBONES = ("builtin",)
+
 
 @keras.saving.register_keras_serializable(package="dashcam")
 class CrossStitch(keras.layers.Layer):

@@ -331,6 +331,9 @@ def seeds_markdown(summary: dict, plot: str | None = None, level: int = 2) -> st
              table(header, rows)]
     if plot:
         parts.append(f"![Delta_m per variant, mean ± std over seeds]({plot})")
+    if summary.get("left_out"):
+        parts.append("Not in this study: " + "; ".join(f"{name} ({reason})"
+                                                      for name, reason in summary["left_out"].items()) + ".")
     parts.append(f"Cost of the multi-task model ({cost['multi_task']}) relative to running the single-task models: "
                  f"latency x{fmt(cost['latency_ratio'], 2)}, parameters x{fmt(cost['params_ratio'], 2)}, "
                  f"FLOPs x{fmt(cost['flops_ratio'], 2)}.")

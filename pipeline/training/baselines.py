@@ -6,7 +6,8 @@ Trains, with the encoder, data and step budget of the configured run, once per s
   multi-<w>              the multi-task model under every weighting (fixed = equal weights, uncertainty, dwa,
                          gradnorm, famo, pcgrad) with the configured sharing mode
   multi-<w>-<sharing>    the configured weighting (fixed where it needs a shared layer and the mode has
-                         none) under each other sharing mode (hard, soft, cross_stitch)
+                         none) under each other sharing mode (hard, soft, cross_stitch; cross_stitch only
+                         with the builtin encoder, whose stages it stitches: left_out() says so otherwise)
 (baselines.variants names a subset; the single-task models and the configured multi-task model are always in it)
 each into runs/<experiment>/baselines/<name>/seed-<seed>/ with pipeline.training.fit.run_training. The
 configured variant at the configured seed reuses the train stage's model (runs/<experiment>/train/model.keras)
@@ -36,6 +37,7 @@ import yaml
 
 from data.errors import UserError
 from data.vocabulary import SHARING_MODES, WEIGHTINGS
+from models.sharing import CROSS_STITCH_BACKBONES
 from pipeline import atomic, layout, timing
 from pipeline.config import Config, to_dict
 from pipeline.evaluation import evaluate, plots, report
@@ -83,7 +85,15 @@ def variants(config: Config) -> dict[str, Config]:
             if other == "soft" and weighting in NEEDS_SHARED_LAYER:
                 weighting = "fixed"
             out[f"multi-{weighting}-{other}"] = multi(weighting, other)
-    return out
+    return {name: variant for name, variant in out.items() if name not in left_out(config)}
+
+
+def left_out(config: Config) -> dict[str, str]:
+    """Variants the study cannot build for this config -> why (variants() leaves them out)."""
+    if config.model.sharing != "cross_stitch" and config.model.backbone not in CROSS_STITCH_BACKBONES:
+        return {f"multi-{config.train.weighting}-cross_stitch":
+                f"model.sharing=cross_stitch needs the builtin backbone (this config's is {config.model.backbone})"}
+    return {}
 
 
 def chosen_variants(config: Config) -> dict[str, Config]:
@@ -93,6 +103,9 @@ def chosen_variants(config: Config) -> dict[str, Config]:
     wanted = list(config.baselines.variants)
     if not wanted:
         return found
+    for name, reason in left_out(config).items():
+        if name in wanted:
+            raise UserError(f"baselines.variants: {name} cannot be built: {reason}")
     unknown = [name for name in wanted if name not in found]
     if unknown:
         raise UserError(f"baselines.variants: no variant {', '.join(unknown)}; this config has "
@@ -332,6 +345,8 @@ def run_baselines(config: Config, verbose: int = 1, quick: bool = False) -> dict
     if not seeds:
         raise UserError("baselines.seeds is empty: give at least one seed, e.g. baselines.seeds=[0]")
     todo = chosen_variants(config)
+    for name, reason in left_out(config).items():
+        print(f"baselines: left out {name}: {reason}")
     per_seed = {}
     total, index = len(todo) * len(seeds), 0
     for seed in seeds:
@@ -350,6 +365,7 @@ def run_baselines(config: Config, verbose: int = 1, quick: bool = False) -> dict
 
     summary = summarise_seeds(config, per_seed)
     summary["quick"] = quick
+    summary["left_out"] = left_out(config)
     atomic.write_text(out / "summary.json", json.dumps(summary, indent=1))
     plot = plots.baselines_delta_m(summary, out / "delta_m.png")
     atomic.write_text(out / "baselines.md", f"# Baselines — {config.experiment}{' (quick)' if quick else ''}\n\n"

@@ -182,6 +182,20 @@ def test_baselines_variants_option_keeps_what_the_comparison_needs(config):
         baselines.chosen_variants(tiny(config.run_root, "baselines.variants=[multi-adam]"))
 
 
+def test_baselines_leave_out_cross_stitch_with_a_pretrained_encoder(config):
+    """Its units sit between the builtin encoder's stages: with EfficientNet-Lite0 (the default) the
+    stage would fail hours in, when that variant's model is built."""
+    lite = tiny(config.run_root, "model.backbone=efficientnet_lite0")
+    assert baselines.left_out(config) == {}
+    assert list(baselines.left_out(lite)) == ["multi-uncertainty-cross_stitch"]
+    assert "multi-uncertainty-cross_stitch" not in baselines.variants(lite)
+    assert "multi-uncertainty-soft" in baselines.variants(lite)
+    with pytest.raises(UserError, match="multi-uncertainty-cross_stitch cannot be built: model.sharing="
+                                        "cross_stitch needs the builtin backbone"):
+        baselines.chosen_variants(tiny(config.run_root, "model.backbone=efficientnet_lite0",
+                                       "baselines.variants=[multi-uncertainty-cross_stitch]"))
+
+
 def test_baselines_summary_and_refreshed_report_from_hand_made_results(config, tmp_path):
     metrics, frames = _hand_made(config)
     better = json.loads(json.dumps(metrics))
@@ -261,6 +275,10 @@ def test_baselines_over_seeds_give_mean_and_std_of_delta_m_and_cost_ratios(confi
     assert "| fixed (fixed, hard) |" in text
     assert f"{report.signed(expected.mean())} ± {report.fmt(expected.std(ddof=1), 2)}" in text
     assert "](delta_m.png)" in text and "FLOPs x0.33" in text
+    assert "Not in this study" not in text
+    summary["left_out"] = {"multi-uncertainty-cross_stitch": "needs the builtin backbone"}
+    assert ("Not in this study: multi-uncertainty-cross_stitch (needs the builtin backbone)."
+            in report.seeds_markdown(summary, plot.name))
 
 
 # -------------------------------------------------------------------------------- stage errors
