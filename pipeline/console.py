@@ -11,13 +11,15 @@ imported and imports the stage under `native_stderr_silenced()`:
   TensorFlow only when first used, so it is imported there too, or by the stage through
   `import_tensorflow`; a Python exception still reaches the user: it is raised, not logged);
 - Keras' "`shuffle=True` was passed, but will be ignored" (fit is given tf.data, shuffled already)
-  is filtered by its text;
+  is filtered by its text, and TensorFlow's Python logger keeps errors only (the bench's FLOPs count
+  used to print two deprecation notes from TensorFlow's own profiler, and a retracing note);
 - tqdm bars (TFDS, evaluate, clip) are kept to 80 columns (TQDM_NCOLS, unless the user set it).
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 import sys
 import warnings
@@ -30,6 +32,9 @@ def quiet() -> None:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     os.environ.setdefault("TQDM_NCOLS", str(COLUMNS))
     warnings.filterwarnings("ignore", message=SHUFFLE_WARNING)
+    # TensorFlow's Python-side warnings (deprecations inside its own FLOPs profiler, tf.function
+    # retracing notes) go to this logger; TensorFlow leaves a level set before it loads as it is.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager

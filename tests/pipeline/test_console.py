@@ -68,6 +68,21 @@ def test_the_data_stage_leaves_tensorflow_to_its_workers_start():
     assert result.stdout.split() == ["False", "True"], result.stderr[-2000:]
 
 
+TF_LOGGER = """
+from pipeline import console
+console.quiet()
+import tensorflow as tf
+tf.get_logger().warning("a deprecation note")
+tf.get_logger().error("an error")
+"""
+
+
+def test_quiet_keeps_tensorflows_python_errors_not_its_warnings():
+    result = subprocess.run([sys.executable, "-c", TF_LOGGER], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert "an error" in result.stderr and "a deprecation note" not in result.stderr, result.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_verbose_keeps_the_library_logs(tmp_path):
     result = run_cli("data", "--config", "configs/tiny.yaml", f"run_root={tmp_path}", "--verbose")
