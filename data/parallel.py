@@ -15,7 +15,7 @@ picklable: module-level functions or functools.partial of them (data/synthetic.p
 readers' are), and a script that builds a data set with workers > 1 needs the usual
 `if __name__ == "__main__":` guard (`python -m pipeline` has it). At most 2 x workers chunks are in
 flight and at most AHEAD chunks held, so memory stays bounded on any split size (AHEAD is sized for
-the synthetic frames: 256 examples of 2048x1024 real frames would take about 1 GB). `start()` hands
+the synthetic frames; real frames of a few MB of PNGs each hold proportionally more). `start()` hands
 out up to AHEAD chunks at once, so the workers render while the parent does its own start-up (the
 data stage imports TensorFlow, 3 s here), and `in_background()` runs other work, such as the
 synthetic clip, beside the records.

@@ -61,8 +61,8 @@ def import_stage(module: str, verbose: bool):
     first)."""
     with native_stderr_silenced(not verbose):
         stage = importlib.import_module(module)
-        if not verbose and not getattr(stage, "IMPORTS_TENSORFLOW_ITSELF", False):
-            importlib.import_module("tensorflow")
+    if not verbose and not getattr(stage, "IMPORTS_TENSORFLOW_ITSELF", False):
+        import_tensorflow(verbose)
     return stage
 
 

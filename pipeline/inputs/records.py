@@ -9,7 +9,6 @@ records, bad examples and messages.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -69,11 +68,13 @@ def source_items(config: Config, source: SourceConfig) -> dict:
 
 
 def up_to_date(config: Config, source: SourceConfig) -> dict | None:
-    """The source's report when its records are built with the config's parameters, else None."""
+    """The source's report (and a line saying so) when its records are built with the config's
+    parameters, else None."""
     target = storage.stored_dir(source.name, config.data_dir)
     params_file = target / "params.json"
     if params_file.exists() and json.loads(params_file.read_text()) == source_params(config, source):
         if storage.builder_for(source.name, config.data_dir).is_prepared():
+            print(f"data: {source.name} already built at {target}")
             return json.loads((target / "report.json").read_text())
     return None
 
@@ -83,15 +84,19 @@ def new_loader(config: Config) -> parallel.Loader:
     return parallel.Loader(config.data.workers or parallel.usable_cores(), classes.of_config(config))
 
 
-def build_source(config: Config, source: SourceConfig, loader: parallel.Loader | None = None,
-                 items: dict | None = None) -> dict:
-    """Builds the source's records unless up to date. loader: the build's worker pool (default: one of
-    its own); items: source_items() when the caller has them already (the first ones started)."""
-    target = storage.stored_dir(source.name, config.data_dir)
+def build_source(config: Config, source: SourceConfig) -> dict:
+    """The source's report, its records built first unless they are up to date."""
     report = up_to_date(config, source)
     if report is not None:
-        print(f"data: {source.name} already built at {target}")
         return report
+    with new_loader(config) as loader:
+        return _build(config, source, loader)
+
+
+def _build(config: Config, source: SourceConfig, loader: parallel.Loader, items: dict | None = None) -> dict:
+    """Builds the source's records with the loader's workers; items: source_items() when the caller has
+    them already (build_all has started the first ones)."""
+    target = storage.stored_dir(source.name, config.data_dir)
     params = source_params(config, source)
     dropped = []
 
@@ -111,11 +116,9 @@ def build_source(config: Config, source: SourceConfig, loader: parallel.Loader |
         if config.data.beam_runner:
             builder = build_with_beam(config, source, staging, on_bad)
         else:
-            pool = contextlib.nullcontext(loader) if loader is not None else new_loader(config)
-            with pool as active:
-                builder = storage.builder_for(source.name, staging, items=items or source_items(config, source),
-                                              on_bad=on_bad, loader=active)
-                builder.download_and_prepare()
+            builder = storage.builder_for(source.name, staging, items=items or source_items(config, source),
+                                          on_bad=on_bad, loader=loader)
+            builder.download_and_prepare()
         built = storage.stored_dir(source.name, staging)
         splits = {name: info.num_examples for name, info in builder.info.splits.items()}
         report = {"source": source.name, "examples": splits, "dropped": len(dropped),
@@ -162,7 +165,8 @@ def build_all(config: Config, meanwhile: Callable[[], None] = lambda: None) -> l
     With worker processes the clip renders beside the records, and `meanwhile` runs once the workers
     have the first frames to render (the data stage imports TensorFlow then: 3 s of one core)."""
     save_config(config, layout.config_file(config))
-    todo = [source for source in config.data.sources if up_to_date(config, source) is None]
+    reports = [up_to_date(config, source) for source in config.data.sources]
+    todo = [source for source, report in zip(config.data.sources, reports) if report is None]
     with new_loader(config) as loader:
         wait_for_clip = None
         if any(source.name == "synthetic" for source in config.data.sources):
@@ -172,8 +176,8 @@ def build_all(config: Config, meanwhile: Callable[[], None] = lambda: None) -> l
         if first_items:
             loader.start(next(iter(first_items.values())))  # the workers render while TensorFlow imports
         meanwhile()
-        reports = [build_source(config, source, loader, first_items if todo and source is todo[0] else None)
-                   for source in config.data.sources]
+        reports = [_build(config, source, loader, first_items if source is todo[0] else None)
+                   if report is None else report for source, report in zip(config.data.sources, reports)]
         if wait_for_clip is not None:
             print(f"data: synthetic clip at {wait_for_clip()}")
     return reports
