@@ -31,6 +31,9 @@ CLASSES = 1000
 # (repeats, kernel, stride, expansion, out channels) per stage.
 STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
           (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+# Per block: (kernel, stride, expansion, out channels); a stage's stride is its first block's.
+BLOCKS = tuple((kernel, stride if repeat == 0 else 1, expansion, filters)
+               for repeats, kernel, stride, expansion, filters in STAGES for repeat in range(repeats))
 # Block whose output is each pyramid level (the last block at that stride).
 PYRAMID_BLOCKS = {"P1": 0, "P2": 2, "P3": 4, "P4": 10, "P5": 15}
 
@@ -62,23 +65,37 @@ def _mbconv(x, index, kernel, strides, expansion, filters, prefix):
     return x
 
 
+def lite0_level(x, level, prefix="effnet"):
+    """Builds pyramid level `level`'s layers on x: "P1" is the stem and block 0 (x: 0..255 RGB),
+    "P2".."P5" the blocks after the previous level's through PYRAMID_BLOCKS[level]. Built level by
+    level, per-task copies can be stitched between levels or share a frozen trunk (models/multitask.py).
+    """
+    if level == "P1":
+        x = keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name=f"{prefix}_rescale")(x)
+        x = _conv(x, STEM_CHANNELS, 3, 2, f"{prefix}_conv_stem")
+        x = _bn(x, f"{prefix}_bn0")
+    for index in level_blocks(level):
+        x = _mbconv(x, index, *BLOCKS[index], prefix)
+    return x
+
+
+def level_blocks(level):
+    """The indices of the blocks that pyramid level `level` ("P1".."P5") builds."""
+    first = 0 if level == "P1" else PYRAMID_BLOCKS[f"P{int(level[1]) - 1}"] + 1
+    return range(first, PYRAMID_BLOCKS[level] + 1)
+
+
 def lite0_graph(image, prefix="effnet", classifier=False):
     """Builds the layers on `image` (Keras tensor, 0..255 RGB).
 
     -> pyramid dict {"P1".."P5"}, or with classifier=True the [B, 1000] ImageNet logits.
     """
-    x = keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name=f"{prefix}_rescale")(image)
-    x = _conv(x, STEM_CHANNELS, 3, 2, f"{prefix}_conv_stem")
-    x = _bn(x, f"{prefix}_bn0")
-    blocks = {}
-    index = 0
-    for repeats, kernel, stride, expansion, filters in STAGES:
-        for repeat in range(repeats):
-            x = _mbconv(x, index, kernel, stride if repeat == 0 else 1, expansion, filters, prefix)
-            blocks[index] = x
-            index += 1
+    pyramid = {}
+    x = image
+    for level in PYRAMID_BLOCKS:
+        x = pyramid[level] = lite0_level(x, level, prefix)
     if not classifier:
-        return {level: blocks[block] for level, block in PYRAMID_BLOCKS.items()}
+        return pyramid
     x = _conv(x, HEAD_CHANNELS, 1, 1, f"{prefix}_conv_head")
     x = _bn(x, f"{prefix}_bn1")
     x = keras.layers.GlobalAveragePooling2D(name=f"{prefix}_avg_pool")(x)
@@ -146,12 +163,22 @@ def _keras_values(layer, tensors, torch_name):
     raise ValueError(f"no PyTorch mapping for layer {layer.name} ({type(layer).__name__})")
 
 
-def load_imagenet_weights(layers, prefix="effnet", tensors=None):
+def _level_modules(levels):
+    """Checkpoint name prefixes of pyramid levels' layers: P1 holds the stem and block 0."""
+    modules = ["_conv_stem.", "_bn0."] if "P1" in levels else []
+    for level in levels:
+        modules += [f"_blocks.{index}." for index in level_blocks(level)]
+    return tuple(modules)
+
+
+def load_imagenet_weights(layers, prefix="effnet", tensors=None, levels=tuple(PYRAMID_BLOCKS)):
     """Sets every weighted layer named `{prefix}_*` from the checkpoint; strict both ways.
 
-    `tensors` ({name: array}) defaults to the packaged .pth. Raises ValueError when a layer has no
-    tensor or a tensor of another shape, or when a checkpoint weight (other than the head ones on
-    a headless net and BatchNorm's num_batches_tracked) is left unused.
+    `tensors` ({name: array}) defaults to the packaged .pth; `levels` are the pyramid levels the
+    layers build (a per-task copy above a shared trunk builds only the upper ones). Raises
+    ValueError when a layer has no tensor or a tensor of another shape, or when a checkpoint weight
+    is left unused (other than those of levels not built, the head ones on a headless net and
+    BatchNorm's num_batches_tracked).
     """
     if tensors is None:
         tensors = read_pth(weights_path())
@@ -172,7 +199,8 @@ def load_imagenet_weights(layers, prefix="effnet", tensors=None):
                                  f"layer {layer.name} wants {tuple(variable.shape)}")
         layer.set_weights([np.asarray(value, np.float32) for value in values])
         used.update(f"{torch_name}.{key}" for key in ("weight", "bias", "running_mean", "running_var"))
-    skipped = ("_conv_head.", "_bn1.", "_fc.") if not has_head else ()
+    skipped = _level_modules([level for level in PYRAMID_BLOCKS if level not in levels])
+    skipped += ("_conv_head.", "_bn1.", "_fc.") if not has_head else ()
     unused = [name for name in tensors if name not in used and not name.endswith("num_batches_tracked")
               and not name.startswith(skipped)]
     if unused:

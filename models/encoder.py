@@ -23,9 +23,13 @@ import keras
 from data.errors import UserError
 from data.vocabulary import BACKBONES
 from models.blocks import conv_bn_act, fused_block, inverted_residual
-from models.efficientnet_lite import freeze_through, lite0_graph, load_imagenet_weights
+from models.efficientnet_lite import freeze_through, lite0_level, load_imagenet_weights
 
 LEVELS = (1, 2, 3, 4, 5)
+LEVEL_NAMES = tuple(f"P{level}" for level in LEVELS)
+# Backbones whose layers are built here, level by level: per-task copies of them can be stitched
+# between levels or share a frozen trunk. The keras.applications ones come whole, without those seams.
+LEVELLED_BACKBONES = ("builtin", "efficientnet_lite0")
 # Built-in stages (strides 4, 8, 16, 32): (block type, blocks). Dense "fused" convs where the maps
 # are large (cheap on CPU and under XLA), depthwise inverted residuals where channels are many.
 STAGES = (("fused", 2), ("inverted", 2), ("inverted", 3), ("inverted", 2))
@@ -77,13 +81,32 @@ def builtin_stage(x, index, widths, prefix="encoder"):
     return x
 
 
-def _builtin_pyramid(image, config, prefix):
-    features = {"P1": builtin_stem(image, config.widths, prefix)}
-    x = features["P1"]
-    for index in range(4):
-        x = builtin_stage(x, index, config.widths, prefix)
-        features[f"P{index + 2}"] = x
-    return features
+def level_builders(config):
+    """{"P1".."P5": build(x, prefix) -> x} for a LEVELLED_BACKBONES encoder: P1 takes the image."""
+    if config.backbone == "efficientnet_lite0":
+        return {level: (lambda x, prefix, level=level: lite0_level(x, level, prefix)) for level in LEVEL_NAMES}
+    return {"P1": lambda x, prefix: builtin_stem(x, config.widths, prefix),
+            **{f"P{index + 2}": (lambda x, prefix, index=index: builtin_stage(x, index, config.widths, prefix))
+               for index in range(4)}}
+
+
+def frozen_levels(config):
+    """The pyramid levels whose every layer is frozen (model.freeze_through): per-task encoder copies
+    would compute them identically, so soft and cross-stitch sharing build them once, as a trunk."""
+    if config.freeze_through is None:
+        return ()
+    return LEVEL_NAMES[:LEVEL_NAMES.index(config.freeze_through) + 1]
+
+
+def prepare_layers(layers, config, prefix, levels=LEVEL_NAMES):
+    """ImageNet weights and frozen early layers for an EfficientNet-Lite0's layers named `prefix`_*
+    among `layers`, which build `levels`; nothing for the builtin encoder (trained from scratch)."""
+    if config.backbone != "efficientnet_lite0":
+        return
+    if config.weights == "imagenet":
+        load_imagenet_weights(layers, prefix, levels=levels)
+    if config.freeze_through is not None:
+        freeze_through(layers, config.freeze_through, prefix)
 
 
 def _application_pyramid(image, config):
@@ -114,16 +137,6 @@ def _application_pyramid(image, config):
     return features
 
 
-def _efficientnet_lite_pyramid(image, config, prefix):
-    features = lite0_graph(image, prefix)
-    layers = keras.Model(image, features).layers
-    if config.weights == "imagenet":
-        load_imagenet_weights(layers, prefix)
-    if config.freeze_through is not None:
-        freeze_through(layers, config.freeze_through, prefix)
-    return features
-
-
 def build_encoder(image, config, prefix="encoder"):
     """Builds the encoder on `image` (a Keras tensor, or an (H, W, 3) shape) -> pyramid dict.
 
@@ -136,14 +149,30 @@ def build_encoder(image, config, prefix="encoder"):
     height, width = image.shape[1], image.shape[2]
     if height % 32 or width % 32:
         raise ValueError(f"encoder input must be a multiple of 32 px; Received: image_size={(height, width)}")
-    if config.backbone == "builtin":
-        return _builtin_pyramid(image, config, prefix)
-    if config.backbone == "efficientnet_lite0":
-        return _efficientnet_lite_pyramid(image, config, prefix)
-    return _application_pyramid(image, config)
+    if config.backbone not in LEVELLED_BACKBONES:
+        return _application_pyramid(image, config)
+    return _build_levels(image, config, prefix, LEVEL_NAMES)
+
+
+def _build_levels(x, config, prefix, levels):
+    """Builds `levels` (consecutive) on the Input x -> {level: feature}, weights loaded."""
+    builders = level_builders(config)
+    pyramid = {}
+    for level in levels:
+        pyramid[level] = builders[level](pyramid.get(f"P{int(level[1]) - 1}", x), prefix)
+    prepare_layers(keras.Model(x, pyramid).layers, config, prefix, levels)
+    return pyramid
 
 
 def encoder_model(image_size, config, name="encoder"):
     """The encoder as a nested keras.Model, so per-task copies are separate, comparable objects."""
     image = keras.Input(shape=(*image_size, 3), name=f"{name}_image")
     return keras.Model(image, build_encoder(image, config, prefix=name), name=name)
+
+
+def encoder_part(input_shape, config, name, levels):
+    """Some consecutive pyramid levels of a LEVELLED_BACKBONES encoder as a nested keras.Model:
+    the image (levels from P1) or the level below's feature -> {level: feature}."""
+    check_backbone(config)
+    x = keras.Input(shape=tuple(input_shape), name=f"{name}_input")
+    return keras.Model(x, _build_levels(x, config, name, levels), name=name)

@@ -10,10 +10,11 @@ import keras
 
 from models.depth import build_depth_head
 from models.detection import build_detection_head
-from models.encoder import builtin_stage, builtin_stem, check_backbone, encoder_model
+from models.encoder import (LEVEL_NAMES, LEVELLED_BACKBONES, check_backbone, encoder_model, encoder_part,
+                            frozen_levels, level_builders, prepare_layers)
 from models.neck import build_neck
 from models.segmentation import build_segmentation_head
-from models.sharing import CROSS_STITCH_BACKBONES, CrossStitch
+from models.sharing import CrossStitch
 from data.errors import UserError
 from data.vocabulary import SHARING_MODES, TASKS
 
@@ -50,9 +51,10 @@ def build_model(model_config, image_size):
         raise UserError(f"unknown sharing mode '{sharing}'; valid: {', '.join(SHARING_MODES)}")
     if len(tasks) == 1:
         sharing = "hard"  # one task: every mode is the same single encoder
-    if sharing == "cross_stitch" and model_config.backbone not in CROSS_STITCH_BACKBONES:
-        raise UserError("model.sharing=cross_stitch needs the builtin backbone (it stitches after each "
-                        f"built-in stage); Received: backbone={model_config.backbone}")
+    if sharing == "cross_stitch" and model_config.backbone not in LEVELLED_BACKBONES:
+        raise UserError(f"model.sharing=cross_stitch needs a backbone built level by level "
+                        f"({', '.join(LEVELLED_BACKBONES)}: it stitches between pyramid levels); "
+                        f"Received: backbone={model_config.backbone}")
     height, width = image_size
     image = keras.Input(shape=(height, width, 3), name="image")
 
@@ -60,18 +62,8 @@ def build_model(model_config, image_size):
         pyramid = encoder_model((height, width), model_config, "encoder")(image)
         feature, _ = build_neck(pyramid, model_config.neck_width, prefix="neck")
         inputs = {task: (feature, pyramid["P1"]) for task in tasks}
-    elif sharing == "soft":
-        encoders = [encoder_model((height, width), model_config, f"encoder_{task}") for task in tasks]
-        for encoder in encoders[1:]:
-            encoder.set_weights(encoders[0].get_weights())  # start identical: penalty starts at 0
-        inputs = {}
-        for task, encoder in zip(tasks, encoders):
-            pyramid = encoder(image)
-            feature, _ = build_neck(pyramid, model_config.neck_width, prefix=f"neck_{task}")
-            inputs[task] = (feature, pyramid["P1"])
     else:
-        inputs = _cross_stitch_features(image, tasks, model_config)
-
+        inputs = _per_task_features(image, tasks, model_config, sharing)
     outputs = {}
     for task in tasks:
         feature, skip = inputs[task]
@@ -85,20 +77,47 @@ def build_model(model_config, image_size):
         else:
             outputs[task] = build_depth_head(feature, skip, model_config.head_width,
                                              model_config.min_depth, model_config.max_depth)
-    return keras.Model({"image": image}, outputs, name="multitask_" + "_".join(tasks))
+    net = keras.Model({"image": image}, outputs, name="multitask_" + "_".join(tasks))
+    if sharing == "cross_stitch":  # its per-task levels are built inline, in this model
+        for task in tasks:
+            prepare_layers(net.layers, model_config, f"encoder_{task}", _task_levels(model_config))
+    return net
 
 
-def _cross_stitch_features(image, tasks, config):
-    """Per-task built-in encoders stitched after each stage, then a per-task neck."""
-    prefixes = [f"encoder_{task}" for task in tasks]
-    stems = [builtin_stem(image, config.widths, prefix) for prefix in prefixes]
-    streams = stems
-    pyramids = [{"P1": stem} for stem in stems]
-    for index in range(4):
-        streams = [builtin_stage(x, index, config.widths, prefix) for x, prefix in zip(streams, prefixes)]
-        streams = CrossStitch(len(tasks), name=f"cross_stitch_P{index + 2}")(streams)
-        for pyramid, x in zip(pyramids, streams):
-            pyramid[f"P{index + 2}"] = x
+def _task_levels(config):
+    return tuple(level for level in LEVEL_NAMES if level not in frozen_levels(config))
+
+
+def _per_task_features(image, tasks, config, sharing):
+    """task -> (neck feature, P1 skip) with one encoder copy per task above a shared frozen trunk.
+
+    The trunk (the levels model.freeze_through keeps frozen; none for the builtin encoder) is built
+    once: frozen copies would compute the same features, three times the trunk's cost for nothing.
+    soft: each task's upper levels are a nested model "encoder_<task>" (the L2 penalty pairs their
+    weights); cross_stitch: the upper levels are built inline, a CrossStitch after each level from
+    P2 on mixes the task streams (Misra et al. stitch after each stage, not after the stem).
+    """
+    trunk_levels = frozen_levels(config)
+    trunk = encoder_part(image.shape[1:], config, "encoder", trunk_levels)(image) if trunk_levels else {}
+    x = trunk[trunk_levels[-1]] if trunk_levels else image
+    levels = _task_levels(config)
+    if sharing == "soft":
+        # Without a trunk every backbone works, the keras.applications ones too (whole copies).
+        encoders = [encoder_part(x.shape[1:], config, f"encoder_{task}", levels) if trunk
+                    else encoder_model(image.shape[1:3], config, f"encoder_{task}") for task in tasks]
+        for encoder in encoders[1:]:
+            encoder.set_weights(encoders[0].get_weights())  # start identical: penalty starts at 0
+        pyramids = [{**trunk, **encoder(x)} for encoder in encoders]
+    else:
+        builders = level_builders(config)
+        streams = [x] * len(tasks)
+        pyramids = [dict(trunk) for _ in tasks]
+        for level in levels:
+            streams = [builders[level](stream, f"encoder_{task}") for stream, task in zip(streams, tasks)]
+            if level != "P1":
+                streams = CrossStitch(len(tasks), name=f"cross_stitch_{level}")(streams)
+            for pyramid, stream in zip(pyramids, streams):
+                pyramid[level] = stream
     features = {}
     for task, pyramid in zip(tasks, pyramids):
         feature, _ = build_neck(pyramid, config.neck_width, prefix=f"neck_{task}")

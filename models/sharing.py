@@ -4,20 +4,22 @@
 - soft: one encoder per task, pulled together by beta * sum of squared differences of
   corresponding weights (Duong et al. 2015). The copies start identical so the penalty starts at 0
   and only task-specific gradients make them drift apart.
-- cross_stitch: one encoder per task; after every stage a learned T x T matrix mixes the task
-  features, out_i = sum_j a_ij x_j (Misra et al. 2016).
+- cross_stitch: one encoder per task; after every pyramid level from P2 on a learned T x T matrix
+  mixes the task features, out_i = sum_j a_ij x_j (Misra et al. 2016).
+With model.freeze_through, soft and cross-stitch copies share the frozen levels (models/multitask.py).
 """
 from __future__ import annotations
 
 import keras
 from keras import ops
 
+from models.efficientnet_lite import PYRAMID_BLOCKS
 from models.encoder import STAGES
 from models.neck import shared_layer_name
 
-# Cross-stitch units sit between the stages of the builtin encoder (models/encoder.py: STAGES); the
-# pretrained encoders are whole Keras applications without those seams.
-CROSS_STITCH_BACKBONES = ("builtin",)
+# The last block of each task stream's encoder (builtin, EfficientNet-Lite0): its projection is the
+# layer nearest the last cross-stitch unit that belongs to one stream.
+LAST_PROJECTIONS = (f"s{len(STAGES)}b{STAGES[-1][1]}_project_conv", f"blocks_{PYRAMID_BLOCKS['P5']}_project_conv")
 
 
 @keras.saving.register_keras_serializable(package="dashcam")
@@ -100,5 +102,4 @@ def shared_kernel(net):
         return [layer.pointwise_kernel if hasattr(layer, "pointwise_kernel") else layer.kernel]
     if not any(isinstance(layer, CrossStitch) for layer in net.layers):
         return None
-    last_block = f"s{len(STAGES)}b{STAGES[-1][1]}_project_conv"
-    return [layer.kernel for layer in net.layers if layer.name.endswith(last_block)]
+    return [layer.kernel for layer in net.layers if layer.name.endswith(LAST_PROJECTIONS)]

@@ -7,7 +7,8 @@ Trains, with the encoder, data and step budget of the configured run, once per s
                          gradnorm, famo, pcgrad) with the configured sharing mode
   multi-<w>-<sharing>    the configured weighting (fixed where it needs a shared layer and the mode has
                          none) under each other sharing mode (hard, soft, cross_stitch; cross_stitch only
-                         with the builtin encoder, whose stages it stitches: left_out() says so otherwise)
+                         with an encoder built level by level, whose levels it stitches: left_out()
+                         says so otherwise)
 (baselines.variants names a subset; the single-task models and the configured multi-task model are always in it)
 each into runs/<experiment>/baselines/<name>/seed-<seed>/ with pipeline.training.fit.run_training. The
 configured variant at the configured seed reuses the train stage's model (runs/<experiment>/train/model.keras)
@@ -37,7 +38,7 @@ import yaml
 
 from data.errors import UserError
 from data.vocabulary import SHARING_MODES, WEIGHTINGS
-from models.sharing import CROSS_STITCH_BACKBONES
+from models.encoder import LEVELLED_BACKBONES
 from pipeline import atomic, layout, timing
 from pipeline.config import Config, to_dict
 from pipeline.evaluation import evaluate, plots, report
@@ -90,9 +91,10 @@ def variants(config: Config) -> dict[str, Config]:
 
 def left_out(config: Config) -> dict[str, str]:
     """Variants the study cannot build for this config -> why (variants() leaves them out)."""
-    if config.model.sharing != "cross_stitch" and config.model.backbone not in CROSS_STITCH_BACKBONES:
+    if config.model.sharing != "cross_stitch" and config.model.backbone not in LEVELLED_BACKBONES:
         return {f"multi-{config.train.weighting}-cross_stitch":
-                f"model.sharing=cross_stitch needs the builtin backbone (this config's is {config.model.backbone})"}
+                f"model.sharing=cross_stitch needs a backbone built level by level "
+                f"({', '.join(LEVELLED_BACKBONES)}; this config's is {config.model.backbone})"}
     return {}
 
 

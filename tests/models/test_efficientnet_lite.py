@@ -219,3 +219,46 @@ def test_freeze_through_needs_the_pretrained_lite0():
         check_backbone(lite_config(weights=None, freeze_through="P2"))
     with pytest.raises(UserError, match="freeze_through"):
         check_backbone(ModelConfig(freeze_through="P2"))
+
+
+# --- soft and cross-stitch sharing on the pretrained, partly frozen encoder ----------------------
+
+def _weighted_leaves(model):
+    """name -> layer for every layer with weights, inside nested models too (not the models themselves)."""
+    import keras
+
+    return {layer.name: layer for layer in model._flatten_layers(include_self=False)
+            if layer.weights and not isinstance(layer, keras.Model)}
+
+
+@pytest.mark.parametrize("sharing", ["soft", "cross_stitch"])
+def test_per_task_copies_share_the_frozen_trunk_and_compute_what_one_encoder_does(sharing):
+    """The frozen levels (through P2 here) are built once; above them every task has its own copy with
+    the ImageNet weights. With the stitches at identity, each task's output is exactly that of a
+    single-task model given the same neck and head weights: sharing the trunk changes no number."""
+    from models.sharing import CrossStitch, shared_kernel
+
+    config = lite_config(freeze_through="P2", sharing=sharing)
+    net = build_model(config, SIZE)
+    leaves = _weighted_leaves(net)
+    assert [name for name in leaves if "blocks_2_depthwise" in name] == ["encoder_blocks_2_depthwise_conv"]
+    tensors = read_pth(weights_path())
+    for task in ("detection", "segmentation", "depth"):
+        kernel = leaves[f"encoder_{task}_blocks_3_depthwise_conv"].get_weights()[0]
+        np.testing.assert_array_equal(kernel, tensors["_blocks.3._depthwise_conv.weight"].transpose(2, 3, 0, 1))
+    stitches = [layer for layer in net.layers if isinstance(layer, CrossStitch)]
+    assert [layer.name for layer in stitches] == (["cross_stitch_P3", "cross_stitch_P4", "cross_stitch_P5"]
+                                                  if sharing == "cross_stitch" else [])
+    if sharing == "cross_stitch":  # GradNorm's shared weights: each stream's last projection
+        assert sorted(kernel.path for kernel in shared_kernel(net)) == sorted(
+            f"encoder_{task}_blocks_15_project_conv/kernel" for task in ("detection", "segmentation", "depth"))
+    for stitch in stitches:
+        stitch.alpha.assign(np.eye(3, dtype=np.float32))
+    image = {"image": np.random.default_rng(0).uniform(0, 255, (1, *SIZE, 3)).astype(np.float32)}
+    outputs = net(image)
+    for task in ("detection", "segmentation", "depth"):
+        single = build_model(lite_config(freeze_through="P2", tasks=[task]), SIZE)
+        for name, layer in _weighted_leaves(single).items():
+            if not name.startswith("encoder_"):  # neck and head: copy; the encoder is the checkpoint's
+                layer.set_weights(leaves[name.replace("neck_", f"neck_{task}_")].get_weights())
+        np.testing.assert_allclose(single(image)[task], outputs[task], rtol=1e-5, atol=1e-5)
