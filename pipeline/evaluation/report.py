@@ -313,21 +313,25 @@ def seeds_markdown(summary: dict, plot: str | None = None, level: int = 2) -> st
     h = "#" * level
     columns = _metric_columns(summary)
     models = summary["models"]
-    header = ["model", *[f"{t[:3]}. {LABELS.get(m, m)}" for t, m, _ in columns], "Delta_m (%)"]
+    header = ["model", *[f"{t[:3]}. {LABELS.get(m, m)}" for t, m, _ in columns], "Delta_m (%)",
+              "latency (x)", "parameters (x)"]
     single = models["single_task"]
     rows = [["single-task models", *[_pm(single.get(t, {}).get("metrics", {}).get(t, {}).get(m))
-                                      for t, m, _ in columns], "0 (reference)"]]
+                                      for t, m, _ in columns], "0 (reference)", "1", "1"]]
     for name, entry in models.items():
         if name == "single_task":
             continue
         cells = [_pm((entry["metrics"].get(t) or {}).get(m)) for t, m, _ in columns]
         delta = entry["delta_m"]
+        cost = entry.get("cost") or {}  # summaries written before per-model costs have none
         rows.append([f"{name} ({entry['weighting']}, {entry['sharing']})", *cells,
-                     "—" if delta["mean"] is None else f"{signed(delta['mean'])} ± {fmt(delta['std'], 2)}"])
+                     "—" if delta["mean"] is None else f"{signed(delta['mean'])} ± {fmt(delta['std'], 2)}",
+                     fmt(cost.get("latency_ratio"), 2), fmt(cost.get("params_ratio"), 2)])
     cost = summary["cost"]
     parts = [f"{h} Over seeds {', '.join(str(s) for s in summary['seeds'])}: mean ± std",
              "Delta_m is computed per seed (that seed's multi-task model against that seed's single-task "
-             "models), then averaged; std with ddof=1 (0 for one seed).",
+             "models), then averaged; std with ddof=1 (0 for one seed). Latency (batch 1) and parameters "
+             "are each model's over the single-task models' together, measured at the first seed.",
              table(header, rows)]
     if plot:
         parts.append(f"![Delta_m per variant, mean ± std over seeds]({plot})")

@@ -311,6 +311,7 @@ def summarise_seeds(config: Config, per_seed: dict) -> dict:
     summary = summarise(config, averaged)
     models = {"single_task": {task: {"metrics": spread([per_seed[s][f"single-{task}"]["metrics"] for s in seeds],
                                                        [task])} for task in tasks}}
+    single_costs = [first[f"single-{task}"]["inference"] for task in tasks]
     for name in names:
         if not name.startswith("multi-"):
             continue
@@ -320,19 +321,24 @@ def summarise_seeds(config: Config, per_seed: dict) -> dict:
         models[name[len("multi-"):]] = {
             "weighting": variant.train.weighting, "sharing": variant.model.sharing,
             "metrics": spread([per_seed[s][name]["metrics"] for s in seeds], tasks),
-            "delta_m": {**_mean_std(per_seed_delta), "per_seed": per_seed_delta}}
-    multi = first[f"multi-{config.train.weighting}"]["inference"]
-    singles = [first[f"single-{task}"]["inference"] for task in tasks]
+            "delta_m": {**_mean_std(per_seed_delta), "per_seed": per_seed_delta},
+            "cost": cost_ratios(first[name]["inference"], single_costs)}
     summary["seeds"] = seeds
     summary["models"] = models
     summary["cost"] = {
         "multi_task": config.train.weighting,
-        "latency_ratio": multi["ms_per_frame"] / max(sum(c["ms_per_frame"] for c in singles), 1e-9),
-        "params_ratio": multi["params"] / max(sum(c["params"] for c in singles), 1),
-        "flops_ratio": multi["flops"] / max(sum(c["flops"] for c in singles), 1),
+        **cost_ratios(first[f"multi-{config.train.weighting}"]["inference"], single_costs),
         "measures": "multi-task model / sum of the single-task models: batch-1 latency (median), "
                     "parameters, forward FLOPs (pipeline.timing.forward_flops)"}
     return summary
+
+
+def cost_ratios(inference: dict, singles: list[dict]) -> dict:
+    """A model's batch-1 latency, parameters and FLOPs / those of the single-task models together
+    (measured at the first seed: they do not depend on it)."""
+    return {"latency_ratio": inference["ms_per_frame"] / max(sum(c["ms_per_frame"] for c in singles), 1e-9),
+            "params_ratio": inference["params"] / max(sum(c["params"] for c in singles), 1),
+            "flops_ratio": inference["flops"] / max(sum(c["flops"] for c in singles), 1)}
 
 
 def run_baselines(config: Config, verbose: int = 1, quick: bool = False) -> dict:

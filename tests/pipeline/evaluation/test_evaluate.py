@@ -247,12 +247,15 @@ def test_baselines_over_seeds_give_mean_and_std_of_delta_m_and_cost_ratios(confi
     other metrics equal, so Delta_m (mean over 3 tasks) is 10/3 and 20/3 %: mean 5, std (ddof 1) 2.357."""
     metrics, _ = _hand_made(config)
     cost = {"params": 100, "ms_per_frame": 1.0, "flops": 1000, "device": "CPU"}
+    # The soft-sharing model (three encoders) costs what the three single-task models do.
+    soft = {"params": 300, "ms_per_frame": 3.0, "flops": 3000, "device": "CPU"}
     per_seed = {}
     for seed, gain in ((0, 1.1), (1, 1.2)):
         better = json.loads(json.dumps(metrics))
         better["segmentation"]["mIoU"] *= gain
         per_seed[seed] = {name: {"model": f"{name}.keras", "reused_main_run": False,
-                                 "inference": {**cost, "params": 150} if name.startswith("multi-") else cost,
+                                 "inference": soft if name.endswith("-soft") else
+                                 {**cost, "params": 150} if name.startswith("multi-") else cost,
                                  "metrics": better if name == "multi-fixed" else metrics}
                           for name in baselines.variants(config)}
     summary = baselines.summarise_seeds(config, per_seed)
@@ -269,11 +272,17 @@ def test_baselines_over_seeds_give_mean_and_std_of_delta_m_and_cost_ratios(confi
     assert summary["cost"]["params_ratio"] == pytest.approx(0.5)
     assert summary["cost"]["flops_ratio"] == pytest.approx(1 / 3)
     assert summary["cost"]["latency_ratio"] == pytest.approx(1 / 3)
+    assert summary["models"]["fixed"]["cost"]["params_ratio"] == pytest.approx(0.5)
+    assert summary["models"]["uncertainty-soft"]["cost"] == {"latency_ratio": pytest.approx(1.0),
+                                                             "params_ratio": pytest.approx(1.0),
+                                                             "flops_ratio": pytest.approx(1.0)}
     assert summary["best_weighting"] == "fixed"  # ranked on the seed means
     plot = plots.baselines_delta_m(summary, tmp_path / "delta_m.png")
     assert plot.stat().st_size > 1000
     text = report.seeds_markdown(summary, plot.name)
     assert "| fixed (fixed, hard) |" in text
+    assert "| uncertainty-soft (uncertainty, soft) |" in text and " | 1.00 | 1.00 |" in text
+    assert " | 0.33 | 0.50 |" in text  # each hard-shared model: latency x1/3, parameters x1/2
     assert f"{report.signed(expected.mean())} ± {report.fmt(expected.std(ddof=1), 2)}" in text
     assert "](delta_m.png)" in text and "FLOPs x0.33" in text
     assert "Not in this study" not in text
