@@ -40,7 +40,7 @@ from data.errors import UserError
 from data.vocabulary import SHARING_MODES, WEIGHTINGS
 from models.encoder import LEVELLED_BACKBONES
 from pipeline import atomic, layout, timing
-from pipeline.config import Config, to_dict
+from pipeline.config import Config, load_config, to_dict
 from pipeline.evaluation import evaluate, plots, report
 from pipeline.evaluation.metrics import (STANDARD_METRICS, delta_m, is_absent, negative_transfer, relative_differences,
                                          task_gains)
@@ -143,12 +143,17 @@ def same_training(config: Config, folder: pathlib.Path) -> bool:
     if not (folder / layout.MODEL_FILE).is_file() or not saved.is_file():
         return False
     try:
-        previous = yaml.safe_load(saved.read_text()) or {}
-    except yaml.YAMLError:
+        # Loaded as a config, the saved run gets today's defaults for keys added since (e.g.
+        # model.skip_refine), which are the defaults that keep what that run trained.
+        previous = to_dict(load_config(saved))
+    except UserError:
         return False
-    # Round-trip through YAML so tuples and lists compare equal.
-    current = yaml.safe_load(yaml.safe_dump(to_dict(config)))
-    return _training_part(previous) == _training_part(current)
+    return _training_part(_plain(previous)) == _training_part(_plain(to_dict(config)))
+
+
+def _plain(config_dict: dict) -> dict:
+    """Round-trip through YAML so tuples and lists compare equal."""
+    return yaml.safe_load(yaml.safe_dump(config_dict))
 
 
 def train_variant(name: str, variant: Config, config: Config, verbose: int,

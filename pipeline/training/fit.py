@@ -27,7 +27,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from data import classes
 from data.errors import UserError
 from models import multitask
 from pipeline import atomic, layout
@@ -69,8 +68,9 @@ def check_resume(work: pathlib.Path, config: Config) -> bool:
     if resuming and saved.exists():
         previous = json.loads(saved.read_text())
         previous.setdefault("train", current["train"])  # written before the signature had it
-        # A run saved before classes were configurable was trained on the default classes.
-        previous["model"].setdefault("classes", classes.default_dict())
+        # A model key added since the run was saved (classes, skip_refine, ...) has the default
+        # that builds the model that run built.
+        previous["model"] = {**to_dict(Config())["model"], **previous["model"]}
         if previous != current:
             changed = [f"model.{k}" for k in current["model"] if current["model"][k] != previous["model"].get(k)]
             changed += ["data.image_size"] if current["image_size"] != previous["image_size"] else []

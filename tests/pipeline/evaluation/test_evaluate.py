@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import yaml
 
 from data import schema
 from data.errors import UserError
@@ -240,6 +241,22 @@ def test_baselines_reuse_the_main_run_and_skip_trained_variants(config):
     assert not baselines.same_training(tiny(config.run_root, "train.epochs=5"), main_run)
     # How often gradient conflict is logged does not change what a model learns.
     assert baselines.same_training(tiny(config.run_root, "train.conflict_every=3"), main_run)
+
+
+def test_a_run_saved_before_a_model_key_existed_is_still_the_same_training(config):
+    """A key added later (model.skip_refine) is missing from older runs' config.yaml; its default
+    builds what they built, so the study must not retrain hours of models for it. Another value
+    of it is another training."""
+    folder = config.run_dir / "older"
+    save_config(config, folder / "config.yaml")
+    (folder / "model.keras").write_bytes(b"stand-in")
+    saved = yaml.safe_load((folder / "config.yaml").read_text())
+    del saved["model"]["skip_refine"]
+    (folder / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert baselines.same_training(config, folder)
+    assert not baselines.same_training(tiny(config.run_root, "model.skip_refine=true"), folder)
+    (folder / "config.yaml").write_text("model: {widths: not-a-list-of-ints}\n")
+    assert not baselines.same_training(config, folder)  # unreadable as a config: not the same run
 
 
 def test_baselines_over_seeds_give_mean_and_std_of_delta_m_and_cost_ratios(config, tmp_path):

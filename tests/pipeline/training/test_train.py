@@ -168,6 +168,18 @@ def test_resume_keeps_history_and_refuses_a_changed_model_or_weighting(tmp_path)
         train_stage.check_resume(tmp_path, tiny(tmp_path, "data.train_crop=[32,64]"))
 
 
+def test_resume_of_a_run_saved_before_a_model_key_existed(tmp_path):
+    """Its saved signature lacks the key (model.skip_refine); the key's default is the model it built."""
+    train_stage.begin_run(tmp_path, tiny(tmp_path), resuming=False)
+    (tmp_path / "backup").mkdir()
+    saved = json.loads((tmp_path / "model_config.json").read_text())
+    del saved["model"]["skip_refine"]
+    (tmp_path / "model_config.json").write_text(json.dumps(saved))
+    assert train_stage.check_resume(tmp_path, tiny(tmp_path)) is True
+    with pytest.raises(UserError, match=r"changed: model\.skip_refine\)"):
+        train_stage.check_resume(tmp_path, tiny(tmp_path, "model.skip_refine=true"))
+
+
 def test_resume_trims_history_to_the_backup_and_keeps_the_best_so_far(tmp_path):
     (tmp_path / "history.csv").write_text(
         "epoch,loss,val_task_loss_sum\n0,3.0,9.0\n1,2.0,7.5\n2,1.5,8.0\n3,1.2,6.0\n")
