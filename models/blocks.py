@@ -68,7 +68,7 @@ def separable_relu(x, filters, name):
     return keras.layers.SeparableConv2D(filters, 3, padding="same", activation="relu", name=name)(x)
 
 
-def dense_head(feature, skip, out_channels, width, name, refine=False):
+def dense_head(feature, skip, out_channels, width, name):
     """Stride-4 feature (+ stride-2 skip) -> [B, H, W, out_channels] raw outputs at input size.
 
     The work happens at stride 4 (a separable 3x3 at `width`); the result is squeezed to a few
@@ -76,20 +76,12 @@ def dense_head(feature, skip, out_channels, width, name, refine=False):
     objects such as poles and pedestrians, as in DeepLabv3+'s decoder) and only the `out_channels`
     outputs are upsampled bilinearly to full resolution. Nothing wide is ever written at stride 2
     or 1, which is what keeps the full-resolution tasks affordable on a CPU.
-
-    refine=True (model.skip_refine): the fusion gets a ReLU and a separable 3x3 at stride 2 before
-    the output conv, so the skip's edges are read with their neighbours (DeepLabv3+ refines with 3x3
-    convs there), still at width // 4 channels.
     """
     x = separable_relu(feature, width, name=f"{name}_s4")
     if skip is not None:
-        narrow = max(8, width // 4)
-        x = keras.layers.Conv2D(narrow, 1, activation="relu", name=f"{name}_squeeze")(x)
+        x = keras.layers.Conv2D(max(8, width // 4), 1, activation="relu", name=f"{name}_squeeze")(x)
         x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_up2")(x)
         x = keras.layers.Concatenate(name=f"{name}_concat")([x, skip])
-        if refine:
-            x = keras.layers.Conv2D(narrow, 1, activation="relu", name=f"{name}_fuse")(x)
-            x = separable_relu(x, narrow, name=f"{name}_refine")
         x = keras.layers.Conv2D(out_channels, 1, name=f"{name}_logits")(x)
         return keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_up1")(x)
     x = keras.layers.Conv2D(out_channels, 1, name=f"{name}_logits")(x)

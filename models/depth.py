@@ -39,11 +39,11 @@ class LogDepth(keras.layers.Layer):
         return {**super().get_config(), "min_depth": self.min_depth, "max_depth": self.max_depth}
 
 
-def build_depth_head(feature, skip, width, min_depth, max_depth, name="depth", refine=False):
+def build_depth_head(feature, skip, width, min_depth, max_depth, name="depth"):
     """Stride-4 feature (+ optional stride-2 skip) -> [B, H, W, 1] float32 metres."""
     if width < 1:
         raise ValueError(f"depth head needs a positive width; Received: width={width}")
-    raw = dense_head(feature, skip, 1, width, name=f"{name}_head", refine=refine)
+    raw = dense_head(feature, skip, 1, width, name=f"{name}_head")
     # Interpolate before the activation: bilinear in log-depth, computed in float32.
     return LogDepth(min_depth, max_depth, name=name, dtype="float32")(raw)
 

@@ -73,12 +73,10 @@ def build_model(model_config, image_size):
                                                  num_classes=len(model_config.classes.detection))
         elif task == "segmentation":
             outputs[task] = build_segmentation_head(feature, skip, model_config.head_width,
-                                                    num_classes=len(model_config.classes.segmentation),
-                                                    refine=model_config.skip_refine)
+                                                    num_classes=len(model_config.classes.segmentation))
         else:
             outputs[task] = build_depth_head(feature, skip, model_config.head_width,
-                                             model_config.min_depth, model_config.max_depth,
-                                             refine=model_config.skip_refine)
+                                             model_config.min_depth, model_config.max_depth)
     net = keras.Model({"image": image}, outputs, name="multitask_" + "_".join(tasks))
     if sharing == "cross_stitch":  # its per-task levels are built inline, in this model
         for task in tasks:

@@ -10,12 +10,12 @@ from models.blocks import dense_head
 NUM_CLASSES = len(SEGMENTATION_CLASSES)
 
 
-def build_segmentation_head(feature, skip, width, num_classes=NUM_CLASSES, name="segmentation", refine=False):
+def build_segmentation_head(feature, skip, width, num_classes=NUM_CLASSES, name="segmentation"):
     """Stride-4 feature (+ optional stride-2 skip) -> [B, H, W, K] float32 logits."""
     if num_classes < 2 or width < 1:
         raise ValueError(f"segmentation head needs >= 2 classes and a positive width; "
                          f"Received: num_classes={num_classes}, width={width}")
-    logits = dense_head(feature, skip, num_classes, width, name=f"{name}_head", refine=refine)
+    logits = dense_head(feature, skip, num_classes, width, name=f"{name}_head")
     # float32 output: softmax/cross-entropy stay exact under mixed precision.
     return keras.layers.Activation("linear", name=name, dtype="float32")(logits)
 

@@ -117,8 +117,6 @@ class ModelConfig:
     widths: tuple[int, ...] = (24, 48, 96, 160)  # built-in encoder stage widths, strides 4..32
     neck_width: int = 64
     head_width: int = 64
-    # A separable 3x3 where the full-resolution heads fuse the stride-2 skip (models/blocks.dense_head)
-    skip_refine: bool = False
     sharing: str = "hard"
     soft_sharing_beta: float = 1e-3
     top_k: int = 100  # decoded peaks per frame: COCO evaluation keeps 100 (maxDets)

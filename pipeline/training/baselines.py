@@ -144,7 +144,7 @@ def same_training(config: Config, folder: pathlib.Path) -> bool:
         return False
     try:
         # Loaded as a config, the saved run gets today's defaults for keys added since (e.g.
-        # model.skip_refine), which are the defaults that keep what that run trained.
+        # model.classes), which are the defaults that keep what that run trained.
         previous = to_dict(load_config(saved))
     except UserError:
         return False

@@ -68,7 +68,7 @@ def check_resume(work: pathlib.Path, config: Config) -> bool:
     if resuming and saved.exists():
         previous = json.loads(saved.read_text())
         previous.setdefault("train", current["train"])  # written before the signature had it
-        # A model key added since the run was saved (classes, skip_refine, ...) has the default
+        # A model key added since the run was saved (e.g. model.classes) has the default
         # that builds the model that run built.
         previous["model"] = {**to_dict(Config())["model"], **previous["model"]}
         if previous != current:

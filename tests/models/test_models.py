@@ -183,24 +183,6 @@ def test_box_size_output_is_bounded_and_passes_gradients_past_its_bounds():
     np.testing.assert_allclose(tape.gradient(log_size, x).numpy(), 1.0, rtol=1e-6)
 
 
-def test_skip_refine_reads_the_skip_through_a_3x3_and_keeps_the_int8_split():
-    """model.skip_refine: the full-resolution heads fuse the stride-2 skip with a 1x1 + ReLU, then a
-    separable 3x3; the fusing conv is still a 1x1 over the concatenation, so the int8 export's
-    rewrite (pipeline/deploy/split_concat.py) still applies to it."""
-    from pipeline.deploy.split_concat import concat_conv_pairs
-
-    plain, refined = (build_model(tiny_model(skip_refine=flag), SIZE) for flag in (False, True))
-    fused = {conv.name for _, conv in concat_conv_pairs(refined)}
-    assert fused == {"segmentation_head_fuse", "depth_head_fuse"}
-    assert {conv.name for _, conv in concat_conv_pairs(plain)} == {"segmentation_head_logits", "depth_head_logits"}
-    for task in ("segmentation", "depth"):
-        refine = refined.get_layer(f"{task}_head_refine")
-        assert isinstance(refine, keras.layers.SeparableConv2D) and tuple(refine.kernel_size) == (3, 3)
-    x, _ = make_batch()
-    assert {task: tuple(v.shape) for task, v in refined(x).items()} == {task: tuple(v.shape)
-                                                                         for task, v in plain(x).items()}
-
-
 @pytest.mark.parametrize("sharing", ["hard", "soft", "cross_stitch"])
 def test_net_saves_and_loads_as_keras(sharing, tmp_path):
     net = build_model(tiny_model(sharing=sharing), SIZE)

@@ -244,17 +244,17 @@ def test_baselines_reuse_the_main_run_and_skip_trained_variants(config):
 
 
 def test_a_run_saved_before_a_model_key_existed_is_still_the_same_training(config):
-    """A key added later (model.skip_refine) is missing from older runs' config.yaml; its default
-    builds what they built, so the study must not retrain hours of models for it. Another value
-    of it is another training."""
+    """A model key added after a run was saved is missing from its config.yaml (simulated by deleting
+    model.soft_sharing_beta); its default keeps what the run trained, so the study must not retrain
+    hours of models for it. Another value of it is another training."""
     folder = config.run_dir / "older"
     save_config(config, folder / "config.yaml")
     (folder / "model.keras").write_bytes(b"stand-in")
     saved = yaml.safe_load((folder / "config.yaml").read_text())
-    del saved["model"]["skip_refine"]
+    del saved["model"]["soft_sharing_beta"]
     (folder / "config.yaml").write_text(yaml.safe_dump(saved))
     assert baselines.same_training(config, folder)
-    assert not baselines.same_training(tiny(config.run_root, "model.skip_refine=true"), folder)
+    assert not baselines.same_training(tiny(config.run_root, "model.soft_sharing_beta=0.5"), folder)
     (folder / "config.yaml").write_text("model: {widths: not-a-list-of-ints}\n")
     assert not baselines.same_training(config, folder)  # unreadable as a config: not the same run
 

@@ -169,15 +169,16 @@ def test_resume_keeps_history_and_refuses_a_changed_model_or_weighting(tmp_path)
 
 
 def test_resume_of_a_run_saved_before_a_model_key_existed(tmp_path):
-    """Its saved signature lacks the key (model.skip_refine); the key's default is the model it built."""
+    """Its saved signature lacks the key (simulated by deleting model.soft_sharing_beta); the key's
+    default is the model it built."""
     train_stage.begin_run(tmp_path, tiny(tmp_path), resuming=False)
     (tmp_path / "backup").mkdir()
     saved = json.loads((tmp_path / "model_config.json").read_text())
-    del saved["model"]["skip_refine"]
+    del saved["model"]["soft_sharing_beta"]
     (tmp_path / "model_config.json").write_text(json.dumps(saved))
     assert train_stage.check_resume(tmp_path, tiny(tmp_path)) is True
-    with pytest.raises(UserError, match=r"changed: model\.skip_refine\)"):
-        train_stage.check_resume(tmp_path, tiny(tmp_path, "model.skip_refine=true"))
+    with pytest.raises(UserError, match=r"changed: model\.soft_sharing_beta\)"):
+        train_stage.check_resume(tmp_path, tiny(tmp_path, "model.soft_sharing_beta=0.5"))
 
 
 def test_resume_trims_history_to_the_backup_and_keeps_the_best_so_far(tmp_path):
