@@ -262,3 +262,15 @@ def test_per_task_copies_share_the_frozen_trunk_and_compute_what_one_encoder_doe
             if not name.startswith("encoder_"):  # neck and head: copy; the encoder is the checkpoint's
                 layer.set_weights(leaves[name.replace("neck_", f"neck_{task}_")].get_weights())
         np.testing.assert_allclose(single(image)[task], outputs[task], rtol=1e-5, atol=1e-5)
+
+
+def test_a_copy_of_the_upper_levels_loads_only_their_weights_and_stays_strict(checkpoint):
+    from models.efficientnet_lite import load_imagenet_weights
+    from models.encoder import encoder_part
+
+    upper = encoder_part((SIZE[0] // 8, SIZE[1] // 8, 40), lite_config(weights=None), "up", ("P4", "P5"))
+    load_imagenet_weights(upper.layers, "up", tensors=checkpoint, levels=("P4", "P5"))
+    kernel = upper.get_layer("up_blocks_5_expand_conv").get_weights()[0]
+    np.testing.assert_array_equal(kernel, checkpoint["_blocks.5._expand_conv.weight"].transpose(2, 3, 1, 0))
+    with pytest.raises(ValueError, match="checkpoint tensors unused, e.g. _conv_stem"):
+        load_imagenet_weights(upper.layers, "up", tensors=checkpoint)  # as if it built every level
