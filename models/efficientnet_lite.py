@@ -36,6 +36,8 @@ BLOCKS = tuple((kernel, stride if repeat == 0 else 1, expansion, filters)
                for repeats, kernel, stride, expansion, filters in STAGES for repeat in range(repeats))
 # Block whose output is each pyramid level (the last block at that stride).
 PYRAMID_BLOCKS = {"P1": 0, "P2": 2, "P3": 4, "P4": 10, "P5": 15}
+# Checkpoint names of the ImageNet classifier head (built only with classifier=True).
+HEAD_MODULES = ("_conv_head.", "_bn1.", "_fc.")
 
 
 def _conv(x, filters, kernel, strides, name):
@@ -176,18 +178,21 @@ def load_imagenet_weights(layers, prefix="effnet", tensors=None, levels=tuple(PY
 
     `tensors` ({name: array}) defaults to the packaged .pth; `levels` are the pyramid levels the
     layers build (a per-task copy above a shared trunk builds only the upper ones). Raises
-    ValueError when a layer has no tensor or a tensor of another shape, or when a checkpoint weight
-    is left unused (other than those of levels not built, the head ones on a headless net and
-    BatchNorm's num_batches_tracked).
+    ValueError when a layer has no tensor or a tensor of another shape or belongs to a level not
+    listed, or when a checkpoint weight is left unused (other than those of levels not built, the
+    head ones on a headless net and BatchNorm's num_batches_tracked).
     """
     if tensors is None:
         tensors = read_pth(weights_path())
     used = set()
     has_head = False
+    allowed = _level_modules(levels) + HEAD_MODULES
     for layer in layers:
         if not layer.weights or not layer.name.startswith(f"{prefix}_"):
             continue
         torch_name = _torch_name(layer.name, prefix)
+        if not f"{torch_name}.".startswith(allowed):
+            raise ValueError(f"EfficientNet-Lite0 weights: layer {layer.name} is not in levels {list(levels)}")
         has_head |= torch_name in ("_conv_head", "_fc")
         try:
             values = _keras_values(layer, tensors, torch_name)
@@ -200,7 +205,7 @@ def load_imagenet_weights(layers, prefix="effnet", tensors=None, levels=tuple(PY
         layer.set_weights([np.asarray(value, np.float32) for value in values])
         used.update(f"{torch_name}.{key}" for key in ("weight", "bias", "running_mean", "running_var"))
     skipped = _level_modules([level for level in PYRAMID_BLOCKS if level not in levels])
-    skipped += ("_conv_head.", "_bn1.", "_fc.") if not has_head else ()
+    skipped += HEAD_MODULES if not has_head else ()
     unused = [name for name in tensors if name not in used and not name.endswith("num_batches_tracked")
               and not name.startswith(skipped)]
     if unused:

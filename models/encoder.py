@@ -83,6 +83,9 @@ def builtin_stage(x, index, widths, prefix="encoder"):
 
 def level_builders(config):
     """{"P1".."P5": build(x, prefix) -> x} for a LEVELLED_BACKBONES encoder: P1 takes the image."""
+    if config.backbone not in LEVELLED_BACKBONES:
+        raise UserError(f"backbone {config.backbone} is a whole keras.applications model: it cannot be "
+                        f"built level by level (only {', '.join(LEVELLED_BACKBONES)})")
     if config.backbone == "efficientnet_lite0":
         return {level: (lambda x, prefix, level=level: lite0_level(x, level, prefix)) for level in LEVEL_NAMES}
     return {"P1": lambda x, prefix: builtin_stem(x, config.widths, prefix),

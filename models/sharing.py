@@ -4,8 +4,8 @@
 - soft: one encoder per task, pulled together by beta * sum of squared differences of
   corresponding weights (Duong et al. 2015). The copies start identical so the penalty starts at 0
   and only task-specific gradients make them drift apart.
-- cross_stitch: one encoder per task; after every pyramid level from P2 on a learned T x T matrix
-  mixes the task features, out_i = sum_j a_ij x_j (Misra et al. 2016).
+- cross_stitch: one encoder per task; after each per-task pyramid level from P2 on a learned T x T
+  matrix mixes the task features, out_i = sum_j a_ij x_j (Misra et al. 2016).
 With model.freeze_through, soft and cross-stitch copies share the frozen levels (models/multitask.py).
 """
 from __future__ import annotations

@@ -19,7 +19,8 @@ run_training's own backup).
 Every model is evaluated with pipeline.evaluation.evaluate.evaluate_model on evaluate.split of the first
 source; the comparison is Delta_m over pipeline.evaluation.metrics.STANDARD_METRICS, per seed (each seed's
 multi-task model against the same seed's single-task models), reported as mean and std over seeds.
-Parameters, latency and FLOPs are measured once per variant (they do not depend on the seed). Writes
+Parameters, latency and FLOPs are measured once per variant, on the net its config builds (they depend
+on neither the seed nor the weights). Writes
 baselines/summary.json, baselines/baselines.md and baselines/delta_m.png, then rewrites the eval
 report(s) so report.md carries the comparison. `quick=True` (`make baselines ARGS=--quick`): a tiny
 budget and one seed into baselines-quick/, a smoke test of the whole study in minutes.
@@ -39,6 +40,7 @@ import yaml
 from data.errors import UserError
 from data.vocabulary import SHARING_MODES, WEIGHTINGS
 from models.encoder import LEVELLED_BACKBONES
+from models.multitask import build_model
 from pipeline import atomic, layout, timing
 from pipeline.config import Config, load_config, to_dict
 from pipeline.evaluation import evaluate, plots, report
@@ -143,10 +145,12 @@ def same_training(config: Config, folder: pathlib.Path) -> bool:
     if not (folder / layout.MODEL_FILE).is_file() or not saved.is_file():
         return False
     try:
+        if not isinstance(yaml.safe_load(saved.read_text()), dict):  # empty or not a config
+            return False
         # Loaded as a config, the saved run gets today's defaults for keys added since (e.g.
         # model.classes), which are the defaults that keep what that run trained.
         previous = to_dict(load_config(saved))
-    except UserError:
+    except (UserError, OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
     return _training_part(_plain(previous)) == _training_part(_plain(to_dict(config)))
 
@@ -224,8 +228,13 @@ def _evaluate(name, path, variant, split, source, cost=True):
     metrics = evaluate.evaluate_model(variant, model, split, sources=[source])
     inference = None
     if cost:
-        inference = evaluate.measure_inference(model, variant.model.top_k)
-        inference["flops"] = timing.forward_flops(model, tuple(variant.data.image_size))["flops"]
+        # Of the net the variant's config builds today: cost depends on neither seed nor weights,
+        # and a file trained by older code may hold an older build (soft sharing's seed 0 ran
+        # three whole encoders before the copies shared the frozen trunk).
+        built = build_model(variant.model, tuple(variant.data.image_size))
+        inference = evaluate.measure_inference(built, variant.model.top_k)
+        inference["flops"] = timing.forward_flops(built, tuple(variant.data.image_size))["flops"]
+        del built
     del model
     keras.backend.clear_session()  # the next variant builds a fresh graph; free this one
     return metrics, inference

@@ -73,6 +73,7 @@ def check_resume(work: pathlib.Path, config: Config) -> bool:
         previous["model"] = {**to_dict(Config())["model"], **previous["model"]}
         if previous != current:
             changed = [f"model.{k}" for k in current["model"] if current["model"][k] != previous["model"].get(k)]
+            changed += [f"model.{k} (no longer a key)" for k in previous["model"] if k not in current["model"]]
             changed += ["data.image_size"] if current["image_size"] != previous["image_size"] else []
             changed += ["data.train_crop"] if current.get("train_crop") != previous.get("train_crop") else []
             changed += [f"train.{k}" for k in current["train"] if current["train"][k] != previous["train"].get(k)]

@@ -231,23 +231,31 @@ def _weighted_leaves(model):
             if layer.weights and not isinstance(layer, keras.Model)}
 
 
-@pytest.mark.parametrize("sharing", ["soft", "cross_stitch"])
-def test_per_task_copies_share_the_frozen_trunk_and_compute_what_one_encoder_does(sharing):
+@pytest.mark.parametrize("sharing, frozen", [("soft", "P2"), ("cross_stitch", "P2"), ("cross_stitch", None)])
+def test_per_task_copies_share_the_frozen_trunk_and_compute_what_one_encoder_does(sharing, frozen, tmp_path):
     """The frozen levels (through P2 here) are built once; above them every task has its own copy with
     the ImageNet weights. With the stitches at identity, each task's output is exactly that of a
     single-task model given the same neck and head weights: sharing the trunk changes no number."""
+    import keras
+
     from models.sharing import CrossStitch, shared_kernel
 
-    config = lite_config(freeze_through="P2", sharing=sharing)
+    config = lite_config(freeze_through=frozen, sharing=sharing)
     net = build_model(config, SIZE)
     leaves = _weighted_leaves(net)
-    assert [name for name in leaves if "blocks_2_depthwise" in name] == ["encoder_blocks_2_depthwise_conv"]
+    if frozen:
+        assert [name for name in leaves if "blocks_2_depthwise" in name] == ["encoder_blocks_2_depthwise_conv"]
+        assert not net.get_layer("encoder").trainable_weights  # the trunk: frozen, out of the soft penalty
+    else:  # nothing frozen: every level per task, stitched from P2 on
+        assert sorted(name for name in leaves if "blocks_2_depthwise" in name) == sorted(
+            f"encoder_{task}_blocks_2_depthwise_conv" for task in ("depth", "detection", "segmentation"))
     tensors = read_pth(weights_path())
     for task in ("detection", "segmentation", "depth"):
-        kernel = leaves[f"encoder_{task}_blocks_3_depthwise_conv"].get_weights()[0]
+        kernel = leaves[f"encoder_{task}_blocks_3_depthwise_conv"].get_weights()[0]  # above P2 either way
         np.testing.assert_array_equal(kernel, tensors["_blocks.3._depthwise_conv.weight"].transpose(2, 3, 0, 1))
     stitches = [layer for layer in net.layers if isinstance(layer, CrossStitch)]
-    assert [layer.name for layer in stitches] == (["cross_stitch_P3", "cross_stitch_P4", "cross_stitch_P5"]
+    stitched = ["P3", "P4", "P5"] if frozen else ["P2", "P3", "P4", "P5"]
+    assert [layer.name for layer in stitches] == ([f"cross_stitch_{level}" for level in stitched]
                                                   if sharing == "cross_stitch" else [])
     if sharing == "cross_stitch":  # GradNorm's shared weights: each stream's last projection
         assert sorted(kernel.path for kernel in shared_kernel(net)) == sorted(
@@ -256,8 +264,11 @@ def test_per_task_copies_share_the_frozen_trunk_and_compute_what_one_encoder_doe
         stitch.alpha.assign(np.eye(3, dtype=np.float32))
     image = {"image": np.random.default_rng(0).uniform(0, 255, (1, *SIZE, 3)).astype(np.float32)}
     outputs = net(image)
+    net.save(tmp_path / "net.keras")  # the nested trunk takes a feature map, not the image
+    for task, value in keras.saving.load_model(tmp_path / "net.keras")(image).items():
+        np.testing.assert_allclose(value, outputs[task], atol=1e-5)
     for task in ("detection", "segmentation", "depth"):
-        single = build_model(lite_config(freeze_through="P2", tasks=[task]), SIZE)
+        single = build_model(lite_config(freeze_through=frozen, tasks=[task]), SIZE)
         for name, layer in _weighted_leaves(single).items():
             if not name.startswith("encoder_"):  # neck and head: copy; the encoder is the checkpoint's
                 layer.set_weights(leaves[name.replace("neck_", f"neck_{task}_")].get_weights())
@@ -274,3 +285,6 @@ def test_a_copy_of_the_upper_levels_loads_only_their_weights_and_stays_strict(ch
     np.testing.assert_array_equal(kernel, checkpoint["_blocks.5._expand_conv.weight"].transpose(2, 3, 1, 0))
     with pytest.raises(ValueError, match="checkpoint tensors unused, e.g. _conv_stem"):
         load_imagenet_weights(upper.layers, "up", tensors=checkpoint)  # as if it built every level
+    whole = encoder_model(SIZE, lite_config(weights=None), name="whole")
+    with pytest.raises(ValueError, match=r"layer whole_conv_stem is not in levels \['P4', 'P5'\]"):
+        load_imagenet_weights(whole.layers, "whole", tensors=checkpoint, levels=("P4", "P5"))

@@ -179,6 +179,10 @@ def test_resume_of_a_run_saved_before_a_model_key_existed(tmp_path):
     assert train_stage.check_resume(tmp_path, tiny(tmp_path)) is True
     with pytest.raises(UserError, match=r"changed: model\.soft_sharing_beta\)"):
         train_stage.check_resume(tmp_path, tiny(tmp_path, "model.soft_sharing_beta=0.5"))
+    saved["model"]["retired_option"] = True  # a key that no longer exists is named too
+    (tmp_path / "model_config.json").write_text(json.dumps(saved))
+    with pytest.raises(UserError, match=r"changed: model\.retired_option \(no longer a key\)\)"):
+        train_stage.check_resume(tmp_path, tiny(tmp_path))
 
 
 def test_resume_trims_history_to_the_backup_and_keeps_the_best_so_far(tmp_path):
