@@ -101,6 +101,15 @@ def frozen_levels(config):
     return LEVEL_NAMES[:LEVEL_NAMES.index(config.freeze_through) + 1]
 
 
+def shared_levels(config):
+    """The levels soft and cross-stitch sharing build once, as a trunk every task reads: through
+    model.shared_through (a branch point), else the frozen levels (copies would compute them identically)."""
+    if config.shared_through is None:
+        return frozen_levels(config)
+    level_builders(config)  # a UserError for an encoder that is not built level by level
+    return LEVEL_NAMES[:LEVEL_NAMES.index(config.shared_through) + 1]
+
+
 def prepare_layers(layers, config, prefix, levels=LEVEL_NAMES):
     """ImageNet weights and frozen early layers for an EfficientNet-Lite0's layers named `prefix`_*
     among `layers`, which build `levels`; nothing for the builtin encoder (trained from scratch)."""

@@ -11,7 +11,7 @@ import keras
 from models.depth import build_depth_head
 from models.detection import build_detection_head
 from models.encoder import (LEVEL_NAMES, LEVELLED_BACKBONES, check_backbone, encoder_model, encoder_part,
-                            frozen_levels, level_builders, prepare_layers)
+                            level_builders, prepare_layers, shared_levels)
 from models.neck import build_neck
 from models.segmentation import build_segmentation_head
 from models.sharing import CrossStitch
@@ -85,19 +85,21 @@ def build_model(model_config, image_size):
 
 
 def _task_levels(config):
-    return tuple(level for level in LEVEL_NAMES if level not in frozen_levels(config))
+    return tuple(level for level in LEVEL_NAMES if level not in shared_levels(config))
 
 
 def _per_task_features(image, tasks, config, sharing):
-    """task -> (neck feature, P1 skip) with one encoder copy per task above a shared frozen trunk.
+    """task -> (neck feature, P1 skip) with one encoder copy per task above a shared trunk.
 
-    The trunk (the levels model.freeze_through keeps frozen; none for the builtin encoder) is built
-    once: frozen copies would compute the same features, three times the trunk's cost for nothing.
+    The trunk (shared_levels: through model.shared_through, else the levels model.freeze_through keeps
+    frozen; none for the builtin encoder by default) is built once: frozen copies would compute the
+    same features, three times the trunk's cost for nothing, and a branch point above the frozen levels
+    buys per-task capacity where it is cheap (the low-resolution levels hold most of the weights).
     soft: each task's upper levels are a nested model "encoder_<task>" (the L2 penalty pairs their
     weights); cross_stitch: the upper levels are built inline, a CrossStitch after each level from
     P2 on mixes the task streams (Misra et al. stitch after each stage, not after the stem).
     """
-    trunk_levels = frozen_levels(config)
+    trunk_levels = shared_levels(config)
     trunk = encoder_part(image.shape[1:], config, "encoder", trunk_levels)(image) if trunk_levels else {}
     x = trunk[trunk_levels[-1]] if trunk_levels else image
     levels = _task_levels(config)

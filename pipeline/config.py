@@ -124,6 +124,9 @@ class ModelConfig:
     min_depth: float = 0.5
     # P1..P4: the pretrained encoder's stem and blocks up to that level stay frozen (faster steps)
     freeze_through: str | None = None
+    # soft and cross_stitch sharing: the encoder levels up to this one are one shared trunk and each task
+    # gets its own copy of the levels above (a branch point); null: the frozen levels. Moot for hard.
+    shared_through: str | None = None
 
 
 @dataclass
@@ -397,6 +400,7 @@ RULES: dict[str, Range | tuple] = {
     "model.max_depth": POSITIVE,
     "model.min_depth": POSITIVE,
     "model.freeze_through": ("P1", "P2", "P3", "P4"),
+    "model.shared_through": ("P1", "P2", "P3", "P4"),
     "train.epochs": POSITIVE,
     "train.steps_per_epoch": POSITIVE,
     "train.batch_size": POSITIVE,
@@ -538,6 +542,10 @@ def validate(config: Config) -> None:
     if config.model.min_depth >= config.model.max_depth:
         raise UserError(f"config: model.min_depth must be below model.max_depth; Received: "
                         f"model.min_depth={config.model.min_depth}, model.max_depth={config.model.max_depth}")
+    shared, frozen = config.model.shared_through, config.model.freeze_through
+    if shared is not None and frozen is not None and shared < frozen:  # "P1" < "P4": levels sort by name
+        raise UserError(f"config: model.shared_through cannot be below model.freeze_through (frozen levels are "
+                        f"always shared); Received: model.shared_through={shared}, model.freeze_through={frozen}")
     unknown = sorted(set(config.train.fixed_weights) - set(TASKS))
     if unknown:
         raise UserError(f"config: train.fixed_weights has unknown task '{unknown[0]}'; valid: {', '.join(TASKS)}")

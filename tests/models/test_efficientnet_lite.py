@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -231,30 +232,40 @@ def _weighted_leaves(model):
             if layer.weights and not isinstance(layer, keras.Model)}
 
 
-@pytest.mark.parametrize("sharing, frozen", [("soft", "P2"), ("cross_stitch", "P2"), ("cross_stitch", None)])
-def test_per_task_copies_share_the_frozen_trunk_and_compute_what_one_encoder_does(sharing, frozen, tmp_path):
-    """The frozen levels (through P2 here) are built once; above them every task has its own copy with
-    the ImageNet weights. With the stitches at identity, each task's output is exactly that of a
-    single-task model given the same neck and head weights: sharing the trunk changes no number."""
+@pytest.mark.parametrize("sharing, frozen, shared", [("soft", "P2", None), ("cross_stitch", "P2", None),
+                                                   ("cross_stitch", None, None), ("cross_stitch", "P2", "P4"),
+                                                   ("soft", "P2", "P4")])
+def test_per_task_copies_share_the_trunk_and_compute_what_one_encoder_does(sharing, frozen, shared, tmp_path):
+    """The trunk (the frozen levels, through P2 here, or through model.shared_through) is built once;
+    above it every task has its own copy with the ImageNet weights. With the stitches at identity, each
+    task's output is exactly that of a single-task model given the same neck and head weights: sharing
+    the trunk changes no number."""
     import keras
 
+    from models.efficientnet_lite import level_blocks
     from models.sharing import CrossStitch, shared_kernel
 
-    config = lite_config(freeze_through=frozen, sharing=sharing)
+    config = lite_config(freeze_through=frozen, sharing=sharing, shared_through=shared)
     net = build_model(config, SIZE)
     leaves = _weighted_leaves(net)
-    if frozen:
+    trunk = shared or frozen
+    if trunk:
         assert [name for name in leaves if "blocks_2_depthwise" in name] == ["encoder_blocks_2_depthwise_conv"]
-        assert not net.get_layer("encoder").trainable_weights  # the trunk: frozen, out of the soft penalty
+        # The trunk trains exactly its levels above the frozen ones (nothing without a branch point).
+        trained = {int(re.match(r"encoder_blocks_(\d+)_", v.path).group(1))
+                   for v in net.get_layer("encoder").trainable_weights}
+        assert trained == ({block for level in ("P3", "P4") for block in level_blocks(level)} if shared else set())
     else:  # nothing frozen: every level per task, stitched from P2 on
         assert sorted(name for name in leaves if "blocks_2_depthwise" in name) == sorted(
             f"encoder_{task}_blocks_2_depthwise_conv" for task in ("depth", "detection", "segmentation"))
+    above = level_blocks("P5")[0] if shared == "P4" else 3  # the first block every task has a copy of
     tensors = read_pth(weights_path())
     for task in ("detection", "segmentation", "depth"):
-        kernel = leaves[f"encoder_{task}_blocks_3_depthwise_conv"].get_weights()[0]  # above P2 either way
-        np.testing.assert_array_equal(kernel, tensors["_blocks.3._depthwise_conv.weight"].transpose(2, 3, 0, 1))
+        kernel = leaves[f"encoder_{task}_blocks_{above}_depthwise_conv"].get_weights()[0]
+        np.testing.assert_array_equal(kernel, tensors[f"_blocks.{above}._depthwise_conv.weight"].transpose(2, 3, 0, 1))
+        assert (f"encoder_{task}_blocks_{above - 1}_depthwise_conv" in leaves) == (trunk is None)
     stitches = [layer for layer in net.layers if isinstance(layer, CrossStitch)]
-    stitched = ["P3", "P4", "P5"] if frozen else ["P2", "P3", "P4", "P5"]
+    stitched = {"P4": ["P5"], "P2": ["P3", "P4", "P5"], None: ["P2", "P3", "P4", "P5"]}[trunk]
     assert [layer.name for layer in stitches] == ([f"cross_stitch_{level}" for level in stitched]
                                                   if sharing == "cross_stitch" else [])
     if sharing == "cross_stitch":  # GradNorm's shared weights: each stream's last projection
@@ -273,6 +284,16 @@ def test_per_task_copies_share_the_frozen_trunk_and_compute_what_one_encoder_doe
             if not name.startswith("encoder_"):  # neck and head: copy; the encoder is the checkpoint's
                 layer.set_weights(leaves[name.replace("neck_", f"neck_{task}_")].get_weights())
         np.testing.assert_allclose(single(image)[task], outputs[task], rtol=1e-5, atol=1e-5)
+
+
+def test_a_branch_point_needs_an_encoder_built_level_by_level():
+    from models.encoder import shared_levels
+
+    assert shared_levels(lite_config(freeze_through="P2")) == ("P1", "P2")
+    assert shared_levels(lite_config(freeze_through="P2", shared_through="P4")) == ("P1", "P2", "P3", "P4")
+    assert shared_levels(ModelConfig(shared_through="P3")) == ("P1", "P2", "P3")  # builtin: trained trunk
+    with pytest.raises(UserError, match="level by level"):
+        shared_levels(ModelConfig(backbone="mobilenet_v3_large", shared_through="P3"))
 
 
 def test_a_copy_of_the_upper_levels_loads_only_their_weights_and_stays_strict(checkpoint):

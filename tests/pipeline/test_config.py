@@ -158,6 +158,14 @@ def test_ranges_and_rules_between_keys(override, message):
         load_config("configs/tiny.yaml", [override])
 
 
+def test_a_branch_point_below_the_frozen_levels_is_refused():
+    with pytest.raises(UserError, match="model.shared_through cannot be below model.freeze_through"):
+        load_config("configs/default.yaml", ["model.shared_through=P2"])  # frozen through P3
+    assert load_config("configs/default.yaml", ["model.shared_through=P4"]).model.shared_through == "P4"
+    with pytest.raises(UserError, match="unknown model.shared_through 'P5'"):
+        load_config("configs/default.yaml", ["model.shared_through=P5"])  # that is hard sharing
+
+
 def test_classes_default_to_the_unified_three_and_nine():
     config = load_config("configs/tiny.yaml")
     assert [c.name for c in config.model.classes.detection] == ["vehicle", "pedestrian", "cyclist"]
