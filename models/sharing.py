@@ -6,7 +6,8 @@
   and only task-specific gradients make them drift apart.
 - cross_stitch: one encoder per task; after each per-task pyramid level from P2 on a learned T x T
   matrix mixes the task features, out_i = sum_j a_ij x_j (Misra et al. 2016).
-With model.freeze_through, soft and cross-stitch copies share the frozen levels (models/multitask.py).
+With model.freeze_through, soft and cross-stitch copies share the frozen levels; model.shared_through
+moves that branch point up (models/multitask.py).
 """
 from __future__ import annotations
 
