@@ -81,11 +81,21 @@ def builtin_stage(x, index, widths, prefix="encoder"):
     return x
 
 
-def level_builders(config):
-    """{"P1".."P5": build(x, prefix) -> x} for a LEVELLED_BACKBONES encoder: P1 takes the image."""
-    if config.backbone not in LEVELLED_BACKBONES:
-        raise UserError(f"backbone {config.backbone} is a whole keras.applications model: it cannot be "
-                        f"built level by level (only {', '.join(LEVELLED_BACKBONES)})")
+def not_levelled(config, what):
+    """Why `what` (e.g. "model.sharing=cross_stitch") cannot be built on this config's backbone, or None:
+    it needs an encoder built level by level, and the keras.applications ones come whole."""
+    if config.backbone in LEVELLED_BACKBONES:
+        return None
+    return (f"{what} needs a backbone built level by level ({', '.join(LEVELLED_BACKBONES)}); "
+            f"Received: backbone={config.backbone}")
+
+
+def level_builders(config, what="building the encoder level by level"):
+    """{"P1".."P5": build(x, prefix) -> x} for a LEVELLED_BACKBONES encoder: P1 takes the image.
+    `what` names the caller's need in the UserError for any other backbone."""
+    problem = not_levelled(config, what)
+    if problem:
+        raise UserError(problem)
     if config.backbone == "efficientnet_lite0":
         return {level: (lambda x, prefix, level=level: lite0_level(x, level, prefix)) for level in LEVEL_NAMES}
     return {"P1": lambda x, prefix: builtin_stem(x, config.widths, prefix),
@@ -106,7 +116,7 @@ def shared_levels(config):
     model.shared_through (a branch point), else the frozen levels (copies would compute them identically)."""
     if config.shared_through is None:
         return frozen_levels(config)
-    level_builders(config)  # a UserError for an encoder that is not built level by level
+    level_builders(config, "model.shared_through")  # a UserError for an encoder not built by level
     return LEVEL_NAMES[:LEVEL_NAMES.index(config.shared_through) + 1]
 
 

@@ -10,7 +10,7 @@ import keras
 
 from models.depth import build_depth_head
 from models.detection import build_detection_head
-from models.encoder import (LEVEL_NAMES, LEVELLED_BACKBONES, check_backbone, encoder_model, encoder_part,
+from models.encoder import (LEVEL_NAMES, check_backbone, encoder_model, encoder_part,
                             level_builders, prepare_layers, shared_levels)
 from models.neck import build_neck
 from models.segmentation import build_segmentation_head
@@ -51,10 +51,8 @@ def build_model(model_config, image_size):
         raise UserError(f"unknown sharing mode '{sharing}'; valid: {', '.join(SHARING_MODES)}")
     if len(tasks) == 1:
         sharing = "hard"  # one task: every mode is the same single encoder
-    if sharing == "cross_stitch" and model_config.backbone not in LEVELLED_BACKBONES:
-        raise UserError(f"model.sharing=cross_stitch needs a backbone built level by level "
-                        f"({', '.join(LEVELLED_BACKBONES)}: it stitches between pyramid levels); "
-                        f"Received: backbone={model_config.backbone}")
+    if sharing == "cross_stitch":  # it stitches between pyramid levels
+        level_builders(model_config, "model.sharing=cross_stitch")
     height, width = image_size
     image = keras.Input(shape=(height, width, 3), name="image")
 

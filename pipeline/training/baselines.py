@@ -39,7 +39,7 @@ import yaml
 
 from data.errors import UserError
 from data.vocabulary import SHARING_MODES, WEIGHTINGS
-from models.encoder import LEVELLED_BACKBONES
+from models.encoder import not_levelled
 from models.multitask import build_model
 from pipeline import atomic, layout, timing
 from pipeline.config import Config, load_config, to_dict
@@ -93,10 +93,9 @@ def variants(config: Config) -> dict[str, Config]:
 
 def left_out(config: Config) -> dict[str, str]:
     """Variants the study cannot build for this config -> why (variants() leaves them out)."""
-    if config.model.sharing != "cross_stitch" and config.model.backbone not in LEVELLED_BACKBONES:
-        return {f"multi-{config.train.weighting}-cross_stitch":
-                f"model.sharing=cross_stitch needs a backbone built level by level "
-                f"({', '.join(LEVELLED_BACKBONES)}; this config's is {config.model.backbone})"}
+    problem = not_levelled(config.model, "model.sharing=cross_stitch")
+    if config.model.sharing != "cross_stitch" and problem:
+        return {f"multi-{config.train.weighting}-cross_stitch": problem}
     return {}
 
 
