@@ -497,6 +497,16 @@ def load_config(path: str | pathlib.Path | None = None, overrides: typing.Sequen
     return config
 
 
+def from_dict(values: dict) -> Config:
+    """A config from a mapping such as to_dict wrote (a saved run's): keys it lacks, added to the
+    config since, read as their defaults."""
+    tree = dataclasses.asdict(Config())
+    _merge(tree, values, "")
+    config = _build(Config, tree, "")
+    validate(config)
+    return config
+
+
 def _merge(base: dict, new: dict, where: str):
     if not isinstance(new, dict):
         raise UserError(f"config: '{where or 'top level'}' must be a mapping")

@@ -29,7 +29,7 @@ from data.errors import UserError
 from models import multitask
 from pipeline import layout, trained
 from pipeline.timing import machine
-from pipeline.config import Config, load_config, to_dict
+from pipeline.config import Config, from_dict, load_config, to_dict
 from pipeline.evaluation.evaluate import evaluate_model
 from pipeline.inputs import dataset as inputs
 from pipeline.training import devices
@@ -196,7 +196,7 @@ def run_study(config_path, base_overrides: list[str], variants: dict[str, list[s
         key = json.loads(json.dumps({"budget_seconds": budget_seconds, "config": to_dict(variant)}))
         folder = study_dir / name
         done = previous.get(name)
-        if done and done.get("key") == key and (folder / "model.keras").exists():
+        if done and _same_key(done.get("key"), key) and (folder / "model.keras").exists():
             print(f"ablate: {name}: already trained with this config and budget, skipped")
             results[name] = done
             continue
@@ -221,6 +221,19 @@ def run_study(config_path, base_overrides: list[str], variants: dict[str, list[s
     _finish(results, reference)
     _write(results, reference, budget_seconds, study_dir)
     return results
+
+
+def _same_key(saved, key: dict) -> bool:
+    """Whether a finished variant's key is this one. Its config is read back as a config, so a key added
+    to the config since it trained takes its default (the default keeps what it trained) instead of
+    making the study delete and retrain every variant."""
+    if not isinstance(saved, dict) or saved.get("budget_seconds") != key["budget_seconds"]:
+        return False
+    try:
+        config = to_dict(from_dict(saved.get("config")))
+    except (UserError, TypeError, AttributeError):
+        return False
+    return json.loads(json.dumps(config)) == key["config"]
 
 
 def _finish(results: dict, reference: str) -> None:

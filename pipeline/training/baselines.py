@@ -135,6 +135,13 @@ def _training_part(config_dict: dict) -> dict:
     part = {key: config_dict.get(key) for key in TRAINING_KEYS}
     if isinstance(part["train"], dict):
         part["train"] = {k: v for k, v in part["train"].items() if k not in LOGGING_ONLY}
+    model = part["model"]
+    if isinstance(model, dict):
+        # Keys the built net ignores make no other training: one task is always one encoder
+        # (build_model), and hard sharing has no branch point.
+        sharing = "hard" if len(model.get("tasks") or []) == 1 else model.get("sharing")
+        if sharing == "hard":
+            part["model"] = {**model, "sharing": "hard", "shared_through": None}
     return part
 
 

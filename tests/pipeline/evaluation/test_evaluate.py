@@ -243,6 +243,27 @@ def test_baselines_reuse_the_main_run_and_skip_trained_variants(config):
     assert baselines.same_training(tiny(config.run_root, "train.conflict_every=3"), main_run)
 
 
+def test_keys_the_net_ignores_do_not_make_another_training(config):
+    """A branch point means nothing under hard sharing, and a single-task net is one encoder whatever
+    the sharing mode (build_model): models trained without them are the same training. A branch
+    point under cross-stitch sharing builds another net."""
+    folder = config.run_dir / "hard"
+    save_config(config, folder / "config.yaml")
+    (folder / "model.keras").write_bytes(b"stand-in")
+    assert baselines.same_training(tiny(config.run_root, "model.shared_through=P3"), folder)
+    assert not baselines.same_training(tiny(config.run_root, "model.sharing=cross_stitch"), folder)
+    single = config.run_dir / "single"
+    save_config(tiny(config.run_root, "model.tasks=[depth]"), single / "config.yaml")
+    (single / "model.keras").write_bytes(b"stand-in")
+    assert baselines.same_training(
+        tiny(config.run_root, "model.tasks=[depth]", "model.sharing=cross_stitch", "model.shared_through=P3"), single)
+    stitched = config.run_dir / "stitched"
+    save_config(tiny(config.run_root, "model.sharing=cross_stitch"), stitched / "config.yaml")
+    (stitched / "model.keras").write_bytes(b"stand-in")
+    assert not baselines.same_training(
+        tiny(config.run_root, "model.sharing=cross_stitch", "model.shared_through=P3"), stitched)
+
+
 def test_a_run_saved_before_a_model_key_existed_is_still_the_same_training(config):
     """A model key added after a run was saved is missing from its config.yaml (simulated by deleting
     model.soft_sharing_beta); its default keeps what the run trained, so the study must not retrain
