@@ -27,7 +27,7 @@ CODEC = "h264"
 ENCODER = "libx264"
 CRF = 20  # visually near-lossless for overlays; 18-23 is x264's usual range
 # x264's AVX-512 kernels made the same frames encode to different bytes from run to run (measured on an
-# AVX-512 EPYC: 3 different files in 7 runs of one clip; 6 of 6 equal with this), so the data stage's
+# AVX-512 EPYC: 4 different files in 6 runs of one clip; 6 of 6 equal with this), so the data stage's
 # clip would not be the same bytes for the same seed. Capped at AVX2 on x86; other CPUs keep x264's own.
 X264_DETERMINISTIC = {"x264-params": "asm=AVX2"} if platform.machine().lower() in ("x86_64", "amd64") else {}
 PRESET = "veryfast"

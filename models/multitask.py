@@ -42,6 +42,11 @@ def rebuild_at(net, model_config, image_size):
     return resized
 
 
+def built_sharing(tasks, sharing: str) -> str:
+    """The sharing mode a net of these tasks is built with: one task is one encoder, whatever the mode."""
+    return "hard" if len(tasks) == 1 else sharing
+
+
 def build_model(model_config, image_size):
     """-> keras.Model {"image": float32 [B,H,W,3] 0..255} -> {task: output} (see the contract)."""
     tasks = ordered_tasks(model_config.tasks)
@@ -49,8 +54,7 @@ def build_model(model_config, image_size):
     sharing = model_config.sharing
     if sharing not in SHARING_MODES:
         raise UserError(f"unknown sharing mode '{sharing}'; valid: {', '.join(SHARING_MODES)}")
-    if len(tasks) == 1:
-        sharing = "hard"  # one task: every mode is the same single encoder
+    sharing = built_sharing(tasks, sharing)
     if sharing == "cross_stitch":  # it stitches between pyramid levels
         level_builders(model_config, "model.sharing=cross_stitch")
     height, width = image_size

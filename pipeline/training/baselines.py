@@ -40,7 +40,7 @@ import yaml
 from data.errors import UserError
 from data.vocabulary import SHARING_MODES, WEIGHTINGS
 from models.encoder import not_levelled
-from models.multitask import build_model
+from models.multitask import build_model, built_sharing
 from pipeline import atomic, layout, timing
 from pipeline.config import Config, load_config, to_dict
 from pipeline.evaluation import evaluate, plots, report
@@ -137,10 +137,9 @@ def _training_part(config_dict: dict) -> dict:
         part["train"] = {k: v for k, v in part["train"].items() if k not in LOGGING_ONLY}
     model = part["model"]
     if isinstance(model, dict):
-        # Keys the built net ignores make no other training: one task is always one encoder
-        # (build_model), and hard sharing has no branch point.
-        sharing = "hard" if len(model.get("tasks") or []) == 1 else model.get("sharing")
-        if sharing == "hard":
+        # Keys the built net ignores make no other training: the mode it is built with, and hard
+        # sharing has no branch point.
+        if built_sharing(model.get("tasks") or [], model.get("sharing")) == "hard":
             part["model"] = {**model, "sharing": "hard", "shared_through": None}
     return part
 
