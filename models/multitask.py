@@ -47,6 +47,15 @@ def built_sharing(tasks, sharing: str) -> str:
     return "hard" if len(tasks) == 1 else sharing
 
 
+def as_built(model: dict) -> dict:
+    """A model config mapping with the keys the built net ignores set as it is built: the sharing
+    mode (built_sharing), and no branch point under hard sharing. Two configs that build the same
+    net then compare equal (the baselines' reuse of a trained model, a resume)."""
+    if built_sharing(model.get("tasks") or [], model.get("sharing")) == "hard":
+        return {**model, "sharing": "hard", "shared_through": None}
+    return model
+
+
 def build_model(model_config, image_size):
     """-> keras.Model {"image": float32 [B,H,W,3] 0..255} -> {task: output} (see the contract)."""
     tasks = ordered_tasks(model_config.tasks)

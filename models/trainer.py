@@ -45,7 +45,9 @@ class MultiTaskTrainer(keras.Model):
             raise ValueError(f"net outputs {sorted(built)} do not cover the configured tasks; "
                              f"Received: tasks={list(model_config.tasks)}")
         self.net = net
-        self.losses_by_task = per_example_losses(model_config)
+        # The training objective, and the plain losses test_step reports (see per_example_losses).
+        self.losses_by_task = per_example_losses(model_config, train_config)
+        self.evaluation_losses = per_example_losses(model_config)
         self.weighting = make_weighting(train_config, self.tasks)
         # Task weights learn on their own optimizer (see models/optimizer.py); built here, inside
         # the caller's strategy scope, so its slots exist before the first traced step.
@@ -96,23 +98,25 @@ class MultiTaskTrainer(keras.Model):
         if self.optimizer is not None and not self.optimizer.built:
             self.optimizer.build(self.net.trainable_variables)
 
-    def compute_losses(self, y, outputs):
+    def compute_losses(self, y, outputs, training=False):
         """-> (total, {task: loss}, {task: 1.0 if the batch had the label else 0.0}).
 
         Each task loss is the mean over the examples that have the label; total is what the
-        optimiser minimises (weighting + soft-sharing penalty).
+        optimiser minimises (weighting + soft-sharing penalty). training: the training objective's
+        task losses (train.segmentation_ohem), else the plain ones validation reports.
         """
-        losses, present, penalty = self.compute_task_losses(y, outputs)
+        losses, present, penalty = self.compute_task_losses(y, outputs, training)
         total = self.weighting.combine(losses, present)
         if penalty is not None:
             total += penalty
         return total, losses, present
 
-    def compute_task_losses(self, y, outputs):
+    def compute_task_losses(self, y, outputs, training=True):
         """-> ({task: loss}, {task: present}, soft-sharing penalty or None)."""
         losses, present = {}, {}
+        by_task = self.losses_by_task if training else self.evaluation_losses
         for task in self.tasks:
-            per_example = self.losses_by_task[task](y, outputs[task])
+            per_example = by_task[task](y, outputs[task])
             losses[task], present[task] = masked_task_loss(per_example, y[f"has_{task}"])
         penalty = None
         if self.soft_beta:

@@ -140,6 +140,9 @@ class TrainConfig:
     ema: float = 0.0  # > 0: keep an exponential moving average of the weights at this momentum
     weighting: str = "uncertainty"
     task_weight_learning_rate: float = 0.05  # Adam for uncertainty s / GradNorm w, constant
+    # true: the segmentation loss trains on the hard pixels only (OHEM, models/segmentation.py);
+    # validation still reports the plain cross-entropy.
+    segmentation_ohem: bool = False
     fixed_weights: dict[str, float] = field(
         default_factory=lambda: {"detection": 1.0, "segmentation": 1.0, "depth": 1.0})
     dwa_temperature: float = 2.0
@@ -474,7 +477,7 @@ def _apply_override(tree: dict, dotted: str, value):
 
 def load_config(path: str | pathlib.Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Loads a YAML config (or the defaults), applies `key=value` overrides, validates choices."""
-    tree = dataclasses.asdict(Config())
+    loaded = {}
     if path is not None:
         path = pathlib.Path(path)
         if not path.is_file():
@@ -483,7 +486,14 @@ def load_config(path: str | pathlib.Path | None = None, overrides: typing.Sequen
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise UserError(f"config file {path} is not valid YAML: {err}") from None
-        _merge(tree, loaded, "")
+    return from_dict(loaded, overrides)
+
+
+def from_dict(values: dict, overrides: typing.Sequence[str] = ()) -> Config:
+    """A config from a mapping such as a YAML file or to_dict wrote (a saved run's), then `key=value`
+    overrides: keys it lacks (for a saved run, keys added to the config since) read as their defaults."""
+    tree = dataclasses.asdict(Config())
+    _merge(tree, values, "")
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override '{item}' is not of the form key=value")
@@ -492,16 +502,6 @@ def load_config(path: str | pathlib.Path | None = None, overrides: typing.Sequen
             _apply_override(tree, key, yaml.safe_load(raw))
         except (ValueError, IndexError, AttributeError, TypeError):
             raise UserError(f"override '{item}' does not name a config key") from None
-    config = _build(Config, tree, "")
-    validate(config)
-    return config
-
-
-def from_dict(values: dict) -> Config:
-    """A config from a mapping such as to_dict wrote (a saved run's): keys it lacks, added to the
-    config since, read as their defaults."""
-    tree = dataclasses.asdict(Config())
-    _merge(tree, values, "")
     config = _build(Config, tree, "")
     validate(config)
     return config

@@ -40,7 +40,7 @@ import yaml
 from data.errors import UserError
 from data.vocabulary import SHARING_MODES, WEIGHTINGS
 from models.encoder import not_levelled
-from models.multitask import build_model, built_sharing
+from models.multitask import as_built, build_model
 from pipeline import atomic, layout, timing
 from pipeline.config import Config, load_config, to_dict
 from pipeline.evaluation import evaluate, plots, report
@@ -135,12 +135,8 @@ def _training_part(config_dict: dict) -> dict:
     part = {key: config_dict.get(key) for key in TRAINING_KEYS}
     if isinstance(part["train"], dict):
         part["train"] = {k: v for k, v in part["train"].items() if k not in LOGGING_ONLY}
-    model = part["model"]
-    if isinstance(model, dict):
-        # Keys the built net ignores make no other training: the mode it is built with, and hard
-        # sharing has no branch point.
-        if built_sharing(model.get("tasks") or [], model.get("sharing")) == "hard":
-            part["model"] = {**model, "sharing": "hard", "shared_through": None}
+    if isinstance(part["model"], dict):
+        part["model"] = as_built(part["model"])  # keys the built net ignores make no other training
     return part
 
 

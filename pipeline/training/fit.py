@@ -64,13 +64,14 @@ def check_resume(work: pathlib.Path, config: Config) -> bool:
     Returns True when `work` holds an unfinished run to resume."""
     saved = work / "model_config.json"
     current = resume_signature(config)
+    current["model"] = multitask.as_built(current["model"])  # keys the built net ignores change no model
     resuming = (work / "backup").exists()
     if resuming and saved.exists():
         previous = json.loads(saved.read_text())
         previous.setdefault("train", current["train"])  # written before the signature had it
         # A model key added since the run was saved (e.g. model.classes) has the default
         # that builds the model that run built.
-        previous["model"] = {**to_dict(Config())["model"], **previous["model"]}
+        previous["model"] = multitask.as_built({**to_dict(Config())["model"], **previous["model"]})
         if previous != current:
             changed = [f"model.{k}" for k in current["model"] if current["model"][k] != previous["model"].get(k)]
             changed += [f"model.{k} (no longer a key)" for k in previous["model"] if k not in current["model"]]

@@ -168,6 +168,16 @@ def test_resume_keeps_history_and_refuses_a_changed_model_or_weighting(tmp_path)
         train_stage.check_resume(tmp_path, tiny(tmp_path, "data.train_crop=[32,64]"))
 
 
+def test_resume_ignores_a_branch_point_that_hard_sharing_does_not_build(tmp_path):
+    """model.shared_through is moot under hard sharing: the same net, so the resume goes on; under
+    cross-stitch sharing it builds another net, so the resume is refused."""
+    train_stage.begin_run(tmp_path, tiny(tmp_path), resuming=False)
+    (tmp_path / "backup").mkdir()
+    assert train_stage.check_resume(tmp_path, tiny(tmp_path, "model.shared_through=P4")) is True
+    with pytest.raises(UserError, match=r"changed: model\.sharing, model\.shared_through\)"):
+        train_stage.check_resume(tmp_path, tiny(tmp_path, "model.sharing=cross_stitch", "model.shared_through=P4"))
+
+
 def test_resume_of_a_run_saved_before_a_model_key_existed(tmp_path):
     """Its saved signature lacks the key (simulated by deleting model.soft_sharing_beta); the key's
     default is the model it built."""
@@ -293,8 +303,8 @@ def test_nan_loss_stops_training_naming_the_task_and_keeps_the_last_good_state(
     calls = tf.Variable(0, dtype=tf.int64, trainable=False)
     real_losses = trainer_lib.per_example_losses
 
-    def losses_with_nan_depth(model_config):
-        losses = real_losses(model_config)
+    def losses_with_nan_depth(model_config, train_config=None):
+        losses = real_losses(model_config, train_config)
         depth_loss = losses["depth"]
 
         def nan_from_the_8th_call(y, out):
