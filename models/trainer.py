@@ -111,8 +111,8 @@ class MultiTaskTrainer(keras.Model):
             total += penalty
         return total, losses, present
 
-    def compute_task_losses(self, y, outputs, training=True):
-        """-> ({task: loss}, {task: present}, soft-sharing penalty or None)."""
+    def compute_task_losses(self, y, outputs, training=False):
+        """-> ({task: loss}, {task: present}, soft-sharing penalty or None); training as compute_losses."""
         losses, present = {}, {}
         by_task = self.losses_by_task if training else self.evaluation_losses
         for task in self.tasks:
@@ -146,7 +146,7 @@ class MultiTaskTrainer(keras.Model):
         persistent = self.weighting.needs_persistent_tape or per_task or bool(self.conflict_pairs)
         with tf.GradientTape(persistent=persistent) as tape:
             outputs = self.net(x, training=True)
-            losses, present, penalty = self.compute_task_losses(y, outputs)
+            losses, present, penalty = self.compute_task_losses(y, outputs, training=True)
             total = self.weighting.combine(losses, present)
             if penalty is not None:
                 total += penalty
