@@ -23,7 +23,9 @@ class Stability:
     A metric is None when the clip has fewer than two frames or the task is missing.
     """
 
-    EDGES = np.logspace(-6, 1, 7 * 80 + 1)
+    # Log-spaced bins of the per-pixel log-depth change: 80 a decade from 1e-6 to 10.
+    DECADES, BINS_PER_DECADE = (-6, 1), 80
+    EDGES = np.logspace(*DECADES, (DECADES[1] - DECADES[0]) * BINS_PER_DECADE + 1)
 
     def __init__(self, num_classes: int = len(schema.SEGMENTATION_CLASSES)):
         self.num_classes = num_classes
@@ -65,7 +67,13 @@ class Stability:
         zero = change < self.EDGES[0]
         self.depth_zeros += int(zero.sum())
         self.depth_count += change.size
-        self.depth_hist += np.histogram(np.minimum(change[~zero], self.EDGES[-1]), self.EDGES)[0]
+        # The bin index straight from the logarithm (a value within rounding of an edge may land on
+        # either side): np.histogram's binary search over the 561 edges took 4.6 ms of a 192x384
+        # frame pair, most of the clip stage's per-frame analysis.
+        moved = np.log10(np.minimum(change[~zero], self.EDGES[-1]))
+        index = ((moved - self.DECADES[0]) * self.BINS_PER_DECADE).astype(np.int64)
+        bins = len(self.depth_hist)
+        self.depth_hist += np.bincount(np.clip(index, 0, bins - 1), minlength=bins)
 
     def _depth_median(self):
         if self.depth_count == 0:

@@ -92,6 +92,16 @@ def test_a_batch_is_one_run_with_the_same_answers(tiny_exported, onnx_path):
         np.testing.assert_allclose(together[key], np.concatenate([a[key] for a in alone]), atol=1e-4, err_msg=key)
 
 
+def test_idle_onnx_threads_sleep_instead_of_spinning(onnx_path):
+    """ONNX Runtime's threads spin after each run by default, taking the cores from whatever runs next
+    (the clip stage's other threads, another model): the predictor turns that off, with or without
+    its own thread count."""
+    for threads in (None, 2):
+        options = runtimes.load_predictor(onnx_path, num_threads=threads).session.get_session_options()
+        for pool in ("intra_op", "inter_op"):
+            assert options.get_session_config_entry(f"session.{pool}.allow_spinning") == "0"
+
+
 def test_onnx_runs_with_onnxruntime_alone(onnx_path, tmp_path):
     """The file needs ONNX Runtime and NumPy only: no TensorFlow, no project code (-I -S: no
     PYTHONPATH, no .pth files; only the installed libraries' folder goes back on the path)."""

@@ -221,6 +221,25 @@ def test_depth_matches_numpy_reference_with_invalid_pixels():
     json.dumps(result)
 
 
+def test_depth_bins_and_histogram_match_numpy():
+    """The distance bins and the log-error histogram, computed by division and NumPy's uniform-bin path,
+    count exactly what np.histogram over the published edges counts, bin edges and outliers included."""
+    rng = np.random.default_rng(4)
+    gt = np.concatenate([rng.uniform(0.5, 80.0, 5000), np.arange(10.0, 81.0, 10.0)])  # every bin edge
+    factor = np.concatenate([np.exp(rng.uniform(-1.5, 1.5, 5000)), np.ones(8)])      # beyond +-1 too
+    evaluator = DepthEvaluator(max_depth=80.0)
+    evaluator.add(gt[None], (gt * factor)[None])
+    result = evaluator.result()
+    edges = np.array(result["by_distance"]["bin_edges_m"], np.float64)
+    expected_bins = np.histogram(np.minimum(gt, np.nextafter(edges[-1], 0)), edges)[0]  # 80 m: last bin
+    assert result["by_distance"]["pixels"] == expected_bins.tolist()
+    pred = np.clip(gt * factor, 1e-3, 80.0)
+    log_error = np.clip(np.log(pred) - np.log(gt), -1.0, 1.0)
+    expected = np.histogram(log_error, np.array(result["log_error_histogram"]["bin_edges"]))[0]
+    assert result["log_error_histogram"]["counts"] == expected.tolist()
+    assert expected[0] > 0 and expected[-1] > 0  # the clipped outliers are in the end bins
+
+
 def test_depth_without_valid_pixels_is_absent():
     evaluator = DepthEvaluator()
     evaluator.add(np.zeros((4, 4)), np.ones((4, 4)))

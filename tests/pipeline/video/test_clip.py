@@ -261,6 +261,28 @@ def test_stability_measures_change():
     assert result["detection_persistence"] == 0.5
 
 
+def test_depth_flicker_bins_count_what_the_edges_say():
+    """The per-pixel changes are binned from their logarithm, not searched among the edges: the counts
+    are np.histogram's over the published edges, with NaN changes and changes past the last edge in
+    the last bin and exact zeros counted apart."""
+    rng = np.random.default_rng(5)
+    before = rng.uniform(2.0, 80.0, (48, 64)).astype(np.float32)
+    after = (before * np.exp(rng.normal(0.0, 0.05, before.shape) * rng.uniform(0, 1, before.shape) ** 8)).astype(np.float32)
+    after[0, :3] = before[0, :3]      # no change at all
+    after[1, :3] = before[1, :3] * 1e6  # past the last edge
+    after[2, 0] = np.nan              # a broken model's pixel
+    stability = Stability()
+    stability.add({"segmentation": None, "depth": before, "kept": None})
+    stability.add({"segmentation": None, "depth": after, "kept": None})
+    change = np.abs(np.log(np.maximum(after, 1e-3)) - np.log(np.maximum(before, 1e-3))).ravel()
+    change = np.nan_to_num(change, nan=Stability.EDGES[-1])
+    zero = change < Stability.EDGES[0]
+    expected = np.histogram(np.minimum(change[~zero], Stability.EDGES[-1]), Stability.EDGES)[0]
+    assert stability.depth_zeros == int(zero.sum()) >= 3
+    assert stability.depth_hist.tolist() == expected.tolist()
+    assert expected[-1] >= 4 and (expected[:200] > 0).any()  # the last bin and changes down to 1e-4
+
+
 # ------------------------------------------------------------------------------------------ bad input
 def test_truncated_clip_keeps_the_good_frames(tmp_path, capsys):
     data = FIXTURE_CLIP.read_bytes()
