@@ -220,6 +220,25 @@ def test_int8_io_types_follow_the_config(exported):
     assert report["conversion"]["tflite-int8"]["int8_io"] == config.export.int8_io
 
 
+def test_int8_depth_by_table_is_exp_of_the_dequantised_codes(exported):
+    """The int8 predictor turns log-depth codes into metres with a 256-entry table: every code gives
+    exactly exp of its dequantised value, and a frame's depth map equals the dequantise + exp path."""
+    config, out, _ = exported
+    predictor = runtimes.load_predictor(out / TFLITE["tflite-int8"])
+    table = predictor._depth_table
+    if np.dtype(config.export.int8_io) != np.int8:
+        assert table is None  # uint8 / float io: the generic path
+        return
+    codes = np.arange(-128, 128, dtype=np.int8)
+    scale, zero = predictor._outputs["log_depth"]["quantization"]
+    np.testing.assert_array_equal(table, np.exp((codes.astype(np.float32) - zero) * np.float32(scale)))
+    frames = parity.parity_examples(config)[0][0][:2]
+    by_table = predictor.predict(frames)["depth"]
+    predictor._depth_table = None
+    np.testing.assert_array_equal(by_table, predictor.predict(frames)["depth"])
+    assert np.ptp(by_table) > 0  # a real map, not one value
+
+
 @pytest.mark.parametrize("fmt", sorted(TFLITE))
 def test_tflite_heads_have_no_concatenation_and_no_depth_slice(exported, fmt):
     """The decoders' concat -> 1x1 conv is exported as a sum of convs (pipeline/deploy/split_concat.py) and
