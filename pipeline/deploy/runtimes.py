@@ -223,13 +223,14 @@ class TFLitePredictor(Predictor):
         self._depth_table = self._log_depth_table()
 
     def _log_depth_table(self) -> np.ndarray | None:
-        """Metres for each of the 256 codes of an int8 `log_depth` output (exp of the dequantised
-        value, computed as _dequantise and np.exp compute it): one lookup per pixel instead of a
-        dequantise and an exp (predict() of a 192x384 frame 6.50 -> 6.21 ms, timed alone)."""
+        """Metres for each of the 256 codes of an 8-bit quantised `log_depth` output (int8 or uint8
+        io), indexed by the code's byte: exp of the dequantised value, computed as _dequantise and
+        np.exp compute it. One lookup per pixel instead of a dequantise and an exp (predict() of a
+        192x384 frame 6.50 -> 6.21 ms, timed alone)."""
         details = self._outputs.get("log_depth")
-        if details is None or np.dtype(details["dtype"]) != np.int8 or not details["quantization"][0]:
+        if details is None or np.dtype(details["dtype"]) not in (np.int8, np.uint8) or not details["quantization"][0]:
             return None
-        codes = np.arange(-128, 128, dtype=np.int8)
+        codes = np.arange(256, dtype=np.uint8).view(details["dtype"])  # byte b -> the code it holds
         return np.exp(self._dequantise("log_depth", codes).astype(np.float32))
 
     def _precision(self) -> str:
@@ -272,8 +273,8 @@ class TFLitePredictor(Predictor):
         for frame in images:
             raw = self._runner(**{self._input_name: self._model_input(frame[None], same)})
             outputs = {name: np.asarray(value) for name, value in raw.items()}
-            if self._depth_table is not None:  # int8 log-depth codes -> metres (index = code + 128)
-                outputs["depth"] = self._depth_table[outputs.pop("log_depth").view(np.uint8) ^ np.uint8(0x80)]
+            if self._depth_table is not None:  # 8-bit log-depth codes -> metres, by their byte
+                outputs["depth"] = self._depth_table[outputs.pop("log_depth").view(np.uint8)]
             per_frame.append({name: value if name == "depth" else self._dequantise(name, value)
                               for name, value in outputs.items()})
         decoded = {name: np.concatenate([f[name] for f in per_frame]) for name in per_frame[0]}

@@ -220,23 +220,28 @@ def test_int8_io_types_follow_the_config(exported):
     assert report["conversion"]["tflite-int8"]["int8_io"] == config.export.int8_io
 
 
+def _assert_depth_table_is_exp(predictor, frames):
+    """The 8-bit log-depth table: every byte gives exactly exp of its code's dequantised value, and
+    predict()'s depth maps equal the dequantise + exp path."""
+    details = predictor._outputs["log_depth"]
+    codes = np.arange(256, dtype=np.uint8).view(details["dtype"])
+    scale, zero = details["quantization"]
+    np.testing.assert_array_equal(predictor._depth_table,
+                                  np.exp((codes.astype(np.float32) - zero) * np.float32(scale)))
+    by_table = predictor.predict(frames)["depth"]
+    table, predictor._depth_table = predictor._depth_table, None
+    try:
+        np.testing.assert_array_equal(by_table, predictor.predict(frames)["depth"])
+    finally:
+        predictor._depth_table = table
+    assert np.ptp(by_table) > 0  # a real map, not one value
+
+
 def test_int8_depth_by_table_is_exp_of_the_dequantised_codes(exported):
-    """The int8 predictor turns log-depth codes into metres with a 256-entry table: every code gives
-    exactly exp of its dequantised value, and a frame's depth map equals the dequantise + exp path."""
     config, out, _ = exported
     predictor = runtimes.load_predictor(out / TFLITE["tflite-int8"])
-    table = predictor._depth_table
-    if np.dtype(config.export.int8_io) != np.int8:
-        assert table is None  # uint8 / float io: the generic path
-        return
-    codes = np.arange(-128, 128, dtype=np.int8)
-    scale, zero = predictor._outputs["log_depth"]["quantization"]
-    np.testing.assert_array_equal(table, np.exp((codes.astype(np.float32) - zero) * np.float32(scale)))
-    frames = parity.parity_examples(config)[0][0][:2]
-    by_table = predictor.predict(frames)["depth"]
-    predictor._depth_table = None
-    np.testing.assert_array_equal(by_table, predictor.predict(frames)["depth"])
-    assert np.ptp(by_table) > 0  # a real map, not one value
+    assert predictor._depth_table is not None
+    _assert_depth_table_is_exp(predictor, parity.parity_examples(config)[0][0][:2])
 
 
 @pytest.mark.parametrize("fmt", sorted(TFLITE))
@@ -283,6 +288,10 @@ def test_other_int8_io_types(tiny_trained, tmp_path, io):
     frame = parity.parity_examples(config)[0][0][:1]
     out = predictor.predict(frame)
     assert out["depth"].shape == frame.shape[:3] and np.all(out["depth"] > 0)
+    if np.dtype(io).itemsize == 1:  # 8-bit io: depth through the code table too
+        _assert_depth_table_is_exp(predictor, parity.parity_examples(config)[0][0][:2])
+    else:
+        assert predictor._depth_table is None
 
 
 # ----------------------------------------------------------------------------- failures
