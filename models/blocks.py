@@ -21,6 +21,15 @@ from models.batch_norm import FusedBatchNorm
 BN_MOMENTUM = 0.9
 
 
+def depth_scaled(repeats, depth):
+    """A stage's block count at depth coefficient `depth` (EfficientNet's: ceil(depth x repeats),
+    at least 1; Tan & Le 2019). The first blocks are kept: each stage's first block changes stride
+    or width, the later ones are residual refinements at the same shape."""
+    if not depth > 0:
+        raise ValueError(f"encoder depth must be > 0; Received: depth={depth}")
+    return max(1, math.ceil(round(depth * repeats, 6)))
+
+
 def conv_bn_act(x, filters, kernel_size, strides=1, name="conv", activation="relu"):
     """Conv -> BatchNorm -> activation (no conv bias: BatchNorm's beta replaces it)."""
     x = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,

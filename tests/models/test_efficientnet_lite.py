@@ -89,6 +89,24 @@ def test_encoder_gets_the_checkpoint_weights_in_keras_layout(checkpoint):
     assert not np.array_equal(random.get_layer("enc_conv_stem").get_weights()[0], stem)
 
 
+def test_a_shallower_encoder_keeps_each_stages_first_blocks_with_their_weights(checkpoint):
+    from models.efficientnet_lite import kept_blocks
+
+    # Stages of 1, 2, 2, 3, 3, 4, 1 blocks keep ceil(0.5 x repeats): 1, 1, 1, 2, 2, 2, 1.
+    assert kept_blocks(0.5) == (0, 1, 3, 5, 6, 8, 9, 11, 12, 15)
+    assert kept_blocks(1.0) == tuple(range(16))
+    encoder = encoder_model(SIZE, lite_config(encoder_depth=0.5, freeze_through="P3"), name="enc")
+    blocks = {int(layer.name.split("_")[2]) for layer in encoder.layers if layer.name.startswith("enc_blocks_")}
+    assert blocks == set(kept_blocks(0.5))
+    kernel = encoder.get_layer("enc_blocks_12_project_conv").get_weights()[0]
+    np.testing.assert_array_equal(kernel, checkpoint["_blocks.12._project_conv.weight"].transpose(2, 3, 1, 0))
+    assert not encoder.get_layer("enc_blocks_3_project_conv").trainable  # frozen through P3 as at depth 1
+    assert encoder.get_layer("enc_blocks_5_project_conv").trainable
+    features = encoder(np.zeros((2, *SIZE, 3), np.float32))
+    for level, (stride, channels) in PYRAMID.items():
+        assert tuple(features[level].shape) == (2, SIZE[0] // stride, SIZE[1] // stride, channels), level
+
+
 def test_multitask_net_builds_on_the_pretrained_encoder():
     net = build_model(lite_config(), SIZE)
     out = net({"image": np.full((1, *SIZE, 3), 127.0, np.float32)})

@@ -199,6 +199,27 @@ def test_unknown_backbone_lists_valid_choices():
         build_model(tiny_model(backbone="resnet9000"), SIZE)
 
 
+@pytest.mark.parametrize("depth, blocks", [(0.5, (1, 1, 2, 1)), (1.0, (2, 2, 3, 2)), (1.6, (4, 4, 5, 4))])
+def test_encoder_depth_scales_each_builtin_stage(depth, blocks):
+    from models.encoder import encoder_model
+
+    encoder = encoder_model(SIZE, tiny_model(encoder_depth=depth))
+    names = {layer.name for layer in encoder.layers}
+    for stage, count in enumerate(blocks, 1):  # ceil(depth x (2, 2, 3, 2)), the first blocks kept
+        assert any(name.startswith(f"encoder_s{stage}b{count}_") for name in names), stage
+        assert not any(name.startswith(f"encoder_s{stage}b{count + 1}_") for name in names), stage
+    shapes = {level: tuple(f.shape) for level, f in encoder(np.zeros((1, *SIZE, 3), np.float32)).items()}
+    assert shapes == {f"P{level}": (1, SIZE[0] >> level, SIZE[1] >> level, channels)
+                      for level, channels in zip(range(1, 6), (8, 8, 16, 24, 32))}
+
+
+def test_encoder_depth_is_checked():
+    with pytest.raises(UserError, match="encoder_depth"):
+        build_model(tiny_model(backbone="mobilenet_v3_small", encoder_depth=0.5), SIZE)
+    with pytest.raises(UserError, match="encoder_depth"):
+        build_model(tiny_model(backbone="efficientnet_lite0", encoder_depth=1.5), SIZE)
+
+
 def test_mobilenet_v3_small_builds_without_weights():
     model = build_model(tiny_model(backbone="mobilenet_v3_small", tasks=["detection", "segmentation"]),
                         SIZE)

@@ -127,13 +127,16 @@ def test_ema_writes_the_average_into_the_model_every_epoch():
     assert not make_optimizer(TrainConfig(), total_steps=10).use_ema
 
 
-def test_gradnorm_measures_weights_that_every_task_reaches_under_cross_stitch():
+@pytest.mark.parametrize("depth, last_block", [(1.0, 2), (0.5, 1), (1.5, 3)])
+def test_gradnorm_measures_weights_that_every_task_reaches_under_cross_stitch(depth, last_block):
+    """Each stream's last encoder projection, wherever model.encoder_depth puts it (stage 4 has 2 blocks)."""
     from models.sharing import shared_kernel
 
-    config = tiny_model(sharing="cross_stitch")
+    config = tiny_model(sharing="cross_stitch", encoder_depth=depth)
     net = build_model(config, SIZE)
     kernels = shared_kernel(net)
     assert len(kernels) == len(TASKS)
+    assert all(f"_s4b{last_block}_project_conv/" in kernel.path for kernel in kernels), [k.path for k in kernels]
     trainer = MultiTaskTrainer(net, config, tiny_train(weighting="fixed"))
     x, y = make_batch()
     with tf.GradientTape(persistent=True) as tape:
