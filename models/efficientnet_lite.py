@@ -221,7 +221,8 @@ def load_imagenet_weights(layers, prefix="effnet", tensors=None, levels=tuple(PY
         layer.set_weights([np.asarray(value, np.float32) for value in values])
         used.update(f"{torch_name}.{key}" for key in ("weight", "bias", "running_mean", "running_var"))
     skipped = _level_modules([level for level in PYRAMID_BLOCKS if level not in levels])
-    skipped += tuple(f"_blocks.{index}." for index in range(len(BLOCKS)) if index not in kept_blocks(depth))
+    kept = kept_blocks(depth)
+    skipped += tuple(f"_blocks.{index}." for index in range(len(BLOCKS)) if index not in kept)
     skipped += HEAD_MODULES if not has_head else ()
     unused = [name for name in tensors if name not in used and not name.endswith("num_batches_tracked")
               and not name.startswith(skipped)]
