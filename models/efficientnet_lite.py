@@ -10,7 +10,8 @@ in == out), optional 1x1 head conv to 1280 + global pooling + 1000-class dense. 
 Pyramid (like models/encoder.py's): P1 stride 2 (16 ch, block 0), P2 stride 4 (24 ch, block 2),
 P3 stride 8 (40, block 4), P4 stride 16 (112, block 10), P5 stride 32 (320, block 15). The 1280-wide
 head conv is built only with classifier=True: it is ImageNet-specific and the neck projects P5
-anyway, so the encoder drops its 0.4 M parameters.
+anyway, so the encoder drops its 0.4 M parameters. A shallower encoder (model.encoder_depth < 1)
+keeps each stage's first blocks (kept_blocks), named by their checkpoint index.
 
 Weights load by name: layer `{prefix}_blocks_3_depthwise_conv` <- `_blocks.3._depthwise_conv.weight`
 and so on; every layer must receive exactly one tensor of the right shape, or loading fails.
@@ -36,6 +37,8 @@ BLOCKS = tuple((kernel, stride if repeat == 0 else 1, expansion, filters)
                for repeats, kernel, stride, expansion, filters in STAGES for repeat in range(repeats))
 # Block whose output is each pyramid level (the last block at that stride).
 PYRAMID_BLOCKS = {"P1": 0, "P2": 2, "P3": 4, "P4": 10, "P5": 15}
+# Checkpoint names of the ImageNet classifier head (built only with classifier=True).
+HEAD_MODULES = ("_conv_head.", "_bn1.", "_fc.")
 
 
 def kept_blocks(depth=1.0):
@@ -49,8 +52,6 @@ def kept_blocks(depth=1.0):
         kept += range(first, first + depth_scaled(repeats, depth))
         first += repeats
     return tuple(kept)
-# Checkpoint names of the ImageNet classifier head (built only with classifier=True).
-HEAD_MODULES = ("_conv_head.", "_bn1.", "_fc.")
 
 
 def _conv(x, filters, kernel, strides, name):
