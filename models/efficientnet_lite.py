@@ -203,7 +203,8 @@ def load_imagenet_weights(layers, prefix="effnet", tensors=None, levels=tuple(PY
         tensors = read_pth(weights_path())
     used = set()
     has_head = False
-    allowed = _level_modules(levels, depth) + HEAD_MODULES
+    built = _level_modules(levels, depth)
+    allowed = built + HEAD_MODULES
     for layer in layers:
         if not layer.weights or not layer.name.startswith(f"{prefix}_"):
             continue
@@ -221,9 +222,8 @@ def load_imagenet_weights(layers, prefix="effnet", tensors=None, levels=tuple(PY
                                  f"layer {layer.name} wants {tuple(variable.shape)}")
         layer.set_weights([np.asarray(value, np.float32) for value in values])
         used.update(f"{torch_name}.{key}" for key in ("weight", "bias", "running_mean", "running_var"))
-    skipped = _level_modules([level for level in PYRAMID_BLOCKS if level not in levels])
-    kept = kept_blocks(depth)
-    skipped += tuple(f"_blocks.{index}." for index in range(len(BLOCKS)) if index not in kept)
+    # Not built: the levels not listed and the blocks depth drops (every module of the whole net but these).
+    skipped = tuple(module for module in _level_modules(tuple(PYRAMID_BLOCKS)) if module not in built)
     skipped += HEAD_MODULES if not has_head else ()
     unused = [name for name in tensors if name not in used and not name.endswith("num_batches_tracked")
               and not name.startswith(skipped)]
