@@ -81,7 +81,8 @@ def build_model(model_config, image_size):
         # One output channel per configured class (model.classes; data/classes.py).
         if task == "detection":
             outputs[task] = build_detection_head(feature, model_config.head_width,
-                                                 num_classes=len(model_config.classes.detection))
+                                                 num_classes=len(model_config.classes.detection),
+                                                 convs=model_config.detection_head_convs)
         elif task == "segmentation":
             outputs[task] = build_segmentation_head(feature, skip, model_config.head_width,
                                                     num_classes=len(model_config.classes.segmentation))

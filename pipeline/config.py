@@ -120,6 +120,7 @@ class ModelConfig:
     encoder_depth: float = 1.0
     neck_width: int = 64
     head_width: int = 64
+    detection_head_convs: int = 1  # separable 3x3 convs in each of the detection head's two branches
     sharing: str = "hard"
     soft_sharing_beta: float = 1e-3
     top_k: int = 100  # decoded peaks per frame: COCO evaluation keeps 100 (maxDets)
@@ -401,6 +402,7 @@ RULES: dict[str, Range | tuple] = {
     "model.encoder_depth": POSITIVE,
     "model.neck_width": POSITIVE,
     "model.head_width": POSITIVE,
+    "model.detection_head_convs": POSITIVE,
     "model.sharing": SHARING_MODES,
     "model.soft_sharing_beta": NON_NEGATIVE,
     "model.top_k": POSITIVE,

@@ -19,6 +19,8 @@ Detections: the decoder always returns top_k slots, most of them near-zero fille
 few objects. Slots with score <= trained.METRIC_SCORE_FLOOR are dropped before COCO evaluation: they sit at the
 bottom of the ranking, so they change AP by less than COCO's 101-point recall grid resolves, and
 dropping them keeps the evaluator small. COCO keeps at most 100 detections per image (top_k <= 100).
+The detection result also says what its AP would be with one kind of error fixed ("if_fixed":
+class confusions, box sizes or whole boxes fixed; pipeline/evaluation/metrics/detection_errors.py).
 """
 from __future__ import annotations
 
@@ -36,7 +38,9 @@ from pipeline import atomic, classes, layout, timing, trained
 from pipeline.deploy import camera
 from pipeline.config import Config, SourceConfig
 from pipeline.evaluation import report
-from pipeline.evaluation.metrics import DepthEvaluator, DetectionEvaluator, SegmentationEvaluator, absent
+from pipeline.evaluation.metrics import (DepthEvaluator, DetectionEvaluator, SegmentationEvaluator, absent,
+                                        is_absent)
+from pipeline.evaluation.metrics.detection_errors import error_breakdown
 from pipeline.inputs import dataset as inputs
 
 SCORE_FLOOR = trained.METRIC_SCORE_FLOOR
@@ -193,7 +197,10 @@ def _text(value) -> str:
 def task_result(task: str, evaluator, examples: int, source: str, split: str) -> dict:
     if examples == 0:
         return {**absent(f"source '{source}' has no {task} labels in split '{split}'"), "examples": 0}
-    return evaluator.result()
+    result = evaluator.result()
+    if task == "detection" and not is_absent(result):
+        result["if_fixed"] = error_breakdown(evaluator)
+    return result
 
 
 def evaluate_source(config: Config, model, split: str, source: SourceConfig, max_examples=None,

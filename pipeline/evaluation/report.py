@@ -84,7 +84,27 @@ def detection_section(result: dict) -> str:
     per_class = table(["class", "GT boxes", "AP@[.5:.95]", "AP50"],
                       [[name, fmt(truth.get(name, 0)), fmt(result.get("per_class_AP", {}).get(name)),
                         fmt(result.get("per_class_AP50", {}).get(name))] for name in truth])
-    return f"{counts}\n\n{main}\n\n{per_class}{_by_height(result.get('AP50_by_height'))}"
+    return (f"{counts}\n\n{main}\n\n{per_class}{_by_height(result.get('AP50_by_height'))}"
+            f"{_if_fixed(result)}")
+
+
+# The what-if rows of metrics/detection_errors.py, in the order a reader follows them.
+_FIXES = (("classes_fixed", "classes fixed (a detection on another class's box takes its class)"),
+          ("fitted_sizes", "sizes fitted to the ground truth (own centres)"),
+          ("fitted_boxes", "boxes fitted to the ground truth (centres and sizes)"))
+
+
+def _if_fixed(result: dict) -> str:
+    """What the AP would be with one kind of error fixed (TIDE-style; metrics/detection_errors.py)."""
+    fixes = result.get("if_fixed")
+    if not fixes:
+        return ""
+    rows = [["as measured", *(fmt(result.get(m)) for m in ("mAP", "mAP50", "mAP75"))]]
+    rows += [[label, *(fmt(fixes[fix].get(m)) for m in ("mAP", "mAP50", "mAP75"))] for fix, label in _FIXES]
+    return ("\n\nWhere the AP goes: the same evaluation with one kind of error fixed (a fitted detection takes "
+            "the size or the whole of the box of its class it overlaps most, IoU >= 0.1; missed objects and "
+            "duplicates stay errors):\n\n"
+            + table(["", "mAP@[.5:.95]", "mAP50", "mAP75"], rows))
 
 
 def _by_height(by_height) -> str:

@@ -114,6 +114,24 @@ def test_single_task_ignores_sharing_mode():
     assert soft.count_params() == hard.count_params()
 
 
+def test_detection_head_convs_stack_in_both_branches():
+    """convs=2: a second separable 3x3 in the heat and in the box branch, each reading the first; the
+    first keeps the single-conv head's name; the output is unchanged in shape."""
+    one = build_model(tiny_model(tasks=["detection"]), SIZE)
+    two = build_model(tiny_model(tasks=["detection"], detection_head_convs=2), SIZE)
+    names = {layer.name for layer in two.layers} - {layer.name for layer in one.layers}
+    assert names == {"detection_heat_1", "detection_box_1"}
+    for branch in ("heat", "box"):
+        second = two.get_layer(f"detection_{branch}_1")
+        assert second._inbound_nodes[0].input_tensors[0] is two.get_layer(f"detection_{branch}").output
+    added = two.count_params() - one.count_params()
+    assert added == 2 * (16 * 9 + 16 * 16 + 16)  # depthwise 3x3, pointwise 16x16, bias
+    x = make_batch()[0]
+    assert two(x)["detection"].shape == one(x)["detection"].shape
+    with pytest.raises(ValueError, match="convs=0"):
+        build_model(tiny_model(tasks=["detection"], detection_head_convs=0), SIZE)
+
+
 def test_decode_recovers_a_hand_made_box():
     h, w, classes = 16, 24, 3
     out = np.full((1, h, w, classes + 4), -10.0, np.float32)

@@ -77,6 +77,11 @@ def _mean_valid(values: np.ndarray):
     return float(valid.mean()) if valid.size else None
 
 
+def _at(evaluator: COCOeval, iou: float) -> int:
+    """Index of the IoU threshold nearest `iou` in a COCOeval's thresholds."""
+    return int(np.argmin(np.abs(evaluator.params.iouThrs - iou)))
+
+
 class DetectionEvaluator:
     """Streams images in with `add`, then `result()` runs COCOeval once over everything added."""
 
@@ -137,23 +142,45 @@ class DetectionEvaluator:
         def by_height(annotations):
             return [{**a, "area": a["bbox"][3]} for a in annotations]
 
-        evaluator = COCOeval(self._coco(by_height(self._ground_truth)), self._coco(by_height(self._detections)),
-                             "bbox")
-        evaluator.params.iouThrs = np.array([0.5])
-        evaluator.params.areaRng = [[low, min(high, 1e10)] for low, high in self.bands]  # the bands only
-        evaluator.params.areaRngLbl = [f"{low:g}-{high:g}" for low, high in self.bands]
-        with contextlib.redirect_stdout(io.StringIO()):
-            evaluator.evaluate()
-            evaluator.accumulate()
+        def bands_at_50(params):
+            params.iouThrs = np.array([0.5])
+            params.areaRng = [[low, min(high, 1e10)] for low, high in self.bands]  # the bands only
+            params.areaRngLbl = [f"{low:g}-{high:g}" for low, high in self.bands]
+
+        evaluator = self._cocoeval(by_height(self._ground_truth), by_height(self._detections),
+                                   configure=bands_at_50)
         precision = evaluator.eval["precision"][0, :, :, :, _MAX_DETS_100]  # [R, K, bands]
         return {name: [_mean_valid(precision[:, k, band]) for band in range(len(self.bands))]
                 for k, name in enumerate(self.class_names)}
+
+    def annotations(self) -> tuple[list[dict], list[dict]]:
+        """(ground truth, detections) as the COCO annotation dicts added so far (ignore regions are the
+        ground truth's iscrowd=1 entries)."""
+        return self._ground_truth, self._detections
+
+    def coco_ap(self, ground_truth: list[dict], detections: list[dict]) -> tuple:
+        """(mAP, mAP50, mAP75) of these annotations on the images added, scored as result() scores: for
+        what-if evaluations (pipeline/evaluation/metrics/detection_errors.py)."""
+        evaluator = self._cocoeval(ground_truth, detections)
+        precision = evaluator.eval["precision"][:, :, :, _AREA_ALL, _MAX_DETS_100]
+        at50, at75 = (_at(evaluator, t) for t in (0.5, 0.75))
+        return _mean_valid(precision), _mean_valid(precision[at50]), _mean_valid(precision[at75])
+
+    def _cocoeval(self, ground_truth, detections, configure=None) -> COCOeval:
+        """COCOeval run over the images added (evaluate + accumulate); configure(params) before it runs."""
+        evaluator = COCOeval(self._coco(ground_truth), self._coco(detections), "bbox")
+        if configure:
+            configure(evaluator.params)
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress; we report ourselves
+            evaluator.evaluate()
+            evaluator.accumulate()
+        return evaluator
 
     def _coco(self, annotations) -> COCO:
         coco = COCO()
         coco.dataset = {"images": self._images, "annotations": annotations,
                         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(self.class_names)]}
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress; we report ourselves
+        with contextlib.redirect_stdout(io.StringIO()):
             coco.createIndex()
         return coco
 
@@ -174,16 +201,12 @@ class DetectionEvaluator:
             return {"mAP": None, "mAP50": None, "mAP75": None, "AR100": None, "per_class_AP": {},
                     "per_class_AP50": {}, "pr_curves": None, "absent": True, "reason": reason, **counts}
 
-        evaluator = COCOeval(self._coco(self._ground_truth), self._coco(self._detections), "bbox")
-        with contextlib.redirect_stdout(io.StringIO()):
-            evaluator.evaluate()
-            evaluator.accumulate()
+        evaluator = self._cocoeval(self._ground_truth, self._detections)
         precision = evaluator.eval["precision"][:, :, :, _AREA_ALL, _MAX_DETS_100]  # [T, R, K]
         recall = evaluator.eval["recall"][:, :, _AREA_ALL, _MAX_DETS_100]           # [T, K]
         scores = evaluator.eval["scores"][:, :, :, _AREA_ALL, _MAX_DETS_100]
         iou_thresholds = evaluator.params.iouThrs
-        at50 = int(np.argmin(np.abs(iou_thresholds - 0.5)))
-        at75 = int(np.argmin(np.abs(iou_thresholds - 0.75)))
+        at50, at75 = _at(evaluator, 0.5), _at(evaluator, 0.75)
 
         per_class, per_class50, curves, curve_scores = {}, {}, {}, {}
         by_height = self._ap50_by_height()

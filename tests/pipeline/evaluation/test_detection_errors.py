@@ -1,0 +1,68 @@
+"""The what-if breakdown of detection AP: each fix repairs its own kind of error and no other."""
+import json
+
+import numpy as np
+import pytest
+
+from data.schema import DETECTION_CLASSES
+from pipeline.evaluation.metrics import DetectionEvaluator
+from pipeline.evaluation.metrics.detection_errors import error_breakdown
+from pipeline.evaluation.report import detection_section
+
+VEHICLE, PEDESTRIAN = 0, 1
+CAR = [10.0, 10.0, 50.0, 40.0]          # 40 x 30 px
+PERSON = [100.0, 10.0, 106.0, 34.0]     # 6 x 24 px
+
+
+def _breakdown(gt_boxes, gt_classes, pred_boxes, pred_classes, scores=None):
+    evaluator = DetectionEvaluator(DETECTION_CLASSES)
+    scores = np.linspace(0.9, 0.5, len(pred_boxes)) if scores is None else scores
+    evaluator.add("frame-0", np.asarray(gt_boxes, np.float32), gt_classes, np.asarray(pred_boxes, np.float32),
+                  scores, pred_classes)
+    return evaluator.result(), error_breakdown(evaluator)
+
+
+def test_a_wrong_size_is_fixed_by_fitted_sizes_and_boxes_but_not_by_classes():
+    # The right centre, twice the width: IoU 0.5 -> AP50 1, AP@[.5:.95] 0.1.
+    wide = [103.0 - 6.0, 10.0, 103.0 + 6.0, 34.0]
+    result, fixes = _breakdown([PERSON], [PEDESTRIAN], [wide], [PEDESTRIAN])
+    assert result["mAP"] == pytest.approx(0.1)
+    assert fixes["classes_fixed"]["mAP"] == pytest.approx(0.1)
+    assert fixes["fitted_sizes"]["mAP"] == pytest.approx(1.0)
+    assert fixes["fitted_boxes"]["mAP"] == pytest.approx(1.0)
+    json.dumps(fixes, allow_nan=False)
+    section = detection_section({**result, "if_fixed": fixes})
+    assert "| as measured | 0.100 | 1.000 | 0.000 |" in section
+    assert "| sizes fitted to the ground truth (own centres) | 1.000 | 1.000 | 1.000 |" in section
+
+
+def test_a_shifted_box_keeps_its_error_under_fitted_sizes_only():
+    # The right size, 2 px off in x on a 6-px-wide person: IoU 4/8 = 0.5.
+    shifted = [102.0, 10.0, 108.0, 34.0]
+    result, fixes = _breakdown([PERSON], [PEDESTRIAN], [shifted], [PEDESTRIAN])
+    assert fixes["fitted_sizes"]["mAP"] == pytest.approx(result["mAP"]) == pytest.approx(0.1)
+    assert fixes["fitted_boxes"]["mAP"] == pytest.approx(1.0)
+
+
+def test_a_box_of_the_wrong_class_is_fixed_by_classes_only_if_it_overlaps_enough():
+    as_cyclist = [[100.0, 10.0, 106.0, 34.0]]
+    result, fixes = _breakdown([PERSON], [PEDESTRIAN], as_cyclist, [2])
+    assert result["mAP50"] == pytest.approx(0.0)
+    assert fixes["classes_fixed"]["mAP50"] == pytest.approx(1.0)
+    assert fixes["fitted_boxes"]["mAP50"] == pytest.approx(0.0)  # fits only boxes of its own class
+    # Overlapping the person by IoU 3/9 < 0.5 it is a poor box, not a confusion: the class stays.
+    _, fixes = _breakdown([PERSON], [PEDESTRIAN], [[103.0, 10.0, 109.0, 34.0]], [2])
+    assert fixes["classes_fixed"]["mAP50"] == pytest.approx(0.0)
+
+
+def test_duplicates_and_misses_stay_errors_after_the_fit():
+    """Two detections on the car (the higher-scored one poor) and none on the person: fitting makes both
+    the car's box, the second is a duplicate (a false positive), and the person stays missed."""
+    poor = [14.0, 12.0, 44.0, 36.0]  # IoU 0.6 with the car
+    result, fixes = _breakdown([CAR, PERSON], [VEHICLE, PEDESTRIAN], [poor, CAR], [VEHICLE, VEHICLE])
+    assert result["per_class_AP50"]["pedestrian"] == pytest.approx(0.0)
+    # vehicle AP 1.0 after the fit (its first detection is now exact), pedestrian 0: mean 0.5.
+    assert fixes["fitted_boxes"]["mAP"] == pytest.approx(0.5)
+    # A background detection (IoU < 0.1 with every box) is not moved onto a box.
+    _, fixes = _breakdown([CAR], [VEHICLE], [[200.0, 10.0, 240.0, 40.0], CAR], [VEHICLE, VEHICLE])
+    assert fixes["fitted_boxes"]["mAP50"] == pytest.approx(0.5)
