@@ -3,7 +3,7 @@
 TIDE (Bolya et al. 2020) splits the AP a detector misses into error types by fixing each and measuring
 what AP it would then reach. Three of those fixes answer what limits a CenterNet-style detector:
 
-  classes_fixed   a detection that overlaps no box of its own class by IoU >= 0.5 but one of another
+  classes_fixed   a detection that overlaps no box of its own class by IoU >= CLASS_IOU but one of another
                   class does takes that class: what confusing classes costs (a small pedestrian taken
                   for a cyclist);
   fitted_sizes    each detection keeps its centre but takes the size of the ground-truth box of its
@@ -25,6 +25,8 @@ from pipeline.evaluation.metrics.detection import DetectionEvaluator, box_iou
 # TIDE's background threshold: a detection overlapping a box of its class by less is a false positive
 # that no box fit explains.
 FIT_IOU = 0.1
+# TIDE's foreground threshold (at AP50): a detection on another class's box by this much is a confusion.
+CLASS_IOU = 0.5
 
 
 def _corners(xywh) -> np.ndarray:
@@ -49,14 +51,14 @@ def _overlaps(detection: dict, truth: dict):
 
 
 def classes_fixed(ground_truth: list[dict], detections: list[dict]) -> list[dict]:
-    """The detections, each one that overlaps no box of its class by IoU >= 0.5 but a box of another
-    class by that much relabelled to that box's class; the others unchanged."""
+    """The detections, each one that overlaps no box of its class by IoU >= CLASS_IOU but a box of
+    another class by that much relabelled to that box's class; the others unchanged."""
     truth, out = _real_boxes(ground_truth), []
     for detection in detections:
         iou, classes = _overlaps(detection, truth)
         own = iou[classes == detection["category_id"]]
         other = np.where(classes != detection["category_id"], iou, -1.0)
-        if (own.size == 0 or own.max() < 0.5) and other.size and other.max() >= 0.5:
+        if (own.size == 0 or own.max() < CLASS_IOU) and other.size and other.max() >= CLASS_IOU:
             detection = {**detection, "category_id": int(classes[int(np.argmax(other))])}
         out.append(detection)
     return out
