@@ -17,6 +17,7 @@ from pipeline import atomic, classes, layout, trained
 from pipeline.config import Config
 from pipeline.evaluation import plots
 from pipeline.evaluation.metrics import is_absent
+from pipeline.evaluation.metrics.detection_errors import FIT_IOU
 
 # Quality goals on the synthetic data (the report's "Targets" table): (task, metric, ">=" or "<=",
 # value, label).
@@ -101,9 +102,9 @@ def _if_fixed(result: dict) -> str:
         return ""
     rows = [["as measured", *(fmt(result.get(m)) for m in ("mAP", "mAP50", "mAP75"))]]
     rows += [[label, *(fmt(fixes[fix].get(m)) for m in ("mAP", "mAP50", "mAP75"))] for fix, label in _FIXES]
-    return ("\n\nWhere the AP goes: the same evaluation with one kind of error fixed (a fitted detection takes "
-            "the size or the whole of the box of its class it overlaps most, IoU >= 0.1; missed objects and "
-            "duplicates stay errors):\n\n"
+    return ("\n\nWhere the AP goes: the same evaluation with one kind of error fixed (in score order, a fitted "
+            "detection takes the size or the whole of the free box of its class it overlaps most, IoU >= "
+            f"{FIT_IOU:g}; missed objects and duplicates stay errors):\n\n"
             + table(["", "mAP@[.5:.95]", "mAP50", "mAP75"], rows))
 
 

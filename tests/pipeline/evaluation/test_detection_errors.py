@@ -14,11 +14,11 @@ CAR = [10.0, 10.0, 50.0, 40.0]          # 40 x 30 px
 PERSON = [100.0, 10.0, 106.0, 34.0]     # 6 x 24 px
 
 
-def _breakdown(gt_boxes, gt_classes, pred_boxes, pred_classes, scores=None):
+def _breakdown(gt_boxes, gt_classes, pred_boxes, pred_classes, scores=None, ignore=None):
     evaluator = DetectionEvaluator(DETECTION_CLASSES)
     scores = np.linspace(0.9, 0.5, len(pred_boxes)) if scores is None else scores
     evaluator.add("frame-0", np.asarray(gt_boxes, np.float32), gt_classes, np.asarray(pred_boxes, np.float32),
-                  scores, pred_classes)
+                  scores, pred_classes, ignore_regions=ignore)
     return evaluator.result(), error_breakdown(evaluator)
 
 
@@ -66,3 +66,35 @@ def test_duplicates_and_misses_stay_errors_after_the_fit():
     # A background detection (IoU < 0.1 with every box) is not moved onto a box.
     _, fixes = _breakdown([CAR], [VEHICLE], [[200.0, 10.0, 240.0, 40.0], CAR], [VEHICLE, VEHICLE])
     assert fixes["fitted_boxes"]["mAP50"] == pytest.approx(0.5)
+
+
+def test_side_by_side_boxes_of_one_class_each_keep_their_detection():
+    """Two overlapping cars, each found (the second detection is closer to the first car, but COCO gives
+    it the second): fitting must not pull both onto the first car and make a duplicate."""
+    first, second = [0.0, 0.0, 40.0, 30.0], [10.0, 0.0, 50.0, 30.0]
+    result, fixes = _breakdown([first, second], [VEHICLE, VEHICLE], [first, [4.0, 0.0, 44.0, 30.0]],
+                               [VEHICLE, VEHICLE])
+    assert result["mAP"] < 1.0
+    assert fixes["fitted_boxes"]["mAP"] == pytest.approx(1.0)
+
+
+def test_a_detection_evaluation_ignores_stays_ignored():
+    """A higher-scored detection inside an ignore region, overlapping a found car by IoU 0.14: evaluation
+    ignores it, and no fix may move it onto the car (which would turn the car's own detection into a
+    duplicate)."""
+    in_ignore = [40.0, 10.0, 80.0, 40.0]
+    result, fixes = _breakdown([[10.0, 10.0, 50.0, 40.0]], [VEHICLE], [in_ignore, [10.0, 10.0, 50.0, 40.0]],
+                               [VEHICLE, VEHICLE], scores=[0.9, 0.5], ignore=[[40.0, 10.0, 90.0, 40.0]])
+    assert result["mAP"] == pytest.approx(1.0)
+    assert all(fix["mAP"] == pytest.approx(1.0) for fix in fixes.values())
+
+
+def test_a_confused_duplicate_is_dropped_not_moved_to_the_other_class():
+    """A pedestrian found as a pedestrian (0.95) and, lower, as a cyclist (0.9), above the real cyclist's
+    detection (0.8): the cyclist class ranks a false positive first (AP 0.5). Fixed, the confused box
+    would duplicate the found pedestrian, so it goes (TIDE's rule): both classes 1.0."""
+    cyclist_box = [200.0, 10.0, 206.0, 34.0]
+    result, fixes = _breakdown([PERSON, cyclist_box], [PEDESTRIAN, 2], [PERSON, PERSON, cyclist_box],
+                               [PEDESTRIAN, 2, 2], scores=[0.95, 0.9, 0.8])
+    assert result["mAP50"] == pytest.approx(0.75)
+    assert fixes["classes_fixed"]["mAP50"] == pytest.approx(1.0)
