@@ -123,7 +123,7 @@ def test_detection_head_convs_stack_in_both_branches():
     assert names == {"detection_heat_1", "detection_box_1"}
     for branch in ("heat", "box"):
         second = two.get_layer(f"detection_{branch}_1")
-        assert second._inbound_nodes[0].input_tensors[0] is two.get_layer(f"detection_{branch}").output
+        assert second.input is two.get_layer(f"detection_{branch}").output
     added = two.count_params() - one.count_params()
     assert added == 2 * (16 * 9 + 16 * 16 + 16)  # depthwise 3x3, pointwise 16x16, bias
     x = make_batch()[0]

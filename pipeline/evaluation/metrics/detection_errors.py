@@ -49,39 +49,45 @@ def _by_image(ground_truth: list[dict], crowd: bool) -> dict:
     return {image: (_corners(boxes[image]), np.asarray(classes[image])) for image in boxes}
 
 
-def _ignored(box: np.ndarray, regions) -> bool:
-    """COCO's crowd rule at IoU 0.5 (CLASS_IOU): at least half of the detection lies inside one ignore
-    region."""
+def _ignored(boxes: np.ndarray, regions) -> np.ndarray:
+    """[D] bool: COCO's crowd rule at IoU 0.5 (CLASS_IOU), at least half of the detection inside one
+    ignore region; boxes [D, 4] and the regions' x1y1x2y2 corners."""
     if regions is None:
-        return False
+        return np.zeros(len(boxes), bool)
     corners = regions[0]
-    inner = np.clip(np.minimum(box[2:], corners[:, 2:]) - np.maximum(box[:2], corners[:, :2]), 0, None)
-    area = max(float(np.prod(box[2:] - box[:2])), 1e-12)
-    return bool((np.prod(inner, axis=1) / area >= CLASS_IOU).any())
+    lower = np.maximum(boxes[:, None, :2], corners[None, :, :2])
+    upper = np.minimum(boxes[:, None, 2:], corners[None, :, 2:])
+    inner = np.prod(np.clip(upper - lower, 0, None), axis=2)  # [D, R]
+    area = np.maximum(np.prod(boxes[:, 2:] - boxes[:, :2], axis=1), 1e-12)
+    return (inner / area[:, None] >= CLASS_IOU).any(axis=1)
 
 
 def _fix(ground_truth: list[dict], detections: list[dict], fix_one) -> list[dict]:
-    """Detections in score order, each through fix_one(detection, its x1y1x2y2 box, the image's boxes
-    [N, 4], their IoU with it [N], their classes [N], which are still free [N]) -> (the detection, or
-    None to drop it; the index of the box it takes, or None). One that evaluation ignores stays as is."""
+    """Each image's detections in score order, each through fix_one(detection, its x1y1x2y2 box, the
+    image's boxes [N, 4], their IoU with it [N], their classes [N], which are still free [N]) -> (the
+    detection, or None to drop it; the index of the box it takes, or None). A detection that evaluation
+    ignores, or that overlaps no box by FIT_IOU (the lowest threshold of both fixes), stays as is."""
     truth, regions = _by_image(ground_truth, crowd=False), _by_image(ground_truth, crowd=True)
     empty = (np.zeros((0, 4)), np.zeros((0,), int))
-    taken = defaultdict(set)
-    out = [None] * len(detections)
-    for index in sorted(range(len(detections)), key=lambda i: -detections[i]["score"]):
-        detection, image = detections[index], detections[index]["image_id"]
-        box = _corners(detection["bbox"])[0]
+    per_image = defaultdict(list)
+    for index, detection in enumerate(detections):
+        per_image[detection["image_id"]].append(index)
+    out = list(detections)
+    for image, indices in per_image.items():
+        indices.sort(key=lambda i: -detections[i]["score"])
+        found = _corners([detections[i]["bbox"] for i in indices])
         boxes, classes = truth.get(image, empty)
-        iou = box_iou(box[None], boxes)[0]
-        own = iou[classes == detection["category_id"]]
-        if (own.size == 0 or own.max() < CLASS_IOU) and _ignored(box, regions.get(image)):
-            out[index] = detection
-            continue
-        free = np.ones(len(iou), bool)
-        free[list(taken[image])] = False
-        out[index], claimed = fix_one(detection, box, boxes, iou, classes, free)
-        if claimed is not None:
-            taken[image].add(claimed)
+        ious = box_iou(found, boxes)  # [D, N], once per image
+        ignored = _ignored(found, regions.get(image))
+        free = np.ones(len(boxes), bool)
+        for row, index in enumerate(indices):
+            iou, detection = ious[row], detections[index]
+            if not (iou >= FIT_IOU).any() or (
+                    ignored[row] and _best(iou, classes == detection["category_id"], CLASS_IOU) is None):
+                continue
+            out[index], claimed = fix_one(detection, found[row], boxes, iou, classes, free)
+            if claimed is not None:
+                free[claimed] = False
     return [detection for detection in out if detection is not None]
 
 

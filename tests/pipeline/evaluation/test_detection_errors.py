@@ -56,11 +56,10 @@ def test_a_box_of_the_wrong_class_is_fixed_by_classes_only_if_it_overlaps_enough
 
 
 def test_duplicates_and_misses_stay_errors_after_the_fit():
-    """Two detections on the car (the higher-scored one poor) and none on the person: fitting makes both
-    the car's box, the second is a duplicate (a false positive), and the person stays missed."""
+    """Two detections on the car (the higher-scored one poor) and none on the person: the first takes the
+    car's box, the second (exact already) finds it taken and stays a duplicate, the person stays missed."""
     poor = [14.0, 12.0, 44.0, 36.0]  # IoU 0.6 with the car
-    result, fixes = _breakdown([CAR, PERSON], [VEHICLE, PEDESTRIAN], [poor, CAR], [VEHICLE, VEHICLE])
-    assert result["per_class_AP50"]["pedestrian"] == pytest.approx(0.0)
+    _, fixes = _breakdown([CAR, PERSON], [VEHICLE, PEDESTRIAN], [poor, CAR], [VEHICLE, VEHICLE])
     # vehicle AP 1.0 after the fit (its first detection is now exact), pedestrian 0: mean 0.5.
     assert fixes["fitted_boxes"]["mAP"] == pytest.approx(0.5)
     # A background detection (IoU < 0.1 with every box) is not moved onto a box.
@@ -79,22 +78,25 @@ def test_side_by_side_boxes_of_one_class_each_keep_their_detection():
 
 
 def test_a_detection_evaluation_ignores_stays_ignored():
-    """A higher-scored detection inside an ignore region, overlapping a found car by IoU 0.14: evaluation
-    ignores it, and no fix may move it onto the car (which would turn the car's own detection into a
-    duplicate)."""
-    in_ignore = [40.0, 10.0, 80.0, 40.0]
-    result, fixes = _breakdown([[10.0, 10.0, 50.0, 40.0]], [VEHICLE], [in_ignore, [10.0, 10.0, 50.0, 40.0]],
-                               [VEHICLE, VEHICLE], scores=[0.9, 0.5], ignore=[[40.0, 10.0, 90.0, 40.0]])
+    """The highest-scored detection lies inside an ignore region and overlaps the first car by IoU 0.14:
+    evaluation ignores it. Moved onto that car it would push the car's own detection (0.8) down to a
+    duplicate ranked above the second car's (0.5): AP50 below 1. No fix may move it."""
+    in_ignore, first, second = [40.0, 10.0, 80.0, 40.0], [10.0, 10.0, 50.0, 40.0], [120.0, 10.0, 160.0, 40.0]
+    result, fixes = _breakdown([first, second], [VEHICLE, VEHICLE], [in_ignore, first, second],
+                               [VEHICLE, VEHICLE, VEHICLE], scores=[0.9, 0.8, 0.5],
+                               ignore=[[40.0, 10.0, 90.0, 40.0]])
     assert result["mAP"] == pytest.approx(1.0)
     assert all(fix["mAP"] == pytest.approx(1.0) for fix in fixes.values())
 
 
 def test_a_confused_duplicate_is_dropped_not_moved_to_the_other_class():
     """A pedestrian found as a pedestrian (0.95) and, lower, as a cyclist (0.9), above the real cyclist's
-    detection (0.8): the cyclist class ranks a false positive first (AP 0.5). Fixed, the confused box
-    would duplicate the found pedestrian, so it goes (TIDE's rule): both classes 1.0."""
-    cyclist_box = [200.0, 10.0, 206.0, 34.0]
-    result, fixes = _breakdown([PERSON, cyclist_box], [PEDESTRIAN, 2], [PERSON, PERSON, cyclist_box],
-                               [PEDESTRIAN, 2, 2], scores=[0.95, 0.9, 0.8])
+    detection (0.8) and a second pedestrian's (0.85): the cyclist class ranks a false positive first (AP
+    0.5). Relabelled, the confused box would be a pedestrian duplicate ranked above the second
+    pedestrian; it was a duplicate, so it goes (TIDE's rule): both classes 1.0."""
+    cyclist_box, other_person = [200.0, 10.0, 206.0, 34.0], [300.0, 10.0, 306.0, 34.0]
+    result, fixes = _breakdown([PERSON, other_person, cyclist_box], [PEDESTRIAN, PEDESTRIAN, 2],
+                               [PERSON, PERSON, other_person, cyclist_box], [PEDESTRIAN, 2, PEDESTRIAN, 2],
+                               scores=[0.95, 0.9, 0.85, 0.8])
     assert result["mAP50"] == pytest.approx(0.75)
     assert fixes["classes_fixed"]["mAP50"] == pytest.approx(1.0)
