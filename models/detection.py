@@ -88,18 +88,21 @@ def focal_loss(heat_true, logits, ignore=None):
     return ops.sum(pos_term + neg_term, axis=(1, 2, 3)) / ops.maximum(count, 1.0)
 
 
-def _masked_l1(pred, true, mask):
-    """L1 at the centre cells, averaged over objects and coordinates (CenterNet's normalisation:
-    the sum over both coordinates divided by 2 x objects)."""
+def _weighted_l1(pred, true, weight, mask):
+    """L1 weighted per cell, averaged over objects (the centre cells in `mask`) and coordinates:
+    CenterNet's normalisation, the sum over both coordinates divided by 2 x objects. With weights
+    that sum to 1 per object, each object counts once wherever its weight lies."""
     count = ops.sum(mask, axis=(1, 2)) * pred.shape[-1]
-    total = ops.sum(ops.abs(pred - true) * mask[..., None], axis=(1, 2, 3))
+    total = ops.sum(ops.abs(pred - true) * weight[..., None], axis=(1, 2, 3))
     return total / ops.maximum(count, 1.0)
 
 
 def detection_loss(y_true, y_pred):
-    """Per-example loss [B]: focal(heat) + 1.0 * L1(log size) + 1.0 * L1(offset) at centre cells.
+    """Per-example loss [B]: focal(heat) + 1.0 * L1(log size) over each object's area + 1.0 *
+    L1(offset) at centre cells.
 
-    y_true: the batch dict (det_heatmap, det_size, det_offset, det_mask, optional det_ignore);
+    y_true: the batch dict (det_heatmap, det_size, det_offset, det_mask, optional det_size_weight
+    and det_ignore);
     y_pred: [B, h, w, C+4].
     """
     y_pred = ops.cast(y_pred, "float32")
@@ -111,6 +114,8 @@ def detection_loss(y_true, y_pred):
     # prediction's floor only keeps log(0) out, far below it, so the gradient is never cut.
     log_pred = ops.log(ops.maximum(y_pred[..., classes:classes + 2], 1e-6))
     log_true = ops.log(ops.maximum(ops.cast(y_true["det_size"], "float32"), MIN_SIZE))
-    size = _masked_l1(log_pred, log_true, mask)
-    offset = _masked_l1(y_pred[..., classes + 2:], ops.cast(y_true["det_offset"], "float32"), mask)
+    # Sizes over each object's area (det_size_weight); without one, at the centre cells alone.
+    size_weight = ops.cast(y_true["det_size_weight"], "float32") if "det_size_weight" in y_true else mask
+    size = _weighted_l1(log_pred, log_true, size_weight, mask)
+    offset = _weighted_l1(y_pred[..., classes + 2:], ops.cast(y_true["det_offset"], "float32"), mask, mask)
     return heat + SIZE_WEIGHT * size + OFFSET_WEIGHT * offset

@@ -2,8 +2,9 @@
 
 CenterNet-style dense maps at the detector's output stride: a Gaussian peak per object at its centre
 cell in its class's heat map (elliptical, sized by the box as in TTFNet, so long thin objects such as
-pedestrians get thin peaks), and the box size and sub-cell offset at the centre cell. Dense maps
-(rather than index lists) keep every shape static for XLA.
+pedestrians get thin peaks), the sub-cell offset at the centre cell, and the box size over a small
+area around it (TTFNet's regression area, see _size_area). Dense maps (rather than index lists) keep
+every shape static for XLA.
 """
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ import tensorflow as tf
 from data.vocabulary import STRIDE
 
 GAUSSIAN_ALPHA = 0.54  # TTFNet: sigma = alpha * side / 6
+# The box size is learned over the box scaled by this about its centre (TTFNet's beta), not only at
+# the centre cell: several cells per object for the box branch, which underfits (README, "Where the
+# AP goes").
+SIZE_AREA_BETA = 0.54
 
 
 def encode_detection(boxes: tf.Tensor, classes: tf.Tensor, image_size: tuple[int, int],
@@ -39,13 +44,39 @@ def encode_detection(boxes: tf.Tensor, classes: tf.Tensor, image_size: tuple[int
 
     indices = tf.cast(tf.stack([cell[:, 1], cell[:, 0]], axis=1), tf.int32)
     zeros2 = tf.zeros([out_h, out_w, 2], tf.float32)
+    size_map, size_weight = _size_area(peaks, centre, cell, size, xs, ys)
     return {
         "det_heatmap": heatmap,
-        "det_size": tf.tensor_scatter_nd_update(zeros2, indices, size),
+        "det_size": size_map,
+        "det_size_weight": size_weight,
         "det_offset": tf.tensor_scatter_nd_update(zeros2, indices, offset),
         "det_mask": tf.tensor_scatter_nd_update(tf.zeros([out_h, out_w]), indices,
                                                 tf.ones_like(classes, tf.float32)),
     }
+
+
+def _size_area(peaks, centre, cell, size, xs, ys):
+    """Box size target [h,w,2] and its weight [h,w] over each object's area (TTFNet).
+
+    The area: cells whose centre lies in the box scaled by SIZE_AREA_BETA about its centre, and
+    always the centre cell. Weights follow the object's Gaussian and sum to 1 per object, so each
+    object counts once, as it did at its centre alone, and the centre cell, which decoding reads,
+    weighs most. A cell in two areas belongs to the object whose Gaussian is higher there: the
+    nearer one, or the smaller one, whose peak is sharper.
+    """
+    half = SIZE_AREA_BETA * size / 2.0  # [N,2]
+    in_x = tf.abs(xs[None, :] + 0.5 - centre[:, 0:1]) <= half[:, 0:1]  # [N,W]
+    in_y = tf.abs(ys[None, :] + 0.5 - centre[:, 1:2]) <= half[:, 1:2]  # [N,H]
+    at_centre = (tf.equal(ys[None, :, None], cell[:, 1, None, None])
+                 & tf.equal(xs[None, None, :], cell[:, 0, None, None]))  # [N,H,W]
+    weight = peaks * tf.cast((in_y[:, :, None] & in_x[:, None, :]) | at_centre, tf.float32)
+    # A leading all-zero "object" keeps argmax defined without objects; the cells it wins weigh 0.
+    weight = tf.concat([tf.zeros([1, len(ys), len(xs)]), weight], axis=0)
+    sizes = tf.concat([tf.zeros([1, 2]), size], axis=0)
+    owned = weight * tf.one_hot(tf.argmax(weight, axis=0), tf.shape(weight)[0], axis=0)
+    owned /= tf.maximum(tf.reduce_sum(owned, axis=(1, 2), keepdims=True), 1e-12)
+    size_map = tf.einsum("nhw,nc->hwc", tf.cast(owned > 0, tf.float32), sizes)
+    return size_map, tf.reduce_sum(owned, axis=0)
 
 
 def encode_ignore(ignore_boxes: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:

@@ -191,6 +191,24 @@ def test_box_sizes_are_learned_as_relative_errors():
     np.testing.assert_allclose(off_large, off_small, rtol=1e-4)
 
 
+def test_box_sizes_are_learned_wherever_the_size_weight_lies():
+    _, y = make_batch()
+    centre = y["det_mask"].astype(bool)
+    exact = np.where(centre[..., None], y["det_size"], 1.0)
+    # a weight at the centre cells alone is the centre-only loss
+    assert _size_loss({**y, "det_size_weight": y["det_mask"]}, exact) == pytest.approx(_size_loss(y, exact))
+    # each object's weight split between its centre and the cell to its right, which has the same size
+    right = np.roll(centre, 1, axis=2)
+    area = {**y, "det_size": y["det_size"] + np.roll(y["det_size"], 1, axis=2),
+            "det_size_weight": 0.5 * (centre | right)}
+    exact = np.where((centre | right)[..., None], area["det_size"], 1.0)
+    wide = np.where(right[..., None], exact * [1.1, 1.0], exact)  # 10 % too wide right of the centre
+    # log(1.1) on one of two coordinates at half the object's weight; the focal term of about 200
+    # that both losses carry leaves float32 differences of about 1e-5
+    np.testing.assert_allclose(_size_loss(area, wide) - _size_loss(area, exact), 0.5 * np.log(1.1) / 2,
+                               atol=2e-5)
+
+
 def test_box_size_output_is_bounded_and_passes_gradients_past_its_bounds():
     x = tf.constant([[-50.0, 0.0, 3.0, 50.0]])
     with tf.GradientTape() as tape:
