@@ -62,7 +62,8 @@ def _size_area(peaks, centre, cell, size, xs, ys):
     always the centre cell. Weights follow the object's Gaussian and sum to 1 per object, so each
     object counts once, as it did at its centre alone, and the centre cell, which decoding reads,
     weighs most. A cell in two areas belongs to the object whose Gaussian is higher there: the
-    nearer one, or the smaller one, whose peak is sharper.
+    nearer one, or the smaller one, whose peak is sharper; a centre cell two objects share, to the
+    smaller box.
     """
     half = SIZE_AREA_BETA * size / 2.0  # [N,2]
     in_x = tf.abs(xs[None, :] + 0.5 - centre[:, 0:1]) <= half[:, 0:1]  # [N,W]
@@ -71,9 +72,14 @@ def _size_area(peaks, centre, cell, size, xs, ys):
                  & tf.equal(xs[None, None, :], cell[:, 0, None, None]))  # [N,H,W]
     weight = peaks * tf.cast((in_y[:, :, None] & in_x[:, None, :]) | at_centre, tf.float32)
     # A leading all-zero "object" keeps argmax defined without objects; the cells it wins weigh 0.
-    weight = tf.concat([tf.zeros([1, len(ys), len(xs)]), weight], axis=0)
+    weight = tf.concat([tf.zeros([1, ys.shape[0], xs.shape[0]]), weight], axis=0)
     sizes = tf.concat([tf.zeros([1, 2]), size], axis=0)
-    owned = weight * tf.one_hot(tf.argmax(weight, axis=0), tf.shape(weight)[0], axis=0)
+    # Two objects centred in one cell both peak at exactly 1 there: the smaller box takes it. The
+    # factor breaks ties (within 0.01 %) by log area, which float32 resolves at any box size, and
+    # keeps zero weights at zero.
+    log_area = tf.math.log1p(tf.concat([tf.zeros([1]), size[:, 0] * size[:, 1]], axis=0))
+    owner = tf.argmax(weight * (1.0 + 1e-4 / (1.0 + log_area))[:, None, None], axis=0)
+    owned = weight * tf.one_hot(owner, tf.shape(weight)[0], axis=0)
     owned /= tf.maximum(tf.reduce_sum(owned, axis=(1, 2), keepdims=True), 1e-12)
     size_map = tf.einsum("nhw,nc->hwc", tf.cast(owned > 0, tf.float32), sizes)
     return size_map, tf.reduce_sum(owned, axis=0)

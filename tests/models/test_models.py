@@ -194,9 +194,10 @@ def test_box_sizes_are_learned_as_relative_errors():
 def test_box_sizes_are_learned_wherever_the_size_weight_lies():
     _, y = make_batch()
     centre = y["det_mask"].astype(bool)
-    exact = np.where(centre[..., None], y["det_size"], 1.0)
-    # a weight at the centre cells alone is the centre-only loss
-    assert _size_loss({**y, "det_size_weight": y["det_mask"]}, exact) == pytest.approx(_size_loss(y, exact))
+    # a weight at the centre cells alone is the centre-only loss (sizes 10 % off at the centres)
+    off = np.where(centre[..., None], y["det_size"] * 1.1, 1.0)
+    assert _size_loss({**y, "det_size_weight": y["det_mask"]}, off) == pytest.approx(_size_loss(y, off))
+    assert _size_loss({**y, "det_size_weight": 0.0 * y["det_mask"]}, off) != pytest.approx(_size_loss(y, off))
     # each object's weight split between its centre and the cell to its right, which has the same size
     right = np.roll(centre, 1, axis=2)
     area = {**y, "det_size": y["det_size"] + np.roll(y["det_size"], 1, axis=2),

@@ -31,10 +31,19 @@ def test_a_box_size_is_learned_over_its_area_with_weights_summing_to_one():
 
 def test_a_cell_in_two_areas_belongs_to_the_object_centred_nearer():
     car, person = [40.0, 20.0, 80.0, 44.0], [66.0, 26.0, 72.0, 42.0]  # the person's centre cell (8, 17)
-    maps = _encode([car, person], [0, 1])
-    np.testing.assert_array_equal(maps["det_size"][8, 17], [1.5, 4.0])
-    np.testing.assert_array_equal(maps["det_size"][8, 15], [10.0, 6.0])
-    np.testing.assert_allclose(maps["det_size_weight"].sum(), 2.0, rtol=1e-5)  # each object once
+    for boxes, classes in (([car, person], [0, 1]), ([person, car], [1, 0])):  # whichever comes first
+        maps = _encode(boxes, classes)
+        # (7, 17) is in both areas, nearer the person's centre (its Gaussian 0.021 there, the car's 0.015)
+        for cell in ((8, 17), (7, 17), (9, 17)):
+            np.testing.assert_array_equal(maps["det_size"][cell], [1.5, 4.0])
+        np.testing.assert_array_equal(maps["det_size"][8, 15], [10.0, 6.0])
+        np.testing.assert_allclose(maps["det_size_weight"].sum(), 2.0, rtol=1e-5)  # each object once
+
+
+def test_a_centre_cell_two_objects_share_goes_to_the_smaller_box():
+    car, person = [40.0, 20.0, 80.0, 44.0], [58.0, 26.0, 64.0, 42.0]  # both centred in cell (8, 15)
+    for boxes, classes in (([car, person], [0, 1]), ([person, car], [1, 0])):
+        np.testing.assert_array_equal(_encode(boxes, classes)["det_size"][8, 15], [1.5, 4.0])
 
 
 def test_a_frame_without_objects_has_no_size_targets():

@@ -49,6 +49,8 @@ def test_batches_have_the_contract_shapes(tiny_config):
     assert x["image"].shape == (b, h, w, 3) and x["image"].dtype == tf.float32
     assert y["det_heatmap"].shape == (b, h // 4, w // 4, 3)
     assert y["det_size"].shape == y["det_offset"].shape == (b, h // 4, w // 4, 2)
+    assert y["det_size_weight"].shape == y["det_mask"].shape == (b, h // 4, w // 4)
+    assert y["det_size_weight"].dtype == tf.float32
     assert y["segmentation"].shape == (b, h, w) and y["segmentation"].dtype == tf.int32
     assert y["depth"].shape == (b, h, w) and y["depth"].dtype == tf.float32
     assert y["boxes"].shape == (b, tiny_config.data.max_boxes, 4)
