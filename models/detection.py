@@ -101,8 +101,8 @@ def detection_loss(y_true, y_pred):
     """Per-example loss [B]: focal(heat) + 1.0 * L1(log size) over each object's area + 1.0 *
     L1(offset) at centre cells.
 
-    y_true: the batch dict (det_heatmap, det_size, det_offset, det_mask, optional det_size_weight
-    and det_ignore);
+    y_true: the batch dict (det_heatmap, det_size and det_size_weight over each object's area,
+    det_offset and det_mask at its centre cell, optional det_ignore);
     y_pred: [B, h, w, C+4].
     """
     y_pred = ops.cast(y_pred, "float32")
@@ -114,8 +114,6 @@ def detection_loss(y_true, y_pred):
     # prediction's floor only keeps log(0) out, far below it, so the gradient is never cut.
     log_pred = ops.log(ops.maximum(y_pred[..., classes:classes + 2], 1e-6))
     log_true = ops.log(ops.maximum(ops.cast(y_true["det_size"], "float32"), MIN_SIZE))
-    # Sizes over each object's area (det_size_weight); without one, at the centre cells alone.
-    size_weight = ops.cast(y_true["det_size_weight"], "float32") if "det_size_weight" in y_true else mask
-    size = _weighted_l1(log_pred, log_true, size_weight, mask)
+    size = _weighted_l1(log_pred, log_true, ops.cast(y_true["det_size_weight"], "float32"), mask)
     offset = _weighted_l1(y_pred[..., classes + 2:], ops.cast(y_true["det_offset"], "float32"), mask, mask)
     return heat + SIZE_WEIGHT * size + OFFSET_WEIGHT * offset

@@ -81,8 +81,7 @@ def _size_area(peaks, centre, cell, size, xs, ys):
     owner = tf.argmax(weight * (1.0 + 1e-4 / (1.0 + log_area))[:, None, None], axis=0)
     owned = weight * tf.one_hot(owner, tf.shape(weight)[0], axis=0)
     owned /= tf.maximum(tf.reduce_sum(owned, axis=(1, 2), keepdims=True), 1e-12)
-    size_map = tf.einsum("nhw,nc->hwc", tf.cast(owned > 0, tf.float32), sizes)
-    return size_map, tf.reduce_sum(owned, axis=0)
+    return tf.gather(sizes, owner), tf.reduce_sum(owned, axis=0)  # the dummy's cells get size 0
 
 
 def encode_ignore(ignore_boxes: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
