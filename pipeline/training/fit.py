@@ -219,7 +219,8 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
     measured = speed.per_epoch[1:] or speed.per_epoch
     (work / "speed.json").write_text(json.dumps({
         "images_per_second_median": float(np.median(measured)) if measured else None,
-        "per_epoch": speed.per_epoch, "batch_size": global_batch, "precision": precision,
+        "per_epoch": speed.per_epoch, "validation_seconds": speed.validation_seconds,
+        "batch_size": global_batch, "precision": precision,
         "jit_compile": jit, "onednn": onednn.enabled(), "replicas": strategy.num_replicas_in_sync,
         "resumed_from_epoch": resume.resumed_from,
         "note": "the first epoch includes tracing/compilation and is left out of the median"}, indent=1))

@@ -91,6 +91,8 @@ def test_training_writes_its_outputs_and_lowers_the_loss(tmp_path):
     speed = json.loads((out / "speed.json").read_text())
     assert speed["replicas"] == 1 and speed["batch_size"] == config.train.batch_size
     assert speed["images_per_second_median"] > 0 and len(speed["per_epoch"]) == 4
+    # each epoch's validation timed on its own (the images per second leave it out)
+    assert len(speed["validation_seconds"]) == 4 and all(s > 0 for s in speed["validation_seconds"])
     weights = json.loads((out / "task_weights.json").read_text())
     assert set(weights) == set(TASKS) and all(w > 0 for w in weights.values())
     # Uncertainty weighting, depth is a regression task: 1/(2 sigma^2), starting at 0.5.
