@@ -161,6 +161,9 @@ class TrainConfig:
     precision: str = "auto"
     strategy: str = "none"
     validation_steps: int | None = None
+    # Validate on every N-th epoch, and always on the first (it fixes history.csv's columns) and the
+    # last; the best checkpoint is chosen among the validated epochs. 1: every epoch.
+    validate_every: int = 1
 
 
 @dataclass
@@ -429,6 +432,7 @@ RULES: dict[str, Range | tuple] = {
     "train.precision": PRECISIONS,
     "train.strategy": STRATEGIES,
     "train.validation_steps": POSITIVE,
+    "train.validate_every": POSITIVE,
     "evaluate.max_examples": POSITIVE,
     "evaluate.grid_frames": NON_NEGATIVE,
     "export.representative_frames": POSITIVE,

@@ -165,6 +165,10 @@ def training_curves(history_csv: pathlib.Path, path: pathlib.Path) -> pathlib.Pa
     def positive(values):  # a log axis cannot show <= 0
         return np.where(values > 0, values, np.nan)
 
+    def validated(values):  # the epochs that validated (train.validate_every), so the line joins them
+        keep = np.isfinite(values)
+        return epochs[keep], values[keep]
+
     epochs = column("epoch") + 1
     tasks = [task for task in TASKS if f"{task}_loss" in rows[0]]
     has_lr = "learning_rate" in rows[0]
@@ -176,16 +180,16 @@ def training_curves(history_csv: pathlib.Path, path: pathlib.Path) -> pathlib.Pa
         colour = f"C{index}"
         unweighted.plot(epochs, positive(column(f"{task}_loss")), "-o", ms=3, color=colour, label=f"{task} train")
         if f"val_{task}_loss" in rows[0]:
-            unweighted.plot(epochs, positive(column(f"val_{task}_loss")), "--", color=colour, label=f"{task} val")
+            unweighted.plot(*validated(positive(column(f"val_{task}_loss"))), "--", color=colour, label=f"{task} val")
         if f"{task}_weight" in rows[0]:
             weights.plot(epochs, column(f"{task}_weight"), "-o", ms=3, color=colour, label=task)
     if "val_task_loss_sum" in rows[0]:
-        unweighted.plot(epochs, positive(column("val_task_loss_sum")), ":", color="black",
+        unweighted.plot(*validated(positive(column("val_task_loss_sum"))), ":", color="black",
                         label="sum of task losses, val (checkpoint metric)")
     unweighted.set(title="task losses (unweighted)", xlabel="epoch", yscale="log")
     for name, style, label in (("loss", "-o", "train"), ("val_loss", "--", "val")):
         if name in rows[0]:
-            weighted.plot(epochs, column(name), style, ms=3, color="gray", label=label)
+            weighted.plot(*validated(column(name)), style, ms=3, color="gray", label=label)
     weighted.axhline(0, color="black", lw=0.6)
     weighted.set(title="weighted total loss (the objective; may be < 0)", xlabel="epoch")
     weights.set(title="effective task weights", xlabel="epoch")

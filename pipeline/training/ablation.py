@@ -95,14 +95,15 @@ def measure_step_seconds(config: Config) -> tuple[float, float]:
 
 def budgeted(config_path, overrides: list[str], config: Config, step_seconds: float,
              budget_seconds: float) -> Config:
-    """The variant's config with its step count set by the budget: CURVE_POINTS epochs, the
-    warm-up's share of the schedule kept."""
+    """The variant's config with its step count set by the budget: CURVE_POINTS epochs, each
+    validated (the learning curve's points), the warm-up's share of the schedule kept."""
     base_total = config.train.epochs * config.train.steps_per_epoch
     steps = max(CURVE_POINTS, int(budget_seconds / step_seconds))
     per_epoch = max(1, steps // CURVE_POINTS)
     warmup = int(round(config.train.warmup_steps * per_epoch * CURVE_POINTS / base_total))
     return load_config(config_path, [*overrides, f"train.epochs={CURVE_POINTS}",
-                                     f"train.steps_per_epoch={per_epoch}", f"train.warmup_steps={warmup}"])
+                                     f"train.steps_per_epoch={per_epoch}", f"train.warmup_steps={warmup}",
+                                     "train.validate_every=1"])
 
 
 def headline(metrics: dict) -> dict:

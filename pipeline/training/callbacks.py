@@ -111,8 +111,37 @@ class GuardedCheckpoint(keras.callbacks.ModelCheckpoint):
         self.nan_guard = nan_guard
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self.nan_guard.failed:
+        # An epoch without validation (train.validate_every) has nothing to compare: ModelCheckpoint
+        # would warn that the metric is missing.
+        if not self.nan_guard.failed and self.monitor in (logs or {}):
             super().on_epoch_end(epoch, logs)
+
+
+class HistoryCSV(keras.callbacks.CSVLogger):
+    """CSVLogger (appending) for fits that validate on some epochs only.
+
+    Keras takes the columns from the first epoch it logs: a resumed run whose first epoch has no
+    validation would write rows under another header than the file's. Here an appended file keeps its
+    own columns, and an epoch without validation leaves its val_ cells empty (Keras writes "NA").
+    """
+
+    def __init__(self, filename):
+        super().__init__(filename, append=True)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)  # resets the columns
+        path = pathlib.Path(self.filename)
+        if path.is_file():
+            with path.open(newline="") as handle:
+                header = next(csv.reader(handle), None)
+            if header:
+                self.keys = header[1:]  # after "epoch"
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        for key in self.keys or ():
+            logs.setdefault(key, "")
+        super().on_epoch_end(epoch, logs)
 
 
 class ResumeHistory(keras.callbacks.Callback):

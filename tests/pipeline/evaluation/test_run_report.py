@@ -112,6 +112,23 @@ def test_training_curves_keep_the_weighted_total_off_the_log_panel(tmp_path, mon
     assert len(totals) == 2 and min(np.min(t) for t in totals) < 0  # the negative total is drawn
 
 
+def test_training_curves_join_the_validated_epochs(tmp_path, monkeypatch):
+    """With train.validate_every > 1 the val cells of other epochs are empty: the val lines join the
+    validated epochs (NaN gaps would leave isolated points that a dashed line does not draw)."""
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    rows = HISTORY.splitlines()
+    unvalidated = "2,0.5,1.4,2.5,0.8,0.001,-2.0,1.0,0.9,,,,,"
+    third = "3,0.4,1.5,2.0,0.8,0.0,-2.5,0.9,0.9,0.5,2.5,-2.6,1.0,4.0"
+    history = tmp_path / "history.csv"
+    history.write_text("\n".join(rows + [unvalidated, third]) + "\n")
+    plots.training_curves(history, tmp_path / "curves.png")
+    lines = {line.get_label(): line for line in figures[0].axes[0].get_lines()}
+    assert list(lines["depth val"].get_xdata()) == [1, 2, 4] and list(lines["depth val"].get_ydata()) == [0.9, 0.6, 0.5]
+    assert list(lines["depth train"].get_xdata()) == [1, 2, 3, 4]
+    assert list(figures[0].axes[1].get_lines()[1].get_ydata()) == [-0.5, -2.0, -2.6]  # val_loss
+
+
 CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
                  if shutil.which(name)), None)
 

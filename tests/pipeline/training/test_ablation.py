@@ -23,12 +23,14 @@ def test_variants_file_lists_overrides_and_bad_files_are_one_line_errors(tmp_pat
 
 def test_budget_sets_the_steps_and_keeps_the_warmup_share(tmp_path):
     config = tiny(tmp_path, "train.epochs=10", "train.steps_per_epoch=100", "train.warmup_steps=100")
-    overrides = [f"run_root={tmp_path}", "train.epochs=10", "train.steps_per_epoch=100", "train.warmup_steps=100"]
+    overrides = [f"run_root={tmp_path}", "train.epochs=10", "train.steps_per_epoch=100", "train.warmup_steps=100",
+                 "train.validate_every=5"]
     budgeted = ablation.budgeted(REPO / "configs" / "tiny.yaml", overrides, config, step_seconds=0.5,
                                  budget_seconds=300.0)
     steps = budgeted.train.epochs * budgeted.train.steps_per_epoch
     assert budgeted.train.epochs == ablation.CURVE_POINTS and 594 <= steps <= 600
     assert budgeted.train.warmup_steps == pytest.approx(steps * 100 / 1000, abs=1)
+    assert budgeted.train.validate_every == 1, "every epoch is a point of the learning curve"
 
 
 def test_deltas_are_signed_so_positive_is_better():

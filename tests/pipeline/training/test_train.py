@@ -52,7 +52,9 @@ def h5_arrays(path) -> dict:
 
 def test_training_writes_its_outputs_and_lowers_the_loss(tmp_path):
     # The tiny config leaves the gradient-conflict log off (tracing it costs seconds); this run has it.
-    config = tiny(tmp_path, "train.epochs=4", "data.deterministic=true", "train.conflict_every=2")
+    # Validation on epochs 1, 3 (every 3rd) and 4 (the last), as the default validates on every 5th.
+    config = tiny(tmp_path, "train.epochs=4", "data.deterministic=true", "train.conflict_every=2",
+                  "train.validate_every=3")
     records.build_all(config)
     model_path = train_stage.run_training(config, verbose=0)
 
@@ -74,8 +76,13 @@ def test_training_writes_its_outputs_and_lowers_the_loss(tmp_path):
     conflicts = {"cos_detection_segmentation", "cos_detection_depth", "cos_segmentation_depth"}
     assert conflicts <= columns and not {f"val_{name}" for name in conflicts} & columns
     assert all(-1.0 <= float(row[name]) <= 1.0 and float(row[name]) != 0.0 for row in rows for name in conflicts)
+    validated = [row for row in rows if row["val_task_loss_sum"]]
+    assert [int(row["epoch"]) for row in validated] == [0, 2, 3]
+    # The epoch without validation has every val_ cell empty and every other one filled.
+    assert all(value == "" for name, value in rows[1].items() if name.startswith("val_")), rows[1]
     for row in rows:
-        assert all(math.isfinite(float(value)) for value in row.values()), row
+        assert all(math.isfinite(float(value)) for name, value in row.items()
+                   if row in validated or not name.startswith("val_")), row
 
     # Warm-up then cosine decay to 0 over the run: the schedule is what the optimizer used.
     rates = [float(row["learning_rate"]) for row in rows]
@@ -85,14 +92,14 @@ def test_training_writes_its_outputs_and_lowers_the_loss(tmp_path):
     # 12 steps at a fixed seed: the unweighted task losses fall, on training and validation data.
     task_sum = [sum(float(row[f"{task}_loss"]) for task in TASKS) for row in rows]
     assert task_sum[-1] < task_sum[0], task_sum
-    val_sum = [float(row["val_task_loss_sum"]) for row in rows]
+    val_sum = [float(row["val_task_loss_sum"]) for row in validated]
     assert val_sum[-1] < val_sum[0], val_sum
 
     speed = json.loads((out / "speed.json").read_text())
     assert speed["replicas"] == 1 and speed["batch_size"] == config.train.batch_size
     assert speed["images_per_second_median"] > 0 and len(speed["per_epoch"]) == 4
-    # each epoch's validation timed on its own (the images per second leave it out)
-    assert len(speed["validation_seconds"]) == 4 and all(s > 0 for s in speed["validation_seconds"])
+    # each validation timed on its own (the images per second leave it out)
+    assert len(speed["validation_seconds"]) == 3 and all(s > 0 for s in speed["validation_seconds"])
     weights = json.loads((out / "task_weights.json").read_text())
     assert set(weights) == set(TASKS) and all(w > 0 for w in weights.values())
     # Uncertainty weighting, depth is a regression task: 1/(2 sigma^2), starting at 0.5.
@@ -214,6 +221,36 @@ def test_resume_trims_history_to_the_backup_and_keeps_the_best_so_far(tmp_path):
     # Epoch 3 was logged after the last backup was written: it is run again, so its row goes.
     assert [row["epoch"] for row in history(tmp_path / "history.csv")] == ["0", "1", "2"]
     assert resume.resumed_from == 3 and Checkpoint.best == 7.5
+
+
+@pytest.mark.parametrize("epochs, every, expected", [
+    (15, 5, [1, 5, 10, 15]), (4, 1, [1, 2, 3, 4]), (7, 3, [1, 3, 6, 7]), (3, 10, [1, 3]), (1, 5, [1])])
+def test_validation_epochs_are_every_nth_and_the_first_and_last(epochs, every, expected):
+    assert train_stage.validation_epochs(epochs, every) == expected
+
+
+def test_a_resumed_history_keeps_the_files_columns_when_its_first_epoch_does_not_validate(tmp_path):
+    """Keras' CSVLogger takes its columns from the first epoch it logs; a resumed run that starts on
+    an epoch without validation must still write under the file's header."""
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss,val_loss,val_task_loss_sum\n0,3.0,2.5,9.0\n")
+    logger = train_stage.HistoryCSV(path)
+    logger.on_train_begin()
+    logger.on_epoch_end(1, {"loss": 2.0})
+    logger.on_epoch_end(2, {"loss": 1.5, "val_loss": 1.25, "val_task_loss_sum": 7.0})
+    logger.on_train_end()
+    assert history(path) == [{"epoch": "0", "loss": "3.0", "val_loss": "2.5", "val_task_loss_sum": "9.0"},
+                             {"epoch": "1", "loss": "2.0", "val_loss": "", "val_task_loss_sum": ""},
+                             {"epoch": "2", "loss": "1.5", "val_loss": "1.25", "val_task_loss_sum": "7.0"}]
+
+
+def test_the_checkpoint_passes_over_an_epoch_without_validation_silently(tmp_path):
+    import warnings
+    checkpoint = train_stage.GuardedCheckpoint(tmp_path / "best.weights.h5", train_stage.StopOnNaNTask(TASKS))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Keras warns when the monitored value is missing
+        checkpoint.on_epoch_end(0, {"loss": 1.0})
+    assert not (tmp_path / "best.weights.h5").exists()
 
 
 def test_resume_of_a_changed_model_exits_2_with_one_line(tiny_config, tmp_path):
