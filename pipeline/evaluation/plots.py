@@ -158,9 +158,14 @@ def training_curves(history_csv: pathlib.Path, path: pathlib.Path) -> pathlib.Pa
     if not rows:
         return None
 
+    def number(value):  # "" (an epoch without validation), Keras' "NA" or no column: no point
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return np.nan
+
     def column(name):
-        values = [row.get(name) for row in rows]
-        return np.asarray([float(v) if v not in (None, "") else np.nan for v in values])
+        return np.asarray([number(row.get(name)) for row in rows])
 
     def positive(values):  # a log axis cannot show <= 0
         return np.where(values > 0, values, np.nan)

@@ -112,7 +112,7 @@ class GuardedCheckpoint(keras.callbacks.ModelCheckpoint):
 
     def on_epoch_end(self, epoch, logs=None):
         # An epoch without validation (train.validate_every) has nothing to compare: ModelCheckpoint
-        # would warn that the metric is missing.
+        # would warn that the metric is missing and then save the unvalidated weights as the best.
         if not self.nan_guard.failed and self.monitor in (logs or {}):
             super().on_epoch_end(epoch, logs)
 
@@ -148,8 +148,8 @@ class ResumeHistory(keras.callbacks.Callback):
     """On a resume, trims history.csv to the epochs before the one training continues from and
     lets the best checkpoint compete with the best epoch before the interruption.
 
-    Must come after the backup callback (which restores the epoch) and before CSVLogger (which
-    opens history.csv for appending) in the callback list.
+    Must come after the backup callback (which restores the epoch) and before HistoryCSV (which
+    reads the trimmed file's header and opens it for appending) in the callback list.
     """
 
     def __init__(self, history_csv, backup, checkpoint):
@@ -169,6 +169,9 @@ class ResumeHistory(keras.callbacks.Callback):
         with self.history_csv.open(newline="") as handle:
             reader = csv.DictReader(handle)
             fields, rows = reader.fieldnames, [row for row in reader if int(row["epoch"]) < self.resumed_from]
+        if not fields:  # killed after the first backup, before the first row: nothing to keep
+            self.history_csv.unlink()
+            return
         with self.history_csv.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=fields)
             writer.writeheader()
@@ -217,7 +220,7 @@ class SyncReplicaStatistics(keras.callbacks.Callback):
 
 class Throughput(keras.callbacks.Callback):
     """Images per second per epoch (the first includes tracing and compilation), and the seconds
-    each epoch's validation took, which the images per second leave out."""
+    each validation took, which the images per second leave out."""
 
     def __init__(self, batch_size, steps):
         super().__init__()

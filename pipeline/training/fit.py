@@ -56,8 +56,8 @@ def validation_epochs(epochs: int, every: int) -> list[int]:
 
     The first validation sets history.csv's columns (and shows early whether the model generalises);
     the last is where the decayed learning rate usually leaves the best weights. A validation of the
-    default (200 frames) took 3.4-8.2 s on the 2-core machine (the first traces the test step), plus
-    0.6 s for each checkpoint it improved: 69 s over 15 epochs."""
+    default (200 frames) took 3.4-8.2 s on the 2-core machine (the first traces the test step), 69 s
+    over 15 epochs, plus 0.6 s for each checkpoint it improved."""
     return sorted({1, epochs} | set(range(every, epochs + 1, every)))
 
 
@@ -189,15 +189,17 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
     checkpoint = GuardedCheckpoint(best, nan_guard)
     resume = ResumeHistory(history_csv, backup, checkpoint)
     # Order matters at each epoch end: replicas agree before anything is saved, the NaN guard has
-    # looked at every batch, and the backup is written before the history row that it covers.
+    # looked at every batch, the best checkpoint is written before the backup (a run killed between
+    # the two runs that epoch again instead of keeping an older best: with validation on every 5th
+    # epoch that would be 5 epochs older), and the backup before the history row that it covers.
     callbacks = [
         SyncReplicaStatistics(strategy),
         nan_guard,
+        ValidationTaskSum(tasks),
+        checkpoint,
         backup,
         resume,
-        ValidationTaskSum(tasks),
         LogLearningRate(),
-        checkpoint,
         HistoryCSV(history_csv),
         keras.callbacks.TensorBoard(str(work / "tensorboard"), write_graph=False, profile_batch=0),
         speed,

@@ -118,7 +118,7 @@ def test_training_curves_join_the_validated_epochs(tmp_path, monkeypatch):
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
     rows = HISTORY.splitlines()
-    unvalidated = "2,0.5,1.4,2.5,0.8,0.001,-2.0,1.0,0.9,,,,,"
+    unvalidated = "2,0.5,1.4,2.5,0.8,0.001,-2.0,1.0,0.9,,,NA,,"  # NA: what Keras' CSVLogger writes
     third = "3,0.4,1.5,2.0,0.8,0.0,-2.5,0.9,0.9,0.5,2.5,-2.6,1.0,4.0"
     history = tmp_path / "history.csv"
     history.write_text("\n".join(rows + [unvalidated, third]) + "\n")

@@ -245,12 +245,37 @@ def test_a_resumed_history_keeps_the_files_columns_when_its_first_epoch_does_not
 
 
 def test_the_checkpoint_passes_over_an_epoch_without_validation_silently(tmp_path):
+    """Keras' ModelCheckpoint would warn and then save the unvalidated weights as the best."""
     import warnings
+
+    class Model:
+        saved = []
+
+        def save_weights(self, path, overwrite=True):
+            self.saved.append(path)
+
     checkpoint = train_stage.GuardedCheckpoint(tmp_path / "best.weights.h5", train_stage.StopOnNaNTask(TASKS))
+    checkpoint.set_model(Model())
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # Keras warns when the monitored value is missing
+        warnings.simplefilter("error")
         checkpoint.on_epoch_end(0, {"loss": 1.0})
-    assert not (tmp_path / "best.weights.h5").exists()
+    assert Model.saved == []
+    checkpoint.on_epoch_end(1, {"loss": 1.0, "val_task_loss_sum": 2.0})
+    assert Model.saved == [str(tmp_path / "best.weights.h5")]
+
+
+def test_resume_after_a_kill_before_the_first_history_row_starts_the_history_afresh(tmp_path):
+    (tmp_path / "history.csv").write_text("")  # the CSV logger opens the file before its first row
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "training_metadata.json").write_text(json.dumps({"epoch": 1, "batch": 0}))
+
+    class Checkpoint:
+        filepath = str(tmp_path / "best.weights.h5")
+
+    backup = train_stage.GuardedBackup(str(tmp_path / "backup"), train_stage.StopOnNaNTask(TASKS))
+    resume = train_stage.ResumeHistory(tmp_path / "history.csv", backup, Checkpoint)
+    resume.on_train_begin()
+    assert resume.resumed_from == 1 and not (tmp_path / "history.csv").exists()
 
 
 def test_resume_of_a_changed_model_exits_2_with_one_line(tiny_config, tmp_path):
@@ -287,8 +312,9 @@ def test_a_backup_cut_short_by_a_kill_is_set_aside_and_training_starts_afresh(ti
 def test_killed_run_resumes_from_its_last_epoch(tiny_config, tmp_path):
     out = tmp_path / "train"
     work = train_stage.staging_folder(out)  # where the run trains until it has finished
+    # Validation on epochs 1, 4 and 6: the resumed run usually starts on an epoch without it.
     args = ["train", "--config", "configs/tiny.yaml", f"run_root={tiny_config.run_root}",
-            "train.epochs=6", "--out", out]
+            "train.epochs=6", "train.validate_every=4", "--out", out]
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO,
                              stdout=log, stderr=subprocess.STDOUT,
@@ -321,6 +347,11 @@ def test_killed_run_resumes_from_its_last_epoch(tiny_config, tmp_path):
     assert f"resuming from epoch {done + 1}" in resumed.stdout
     rows = history(out / "history.csv")
     assert [int(row["epoch"]) for row in rows] == list(range(6)), "epochs continue, none repeated"
+    # One header for both runs (csv puts surplus cells under None, missing ones as None), the train
+    # columns filled on every row and the val_ ones exactly on the validated epochs.
+    assert all(None not in row and None not in row.values() for row in rows)
+    assert all(math.isfinite(float(row["loss"])) for row in rows)
+    assert [int(row["epoch"]) for row in rows if row["val_task_loss_sum"]] == [0, 3, 5]
     assert (out / "model.keras").is_file() and not (out / "backup").exists() and not work.exists()
     speed = json.loads((out / "speed.json").read_text())
     assert speed["resumed_from_epoch"] == done and len(speed["per_epoch"]) == 6 - done
