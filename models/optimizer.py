@@ -95,11 +95,11 @@ class LazyAdamW(keras.optimizers.Adam):
         return {**super().get_config(), "weight_decay": self.decoupled_weight_decay, "skip": self.skip}
 
 
-def make_optimizer(train_config, total_steps, steps_per_epoch=None):
+def make_optimizer(train_config, total_steps):
     """The network's LazyAdamW (lr: 0 -> learning_rate over warmup_steps, then cosine -> 0 at
     total_steps). train.ema > 0 keeps an exponential moving average of the weights (Keras'
-    use_ema) and writes it into the model every `steps_per_epoch` steps, so validation, the best
-    checkpoint and the saved model all see the averaged weights."""
+    use_ema) that validation, the best checkpoint and the saved model see
+    (pipeline/training/callbacks.AveragedWeightsForValidation); training goes on from the raw weights."""
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1; Received: total_steps={total_steps}")
     if train_config.learning_rate <= 0:
@@ -113,8 +113,7 @@ def make_optimizer(train_config, total_steps, steps_per_epoch=None):
         schedule = keras.optimizers.schedules.CosineDecay(train_config.learning_rate, decay_steps)
     ema = float(getattr(train_config, "ema", 0.0) or 0.0)
     optimizer = LazyAdamW(learning_rate=schedule, weight_decay=train_config.weight_decay,
-                          use_ema=ema > 0, ema_momentum=ema or 0.99,
-                          ema_overwrite_frequency=steps_per_epoch if ema > 0 else None)
+                          use_ema=ema > 0, ema_momentum=ema or 0.99)
     optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
     return optimizer
 

@@ -12,6 +12,7 @@ Output folder (one per model and split, so evaluating another split never overwr
   runs/<experiment>/eval-<name>[-<split>]/      --model pointing at any other .keras file; <name> is
                                                 its stem, or its folder's name for a "model.keras"
   ...-rescaled/                                 with evaluate.rescale_depth: true (pipeline/deploy/camera.py)
+  ...-flip/                                     with evaluate.flip_test: true (pipeline/flip_test.py)
 It is written into a hidden temporary folder and renamed at the end, so an interrupted evaluation
 never leaves a half-written eval folder behind.
 
@@ -35,6 +36,7 @@ from data import schema
 from data.errors import UserError
 from data.vocabulary import TASKS
 from pipeline import atomic, classes, layout, timing, trained
+from pipeline.flip_test import flip_tested
 from pipeline.deploy import camera
 from pipeline.config import Config, SourceConfig
 from pipeline.evaluation import report
@@ -82,44 +84,48 @@ def check_classes(model, config: Config, path, doing: str) -> None:
     classes.check_config(model_classes, config, path, trained.tasks(model), doing)
 
 
-def _predict_function(model, top_k: int):
-    """One traced tf.function per (model, top_k): forward pass + in-graph decoding, any batch size."""
+def _predict_function(model, top_k: int, flip_test: bool = False):
+    """One traced tf.function per (model, top_k, flip_test): forward pass (two with the flip test) +
+    in-graph decoding, any batch size."""
     if _predict_cache["model"] is not model:
         _predict_cache.update(model=model, functions={})
     cache = _predict_cache["functions"]
-    if top_k in cache:
-        return cache[top_k]
+    if (top_k, flip_test) in cache:
+        return cache[top_k, flip_test]
     height, width = model.inputs[0].shape[1:3]
 
     @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)])
     def predict(images):
-        return trained.decode(model({"image": images}, training=False), top_k)
+        outputs = flip_tested(model, images) if flip_test else model({"image": images}, training=False)
+        return trained.decode(outputs, top_k)
 
-    cache[top_k] = predict
+    cache[top_k, flip_test] = predict
     return predict
 
 
-def predict_batch(model, images, top_k: int = 100) -> dict:
+def predict_batch(model, images, top_k: int = 100, flip_test: bool = False) -> dict:
     """images [B,H,W,3] (uint8 or float 0..255) -> NumPy dict with the keys of the model's tasks:
     boxes [B,K,4] x1y1x2y2 px, scores [B,K], classes [B,K] (detection), segmentation [B,H,W] class ids
-    (argmax of logits), depth [B,H,W] metres."""
+    (argmax of logits), depth [B,H,W] metres. flip_test: averaged with the mirrored frames' predictions."""
     images = np.asarray(images, np.float32)
-    outputs = _predict_function(model, int(top_k))(images)
+    outputs = _predict_function(model, int(top_k), bool(flip_test))(images)
     return {key: value.numpy() for key, value in outputs.items()}
 
 
-def measure_inference(model, top_k: int = 100, runs: int = LATENCY_RUNS) -> dict:
-    """Parameters and median latency of one frame (batch 1): forward pass + detection decoding."""
+def measure_inference(model, top_k: int = 100, runs: int = LATENCY_RUNS, flip_test: bool = False) -> dict:
+    """Parameters and median latency of one frame (batch 1): forward pass(es) + detection decoding."""
     height, width = model.inputs[0].shape[1:3]
     frame = np.random.default_rng(0).uniform(0, 255, (1, height, width, 3)).astype(np.float32)
-    predict = _predict_function(model, int(top_k))
+    predict = _predict_function(model, int(top_k), bool(flip_test))
     # .numpy() waits for the result, not just the dispatch; the 3 warm-up calls trace and allocate.
     times = timing.timed_ms(lambda: [value.numpy() for value in predict(frame).values()], runs, warmup=3)
     latency = timing.median_p90(times)
     return {"params": int(model.count_params()), "ms_per_frame": latency["median_ms"],
             "ms_per_frame_p90": latency["p90_ms"], "batch_size": 1, "runs": runs,
             "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
-            "measures": "forward pass + in-graph detection decoding, median of batch-1 runs after warm-up"}
+            "flip_test": bool(flip_test),
+            "measures": ("two forward passes (frame and mirror image, the flip test)" if flip_test else
+                         "forward pass") + " + in-graph detection decoding, median of batch-1 runs after warm-up"}
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -222,7 +228,7 @@ def evaluate_source(config: Config, model, split: str, source: SourceConfig, max
                 break
             x = {key: value.numpy()[:count] for key, value in x.items()}
             y = {key: value.numpy()[:count] for key, value in y.items()}
-            pred = predict_batch(model, x["image"], config.model.top_k)
+            pred = predict_batch(model, x["image"], config.model.top_k, config.evaluate.flip_test)
             if "depth" in pred and depth_scale != 1.0:
                 pred["depth"] = pred["depth"] * np.float32(depth_scale)
             add_batch(evaluators, y, pred, seen + 1, counts)
@@ -250,7 +256,8 @@ def _evaluate(config: Config, model, split: str, sources=None, max_examples=None
         frames = frames or source_frames
     primary = sources[0].name
     metrics = {"split": split, "image_size": list(config.data.image_size), "tasks": tasks,
-               "top_k": config.model.top_k, "score_floor": SCORE_FLOOR, "max_depth": config.model.max_depth,
+               "top_k": config.model.top_k, "flip_test": config.evaluate.flip_test, "score_floor": SCORE_FLOOR,
+               "max_depth": config.model.max_depth,
                "max_examples": max_examples, "primary_source": primary, "sources": per_source}
     if depth_scales is not None:
         metrics["depth_scales"] = {name: round(value, 4) for name, value in depth_scales.items()}
@@ -270,7 +277,7 @@ def evaluate_model(config: Config, model, split: str, sources=None, max_examples
 # --------------------------------------------------------------------------------------------- stage
 def output_dir(config: Config, split: str, model_path: pathlib.Path | None = None) -> pathlib.Path:
     """eval/, eval-<split>/ or eval-<model stem>[-<split>]/, each with -rescaled under
-    evaluate.rescale_depth (see module doc)."""
+    evaluate.rescale_depth and -flip under evaluate.flip_test (see module doc)."""
     name = "eval"
     if model_path is not None and not layout.is_run_model(config, model_path):
         model_path = pathlib.Path(model_path)
@@ -280,6 +287,8 @@ def output_dir(config: Config, split: str, model_path: pathlib.Path | None = Non
         name += f"-{split}"
     if config.evaluate.rescale_depth:  # depth rescaled to each source's camera: not the same numbers
         name += "-rescaled"
+    if config.evaluate.flip_test:  # two passes averaged: not the numbers of the model as exported
+        name += "-flip"
     return layout.eval_dir(config, name)
 
 
@@ -294,7 +303,7 @@ def evaluate_into(config: Config, model_path: pathlib.Path, split: str, out: pat
     scales = camera.source_depth_scales(config, model_path) if config.evaluate.rescale_depth else None
     metrics, frames = _evaluate(config, model, split, grid_frames=config.evaluate.grid_frames, depth_scales=scales)
     metrics = {"model": str(model_path), **metrics,
-               "inference": measure_inference(model, config.model.top_k)}
+               "inference": measure_inference(model, config.model.top_k, flip_test=config.evaluate.flip_test)}
     with atomic.staging_dir(out, "the evaluation") as staging:
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=1))
         report.write_report(staging, metrics, config, frames=frames, history_csv=model_path.parent / "history.csv")

@@ -394,10 +394,14 @@ def render(out_dir: pathlib.Path, metrics: dict, config: Config, history_csv=Non
              f"- split: `{metrics.get('split')}`; sources: {source_line or '?'}; model input "
              f"{'x'.join(str(v) for v in metrics.get('image_size', []))} px",
              f"- written {time.strftime('%Y-%m-%d %H:%M')}"]
+    if metrics.get("flip_test"):
+        lines.append("- flip test: each frame and its mirror image, the two predictions averaged before decoding "
+                     "(evaluate.flip_test; twice the inference, and not what the exports and clip run)")
     if inference:
+        passes = "model run twice" if inference.get("flip_test") else "model"
         lines.append(f"- inference: {fmt(inference.get('params'))} parameters, "
                      f"{fmt(inference.get('ms_per_frame'), 2)} ms/frame (batch 1, {inference.get('device', '?')}, "
-                     f"model + detection decoding, median of {inference.get('runs', '?')} runs)")
+                     f"{passes} + detection decoding, median of {inference.get('runs', '?')} runs)")
     parts = ["\n".join(lines), sources_section(metrics), quality_goals_section(metrics)]
     parts += [task_section(out_dir, task, metrics) for task in TASKS]
     parts += [training_section(out_dir, history_csv), _frames_section(out_dir), baselines_section(config, metrics)]

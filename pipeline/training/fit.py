@@ -35,7 +35,7 @@ from pipeline.config import Config, save_config, to_dict
 from pipeline.evaluation import plots
 from pipeline.inputs import dataset as inputs
 from pipeline.training import devices, onednn
-from pipeline.training.callbacks import (GuardedBackup, GuardedCheckpoint, HistoryCSV, LogLearningRate,
+from pipeline.training.callbacks import (AveragedWeightsForValidation, GuardedBackup, GuardedCheckpoint, HistoryCSV, LogLearningRate,
                                          ResumeHistory, StopOnNaNTask, SyncReplicaStatistics, Throughput,
                                          ValidationTaskSum)
 from pipeline.training.progress import CompactProgbarLogger
@@ -197,6 +197,7 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
         nan_guard,
         ValidationTaskSum(tasks),
         checkpoint,
+        AveragedWeightsForValidation(),  # between the two: the checkpoint saves the average, the backup the raw
         backup,
         resume,
         LogLearningRate(),
