@@ -176,9 +176,9 @@ class EvaluateConfig:
     # is scored as it is. metrics.json lists the factors.
     rescale_depth: bool = False
     # true: every frame is also run mirrored and the two predictions averaged before decoding
-    # (pipeline/flip_test.py): test mAP50 +0.020, mAP +0.022, AbsRel -2 % for a seed-0 default, at
-    # 1.49x the batch-1 latency (README, "The flip test"). Exports and clip run one pass; scored into
-    # eval-...-flip/.
+    # (pipeline/evaluation/flip_test.py): test mAP50 +0.020, mAP +0.022, AbsRel -2 % for a seed-0
+    # default, at 1.49x the batch-1 latency (README, "The flip test"). Exports and clip run one pass;
+    # scored into eval-...-flip/.
     flip_test: bool = False
 
 

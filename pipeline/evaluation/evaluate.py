@@ -12,7 +12,7 @@ Output folder (one per model and split, so evaluating another split never overwr
   runs/<experiment>/eval-<name>[-<split>]/      --model pointing at any other .keras file; <name> is
                                                 its stem, or its folder's name for a "model.keras"
   ...-rescaled/                                 with evaluate.rescale_depth: true (pipeline/deploy/camera.py)
-  ...-flip/                                     with evaluate.flip_test: true (pipeline/flip_test.py)
+  ...-flip/                                     with evaluate.flip_test: true (pipeline/evaluation/flip_test.py)
 It is written into a hidden temporary folder and renamed at the end, so an interrupted evaluation
 never leaves a half-written eval folder behind.
 
@@ -36,7 +36,7 @@ from data import schema
 from data.errors import UserError
 from data.vocabulary import TASKS
 from pipeline import atomic, classes, layout, timing, trained
-from pipeline.flip_test import flip_tested
+from pipeline.evaluation.flip_test import flip_tested
 from pipeline.deploy import camera
 from pipeline.config import Config, SourceConfig
 from pipeline.evaluation import report

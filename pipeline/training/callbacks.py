@@ -123,8 +123,9 @@ class AveragedWeightsForValidation(keras.callbacks.Callback):
     while training goes on from the raw weights.
 
     Keras' own way, ema_overwrite_frequency, writes the average into the model and trains on from it,
-    which sets training back every time (the 4-minute study's ema_0.99 lost 12.8 % detection). Here
-    the average is swapped in when validation begins and the raw weights back at the epoch's end: put
+    setting training back each time; without it the average reaches the model only at the end of fit,
+    after the best checkpoint was saved from the raw weights (what train.ema did before). Here the
+    average is swapped in when validation begins and the raw weights back at the epoch's end: put
     this callback after the checkpoint (which saves the average) and before the backup (which must
     hold the raw weights a resumed run trains on from). Keras keeps the average in the optimizer's
     _model_variables_moving_average, one per variable of its _trainable_variables, no public API.

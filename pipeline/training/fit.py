@@ -35,9 +35,9 @@ from pipeline.config import Config, save_config, to_dict
 from pipeline.evaluation import plots
 from pipeline.inputs import dataset as inputs
 from pipeline.training import devices, onednn
-from pipeline.training.callbacks import (AveragedWeightsForValidation, GuardedBackup, GuardedCheckpoint, HistoryCSV, LogLearningRate,
-                                         ResumeHistory, StopOnNaNTask, SyncReplicaStatistics, Throughput,
-                                         ValidationTaskSum)
+from pipeline.training.callbacks import (AveragedWeightsForValidation, GuardedBackup, GuardedCheckpoint,
+                                         HistoryCSV, LogLearningRate, ResumeHistory, StopOnNaNTask,
+                                         SyncReplicaStatistics, Throughput, ValidationTaskSum)
 from pipeline.training.progress import CompactProgbarLogger
 
 

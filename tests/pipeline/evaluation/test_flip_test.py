@@ -10,7 +10,7 @@ import tensorflow as tf
 from models.detection_decode import decode_detections
 from pipeline import trained
 from pipeline.evaluation import evaluate
-from pipeline.flip_test import flip_tested, merge_outputs, mirror_outputs
+from pipeline.evaluation.flip_test import flip_tested, merge_outputs, mirror_outputs
 from support import tiny
 
 STRIDE = 4
@@ -69,8 +69,8 @@ def test_flip_tested_predictions_are_mirror_symmetric(tiny_trained):
 def test_evaluate_with_the_flip_test_says_so_in_its_own_folder(tiny_trained, tmp_path):
     config, model_path = tiny_trained
     flipped = tiny(config.run_root, "evaluate.flip_test=true")
-    out = evaluate.output_dir(flipped, "validation")
-    assert out.name == "eval-flip"
+    assert evaluate.output_dir(flipped, "validation").name == "eval-flip"
+    out = tmp_path / "eval-flip"  # not the shared tiny run's folder
     metrics = evaluate.evaluate_into(flipped, model_path, "validation", out)
     plain = evaluate.evaluate_model(config, trained.load(model_path), "validation")
     saved = json.loads((out / "metrics.json").read_text())
