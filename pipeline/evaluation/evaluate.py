@@ -13,6 +13,7 @@ Output folder (one per model and split, so evaluating another split never overwr
                                                 its stem, or its folder's name for a "model.keras"
   ...-rescaled/                                 with evaluate.rescale_depth: true (pipeline/deploy/camera.py)
   ...-flip/                                     with evaluate.flip_test: true (pipeline/evaluation/flip_test.py)
+  ...-up<x>/                                    with evaluate.upscale_test: x > 1 (pipeline/evaluation/upscale_test.py)
 It is written into a hidden temporary folder and renamed at the end, so an interrupted evaluation
 never leaves a half-written eval folder behind.
 
@@ -36,6 +37,7 @@ from data import schema
 from data.errors import UserError
 from data.vocabulary import TASKS
 from pipeline import atomic, classes, layout, timing, trained
+from pipeline.evaluation import upscale_test
 from pipeline.evaluation.flip_test import flip_tested
 from pipeline.deploy import camera
 from pipeline.config import Config, SourceConfig
@@ -84,48 +86,66 @@ def check_classes(model, config: Config, path, doing: str) -> None:
     classes.check_config(model_classes, config, path, trained.tasks(model), doing)
 
 
-def _predict_function(model, top_k: int, flip_test: bool = False):
-    """One traced tf.function per (model, top_k, flip_test): forward pass (two with the flip test) +
-    in-graph decoding, any batch size."""
+def _predict_function(model, top_k: int, flip_test: bool = False, upscale: float = 1.0):
+    """One traced tf.function per (model, top_k, flip_test, upscale): forward pass (two with the flip
+    test, twice that with the upscale test) + in-graph decoding, any batch size."""
     if _predict_cache["model"] is not model:
         _predict_cache.update(model=model, functions={})
     cache = _predict_cache["functions"]
-    if (top_k, flip_test) in cache:
-        return cache[top_k, flip_test]
+    if (top_k, flip_test, upscale) in cache:
+        return cache[top_k, flip_test, upscale]
     height, width = model.inputs[0].shape[1:3]
+    if upscale > 1.0:
+        if "detection" not in trained.tasks(model):
+            raise UserError("evaluate.upscale_test re-detects small objects, and the model has no detection head")
+        big_size = upscale_test.upscaled_size(height, width, upscale)
+        big = upscale_test.resized_net(model, *big_size)
+        classes = model.output["detection"].shape[-1] - 4
+
+    def forward(net, images):
+        return flip_tested(net, images) if flip_test else net({"image": images}, training=False)
 
     @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)])
     def predict(images):
-        outputs = flip_tested(model, images) if flip_test else model({"image": images}, training=False)
-        return trained.decode(outputs, top_k)
+        decoded = trained.decode(forward(model, images), top_k)
+        if upscale > 1.0:
+            upscaled = forward(big, tf.image.resize(images, big_size, method="bilinear"))
+            second = trained.decode({"detection": upscaled["detection"]}, top_k)
+            decoded.update(upscale_test.merge_small_objects(
+                decoded, second, (big_size[0] / height, big_size[1] / width), upscale_test.small_height(height),
+                classes, top_k))
+        return decoded
 
-    cache[top_k, flip_test] = predict
+    cache[top_k, flip_test, upscale] = predict
     return predict
 
 
-def predict_batch(model, images, top_k: int = 100, flip_test: bool = False) -> dict:
+def predict_batch(model, images, top_k: int = 100, flip_test: bool = False, upscale: float = 1.0) -> dict:
     """images [B,H,W,3] (uint8 or float 0..255) -> NumPy dict with the keys of the model's tasks:
     boxes [B,K,4] x1y1x2y2 px, scores [B,K], classes [B,K] (detection), segmentation [B,H,W] class ids
-    (argmax of logits), depth [B,H,W] metres. flip_test: averaged with the mirrored frames' predictions."""
+    (argmax of logits), depth [B,H,W] metres. flip_test: averaged with the mirrored frames' predictions;
+    upscale > 1: small objects' boxes from the frames upscaled by that factor (upscale_test.py)."""
     images = np.asarray(images, np.float32)
-    outputs = _predict_function(model, int(top_k), bool(flip_test))(images)
+    outputs = _predict_function(model, int(top_k), bool(flip_test), float(upscale))(images)
     return {key: value.numpy() for key, value in outputs.items()}
 
 
-def measure_inference(model, top_k: int = 100, runs: int = LATENCY_RUNS, flip_test: bool = False) -> dict:
+def measure_inference(model, top_k: int = 100, runs: int = LATENCY_RUNS, flip_test: bool = False,
+                      upscale: float = 1.0) -> dict:
     """Parameters and median latency of one frame (batch 1): forward pass(es) + detection decoding."""
     height, width = model.inputs[0].shape[1:3]
     frame = np.random.default_rng(0).uniform(0, 255, (1, height, width, 3)).astype(np.float32)
-    predict = _predict_function(model, int(top_k), bool(flip_test))
+    predict = _predict_function(model, int(top_k), bool(flip_test), float(upscale))
     # .numpy() waits for the result, not just the dispatch; the 3 warm-up calls trace and allocate.
     times = timing.timed_ms(lambda: [value.numpy() for value in predict(frame).values()], runs, warmup=3)
     latency = timing.median_p90(times)
     return {"params": int(model.count_params()), "ms_per_frame": latency["median_ms"],
             "ms_per_frame_p90": latency["p90_ms"], "batch_size": 1, "runs": runs,
             "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
-            "flip_test": bool(flip_test),
+            "flip_test": bool(flip_test), "upscale_test": float(upscale),
             "measures": ("two forward passes (frame and mirror image, the flip test)" if flip_test else
-                         "forward pass") + " + in-graph detection decoding, median of batch-1 runs after warm-up"}
+                         "forward pass") + (f" on the frame and on it upscaled {upscale:g}x" if upscale > 1.0 else "")
+            + " + in-graph detection decoding, median of batch-1 runs after warm-up"}
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -228,7 +248,8 @@ def evaluate_source(config: Config, model, split: str, source: SourceConfig, max
                 break
             x = {key: value.numpy()[:count] for key, value in x.items()}
             y = {key: value.numpy()[:count] for key, value in y.items()}
-            pred = predict_batch(model, x["image"], config.model.top_k, config.evaluate.flip_test)
+            pred = predict_batch(model, x["image"], config.model.top_k, config.evaluate.flip_test,
+                                 config.evaluate.upscale_test)
             if "depth" in pred and depth_scale != 1.0:
                 pred["depth"] = pred["depth"] * np.float32(depth_scale)
             add_batch(evaluators, y, pred, seen + 1, counts)
@@ -256,7 +277,8 @@ def _evaluate(config: Config, model, split: str, sources=None, max_examples=None
         frames = frames or source_frames
     primary = sources[0].name
     metrics = {"split": split, "image_size": list(config.data.image_size), "tasks": tasks,
-               "top_k": config.model.top_k, "flip_test": config.evaluate.flip_test, "score_floor": SCORE_FLOOR,
+               "top_k": config.model.top_k, "flip_test": config.evaluate.flip_test,
+               "upscale_test": config.evaluate.upscale_test, "score_floor": SCORE_FLOOR,
                "max_depth": config.model.max_depth,
                "max_examples": max_examples, "primary_source": primary, "sources": per_source}
     if depth_scales is not None:
@@ -277,7 +299,8 @@ def evaluate_model(config: Config, model, split: str, sources=None, max_examples
 # --------------------------------------------------------------------------------------------- stage
 def output_dir(config: Config, split: str, model_path: pathlib.Path | None = None) -> pathlib.Path:
     """eval/, eval-<split>/ or eval-<model stem>[-<split>]/, each with -rescaled under
-    evaluate.rescale_depth and -flip under evaluate.flip_test (see module doc)."""
+    evaluate.rescale_depth, -flip under evaluate.flip_test and -up<x> under evaluate.upscale_test (see
+    module doc)."""
     name = "eval"
     if model_path is not None and not layout.is_run_model(config, model_path):
         model_path = pathlib.Path(model_path)
@@ -289,6 +312,8 @@ def output_dir(config: Config, split: str, model_path: pathlib.Path | None = Non
         name += "-rescaled"
     if config.evaluate.flip_test:  # two passes averaged: not the numbers of the model as exported
         name += "-flip"
+    if config.evaluate.upscale_test > 1.0:
+        name += f"-up{config.evaluate.upscale_test:g}"
     return layout.eval_dir(config, name)
 
 
@@ -303,7 +328,8 @@ def evaluate_into(config: Config, model_path: pathlib.Path, split: str, out: pat
     scales = camera.source_depth_scales(config, model_path) if config.evaluate.rescale_depth else None
     metrics, frames = _evaluate(config, model, split, grid_frames=config.evaluate.grid_frames, depth_scales=scales)
     metrics = {"model": str(model_path), **metrics,
-               "inference": measure_inference(model, config.model.top_k, flip_test=config.evaluate.flip_test)}
+               "inference": measure_inference(model, config.model.top_k, flip_test=config.evaluate.flip_test,
+                                              upscale=config.evaluate.upscale_test)}
     with atomic.staging_dir(out, "the evaluation") as staging:
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=1))
         report.write_report(staging, metrics, config, frames=frames, history_csv=model_path.parent / "history.csv")

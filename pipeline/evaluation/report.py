@@ -15,7 +15,7 @@ import time
 from data.vocabulary import TASKS
 from pipeline import atomic, classes, layout, trained
 from pipeline.config import Config
-from pipeline.evaluation import plots
+from pipeline.evaluation import plots, upscale_test
 from pipeline.evaluation.metrics import is_absent
 from pipeline.evaluation.metrics.detection_errors import FIT_IOU
 
@@ -397,8 +397,15 @@ def render(out_dir: pathlib.Path, metrics: dict, config: Config, history_csv=Non
     if metrics.get("flip_test"):
         lines.append("- flip test: each frame and its mirror image, the two predictions averaged before decoding "
                      "(evaluate.flip_test; twice the inference, and not what the exports and clip run)")
+    upscale = metrics.get("upscale_test") or 1.0
+    if upscale > 1.0:
+        lines.append(f"- upscale test: boxes under {upscale_test.small_height(metrics['image_size'][0]):g} px "
+                     f"from a second pass on the frame upscaled {upscale:g}x, the rest from the first "
+                     "(evaluate.upscale_test; detection only, and not what the exports and clip run)")
     if inference:
         passes = "model run twice" if inference.get("flip_test") else "model"
+        if (inference.get("upscale_test") or 1.0) > 1.0:
+            passes += f" on the frame and on it upscaled {inference['upscale_test']:g}x"
         lines.append(f"- inference: {fmt(inference.get('params'))} parameters, "
                      f"{fmt(inference.get('ms_per_frame'), 2)} ms/frame (batch 1, {inference.get('device', '?')}, "
                      f"{passes} + detection decoding, median of {inference.get('runs', '?')} runs)")

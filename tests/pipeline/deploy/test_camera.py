@@ -132,8 +132,8 @@ def test_evaluate_rescales_each_source_by_its_own_camera(tiny_trained, tmp_path,
     real_predict = evaluate.predict_batch
 
     def predict_at(metres):
-        def predict(model, images, top_k=100, flip_test=False):
-            out = real_predict(model, images, top_k, flip_test)
+        def predict(model, images, *options):  # top_k and the evaluate.* test-time options
+            out = real_predict(model, images, *options)
             return {**out, "depth": np.full_like(out["depth"], metres)}
         return predict
 

@@ -1,17 +1,14 @@
 """The flip test: a mirrored frame's outputs land in the original frame's coordinates, averaging two
 equal predictions changes nothing, and flip-tested predictions of a mirrored frame are the mirror
 image of those of the frame itself."""
-import json
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from models.detection_decode import decode_detections
 from pipeline import trained
-from pipeline.evaluation import evaluate
 from pipeline.evaluation.flip_test import flip_tested, merge_outputs, mirror_outputs
-from support import tiny
+from support import evaluated_with
 
 STRIDE = 4
 
@@ -67,14 +64,8 @@ def test_flip_tested_predictions_are_mirror_symmetric(tiny_trained):
 
 
 def test_evaluate_with_the_flip_test_says_so_in_its_own_folder(tiny_trained, tmp_path):
-    config, model_path = tiny_trained
-    flipped = tiny(config.run_root, "evaluate.flip_test=true")
-    assert evaluate.output_dir(flipped, "validation").name == "eval-flip"
-    out = tmp_path / "eval-flip"  # not the shared tiny run's folder
-    metrics = evaluate.evaluate_into(flipped, model_path, "validation", out)
-    plain = evaluate.evaluate_model(config, trained.load(model_path), "validation")
-    saved = json.loads((out / "metrics.json").read_text())
+    saved, plain, report = evaluated_with(tiny_trained, tmp_path, "evaluate.flip_test=true", "eval-flip")
     assert saved["flip_test"] is True and saved["inference"]["flip_test"] is True and plain["flip_test"] is False
-    assert "flip test: each frame and its mirror image" in (out / "report.md").read_text()
+    assert "flip test: each frame and its mirror image" in report
     # Averaging with the mirror image moves the depth estimate of every pixel: a different score.
-    assert metrics["depth"]["abs_rel"] != pytest.approx(plain["depth"]["abs_rel"], rel=1e-6)
+    assert saved["depth"]["abs_rel"] != pytest.approx(plain["depth"]["abs_rel"], rel=1e-6)
