@@ -181,9 +181,9 @@ class EvaluateConfig:
     # scored into eval-...-flip/.
     flip_test: bool = False
     # > 1: a second pass on each frame upscaled by this factor supplies the boxes under 36 px (the
-    # smaller two AP50 height bands at a 192-px input), the first pass the rest
-    # (pipeline/evaluation/upscale_test.py). 1.5 was chosen on validation over 1.33 and 2 (README, "The
-    # upscale test"); detection only, at 2.5x the batch-1 latency. Scored into eval-...-up<x>/.
+    # smaller two AP50 height bands at a 192-px input), the first pass the rest, and segmentation
+    # averages the two (pipeline/evaluation/upscale_test.py). 1.5 was chosen on validation over 1.33
+    # and 2 (README, "The upscale test"); 2.7x the batch-1 latency. Scored into eval-...-up<x>/.
     upscale_test: float = 1.0
 
 

@@ -107,9 +107,14 @@ def _predict_function(model, top_k: int, flip_test: bool = False, upscale: float
 
     @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)])
     def predict(images):
-        decoded = trained.decode(forward(model, images), top_k)
+        outputs = forward(model, images)
         if upscale > 1.0:
             upscaled = forward(big, tf.image.resize(images, big_size, method="bilinear"))
+            if "segmentation" in outputs:
+                outputs = {**outputs, "segmentation": upscale_test.merge_segmentation(
+                    outputs["segmentation"], upscaled["segmentation"])}
+        decoded = trained.decode(outputs, top_k)
+        if upscale > 1.0:
             second = trained.decode({"detection": upscaled["detection"]}, top_k)
             decoded.update(upscale_test.merge_small_objects(
                 decoded, second, (big_size[0] / height, big_size[1] / width), upscale_test.small_height(height),
@@ -124,7 +129,8 @@ def predict_batch(model, images, top_k: int = 100, flip_test: bool = False, upsc
     """images [B,H,W,3] (uint8 or float 0..255) -> NumPy dict with the keys of the model's tasks:
     boxes [B,K,4] x1y1x2y2 px, scores [B,K], classes [B,K] (detection), segmentation [B,H,W] class ids
     (argmax of logits), depth [B,H,W] metres. flip_test: averaged with the mirrored frames' predictions;
-    upscale > 1: small objects' boxes from the frames upscaled by that factor (upscale_test.py)."""
+    upscale > 1: small objects' boxes from the frames upscaled by that factor, segmentation averaged
+    with theirs (upscale_test.py)."""
     images = np.asarray(images, np.float32)
     outputs = _predict_function(model, int(top_k), bool(flip_test), float(upscale))(images)
     return {key: value.numpy() for key, value in outputs.items()}

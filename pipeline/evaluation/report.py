@@ -400,8 +400,9 @@ def render(out_dir: pathlib.Path, metrics: dict, config: Config, history_csv=Non
     upscale = metrics.get("upscale_test") or 1.0
     if upscale > 1.0:
         lines.append(f"- upscale test: boxes under {upscale_test.small_height(metrics['image_size'][0]):g} px "
-                     f"from a second pass on the frame upscaled {upscale:g}x, the rest from the first "
-                     "(evaluate.upscale_test; detection only, and not what the exports and clip run)")
+                     f"from a second pass on the frame upscaled {upscale:g}x, the rest from the first; segmentation "
+                     "averages the two passes, depth is the first's (evaluate.upscale_test; not what the "
+                     "exports and clip run)")
     if inference:
         passes = "model run twice" if inference.get("flip_test") else "model"
         if (inference.get("upscale_test") or 1.0) > 1.0:

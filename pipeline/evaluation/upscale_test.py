@@ -6,9 +6,11 @@ Small people lose most of the missed AP (AP50 by height), and on a larger frame 
 cells; large objects get worse when upscaled (they grow past the sizes trained on). So each pass
 keeps the boxes of its own range, split at the upper edge of the evaluation's height bands (36 px at
 a 192-px input, metrics/detection.height_bands), and a class-wise NMS removes the duplicates of an
-object near that edge. Only detection changes: segmentation and depth are the first pass's.
+object near that edge. Segmentation averages the two passes' class probabilities at the frame's
+size (thin poles gain most); depth is the first pass's (an upscaled frame looks nearer).
 
-TF ops on decoded detections (pipeline/trained.decode), in graph with the forward passes.
+TF ops on decoded detections (pipeline/trained.decode) and raw segmentation logits, in graph with
+the forward passes.
 """
 from __future__ import annotations
 
@@ -80,3 +82,11 @@ def merge_small_objects(plain: dict, upscaled: dict, factors, below: float, num_
         boxes[:, :, None, :], per_class, max_output_size_per_class=top_k, max_total_size=top_k,
         iou_threshold=NMS_IOU, score_threshold=0.0, pad_per_class=False, clip_boxes=False)
     return {"boxes": kept_boxes, "scores": kept_scores, "classes": tf.cast(kept_classes, tf.int32)}
+
+
+def merge_segmentation(plain, upscaled):
+    """Segmentation logits of the frame [B,h,w,C] and of the upscaled frame [B,h',w',C] -> the log of
+    their mean class probabilities at (h, w), the upscaled pass's area-averaged down to that size."""
+    plain, upscaled = tf.cast(plain, tf.float32), tf.cast(upscaled, tf.float32)
+    shrunk = tf.image.resize(tf.nn.softmax(upscaled), plain.shape[1:3], method="area")
+    return tf.math.log((tf.nn.softmax(plain) + shrunk) / 2.0)

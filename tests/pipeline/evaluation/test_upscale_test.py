@@ -1,5 +1,6 @@
 """The upscale test: the resized net is the same net, small boxes come from the upscaled pass and the
-rest from the plain one, an object found by both is kept once, and evaluate says it was used."""
+rest from the plain one, an object found by both is kept once, segmentation averages the two passes,
+and evaluate says it was used."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -7,7 +8,8 @@ import tensorflow as tf
 from data.errors import UserError
 from pipeline import trained
 from pipeline.evaluation import evaluate
-from pipeline.evaluation.upscale_test import merge_small_objects, resized_net, small_height, upscaled_size
+from pipeline.evaluation.upscale_test import (merge_segmentation, merge_small_objects, resized_net, small_height,
+                                              upscaled_size)
 from support import evaluated_with, tiny
 
 
@@ -68,9 +70,17 @@ def test_evaluate_with_the_upscale_test_says_so_in_its_own_folder(tiny_trained, 
     saved, plain, report = evaluated_with(tiny_trained, tmp_path, "evaluate.upscale_test=1.5", "eval-up1.5")
     assert saved["upscale_test"] == 1.5 and saved["inference"]["upscale_test"] == 1.5 and plain["upscale_test"] == 1.0
     assert "upscale test: boxes under 12 px from a second pass" in report
-    # Segmentation and depth are the plain pass's.
-    assert saved["segmentation"]["mIoU"] == pytest.approx(plain["segmentation"]["mIoU"], rel=1e-6)
-    assert saved["depth"]["abs_rel"] == pytest.approx(plain["depth"]["abs_rel"], rel=1e-6)
+    assert saved["depth"]["abs_rel"] == pytest.approx(plain["depth"]["abs_rel"], rel=1e-6)  # the plain pass's
+
+
+def test_segmentation_averages_the_two_passes_probabilities_at_the_frames_size():
+    plain = np.log(np.array([[[[0.6, 0.4], [0.2, 0.8]]]], np.float32))  # [1, 1, 2, 2]: two pixels
+    # At 2x each pixel is 2x2 cells; the first pixel's cells average to (0.2, 0.8), the second's to (0.4, 0.6).
+    upscaled = np.zeros((1, 2, 4, 2), np.float32)
+    upscaled[0, :, :2] = np.log([[[0.1, 0.9], [0.3, 0.7]], [[0.1, 0.9], [0.3, 0.7]]])
+    upscaled[0, :, 2:] = np.log([0.4, 0.6])
+    merged = tf.nn.softmax(merge_segmentation(tf.constant(plain), tf.constant(upscaled))).numpy()
+    np.testing.assert_allclose(merged[0, 0], [[0.4, 0.6], [0.3, 0.7]], atol=1e-6)
 
 
 def test_a_model_without_detection_or_a_shrinking_factor_is_refused(tiny_trained, monkeypatch):
