@@ -177,7 +177,7 @@ class EvaluateConfig:
     rescale_depth: bool = False
     # true: every frame is also run mirrored and the two predictions averaged before decoding
     # (pipeline/evaluation/flip_test.py): test mAP50 +0.020, mAP +0.022, AbsRel -2 % for a seed-0
-    # default, at 1.49x the batch-1 latency (README, "The flip test"). Exports and clip run one pass;
+    # default, at 1.5-1.75x the batch-1 latency (README, "The flip test"). Exports and clip run one pass;
     # scored into eval-...-flip/.
     flip_test: bool = False
     # > 1: a second pass on each frame upscaled by this factor supplies the boxes under 36 px (the

@@ -26,6 +26,7 @@ class confusions, box sizes or whole boxes fixed; pipeline/evaluation/metrics/de
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 
@@ -96,11 +97,15 @@ def _predict_function(model, top_k: int, flip_test: bool = False, upscale: float
         return cache[top_k, flip_test, upscale]
     height, width = model.inputs[0].shape[1:3]
     if upscale > 1.0:
-        if "detection" not in trained.tasks(model):
-            raise UserError("evaluate.upscale_test re-detects small objects, and the model has no detection head")
-        big_size = upscale_test.upscaled_size(height, width, upscale)
+        tasks = trained.tasks(model)
+        if "detection" not in tasks and "segmentation" not in tasks:
+            raise UserError("evaluate.upscale_test re-detects small objects and averages segmentation, and the "
+                            f"model has neither head (tasks: {', '.join(tasks)})")
+        try:
+            big_size = upscale_test.upscaled_size(height, width, upscale)
+        except ValueError as err:
+            raise UserError(f"evaluate.upscale_test: {err}") from None
         big = upscale_test.resized_net(model, *big_size)
-        classes = model.output["detection"].shape[-1] - 4
 
     def forward(net, images):
         return flip_tested(net, images) if flip_test else net({"image": images}, training=False)
@@ -114,11 +119,11 @@ def _predict_function(model, top_k: int, flip_test: bool = False, upscale: float
                 outputs = {**outputs, "segmentation": upscale_test.merge_segmentation(
                     outputs["segmentation"], upscaled["segmentation"])}
         decoded = trained.decode(outputs, top_k)
-        if upscale > 1.0:
+        if upscale > 1.0 and "detection" in outputs:
             second = trained.decode({"detection": upscaled["detection"]}, top_k)
             decoded.update(upscale_test.merge_small_objects(
                 decoded, second, (big_size[0] / height, big_size[1] / width), upscale_test.small_height(height),
-                classes, top_k))
+                outputs["detection"].shape[-1] - 4, top_k))
         return decoded
 
     cache[top_k, flip_test, upscale] = predict
@@ -130,7 +135,10 @@ def predict_batch(model, images, top_k: int = 100, flip_test: bool = False, upsc
     boxes [B,K,4] x1y1x2y2 px, scores [B,K], classes [B,K] (detection), segmentation [B,H,W] class ids
     (argmax of logits), depth [B,H,W] metres. flip_test: averaged with the mirrored frames' predictions;
     upscale > 1: small objects' boxes from the frames upscaled by that factor, segmentation averaged
-    with theirs (upscale_test.py)."""
+    with theirs (upscale_test.py).
+
+    The traced function is cached per model object: the upscale test's rebuilt net holds a copy of
+    the model's weights as they were on the first call (every caller loads a model and only reads it)."""
     images = np.asarray(images, np.float32)
     outputs = _predict_function(model, int(top_k), bool(flip_test), float(upscale))(images)
     return {key: value.numpy() for key, value in outputs.items()}
@@ -149,9 +157,17 @@ def measure_inference(model, top_k: int = 100, runs: int = LATENCY_RUNS, flip_te
             "ms_per_frame_p90": latency["p90_ms"], "batch_size": 1, "runs": runs,
             "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
             "flip_test": bool(flip_test), "upscale_test": float(upscale),
-            "measures": ("two forward passes (frame and mirror image, the flip test)" if flip_test else
-                         "forward pass") + (f" on the frame and on it upscaled {upscale:g}x" if upscale > 1.0 else "")
-            + " + in-graph detection decoding, median of batch-1 runs after warm-up"}
+            "upscaled_size": list(upscale_test.upscaled_size(height, width, upscale)) if upscale > 1.0 else None,
+            "measures": _passes(flip_test, upscale) + " + in-graph decoding (and the upscale test's merge), "
+                        "median of batch-1 runs after warm-up"}
+
+
+def _passes(flip_test: bool, upscale: float) -> str:
+    """What one measured prediction runs, in words."""
+    if upscale > 1.0:
+        each = "twice (frame and mirror image, the flip test)" if flip_test else "once"
+        return f"forward passes on the frame and on it upscaled {upscale:g}x, each {each}"
+    return "two forward passes (frame and mirror image, the flip test)" if flip_test else "forward pass"
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -294,6 +310,14 @@ def _evaluate(config: Config, model, split: str, sources=None, max_examples=None
         metrics[task] = per_source[primary].get(task) or absent(
             f"the model has no {task} head (model.tasks={tasks})")
     return metrics, frames
+
+
+def one_pass(config: Config) -> Config:
+    """The config with the test-time options off (evaluate.flip_test, evaluate.upscale_test): what the
+    baselines and the ablation study score, since they compare models as they run exported and time
+    one pass each."""
+    return dataclasses.replace(config, evaluate=dataclasses.replace(config.evaluate, flip_test=False,
+                                                                    upscale_test=1.0))
 
 
 def evaluate_model(config: Config, model, split: str, sources=None, max_examples=None) -> dict:

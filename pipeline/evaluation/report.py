@@ -399,8 +399,9 @@ def render(out_dir: pathlib.Path, metrics: dict, config: Config, history_csv=Non
                      "(evaluate.flip_test; twice the inference, and not what the exports and clip run)")
     upscale = metrics.get("upscale_test") or 1.0
     if upscale > 1.0:
+        size = "x".join(map(str, upscale_test.upscaled_size(*metrics["image_size"], upscale)))
         lines.append(f"- upscale test: boxes under {upscale_test.small_height(metrics['image_size'][0]):g} px "
-                     f"from a second pass on the frame upscaled {upscale:g}x, the rest from the first; segmentation "
+                     f"from a second pass on the frame upscaled {upscale:g}x ({size} px), the rest from the first; segmentation "
                      "averages the two passes, depth is the first's (evaluate.upscale_test; not what the "
                      "exports and clip run)")
     if inference:

@@ -4,10 +4,11 @@ uses it under evaluate.upscale_test.
 
 Small people lose most of the missed AP (AP50 by height), and on a larger frame they cover more
 cells; large objects get worse when upscaled (they grow past the sizes trained on). So each pass
-keeps the boxes of its own range, split at the upper edge of the evaluation's height bands (36 px at
-a 192-px input, metrics/detection.height_bands), and a class-wise NMS removes the duplicates of an
+keeps the boxes of its own range, split at the upper edge of the evaluation's middle height band (36
+px at a 192-px input, metrics/detection.height_bands), and a class-wise NMS removes the duplicates of an
 object near that edge. Segmentation averages the two passes' class probabilities at the frame's
-size (thin poles gain most); depth is the first pass's (an upscaled frame looks nearer).
+size (thin poles gain most); depth is the first pass's (an upscaled frame looks nearer). A model
+without a detection head gets the segmentation half only.
 
 TF ops on decoded detections (pipeline/trained.decode) and raw segmentation logits, in graph with
 the forward passes.
@@ -29,24 +30,39 @@ def small_height(image_height: int) -> float:
 
 
 def upscaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
-    """The input size `scale` times (height, width), each rounded to the encoder's multiple of 32."""
+    """The input size `scale` times (height, width), each rounded to the encoder's multiple of 32;
+    ValueError where that rounds back to (height, width) (a second pass identical to the first)."""
     def rounded(side):
         return max(ENCODER_STRIDE, int(round(side * scale / ENCODER_STRIDE)) * ENCODER_STRIDE)
-    return rounded(height), rounded(width)
+
+    size = rounded(height), rounded(width)
+    if size == (height, width):
+        raise ValueError(f"an upscale of {scale:g} leaves a {height}x{width} input at {height}x{width} (sizes are "
+                         f"multiples of {ENCODER_STRIDE} px): use a larger factor, e.g. 1.5")
+    return size
 
 
 def resized_net(net: keras.Model, height: int, width: int) -> keras.Model:
-    """The same functional net (same weights) taking (height, width) frames.
+    """The same functional net taking (height, width) frames, holding a copy of the net's weights as
+    they are now.
 
-    Rebuilt from the net's own config with every input layer's shape replaced (the encoder is a
-    nested functional model with an input of its own), so it needs no model config and cannot
-    differ from the trained architecture.
+    Rebuilt from the net's own config with every input layer's height and width scaled as the
+    frame's (the encoder is a nested functional model with an input of its own; under soft sharing
+    each task's encoder takes the shared trunk's 1/4- or 1/8-size map), so it needs no model config.
     """
+    old_height, old_width = net.inputs[0].shape[1:3]
+
+    def scaled(side, new, old):
+        if side * new % old:
+            raise ValueError(f"an input side of {side} px does not scale by {new}/{old} to whole pixels")
+        return side * new // old
+
     def resize_inputs(config):
         if isinstance(config, dict):
             if config.get("class_name") == "InputLayer":
                 shape = list(config["config"]["batch_shape"])
-                config["config"]["batch_shape"] = [shape[0], height, width, *shape[3:]]
+                config["config"]["batch_shape"] = [shape[0], scaled(shape[1], height, old_height),
+                                                   scaled(shape[2], width, old_width), *shape[3:]]
             for value in config.values():
                 resize_inputs(value)
         elif isinstance(config, list):

@@ -30,7 +30,7 @@ from models import multitask
 from pipeline import layout, trained
 from pipeline.timing import machine
 from pipeline.config import Config, from_dict, load_config, to_dict
-from pipeline.evaluation.evaluate import evaluate_model
+from pipeline.evaluation.evaluate import evaluate_model, one_pass
 from pipeline.inputs import dataset as inputs
 from pipeline.training import devices
 from pipeline.training.fit import run_training
@@ -211,7 +211,7 @@ def run_study(config_path, base_overrides: list[str], variants: dict[str, list[s
         start = time.perf_counter()
         model_path = run_training(budgeted_config, folder, verbose=verbose)
         wall = time.perf_counter() - start
-        metrics = evaluate_model(budgeted_config, trained.load(model_path), "validation")
+        metrics = evaluate_model(one_pass(budgeted_config), trained.load(model_path), "validation")
         keras.backend.clear_session()
         results[name] = {"key": key, "overrides": own, "step_seconds": step_seconds,
                          "step_wall_seconds": step_wall, "steps": total,

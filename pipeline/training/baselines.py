@@ -17,8 +17,9 @@ interrupted stage resumes (a variant stopped mid-training resumes from its last 
 run_training's own backup).
 
 Every model is evaluated with pipeline.evaluation.evaluate.evaluate_model on evaluate.split of the first
-source; the comparison is Delta_m over pipeline.evaluation.metrics.STANDARD_METRICS, per seed (each seed's
-multi-task model against the same seed's single-task models), reported as mean and std over seeds.
+source, one pass per frame (evaluate.one_pass: the flip and upscale tests off, as its latency is
+measured); the comparison is Delta_m over pipeline.evaluation.metrics.STANDARD_METRICS, per seed (each
+seed's multi-task model against the same seed's single-task models), reported as mean and std over seeds.
 Parameters, latency and FLOPs are measured once per variant, on the net its config builds (they depend
 on neither the seed nor the weights). Writes
 baselines/summary.json, baselines/baselines.md and baselines/delta_m.png, then rewrites the eval
@@ -226,7 +227,7 @@ def _evaluate(name, path, variant, split, source, cost=True):
     model = evaluate.load_trained_model(path)
     evaluate.check_model(model, variant, path)
     print(f"baselines: {name}: evaluating on {source}/{split}")
-    metrics = evaluate.evaluate_model(variant, model, split, sources=[source])
+    metrics = evaluate.evaluate_model(evaluate.one_pass(variant), model, split, sources=[source])
     inference = None
     if cost:
         # Of the net the variant's config builds today: cost depends on neither seed nor weights,

@@ -29,7 +29,25 @@ def _as_rows(merged):
 def test_sizes_round_to_the_encoders_multiple_of_32_and_the_split_is_the_height_band_edge():
     assert upscaled_size(192, 384, 1.5) == (288, 576)
     assert upscaled_size(64, 96, 1.5) == (96, 128)  # 144 px is 4.5 strides: rounded to 4
+    with pytest.raises(ValueError, match="leaves a 192x384 input at 192x384"):
+        upscaled_size(192, 384, 1.01)
     assert small_height(192) == 36.0 and small_height(128) == 24.0
+
+
+def test_a_soft_sharing_net_resizes_too():
+    """Each task's encoder takes the shared trunk's map, a quarter of the frame's size: its input scales."""
+    from models.multitask import build_model
+    from pipeline.config import ModelConfig
+
+    config = ModelConfig(widths=(8, 16, 24, 32), neck_width=16, head_width=16, sharing="soft", shared_through="P2")
+    net = build_model(config, (64, 96))
+    image = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, 128, 192, 3)), tf.float32)
+    reference = build_model(config, (128, 192))
+    reference.set_weights(net.get_weights())
+    resized = resized_net(net, 128, 192)
+    for task, value in reference({"image": image}, training=False).items():
+        np.testing.assert_allclose(resized({"image": image}, training=False)[task].numpy(), value.numpy(),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_small_boxes_come_from_the_upscaled_pass_and_the_rest_from_the_plain_one():
@@ -43,6 +61,9 @@ def test_small_boxes_come_from_the_upscaled_pass_and_the_rest_from_the_plain_one
     assert _as_rows(merged) == [(10, 10, 60, 60, 0.9, 0), (100.5, 20.5, 104.5, 30.5, 0.7, 1),
                                 (100.5, 20.5, 104.5, 30.5, 0.4, 2)]
     assert merged["scores"].shape == (1, 5) and merged["classes"].dtype == tf.int32
+    # The boxes outside their pass's range are gone, not kept at score 0: the last two slots are padding.
+    np.testing.assert_array_equal(merged["boxes"][0, 3:].numpy(), 0.0)
+    np.testing.assert_array_equal(merged["scores"][0, 3:].numpy(), 0.0)
 
 
 def test_an_object_at_the_split_height_found_by_both_passes_is_kept_once():
@@ -69,8 +90,11 @@ def test_the_resized_net_is_the_same_net_at_another_input_size(tiny_trained):
 def test_evaluate_with_the_upscale_test_says_so_in_its_own_folder(tiny_trained, tmp_path):
     saved, plain, report = evaluated_with(tiny_trained, tmp_path, "evaluate.upscale_test=1.5", "eval-up1.5")
     assert saved["upscale_test"] == 1.5 and saved["inference"]["upscale_test"] == 1.5 and plain["upscale_test"] == 1.0
-    assert "upscale test: boxes under 12 px from a second pass" in report
+    assert "upscale test: boxes under 12 px from a second pass on the frame upscaled 1.5x (96x128 px)" in report
+    assert saved["inference"]["upscaled_size"] == [96, 128]
     assert saved["depth"]["abs_rel"] == pytest.approx(plain["depth"]["abs_rel"], rel=1e-6)  # the plain pass's
+    # Segmentation averages in the upscaled pass: every pixel's probabilities move, and the score with them.
+    assert saved["segmentation"]["mIoU"] != pytest.approx(plain["segmentation"]["mIoU"], rel=1e-6)
 
 
 def test_segmentation_averages_the_two_passes_probabilities_at_the_frames_size():
@@ -83,11 +107,22 @@ def test_segmentation_averages_the_two_passes_probabilities_at_the_frames_size()
     np.testing.assert_allclose(merged[0, 0], [[0.4, 0.6], [0.3, 0.7]], atol=1e-6)
 
 
-def test_a_model_without_detection_or_a_shrinking_factor_is_refused(tiny_trained, monkeypatch):
+def test_a_depth_only_model_a_shrinking_factor_or_one_that_rounds_to_nothing_is_refused(tiny_trained, monkeypatch):
     config, model_path = tiny_trained
     with pytest.raises(UserError, match="evaluate.upscale_test"):
         tiny(config.run_root, "evaluate.upscale_test=0.5")
     net = trained.load(model_path)
-    monkeypatch.setattr(trained, "tasks", lambda model: ["segmentation", "depth"])
-    with pytest.raises(UserError, match="no detection head"):
-        evaluate.predict_batch(net, np.zeros((1, *net.inputs[0].shape[1:]), np.float32), upscale=1.5)
+    frame = np.zeros((1, *net.inputs[0].shape[1:]), np.float32)
+    with pytest.raises(UserError, match="evaluate.upscale_test: an upscale of 1.1 leaves a 64x96 input"):
+        evaluate.predict_batch(net, frame, upscale=1.1)
+    monkeypatch.setattr(trained, "tasks", lambda model: ["depth"])
+    with pytest.raises(UserError, match="neither head"):
+        evaluate.predict_batch(net, frame, upscale=1.5)
+
+
+def test_the_studies_score_one_pass_whatever_the_evaluate_options(tmp_path):
+    """Baselines and ablation time one pass per model, so they score one pass too."""
+    config = tiny(tmp_path, "evaluate.flip_test=true", "evaluate.upscale_test=1.5", "evaluate.grid_frames=2")
+    plain = evaluate.one_pass(config)
+    assert (plain.evaluate.flip_test, plain.evaluate.upscale_test, plain.evaluate.grid_frames) == (False, 1.0, 2)
+    assert (config.evaluate.flip_test, config.evaluate.upscale_test) == (True, 1.5)  # a copy, not changed
