@@ -35,9 +35,39 @@ def ordered_tasks(tasks):
     return tuple(task for task in TASKS if task in tasks)
 
 
-def rebuild_at(net, model_config, image_size):
-    """The same net and weights for another input size (every weight is independent of it)."""
-    resized = build_model(model_config, image_size)
+def rebuild_at(net, image_size):
+    """The same net for another input size, holding a copy of its weights as they are now (every
+    weight is independent of the size): the train stage's full-frame net after training on crops, the
+    evaluation's upscale test.
+
+    Rebuilt from the net's own config with every input layer's height and width scaled as the
+    frame's (the encoder is a nested functional model with an input of its own; under soft sharing
+    each task's encoder takes the shared trunk's 1/4- or 1/8-size map), so it needs no model config
+    and cannot differ from the net it copies.
+    """
+    height, width = image_size
+    old_height, old_width = net.inputs[0].shape[1:3]
+
+    def scaled(side, new, old):
+        if side * new % old:
+            raise ValueError(f"an input side of {side} px does not scale by {new}/{old} to whole pixels")
+        return side * new // old
+
+    def resize_inputs(config):
+        if isinstance(config, dict):
+            if config.get("class_name") == "InputLayer":
+                shape = list(config["config"]["batch_shape"])
+                config["config"]["batch_shape"] = [shape[0], scaled(shape[1], height, old_height),
+                                                   scaled(shape[2], width, old_width), *shape[3:]]
+            for value in config.values():
+                resize_inputs(value)
+        elif isinstance(config, list):
+            for value in config:
+                resize_inputs(value)
+
+    config = net.get_config()
+    resize_inputs(config)
+    resized = net.__class__.from_config(config)
     resized.set_weights(net.get_weights())
     return resized
 

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from data import schema
 from data.errors import UserError
 from data.vocabulary import TASKS
+from models import multitask
 from pipeline import atomic, classes, layout, timing, trained
 from pipeline.evaluation import upscale_test
 from pipeline.evaluation.flip_test import flip_tested
@@ -105,7 +106,7 @@ def _predict_function(model, top_k: int, flip_test: bool = False, upscale: float
             big_size = upscale_test.upscaled_size(height, width, upscale)
         except ValueError as err:
             raise UserError(f"evaluate.upscale_test: {err}") from None
-        big = upscale_test.resized_net(model, *big_size)
+        big = multitask.rebuild_at(model, big_size)
 
     def forward(net, images):
         return flip_tested(net, images) if flip_test else net({"image": images}, training=False)
@@ -158,15 +159,14 @@ def measure_inference(model, top_k: int = 100, runs: int = LATENCY_RUNS, flip_te
             "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
             "flip_test": bool(flip_test), "upscale_test": float(upscale),
             "upscaled_size": list(upscale_test.upscaled_size(height, width, upscale)) if upscale > 1.0 else None,
-            "measures": _passes(flip_test, upscale) + " + in-graph decoding (and the upscale test's merge), "
-                        "median of batch-1 runs after warm-up"}
+            "measures": _passes(flip_test, upscale) + " + in-graph decoding, median of batch-1 runs after warm-up"}
 
 
 def _passes(flip_test: bool, upscale: float) -> str:
     """What one measured prediction runs, in words."""
     if upscale > 1.0:
         each = "twice (frame and mirror image, the flip test)" if flip_test else "once"
-        return f"forward passes on the frame and on it upscaled {upscale:g}x, each {each}"
+        return f"forward passes on the frame and on it upscaled {upscale:g}x, each {each}, merged"
     return "two forward passes (frame and mirror image, the flip test)" if flip_test else "forward pass"
 
 

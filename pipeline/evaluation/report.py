@@ -405,12 +405,9 @@ def render(out_dir: pathlib.Path, metrics: dict, config: Config, history_csv=Non
                      "averages the two passes, depth is the first's (evaluate.upscale_test; not what the "
                      "exports and clip run)")
     if inference:
-        passes = "model run twice" if inference.get("flip_test") else "model"
-        if (inference.get("upscale_test") or 1.0) > 1.0:
-            passes += f" on the frame and on it upscaled {inference['upscale_test']:g}x"
         lines.append(f"- inference: {fmt(inference.get('params'))} parameters, "
-                     f"{fmt(inference.get('ms_per_frame'), 2)} ms/frame (batch 1, {inference.get('device', '?')}, "
-                     f"{passes} + detection decoding, median of {inference.get('runs', '?')} runs)")
+                     f"{fmt(inference.get('ms_per_frame'), 2)} ms/frame (batch 1, {inference.get('device', '?')}: "
+                     f"{inference.get('measures', '?')}; {inference.get('runs', '?')} runs)")
     parts = ["\n".join(lines), sources_section(metrics), quality_goals_section(metrics)]
     parts += [task_section(out_dir, task, metrics) for task in TASKS]
     parts += [training_section(out_dir, history_csv), _frames_section(out_dir), baselines_section(config, metrics)]

@@ -15,7 +15,6 @@ the forward passes.
 """
 from __future__ import annotations
 
-import keras
 import tensorflow as tf
 
 from pipeline.evaluation.metrics.detection import height_bands
@@ -40,40 +39,6 @@ def upscaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
         raise ValueError(f"an upscale of {scale:g} leaves a {height}x{width} input at {height}x{width} (sizes are "
                          f"multiples of {ENCODER_STRIDE} px): use a larger factor, e.g. 1.5")
     return size
-
-
-def resized_net(net: keras.Model, height: int, width: int) -> keras.Model:
-    """The same functional net taking (height, width) frames, holding a copy of the net's weights as
-    they are now.
-
-    Rebuilt from the net's own config with every input layer's height and width scaled as the
-    frame's (the encoder is a nested functional model with an input of its own; under soft sharing
-    each task's encoder takes the shared trunk's 1/4- or 1/8-size map), so it needs no model config.
-    """
-    old_height, old_width = net.inputs[0].shape[1:3]
-
-    def scaled(side, new, old):
-        if side * new % old:
-            raise ValueError(f"an input side of {side} px does not scale by {new}/{old} to whole pixels")
-        return side * new // old
-
-    def resize_inputs(config):
-        if isinstance(config, dict):
-            if config.get("class_name") == "InputLayer":
-                shape = list(config["config"]["batch_shape"])
-                config["config"]["batch_shape"] = [shape[0], scaled(shape[1], height, old_height),
-                                                   scaled(shape[2], width, old_width), *shape[3:]]
-            for value in config.values():
-                resize_inputs(value)
-        elif isinstance(config, list):
-            for value in config:
-                resize_inputs(value)
-
-    config = net.get_config()
-    resize_inputs(config)
-    resized = net.__class__.from_config(config)
-    resized.set_weights(net.get_weights())
-    return resized
 
 
 def merge_small_objects(plain: dict, upscaled: dict, factors, below: float, num_classes: int,

@@ -227,7 +227,7 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
     if best.exists():
         trainer.load_weights(str(best))
     if config.data.train_crop:
-        net = multitask.rebuild_at(net, config.model, tuple(config.data.image_size))
+        net = multitask.rebuild_at(net, tuple(config.data.image_size))
     with atomic.partial_file(work / layout.MODEL_FILE) as partial:
         net.save(str(partial))
     plots.training_curves(history_csv, work / "training_curves.png")

@@ -19,7 +19,7 @@ from models.depth import LogDepth, depth_loss
 from data.vocabulary import STRIDE
 from models.detection import MIN_SIZE, BoxSize, detection_loss
 from models.detection_decode import _local_peaks, decode_detections
-from models.multitask import TASKS, build_model
+from models.multitask import TASKS, build_model, rebuild_at
 from models.optimizer import make_optimizer
 from models.segmentation import segmentation_loss
 from models.sharing import CrossStitch, soft_sharing_penalty, task_encoders
@@ -106,6 +106,22 @@ def test_any_subset_of_tasks_builds(tasks):
     model = build_model(tiny_model(tasks=tasks), SIZE)
     out = model(make_batch()[0])
     assert sorted(out) == sorted(tasks)
+
+
+@pytest.mark.parametrize("sharing", ["hard", "soft"])
+def test_rebuild_at_is_the_same_net_at_another_size(sharing):
+    """Under soft sharing each task's encoder takes the shared trunk's map, a quarter of the frame's
+    size: its input scales with the frame's."""
+    config = tiny_model(sharing=sharing, shared_through="P2" if sharing == "soft" else None)
+    net = build_model(config, SIZE)
+    big = (2 * SIZE[0], 128)  # 2x the height, 4/3 the width
+    reference = build_model(config, big)
+    reference.set_weights(net.get_weights())
+    image = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, *big, 3)), tf.float32)
+    resized = rebuild_at(net, big)
+    for task, value in reference({"image": image}, training=False).items():
+        np.testing.assert_allclose(resized({"image": image}, training=False)[task].numpy(), value.numpy(),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_single_task_ignores_sharing_mode():

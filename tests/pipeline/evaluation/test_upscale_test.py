@@ -6,10 +6,10 @@ import pytest
 import tensorflow as tf
 
 from data.errors import UserError
+from models.multitask import rebuild_at
 from pipeline import trained
 from pipeline.evaluation import evaluate
-from pipeline.evaluation.upscale_test import (merge_segmentation, merge_small_objects, resized_net, small_height,
-                                              upscaled_size)
+from pipeline.evaluation.upscale_test import merge_segmentation, merge_small_objects, small_height, upscaled_size
 from support import evaluated_with, tiny
 
 
@@ -32,22 +32,6 @@ def test_sizes_round_to_the_encoders_multiple_of_32_and_the_split_is_the_height_
     with pytest.raises(ValueError, match="leaves a 192x384 input at 192x384"):
         upscaled_size(192, 384, 1.01)
     assert small_height(192) == 36.0 and small_height(128) == 24.0
-
-
-def test_a_soft_sharing_net_resizes_too():
-    """Each task's encoder takes the shared trunk's map, a quarter of the frame's size: its input scales."""
-    from models.multitask import build_model
-    from pipeline.config import ModelConfig
-
-    config = ModelConfig(widths=(8, 16, 24, 32), neck_width=16, head_width=16, sharing="soft", shared_through="P2")
-    net = build_model(config, (64, 96))
-    image = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, 128, 192, 3)), tf.float32)
-    reference = build_model(config, (128, 192))
-    reference.set_weights(net.get_weights())
-    resized = resized_net(net, 128, 192)
-    for task, value in reference({"image": image}, training=False).items():
-        np.testing.assert_allclose(resized({"image": image}, training=False)[task].numpy(), value.numpy(),
-                                   rtol=1e-5, atol=1e-5)
 
 
 def test_small_boxes_come_from_the_upscaled_pass_and_the_rest_from_the_plain_one():
@@ -78,10 +62,10 @@ def test_the_resized_net_is_the_same_net_at_another_input_size(tiny_trained):
     net = trained.load(model_path)
     height, width = net.inputs[0].shape[1:3]
     image = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, height, width, 3)), tf.float32)
-    same = resized_net(net, height, width)
+    same = rebuild_at(net, (height, width))
     for task, value in net({"image": image}, training=False).items():
         np.testing.assert_array_equal(same({"image": image}, training=False)[task].numpy(), value.numpy())
-    bigger = resized_net(net, 2 * height, 2 * width)
+    bigger = rebuild_at(net, (2 * height, 2 * width))
     outputs = bigger({"image": tf.image.resize(image, (2 * height, 2 * width))}, training=False)
     assert outputs["depth"].shape[1:3] == (2 * height, 2 * width)
     assert outputs["detection"].shape[1:3] == tuple(2 * np.array(net.output["detection"].shape[1:3]))
