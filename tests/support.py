@@ -77,17 +77,17 @@ def assert_browser_mp4(path, frames: int) -> None:
         assert sum(1 for _ in container.decode(video=0)) == frames
 
 
-def evaluated_with(tiny_trained, out_root: pathlib.Path, override: str, folder: str):
-    """Evaluates the tiny model on validation with one evaluate.* option into out_root/folder (not the
-    shared tiny run's folder), after checking the stage names that folder for the option; returns
-    (its metrics.json, the plain evaluation's metrics, its report.md text)."""
+def evaluated_with(tiny_trained, out_root: pathlib.Path, override, folder: str):
+    """Evaluates the tiny model on validation with evaluate.* option(s) (one override or a list) into
+    out_root/folder (not the shared tiny run's folder), after checking the stage names that folder
+    for them; returns (its metrics.json, the plain evaluation's metrics, its report.md text)."""
     import json
 
     from pipeline import trained
     from pipeline.evaluation import evaluate
 
     config, model_path = tiny_trained
-    optioned = tiny(config.run_root, override)
+    optioned = tiny(config.run_root, *([override] if isinstance(override, str) else override))
     assert evaluate.output_dir(optioned, "validation").name == folder
     out = out_root / folder
     evaluate.evaluate_into(optioned, model_path, "validation", out)

@@ -88,14 +88,16 @@ def check_classes(model, config: Config, path, doing: str) -> None:
     classes.check_config(model_classes, config, path, trained.tasks(model), doing)
 
 
-def _predict_function(model, top_k: int, flip_test: bool = False, upscale: float = 1.0):
-    """One traced tf.function per (model, top_k, flip_test, upscale): forward pass (two with the flip
-    test, twice that with the upscale test) + in-graph decoding, any batch size."""
+def _predict_function(model, top_k: int, flip_test: bool = False, upscale: float = 1.0,
+                      upscale_rows: tuple = (0.0, 1.0)):
+    """One traced tf.function per (model, top_k, flip_test, upscale, upscale_rows): forward pass (two
+    with the flip test, twice that with the upscale test) + in-graph decoding, any batch size."""
     if _predict_cache["model"] is not model:
         _predict_cache.update(model=model, functions={})
     cache = _predict_cache["functions"]
-    if (top_k, flip_test, upscale) in cache:
-        return cache[top_k, flip_test, upscale]
+    key = (top_k, flip_test, upscale, tuple(upscale_rows))
+    if key in cache:
+        return cache[key]
     height, width = model.inputs[0].shape[1:3]
     if upscale > 1.0:
         tasks = trained.tasks(model)
@@ -103,9 +105,11 @@ def _predict_function(model, top_k: int, flip_test: bool = False, upscale: float
             raise UserError("evaluate.upscale_test re-detects small objects and averages segmentation, and the "
                             f"model has neither head (tasks: {', '.join(tasks)})")
         try:
-            big_size = upscale_test.upscaled_size(height, width, upscale)
+            big_size = upscale_test.band_size(height, width, upscale, upscale_rows)
+            top, bottom = upscale_test.band(height, upscale_rows)
         except ValueError as err:
             raise UserError(f"evaluate.upscale_test: {err}") from None
+        band = None if (top, bottom) == (0, height) else (top, bottom)
         big = multitask.rebuild_at(model, big_size)
 
     def forward(net, images):
@@ -115,42 +119,43 @@ def _predict_function(model, top_k: int, flip_test: bool = False, upscale: float
     def predict(images):
         outputs = forward(model, images)
         if upscale > 1.0:
-            upscaled = forward(big, tf.image.resize(images, big_size, method="bilinear"))
+            upscaled = forward(big, tf.image.resize(images[:, top:bottom], big_size, method="bilinear"))
             if "segmentation" in outputs:
                 outputs = {**outputs, "segmentation": upscale_test.merge_segmentation(
-                    outputs["segmentation"], upscaled["segmentation"])}
+                    outputs["segmentation"], upscaled["segmentation"], band)}
         decoded = trained.decode(outputs, top_k)
         if upscale > 1.0 and "detection" in outputs:
             second = trained.decode({"detection": upscaled["detection"]}, top_k)
             decoded.update(upscale_test.merge_small_objects(
-                decoded, second, (big_size[0] / height, big_size[1] / width), upscale_test.small_height(height),
-                outputs["detection"].shape[-1] - 4, top_k))
+                decoded, second, (big_size[0] / (bottom - top), big_size[1] / width),
+                upscale_test.small_height(height), outputs["detection"].shape[-1] - 4, top_k, band))
         return decoded
 
-    cache[top_k, flip_test, upscale] = predict
+    cache[key] = predict
     return predict
 
 
-def predict_batch(model, images, top_k: int = 100, flip_test: bool = False, upscale: float = 1.0) -> dict:
+def predict_batch(model, images, top_k: int = 100, flip_test: bool = False, upscale: float = 1.0,
+                  upscale_rows: tuple = (0.0, 1.0)) -> dict:
     """images [B,H,W,3] (uint8 or float 0..255) -> NumPy dict with the keys of the model's tasks:
     boxes [B,K,4] x1y1x2y2 px, scores [B,K], classes [B,K] (detection), segmentation [B,H,W] class ids
     (argmax of logits), depth [B,H,W] metres. flip_test: averaged with the mirrored frames' predictions;
-    upscale > 1: small objects' boxes from the frames upscaled by that factor, segmentation averaged
-    with theirs (upscale_test.py).
+    upscale > 1: small objects' boxes from the frames (their upscale_rows band) upscaled by that
+    factor, segmentation averaged with theirs (upscale_test.py).
 
     The traced function is cached per model object: the upscale test's rebuilt net holds a copy of
     the model's weights as they were on the first call (every caller loads a model and only reads it)."""
     images = np.asarray(images, np.float32)
-    outputs = _predict_function(model, int(top_k), bool(flip_test), float(upscale))(images)
+    outputs = _predict_function(model, int(top_k), bool(flip_test), float(upscale), upscale_rows)(images)
     return {key: value.numpy() for key, value in outputs.items()}
 
 
 def measure_inference(model, top_k: int = 100, runs: int = LATENCY_RUNS, flip_test: bool = False,
-                      upscale: float = 1.0) -> dict:
+                      upscale: float = 1.0, upscale_rows: tuple = (0.0, 1.0)) -> dict:
     """Parameters and median latency of one frame (batch 1): forward pass(es) + detection decoding."""
     height, width = model.inputs[0].shape[1:3]
     frame = np.random.default_rng(0).uniform(0, 255, (1, height, width, 3)).astype(np.float32)
-    predict = _predict_function(model, int(top_k), bool(flip_test), float(upscale))
+    predict = _predict_function(model, int(top_k), bool(flip_test), float(upscale), upscale_rows)
     # .numpy() waits for the result, not just the dispatch; the 3 warm-up calls trace and allocate.
     times = timing.timed_ms(lambda: [value.numpy() for value in predict(frame).values()], runs, warmup=3)
     latency = timing.median_p90(times)
@@ -158,7 +163,9 @@ def measure_inference(model, top_k: int = 100, runs: int = LATENCY_RUNS, flip_te
             "ms_per_frame_p90": latency["p90_ms"], "batch_size": 1, "runs": runs,
             "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
             "flip_test": bool(flip_test), "upscale_test": float(upscale),
-            "upscaled_size": list(upscale_test.upscaled_size(height, width, upscale)) if upscale > 1.0 else None,
+            "upscaled_size": list(upscale_test.band_size(height, width, upscale, upscale_rows))
+            if upscale > 1.0 else None,
+            "upscale_rows": list(upscale_test.band(height, upscale_rows)) if upscale > 1.0 else None,
             "measures": _passes(flip_test, upscale) + " + in-graph decoding, median of batch-1 runs after warm-up"}
 
 
@@ -271,7 +278,7 @@ def evaluate_source(config: Config, model, split: str, source: SourceConfig, max
             x = {key: value.numpy()[:count] for key, value in x.items()}
             y = {key: value.numpy()[:count] for key, value in y.items()}
             pred = predict_batch(model, x["image"], config.model.top_k, config.evaluate.flip_test,
-                                 config.evaluate.upscale_test)
+                                 config.evaluate.upscale_test, config.evaluate.upscale_rows)
             if "depth" in pred and depth_scale != 1.0:
                 pred["depth"] = pred["depth"] * np.float32(depth_scale)
             add_batch(evaluators, y, pred, seen + 1, counts)
@@ -300,7 +307,8 @@ def _evaluate(config: Config, model, split: str, sources=None, max_examples=None
     primary = sources[0].name
     metrics = {"split": split, "image_size": list(config.data.image_size), "tasks": tasks,
                "top_k": config.model.top_k, "flip_test": config.evaluate.flip_test,
-               "upscale_test": config.evaluate.upscale_test, "score_floor": SCORE_FLOOR,
+               "upscale_test": config.evaluate.upscale_test, "upscale_rows": list(config.evaluate.upscale_rows),
+               "score_floor": SCORE_FLOOR,
                "max_depth": config.model.max_depth,
                "max_examples": max_examples, "primary_source": primary, "sources": per_source}
     if depth_scales is not None:
@@ -344,6 +352,8 @@ def output_dir(config: Config, split: str, model_path: pathlib.Path | None = Non
         name += "-flip"
     if config.evaluate.upscale_test > 1.0:
         name += f"-up{config.evaluate.upscale_test:g}"
+        if tuple(config.evaluate.upscale_rows) != (0.0, 1.0):
+            name += "-rows{:g}-{:g}".format(*config.evaluate.upscale_rows)
     return layout.eval_dir(config, name)
 
 
@@ -359,7 +369,8 @@ def evaluate_into(config: Config, model_path: pathlib.Path, split: str, out: pat
     metrics, frames = _evaluate(config, model, split, grid_frames=config.evaluate.grid_frames, depth_scales=scales)
     metrics = {"model": str(model_path), **metrics,
                "inference": measure_inference(model, config.model.top_k, flip_test=config.evaluate.flip_test,
-                                              upscale=config.evaluate.upscale_test)}
+                                              upscale=config.evaluate.upscale_test,
+                                              upscale_rows=config.evaluate.upscale_rows)}
     with atomic.staging_dir(out, "the evaluation") as staging:
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=1))
         report.write_report(staging, metrics, config, frames=frames, history_csv=model_path.parent / "history.csv")

@@ -399,11 +399,15 @@ def render(out_dir: pathlib.Path, metrics: dict, config: Config, history_csv=Non
                      "(evaluate.flip_test; twice the inference, and not what the exports and clip run)")
     upscale = metrics.get("upscale_test") or 1.0
     if upscale > 1.0:
-        size = "x".join(map(str, upscale_test.upscaled_size(*metrics["image_size"], upscale)))
-        lines.append(f"- upscale test: boxes under {upscale_test.small_height(metrics['image_size'][0]):g} px "
-                     f"from a second pass on the frame upscaled {upscale:g}x ({size} px), the rest from the first; segmentation "
-                     "averages the two passes, depth is the first's (evaluate.upscale_test; not what the "
-                     "exports and clip run)")
+        height, width = metrics["image_size"]
+        rows = metrics.get("upscale_rows") or (0.0, 1.0)
+        size = "x".join(map(str, upscale_test.band_size(height, width, upscale, rows)))
+        top, bottom = upscale_test.band(height, rows)
+        seen = "the frame" if (top, bottom) == (0, height) else f"rows {top}-{bottom} of the frame"
+        lines.append(f"- upscale test: boxes under {upscale_test.small_height(height):g} px "
+                     f"from a second pass on {seen} upscaled {upscale:g}x ({size} px), the rest from the first; segmentation "
+                     "averages the two passes there, depth is the first's (evaluate.upscale_test, "
+                     "evaluate.upscale_rows; not what the exports and clip run)")
     if inference:
         lines.append(f"- inference: {fmt(inference.get('params'))} parameters, "
                      f"{fmt(inference.get('ms_per_frame'), 2)} ms/frame (batch 1, {inference.get('device', '?')}: "

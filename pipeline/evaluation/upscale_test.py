@@ -10,10 +10,17 @@ object near that edge. Segmentation averages the two passes' class probabilities
 size (thin poles gain most); depth is the first pass's (an upscaled frame looks nearer). A model
 without a detection head gets the segmentation half only.
 
+The second pass may see a band of rows only (evaluate.upscale_rows): small objects are far away, and
+on a level camera far is near the horizon. Inside the band it replaces the first pass's small boxes
+and averages segmentation, outside it the first pass stands alone; a small box the band cuts (one
+that touches its top or bottom) is left to the first pass too.
+
 TF ops on decoded detections (pipeline/trained.decode) and raw segmentation logits, in graph with
 the forward passes.
 """
 from __future__ import annotations
+
+import math
 
 import tensorflow as tf
 
@@ -28,33 +35,61 @@ def small_height(image_height: int) -> float:
     return height_bands(image_height)[1][1]
 
 
-def upscaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+def upscaled_size(height: int, width: int, scale: float, check: bool = True) -> tuple[int, int]:
     """The input size `scale` times (height, width), each rounded to the encoder's multiple of 32;
     ValueError where that rounds back to (height, width) (a second pass identical to the first)."""
     def rounded(side):
         return max(ENCODER_STRIDE, int(round(side * scale / ENCODER_STRIDE)) * ENCODER_STRIDE)
 
     size = rounded(height), rounded(width)
-    if size == (height, width):
+    if check and size == (height, width):
         raise ValueError(f"an upscale of {scale:g} leaves a {height}x{width} input at {height}x{width} (sizes are "
                          f"multiples of {ENCODER_STRIDE} px): use a larger factor, e.g. 1.5")
     return size
 
 
+def band(height: int, rows) -> tuple[int, int]:
+    """Input rows [top, bottom) that evaluate.upscale_rows (shares of the height) ask the second pass
+    to see: the shares rounded outwards to whole rows."""
+    top, bottom = int(math.floor(rows[0] * height)), int(math.ceil(rows[1] * height))
+    if not 0 <= top < bottom <= height:
+        raise ValueError(f"rows {list(rows)} of a {height}-px frame leave no band")
+    return top, bottom
+
+
+def band_size(height: int, width: int, scale: float, rows=(0.0, 1.0)) -> tuple[int, int]:
+    """The second pass's input size: the band of `rows` (the whole frame by default) upscaled by
+    `scale`, each side rounded to the encoder's multiple of 32 (upscaled_size checks the factor)."""
+    upscaled_size(height, width, scale)
+    top, bottom = band(height, rows)
+    return upscaled_size(bottom - top, width, scale, check=False)[0], upscaled_size(height, width, scale)[1]
+
+
 def merge_small_objects(plain: dict, upscaled: dict, factors, below: float, num_classes: int,
-                        top_k: int) -> dict:
-    """Decoded detections of the frame ({boxes, scores, classes}, boxes in its px) and of the frame
-    upscaled by factors (y, x) -> one list: the upscaled pass's boxes under `below` px high, the
-    plain pass's at or above it, class-wise NMS at IoU 0.5, the best top_k by score."""
+                        top_k: int, rows=None) -> dict:
+    """Decoded detections of the frame ({boxes, scores, classes}, boxes in its px) and of its band
+    `rows` = (top, bottom) px (None: the whole frame, no edges) upscaled by factors (y, x) -> one list: the
+    upscaled pass's boxes under `below` px high inside the band, the plain pass's at or above it and
+    its small ones the band does not hold, class-wise NMS at IoU 0.5, the best top_k by score."""
     factor_y, factor_x = float(factors[0]), float(factors[1])
-    small_boxes = upscaled["boxes"] / tf.constant([factor_x, factor_y, factor_x, factor_y], tf.float32)
+    top, bottom = (0.0, None) if rows is None else (float(rows[0]), float(rows[1]))
+    small_boxes = (upscaled["boxes"] / tf.constant([factor_x, factor_y, factor_x, factor_y], tf.float32)
+                   + tf.constant([0.0, top, 0.0, top], tf.float32))
 
     def height(boxes):
         return boxes[..., 3] - boxes[..., 1]
 
-    # A box outside its pass's range scores 0, and NMS drops it (score_threshold 0).
-    scores = tf.concat([tf.where(height(plain["boxes"]) >= below, plain["scores"], 0.0),
-                        tf.where(height(small_boxes) < below, upscaled["scores"], 0.0)], axis=1)
+    def held(boxes, margin):  # inside the band, `margin` px clear of a band edge inside the frame
+        if bottom is None:
+            return tf.ones_like(boxes[..., 1], tf.bool)
+        return ((boxes[..., 1] >= top + margin) | (top == 0.0)) & (boxes[..., 3] <= bottom - margin)
+
+    # A box outside its pass's range scores 0, and NMS drops it (score_threshold 0). Near a band edge
+    # both passes may keep the same object (NMS merges them) rather than neither.
+    plain_keeps = (height(plain["boxes"]) >= below) | ~held(plain["boxes"], 2.0)
+    upscaled_keeps = (height(small_boxes) < below) & held(small_boxes, 1.0)
+    scores = tf.concat([tf.where(plain_keeps, plain["scores"], 0.0),
+                        tf.where(upscaled_keeps, upscaled["scores"], 0.0)], axis=1)
     boxes = tf.concat([plain["boxes"], small_boxes], axis=1)
     classes = tf.concat([plain["classes"], upscaled["classes"]], axis=1)
     # One score column per class, zero elsewhere: combined NMS suppresses within a class only.
@@ -65,9 +100,13 @@ def merge_small_objects(plain: dict, upscaled: dict, factors, below: float, num_
     return {"boxes": kept_boxes, "scores": kept_scores, "classes": tf.cast(kept_classes, tf.int32)}
 
 
-def merge_segmentation(plain, upscaled):
-    """Segmentation logits of the frame [B,h,w,C] and of the upscaled frame [B,h',w',C] -> the log of
-    their mean class probabilities at (h, w), the upscaled pass's area-averaged down to that size."""
+def merge_segmentation(plain, upscaled, rows=None):
+    """Segmentation logits of the frame [B,h,w,C] and of its band `rows` = (top, bottom) px (the
+    whole frame when None) upscaled [B,h',w',C] -> the log of their mean class probabilities in the
+    band, the upscaled pass's area-averaged down to the band's size; the frame's own elsewhere."""
     plain, upscaled = tf.cast(plain, tf.float32), tf.cast(upscaled, tf.float32)
-    shrunk = tf.image.resize(tf.nn.softmax(upscaled), plain.shape[1:3], method="area")
-    return tf.math.log((tf.nn.softmax(plain) + shrunk) / 2.0)
+    top, bottom = (0, plain.shape[1]) if rows is None else rows
+    probabilities = tf.nn.softmax(plain)
+    shrunk = tf.image.resize(tf.nn.softmax(upscaled), (bottom - top, plain.shape[2]), method="area")
+    averaged = (probabilities[:, top:bottom] + shrunk) / 2.0
+    return tf.math.log(tf.concat([probabilities[:, :top], averaged, probabilities[:, bottom:]], axis=1))

@@ -1,6 +1,6 @@
 """The upscale test: the resized net is the same net, small boxes come from the upscaled pass and the
 rest from the plain one, an object found by both is kept once, segmentation averages the two passes,
-and evaluate says it was used."""
+a band of rows confines all of it to the band, and evaluate says it was used."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -9,7 +9,8 @@ from data.errors import UserError
 from models.multitask import rebuild_at
 from pipeline import trained
 from pipeline.evaluation import evaluate
-from pipeline.evaluation.upscale_test import merge_segmentation, merge_small_objects, small_height, upscaled_size
+from pipeline.evaluation.upscale_test import (band, band_size, merge_segmentation, merge_small_objects,
+                                               small_height, upscaled_size)
 from support import evaluated_with, tiny
 
 
@@ -110,3 +111,47 @@ def test_the_studies_score_one_pass_whatever_the_evaluate_options(tmp_path):
     plain = evaluate.one_pass(config)
     assert (plain.evaluate.flip_test, plain.evaluate.upscale_test, plain.evaluate.grid_frames) == (False, 1.0, 2)
     assert (config.evaluate.flip_test, config.evaluate.upscale_test) == (True, 1.5)  # a copy, not changed
+
+
+def test_a_band_is_whole_rows_and_its_upscaled_height_a_multiple_of_32():
+    assert band(192, (0.25, 0.67)) == (48, 129)  # 128.64 rounds outwards
+    assert band_size(192, 384, 1.5, (0.25, 0.67)) == (128, 576)  # 81 rows x 1.5 = 121.5 -> 4 strides
+    assert band_size(192, 384, 1.5) == upscaled_size(192, 384, 1.5)
+    with pytest.raises(ValueError, match="leave no band"):
+        band(192, (0.5, 0.5))
+    with pytest.raises(ValueError, match="leaves a 192x384 input"):  # the factor is checked on the frame
+        band_size(192, 384, 1.01, (0.25, 0.67))
+
+
+def test_a_band_replaces_small_boxes_inside_it_only_and_leaves_the_ones_it_cuts_to_the_first_pass():
+    rows = (40, 90)  # the band the second pass saw, input px; upscaled 2x it is 100 px high
+    plain = _decoded((10, 50, 14, 60, 0.6, 1),     # small, inside the band: replaced
+                     (30, 5, 34, 15, 0.5, 1),      # small, above the band: kept
+                     (50, 35, 54, 45, 0.4, 1))     # small, across the band's top: kept
+    upscaled = _decoded((21, 21, 29, 41, 0.7, 1),  # 10.5..14.5 x 50.5..60.5 in the frame
+                        (101, 0, 109, 10, 0.8, 1))  # touches the band's top: the first pass's
+    merged = merge_small_objects(plain, upscaled, (2.0, 2.0), below=36.0, num_classes=2, top_k=5, rows=rows)
+    assert _as_rows(merged) == [(10.5, 50.5, 14.5, 60.5, 0.7, 1), (30, 5, 34, 15, 0.5, 1), (50, 35, 54, 45, 0.4, 1)]
+
+
+def test_segmentation_outside_the_band_is_the_first_pass_alone():
+    rng = np.random.default_rng(0)
+    plain = rng.normal(size=(1, 6, 4, 3)).astype(np.float32)
+    upscaled = rng.normal(size=(1, 4, 8, 3)).astype(np.float32)  # rows 2-4 at 2x
+    merged = tf.nn.softmax(merge_segmentation(tf.constant(plain), tf.constant(upscaled), (2, 4))).numpy()
+    alone = tf.nn.softmax(plain).numpy()
+    np.testing.assert_allclose(merged[:, :2], alone[:, :2], atol=1e-6)
+    np.testing.assert_allclose(merged[:, 4:], alone[:, 4:], atol=1e-6)
+    shrunk = tf.image.resize(tf.nn.softmax(upscaled), (2, 4), method="area").numpy()
+    np.testing.assert_allclose(merged[:, 2:4], (alone[:, 2:4] + shrunk) / 2, atol=1e-6)
+
+
+def test_evaluate_with_a_band_says_which_rows_in_its_own_folder(tiny_trained, tmp_path):
+    saved, plain, report = evaluated_with(tiny_trained, tmp_path,
+                                          ["evaluate.upscale_test=1.5", "evaluate.upscale_rows=[0.25,0.75]"],
+                                          "eval-up1.5-rows0.25-0.75")
+    assert saved["upscale_rows"] == [0.25, 0.75] and saved["inference"]["upscale_rows"] == [16, 48]
+    assert "a second pass on rows 16-48 of the frame upscaled 1.5x (64x128 px)" in report
+    assert saved["depth"]["abs_rel"] == pytest.approx(plain["depth"]["abs_rel"], rel=1e-6)
+    with pytest.raises(UserError, match="top < bottom"):
+        tiny(tmp_path, "evaluate.upscale_rows=[0.6,0.4]")
