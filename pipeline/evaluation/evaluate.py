@@ -110,6 +110,7 @@ def _predict_function(model, top_k: int, flip_test: bool = False, upscale: float
         except ValueError as err:
             raise UserError(f"evaluate.upscale_test: {err}") from None
         band = None if (top, bottom) == (0, height) else (top, bottom)
+        edges = (top if top > 0 else None, bottom if bottom < height else None)  # band edges inside the frame
         big = multitask.rebuild_at(model, big_size)
 
     def forward(net, images):
@@ -128,7 +129,7 @@ def _predict_function(model, top_k: int, flip_test: bool = False, upscale: float
             second = trained.decode({"detection": upscaled["detection"]}, top_k)
             decoded.update(upscale_test.merge_small_objects(
                 decoded, second, (big_size[0] / (bottom - top), big_size[1] / width),
-                upscale_test.small_height(height), outputs["detection"].shape[-1] - 4, top_k, band))
+                upscale_test.small_height(height), outputs["detection"].shape[-1] - 4, top_k, edges))
         return decoded
 
     cache[key] = predict
@@ -165,15 +166,17 @@ def measure_inference(model, top_k: int = 100, runs: int = LATENCY_RUNS, flip_te
             "flip_test": bool(flip_test), "upscale_test": float(upscale),
             "upscaled_size": list(upscale_test.band_size(height, width, upscale, upscale_rows))
             if upscale > 1.0 else None,
-            "upscale_rows": list(upscale_test.band(height, upscale_rows)) if upscale > 1.0 else None,
-            "measures": _passes(flip_test, upscale) + " + in-graph decoding, median of batch-1 runs after warm-up"}
+            "upscale_band_px": list(upscale_test.band(height, upscale_rows)) if upscale > 1.0 else None,
+            "measures": _passes(flip_test, upscale, upscale_test.band(height, upscale_rows), height)
+            + " + in-graph decoding, median of batch-1 runs after warm-up"}
 
 
-def _passes(flip_test: bool, upscale: float) -> str:
-    """What one measured prediction runs, in words."""
+def _passes(flip_test: bool, upscale: float, band: tuple, height: int) -> str:
+    """What one measured prediction runs, in words (band: the upscaled pass's rows of a `height` frame)."""
     if upscale > 1.0:
         each = "twice (frame and mirror image, the flip test)" if flip_test else "once"
-        return f"forward passes on the frame and on it upscaled {upscale:g}x, each {each}, merged"
+        seen = "it" if tuple(band) == (0, height) else f"its rows {band[0]}-{band[1]}"
+        return f"forward passes on the frame and on {seen} upscaled {upscale:g}x, each {each}, merged"
     return "two forward passes (frame and mirror image, the flip test)" if flip_test else "forward pass"
 
 

@@ -28,6 +28,10 @@ from pipeline.evaluation.metrics.detection import height_bands
 
 ENCODER_STRIDE = 32  # the encoder takes multiples of 32 px (models/encoder.py)
 NMS_IOU = 0.5  # COCO's match threshold: two boxes this close are one object to the evaluation
+# The first pass keeps its small boxes this close (px) to a band edge inside the frame, where the
+# second pass may have dropped the same object: two passes' boxes of one object differ by a few px,
+# and the NMS merges a pair, where neither pass keeping it would lose the object.
+EDGE_OVERLAP = 8.0
 
 
 def small_height(image_height: int) -> float:
@@ -59,34 +63,43 @@ def band(height: int, rows) -> tuple[int, int]:
 
 def band_size(height: int, width: int, scale: float, rows=(0.0, 1.0)) -> tuple[int, int]:
     """The second pass's input size: the band of `rows` (the whole frame by default) upscaled by
-    `scale`, each side rounded to the encoder's multiple of 32 (upscaled_size checks the factor)."""
-    upscaled_size(height, width, scale)
+    `scale`, each side rounded to the encoder's multiple of 32; ValueError where the frame or the band
+    would not grow (upscaled_size)."""
+    width_up = upscaled_size(height, width, scale)[1]
     top, bottom = band(height, rows)
-    return upscaled_size(bottom - top, width, scale, check=False)[0], upscaled_size(height, width, scale)[1]
+    band_up = upscaled_size(bottom - top, width, scale, check=False)[0]
+    if band_up <= bottom - top:
+        raise ValueError(f"an upscale of {scale:g} leaves the {bottom - top}-row band at {band_up} rows (sizes are "
+                         f"multiples of {ENCODER_STRIDE} px): use a larger factor or band")
+    return band_up, width_up
 
 
 def merge_small_objects(plain: dict, upscaled: dict, factors, below: float, num_classes: int,
-                        top_k: int, rows=None) -> dict:
+                        top_k: int, edges=(None, None)) -> dict:
     """Decoded detections of the frame ({boxes, scores, classes}, boxes in its px) and of its band
-    `rows` = (top, bottom) px (None: the whole frame, no edges) upscaled by factors (y, x) -> one list: the
-    upscaled pass's boxes under `below` px high inside the band, the plain pass's at or above it and
-    its small ones the band does not hold, class-wise NMS at IoU 0.5, the best top_k by score."""
+    upscaled by factors (y, x) -> one list: the upscaled pass's boxes under `below` px high inside the
+    band, the plain pass's at or above it and its small ones the band does not hold, class-wise NMS at
+    IoU 0.5, the best top_k by score. edges: the band's (top, bottom) rows in frame px, None for an
+    edge that is the frame's own (the whole frame: no band edges)."""
     factor_y, factor_x = float(factors[0]), float(factors[1])
-    top, bottom = (0.0, None) if rows is None else (float(rows[0]), float(rows[1]))
+    top, bottom = edges
+    offset = float(top or 0.0)
     small_boxes = (upscaled["boxes"] / tf.constant([factor_x, factor_y, factor_x, factor_y], tf.float32)
-                   + tf.constant([0.0, top, 0.0, top], tf.float32))
+                   + tf.constant([0.0, offset, 0.0, offset], tf.float32))
 
     def height(boxes):
         return boxes[..., 3] - boxes[..., 1]
 
-    def held(boxes, margin):  # inside the band, `margin` px clear of a band edge inside the frame
-        if bottom is None:
-            return tf.ones_like(boxes[..., 1], tf.bool)
-        return ((boxes[..., 1] >= top + margin) | (top == 0.0)) & (boxes[..., 3] <= bottom - margin)
+    def held(boxes, margin):  # inside the band, `margin` px clear of its edges inside the frame
+        inside = tf.ones_like(boxes[..., 1], tf.bool)
+        if top is not None:
+            inside &= boxes[..., 1] >= float(top) + margin
+        if bottom is not None:
+            inside &= boxes[..., 3] <= float(bottom) - margin
+        return inside
 
-    # A box outside its pass's range scores 0, and NMS drops it (score_threshold 0). Near a band edge
-    # both passes may keep the same object (NMS merges them) rather than neither.
-    plain_keeps = (height(plain["boxes"]) >= below) | ~held(plain["boxes"], 2.0)
+    # A box outside its pass's range scores 0, and NMS drops it (score_threshold 0).
+    plain_keeps = (height(plain["boxes"]) >= below) | ~held(plain["boxes"], EDGE_OVERLAP)
     upscaled_keeps = (height(small_boxes) < below) & held(small_boxes, 1.0)
     scores = tf.concat([tf.where(plain_keeps, plain["scores"], 0.0),
                         tf.where(upscaled_keeps, upscaled["scores"], 0.0)], axis=1)

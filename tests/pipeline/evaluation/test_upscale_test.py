@@ -121,17 +121,36 @@ def test_a_band_is_whole_rows_and_its_upscaled_height_a_multiple_of_32():
         band(192, (0.5, 0.5))
     with pytest.raises(ValueError, match="leaves a 192x384 input"):  # the factor is checked on the frame
         band_size(192, 384, 1.01, (0.25, 0.67))
+    with pytest.raises(ValueError, match="leaves the 128-row band at 128 rows"):  # and on the band
+        band_size(192, 384, 1.1, (0.0, 2 / 3))
 
 
 def test_a_band_replaces_small_boxes_inside_it_only_and_leaves_the_ones_it_cuts_to_the_first_pass():
-    rows = (40, 90)  # the band the second pass saw, input px; upscaled 2x it is 100 px high
+    edges = (40, 90)  # the band the second pass saw, input px; upscaled 2x it is 100 px high
     plain = _decoded((10, 50, 14, 60, 0.6, 1),     # small, inside the band: replaced
                      (30, 5, 34, 15, 0.5, 1),      # small, above the band: kept
                      (50, 35, 54, 45, 0.4, 1))     # small, across the band's top: kept
     upscaled = _decoded((21, 21, 29, 41, 0.7, 1),  # 10.5..14.5 x 50.5..60.5 in the frame
                         (101, 0, 109, 10, 0.8, 1))  # touches the band's top: the first pass's
-    merged = merge_small_objects(plain, upscaled, (2.0, 2.0), below=36.0, num_classes=2, top_k=5, rows=rows)
+    merged = merge_small_objects(plain, upscaled, (2.0, 2.0), below=36.0, num_classes=2, top_k=5, edges=edges)
     assert _as_rows(merged) == [(10.5, 50.5, 14.5, 60.5, 0.7, 1), (30, 5, 34, 15, 0.5, 1), (50, 35, 54, 45, 0.4, 1)]
+
+
+def test_near_a_band_edge_an_object_is_kept_once_by_either_pass_and_the_frames_own_edges_are_no_band_edges():
+    # 2.5 px inside the top edge in the first pass, 0.8 px in the second: the second drops it, the first keeps it.
+    plain = _decoded((10, 42.5, 14, 52.5, 0.6, 1))
+    upscaled = _decoded((20, 1.6, 28, 21.6, 0.7, 1))  # 10..14 x 40.8..50.8 in the frame
+    merged = merge_small_objects(plain, upscaled, (2.0, 2.0), 36.0, 2, 5, edges=(40, 90))
+    assert _as_rows(merged) == [(10, 42.5, 14, 52.5, 0.6, 1)]
+    # 1.5 px inside in the second pass: both keep it, and the NMS keeps the better one.
+    upscaled = _decoded((20, 3, 28, 23, 0.7, 1))
+    merged = merge_small_objects(plain, upscaled, (2.0, 2.0), 36.0, 2, 5, edges=(40, 90))
+    assert _as_rows(merged) == [(10, 41.5, 14, 51.5, 0.7, 1)]
+    # A band that reaches the frame's bottom has no bottom edge: a box cut by the frame stays the second pass's.
+    plain = _decoded((10, 180, 14, 192, 0.6, 1))
+    upscaled = _decoded((20, 260, 28, 284, 0.7, 1))  # 10..14 x 130..142, + 50: 180..192
+    merged = merge_small_objects(plain, upscaled, (2.0, 2.0), 36.0, 2, 5, edges=(50, None))
+    assert _as_rows(merged) == [(10, 180, 14, 192, 0.7, 1)]
 
 
 def test_segmentation_outside_the_band_is_the_first_pass_alone():
@@ -150,8 +169,9 @@ def test_evaluate_with_a_band_says_which_rows_in_its_own_folder(tiny_trained, tm
     saved, plain, report = evaluated_with(tiny_trained, tmp_path,
                                           ["evaluate.upscale_test=1.5", "evaluate.upscale_rows=[0.25,0.75]"],
                                           "eval-up1.5-rows0.25-0.75")
-    assert saved["upscale_rows"] == [0.25, 0.75] and saved["inference"]["upscale_rows"] == [16, 48]
+    assert saved["upscale_rows"] == [0.25, 0.75] and saved["inference"]["upscale_band_px"] == [16, 48]
     assert "a second pass on rows 16-48 of the frame upscaled 1.5x (64x128 px)" in report
+    assert "forward passes on the frame and on its rows 16-48 upscaled 1.5x" in report
     assert saved["depth"]["abs_rel"] == pytest.approx(plain["depth"]["abs_rel"], rel=1e-6)
     with pytest.raises(UserError, match="top < bottom"):
         tiny(tmp_path, "evaluate.upscale_rows=[0.6,0.4]")
