@@ -13,7 +13,8 @@ Output folder (one per model and split, so evaluating another split never overwr
                                                 its stem, or its folder's name for a "model.keras"
   ...-rescaled/                                 with evaluate.rescale_depth: true (pipeline/deploy/camera.py)
   ...-flip/                                     with evaluate.flip_test: true (pipeline/evaluation/flip_test.py)
-  ...-up<x>/                                    with evaluate.upscale_test: x > 1 (pipeline/evaluation/upscale_test.py)
+  ...-up<x>[-rows<a>-<b>]/                      with evaluate.upscale_test: x > 1 [on evaluate.upscale_rows a-b]
+                                                (pipeline/evaluation/upscale_test.py)
 It is written into a hidden temporary folder and renamed at the end, so an interrupted evaluation
 never leaves a half-written eval folder behind.
 
@@ -109,7 +110,6 @@ def _predict_function(model, top_k: int, flip_test: bool = False, upscale: float
             top, bottom = upscale_test.band(height, upscale_rows)
         except ValueError as err:
             raise UserError(f"evaluate.upscale_test: {err}") from None
-        band = None if (top, bottom) == (0, height) else (top, bottom)
         edges = (top if top > 0 else None, bottom if bottom < height else None)  # band edges inside the frame
         big = multitask.rebuild_at(model, big_size)
 
@@ -123,7 +123,7 @@ def _predict_function(model, top_k: int, flip_test: bool = False, upscale: float
             upscaled = forward(big, tf.image.resize(images[:, top:bottom], big_size, method="bilinear"))
             if "segmentation" in outputs:
                 outputs = {**outputs, "segmentation": upscale_test.merge_segmentation(
-                    outputs["segmentation"], upscaled["segmentation"], band)}
+                    outputs["segmentation"], upscaled["segmentation"], (top, bottom))}
         decoded = trained.decode(outputs, top_k)
         if upscale > 1.0 and "detection" in outputs:
             second = trained.decode({"detection": upscaled["detection"]}, top_k)
@@ -155,6 +155,7 @@ def measure_inference(model, top_k: int = 100, runs: int = LATENCY_RUNS, flip_te
                       upscale: float = 1.0, upscale_rows: tuple = (0.0, 1.0)) -> dict:
     """Parameters and median latency of one frame (batch 1): forward pass(es) + detection decoding."""
     height, width = model.inputs[0].shape[1:3]
+    band = upscale_test.band(height, upscale_rows)
     frame = np.random.default_rng(0).uniform(0, 255, (1, height, width, 3)).astype(np.float32)
     predict = _predict_function(model, int(top_k), bool(flip_test), float(upscale), upscale_rows)
     # .numpy() waits for the result, not just the dispatch; the 3 warm-up calls trace and allocate.
@@ -166,8 +167,8 @@ def measure_inference(model, top_k: int = 100, runs: int = LATENCY_RUNS, flip_te
             "flip_test": bool(flip_test), "upscale_test": float(upscale),
             "upscaled_size": list(upscale_test.band_size(height, width, upscale, upscale_rows))
             if upscale > 1.0 else None,
-            "upscale_band_px": list(upscale_test.band(height, upscale_rows)) if upscale > 1.0 else None,
-            "measures": _passes(flip_test, upscale, upscale_test.band(height, upscale_rows), height)
+            "upscale_band_px": list(band) if upscale > 1.0 else None,
+            "measures": _passes(flip_test, upscale, band, height)
             + " + in-graph decoding, median of batch-1 runs after warm-up"}
 
 
@@ -340,8 +341,8 @@ def evaluate_model(config: Config, model, split: str, sources=None, max_examples
 # --------------------------------------------------------------------------------------------- stage
 def output_dir(config: Config, split: str, model_path: pathlib.Path | None = None) -> pathlib.Path:
     """eval/, eval-<split>/ or eval-<model stem>[-<split>]/, each with -rescaled under
-    evaluate.rescale_depth, -flip under evaluate.flip_test and -up<x> under evaluate.upscale_test (see
-    module doc)."""
+    evaluate.rescale_depth, -flip under evaluate.flip_test and -up<x>[-rows<a>-<b>] under
+    evaluate.upscale_test [and evaluate.upscale_rows] (see module doc)."""
     name = "eval"
     if model_path is not None and not layout.is_run_model(config, model_path):
         model_path = pathlib.Path(model_path)

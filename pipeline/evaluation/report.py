@@ -398,11 +398,10 @@ def render(out_dir: pathlib.Path, metrics: dict, config: Config, history_csv=Non
         lines.append("- flip test: each frame and its mirror image, the two predictions averaged before decoding "
                      "(evaluate.flip_test; twice the inference, and not what the exports and clip run)")
     upscale = metrics.get("upscale_test") or 1.0
-    if upscale > 1.0:
-        height, width = metrics["image_size"]
-        rows = metrics.get("upscale_rows") or (0.0, 1.0)
-        size = "x".join(map(str, upscale_test.band_size(height, width, upscale, rows)))
-        top, bottom = upscale_test.band(height, rows)
+    if upscale > 1.0:  # the sizes that ran, as evaluate recorded them with the latency
+        height = metrics["image_size"][0]
+        size = "x".join(map(str, inference["upscaled_size"]))
+        top, bottom = inference["upscale_band_px"]
         seen = "the frame" if (top, bottom) == (0, height) else f"rows {top}-{bottom} of the frame"
         lines.append(f"- upscale test: boxes under {upscale_test.small_height(height):g} px "
                      f"from a second pass on {seen} upscaled {upscale:g}x ({size} px), the rest from the first; segmentation "

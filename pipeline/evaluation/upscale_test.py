@@ -12,8 +12,9 @@ without a detection head gets the segmentation half only.
 
 The second pass may see a band of rows only (evaluate.upscale_rows): small objects are far away, and
 on a level camera far is near the horizon. Inside the band it replaces the first pass's small boxes
-and averages segmentation, outside it the first pass stands alone; a small box the band cuts (one
-that touches its top or bottom) is left to the first pass too.
+and averages segmentation, outside it the first pass stands alone. Near a band edge inside the frame
+the first pass keeps its small boxes (EDGE_OVERLAP) and the second drops those the edge cuts, so an
+object there is kept by one pass or both (the NMS merges a pair), never by neither.
 
 TF ops on decoded detections (pipeline/trained.decode) and raw segmentation logits, in graph with
 the forward passes.
@@ -39,14 +40,16 @@ def small_height(image_height: int) -> float:
     return height_bands(image_height)[1][1]
 
 
-def upscaled_size(height: int, width: int, scale: float, check: bool = True) -> tuple[int, int]:
+def _rounded(side: int, scale: float) -> int:
+    """side * scale rounded to the encoder's multiple of 32."""
+    return max(ENCODER_STRIDE, int(round(side * scale / ENCODER_STRIDE)) * ENCODER_STRIDE)
+
+
+def upscaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
     """The input size `scale` times (height, width), each rounded to the encoder's multiple of 32;
     ValueError where that rounds back to (height, width) (a second pass identical to the first)."""
-    def rounded(side):
-        return max(ENCODER_STRIDE, int(round(side * scale / ENCODER_STRIDE)) * ENCODER_STRIDE)
-
-    size = rounded(height), rounded(width)
-    if check and size == (height, width):
+    size = _rounded(height, scale), _rounded(width, scale)
+    if size == (height, width):
         raise ValueError(f"an upscale of {scale:g} leaves a {height}x{width} input at {height}x{width} (sizes are "
                          f"multiples of {ENCODER_STRIDE} px): use a larger factor, e.g. 1.5")
     return size
@@ -67,7 +70,7 @@ def band_size(height: int, width: int, scale: float, rows=(0.0, 1.0)) -> tuple[i
     would not grow (upscaled_size)."""
     width_up = upscaled_size(height, width, scale)[1]
     top, bottom = band(height, rows)
-    band_up = upscaled_size(bottom - top, width, scale, check=False)[0]
+    band_up = _rounded(bottom - top, scale)
     if band_up <= bottom - top:
         raise ValueError(f"an upscale of {scale:g} leaves the {bottom - top}-row band at {band_up} rows (sizes are "
                          f"multiples of {ENCODER_STRIDE} px): use a larger factor or band")
