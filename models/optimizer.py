@@ -105,7 +105,10 @@ def make_optimizer(train_config, total_steps):
     if train_config.learning_rate <= 0:
         raise ValueError(f"learning_rate must be > 0; Received: learning_rate={train_config.learning_rate}")
     warmup = max(0, min(int(train_config.warmup_steps), total_steps - 1))
-    decay_steps = max(1, total_steps - warmup)
+    # A variable, so that a time budget (pipeline/training/budget.py) can lay the cosine over a step
+    # count decided after training has started: the traced train step reads it at every step.
+    decay_steps = keras.Variable(max(1, total_steps - warmup), dtype="float32", trainable=False,
+                                 name="decay_steps")
     if warmup:
         schedule = keras.optimizers.schedules.CosineDecay(
             0.0, decay_steps, warmup_target=train_config.learning_rate, warmup_steps=warmup)
@@ -116,6 +119,16 @@ def make_optimizer(train_config, total_steps):
                           use_ema=ema > 0, ema_momentum=ema or 0.99)
     optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
     return optimizer
+
+
+def set_total_steps(optimizer, total_steps: int) -> None:
+    """Lays make_optimizer's warm-up + cosine over `total_steps` instead: the warm-up keeps its
+    length, the cosine reaches 0 at the new end. A step already past the warm-up sees the rate jump
+    to the new curve."""
+    # Under mixed_float16, compile() wraps the optimizer in a LossScaleOptimizer: the schedule is the inner one's.
+    schedule = getattr(optimizer, "inner_optimizer", optimizer)._learning_rate
+    warmup = int(schedule.warmup_steps or 0) if schedule.warmup_target is not None else 0
+    schedule.decay_steps.assign(float(max(1, int(total_steps) - warmup)))
 
 
 def make_task_weight_optimizer(train_config):

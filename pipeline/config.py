@@ -137,6 +137,10 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 12
     steps_per_epoch: int = 125
+    # A wall-clock budget for the train stage: the epochs are planned after the first one from its
+    # measured time (pipeline/training/budget.py), and `epochs` only sizes the schedule until then.
+    # null: exactly `epochs`. The baselines and the ablation study always train a fixed `epochs`.
+    minutes: float | None = None
     batch_size: int = 16
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
@@ -428,6 +432,7 @@ RULES: dict[str, Range | tuple] = {
     "model.shared_through": ("P1", "P2", "P3", "P4"),
     "train.epochs": POSITIVE,
     "train.steps_per_epoch": POSITIVE,
+    "train.minutes": POSITIVE,
     "train.batch_size": POSITIVE,
     "train.learning_rate": POSITIVE,
     "train.weight_decay": NON_NEGATIVE,

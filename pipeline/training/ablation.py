@@ -103,7 +103,7 @@ def budgeted(config_path, overrides: list[str], config: Config, step_seconds: fl
     warmup = int(round(config.train.warmup_steps * per_epoch * CURVE_POINTS / base_total))
     return load_config(config_path, [*overrides, f"train.epochs={CURVE_POINTS}",
                                      f"train.steps_per_epoch={per_epoch}", f"train.warmup_steps={warmup}",
-                                     "train.validate_every=1"])
+                                     "train.validate_every=1", "train.minutes=null"])
 
 
 def headline(metrics: dict) -> dict:

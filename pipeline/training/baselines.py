@@ -12,7 +12,8 @@ Trains, with the encoder, data and step budget of the configured run, once per s
 (baselines.variants names a subset; the single-task models and the configured multi-task model are always in it)
 each into runs/<experiment>/baselines/<name>/seed-<seed>/ with pipeline.training.fit.run_training. The
 configured variant at the configured seed reuses the train stage's model (runs/<experiment>/train/model.keras)
-when that run's config matches. A variant already trained with the same config is skipped, so an
+when that run's config matches (a train stage under train.minutes never does: every model here trains
+train.epochs, the same steps for all). A variant already trained with the same config is skipped, so an
 interrupted stage resumes (a variant stopped mid-training resumes from its last epoch through
 run_training's own backup).
 
@@ -63,7 +64,11 @@ QUICK = {"epochs": 1, "steps_per_epoch": 2, "validation_steps": 1, "max_examples
 
 
 def variants(config: Config) -> dict[str, Config]:
-    """name -> config of every model to compare; same budget, data and encoder throughout."""
+    """name -> config of every model to compare; same budget, data and encoder throughout.
+
+    The budget is train.epochs for every model: train.minutes (the train stage's wall-clock budget)
+    is dropped, or each model would train as many steps as its own step time allows."""
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, minutes=None))
     tasks = list(config.model.tasks)
     if len(tasks) < 2:
         raise UserError(f"baselines compare a multi-task model with single-task ones, but model.tasks is "

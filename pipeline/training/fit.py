@@ -3,8 +3,9 @@
 Writes `runs/<experiment>/train/`: model.keras (the functional net, best validation epoch),
 best.weights.h5, history.csv (per-task losses, task weights, learning rate), training_curves.png,
 tensorboard/, model_config.json (a resume with a changed model is refused), config.yaml (the
-resolved config), camera.json (the camera its depth assumes, pipeline/deploy/camera.py), speed.json and
-task_weights.json.
+resolved config), camera.json (the camera its depth assumes, pipeline/deploy/camera.py), speed.json,
+task_weights.json and, under train.minutes, budget.json (the epochs planned for the time budget,
+pipeline/training/budget.py).
 
 A run writes nothing until everything it needs is checked (config, data set, resume, model), then
 trains in the staging folder `.train.partial/` beside train/ (with backup/: BackupAndRestore, a run
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import time
 
 import keras
 import numpy as np
@@ -35,10 +37,14 @@ from pipeline.config import Config, save_config, to_dict
 from pipeline.evaluation import plots
 from pipeline.inputs import dataset as inputs
 from pipeline.training import devices, onednn
+from pipeline.training.budget import PLAN_FILE, TimeBudget, validation_epochs
 from pipeline.training.callbacks import (AveragedWeightsForValidation, GuardedBackup, GuardedCheckpoint,
                                          HistoryCSV, LogLearningRate, ResumeHistory, StopOnNaNTask,
                                          SyncReplicaStatistics, Throughput, ValidationTaskSum)
 from pipeline.training.progress import CompactProgbarLogger
+
+
+MAX_BUDGET_EPOCHS = 1_000_000  # fit()'s epochs under train.minutes: the budget stops it long before
 
 
 def resume_signature(config: Config) -> dict:
@@ -49,16 +55,6 @@ def resume_signature(config: Config) -> dict:
     if config.data.train_crop:  # the trained net's input size (older signatures have no key)
         signature["train_crop"] = list(config.data.train_crop)
     return signature
-
-
-def validation_epochs(epochs: int, every: int) -> list[int]:
-    """The 1-based epochs fit validates on: every `every`-th, the first and the last.
-
-    The first validation sets history.csv's columns (and shows early whether the model generalises);
-    the last is where the decayed learning rate usually leaves the best weights. A validation of the
-    default (200 frames) took 3.4-8.2 s on the 2-core machine (the first traces the test step), 69 s
-    over 15 epochs, plus 0.6 s for each checkpoint it improved."""
-    return sorted({1, epochs} | set(range(every, epochs + 1, every)))
 
 
 def staging_folder(out: pathlib.Path) -> pathlib.Path:
@@ -104,7 +100,7 @@ def begin_run(work: pathlib.Path, config: Config, resuming: bool) -> None:
     except OSError as err:
         raise UserError(f"cannot write the training run to {work.parent}: {err.strerror or err}") from None
     if not resuming:
-        for stale in ("history.csv", "best.weights.h5"):
+        for stale in ("history.csv", "best.weights.h5", PLAN_FILE):
             (work / stale).unlink(missing_ok=True)
     atomic.write_text(work / "model_config.json", json.dumps(resume_signature(config), indent=1))
     save_config(config, work / "config.yaml")
@@ -141,6 +137,7 @@ def multi_worker_compat(trainer, strategy) -> None:
 
 def run_training(config: Config, out: pathlib.Path | None = None, verbose: int = 1) -> pathlib.Path:
     """Trains per `config` into `out` (default runs/<experiment>/train); returns the model path."""
+    started = time.perf_counter()  # train.minutes counts from here
     out = pathlib.Path(out or layout.train_dir(config))
     atomic.recover(out)  # a run killed inside its final swap left the finished run as .train.old
     strategy = devices.make_strategy(config.train.strategy)
@@ -188,6 +185,10 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
     backup = GuardedBackup(str(work / "backup"), nan_guard)
     checkpoint = GuardedCheckpoint(best, nan_guard)
     resume = ResumeHistory(history_csv, backup, checkpoint)
+    budget = None
+    if config.train.minutes:
+        budget = TimeBudget(config.train.minutes, started, config.train.steps_per_epoch,
+                            config.train.validate_every, work / PLAN_FILE, strategy)
     # Order matters at each epoch end: replicas agree before anything is saved, the NaN guard has
     # looked at every batch, the best checkpoint is written before the backup (a run killed between
     # the two runs that epoch again instead of keeping an older best: with validation on every 5th
@@ -196,6 +197,7 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
         SyncReplicaStatistics(strategy),
         nan_guard,
         ValidationTaskSum(tasks),
+        *([budget] if budget else []),  # before the backup: a run resumed from it finds the plan
         checkpoint,
         AveragedWeightsForValidation(),  # between the two: the checkpoint saves the average, the backup the raw
         backup,
@@ -210,9 +212,13 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
           f"sharing={config.model.sharing}, precision={precision}, jit_compile={jit}, "
           f"onednn={'on' if onednn.enabled() else 'off'}, "
           f"replicas={strategy.num_replicas_in_sync}, {net.count_params():,} parameters")
-    trainer.fit(train_ds, epochs=config.train.epochs, steps_per_epoch=config.train.steps_per_epoch,
-                validation_data=val_ds, validation_steps=validation_steps,
-                validation_freq=validation_epochs(config.train.epochs, config.train.validate_every),
+    if budget:  # the budget plans the epochs after the first one and stops fit() after the last
+        epochs, validation_freq = MAX_BUDGET_EPOCHS, budget.validation
+    else:
+        epochs, validation_freq = config.train.epochs, validation_epochs(config.train.epochs,
+                                                                           config.train.validate_every)
+    trainer.fit(train_ds, epochs=epochs, steps_per_epoch=config.train.steps_per_epoch,
+                validation_data=val_ds, validation_steps=validation_steps, validation_freq=validation_freq,
                 callbacks=callbacks, verbose=verbose)
     if nan_guard.failed:
         task, epoch, step = nan_guard.failed
@@ -237,7 +243,9 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
         "per_epoch": speed.per_epoch, "validation_seconds": speed.validation_seconds,
         "batch_size": global_batch, "precision": precision,
         "jit_compile": jit, "onednn": onednn.enabled(), "replicas": strategy.num_replicas_in_sync,
-        "resumed_from_epoch": resume.resumed_from,
+        "resumed_from_epoch": resume.resumed_from, "epochs": budget.epochs if budget else config.train.epochs,
+        "stage_seconds": round(time.perf_counter() - started, 1),
+        "seconds_to_last_epoch_end": round(budget.trained_seconds, 1) if budget else None,
         "note": "the first epoch includes tracing/compilation and is left out of the median"}, indent=1))
     weights = {task: round(float(w), 4) for task, w in trainer.weighting.effective_weights().items()}
     (work / "task_weights.json").write_text(json.dumps(weights, indent=1))
@@ -246,5 +254,8 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
         atomic.replace_dir(work, out)  # the finished run replaces the previous one, whole
     else:
         model_path = work / layout.MODEL_FILE
+    if budget:
+        print(f"train: {budget.epochs} epochs in {(time.perf_counter() - started) / 60:.1f} min "
+              f"(budget {config.train.minutes:g} min)")
     print(f"train: saved {model_path}; effective task weights at the end: {weights}")
     return model_path

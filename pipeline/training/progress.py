@@ -96,7 +96,21 @@ class CompactBar:
 
 
 class CompactProgbarLogger(keras.callbacks.ProgbarLogger):
-    """Keras' ProgbarLogger with CompactBar: fit() uses it instead of its own when it is in callbacks."""
+    """Keras' ProgbarLogger with CompactBar: fit() uses it instead of its own when it is in callbacks.
+
+    The epoch count is read at each epoch from the callbacks' shared params, where a time budget
+    (pipeline/training/budget.py) writes None until it has planned the epochs ("Epoch 1/?")."""
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.params = params  # Keras' own keeps only a copy of the count; the budget changes it later
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._reset_progbar()
+        self._maybe_init_progbar()
+        epochs = self.params.get("epochs")
+        if self.verbose and epochs != 1:
+            print(f"Epoch {epoch + 1}/{epochs or '?'}", flush=True)
 
     def _maybe_init_progbar(self):
         if self.progbar is None:

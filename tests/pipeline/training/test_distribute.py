@@ -106,7 +106,8 @@ def test_multi_worker_strategy_over_two_local_processes(tiny_config, tmp_path):
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "pipeline", "train", "--config", "configs/tiny.yaml",
                  f"run_root={tiny_config.run_root}", "train.strategy=multi_worker", "train.conflict_every=2",
-                 "--out", str(out)],
+                 # a time budget: each worker times its own epochs, both must plan the same ones
+                 "train.minutes=1", "--out", str(out)],
                 cwd=REPO, env=_env(TF_CONFIG=json.dumps(tf_config)), stdout=logs[-1],
                 stderr=subprocess.STDOUT))
         codes = [proc.wait(timeout=500) for proc in procs]
@@ -123,9 +124,13 @@ def test_multi_worker_strategy_over_two_local_processes(tiny_config, tmp_path):
     scratch = out.with_name(f".{out.name}.worker-1")  # a non-chief worker's own folder, beside the run's
     chief, worker = out / "model.keras", scratch / "model.keras"
     assert chief.is_file() and worker.is_file()
+    plans = []
     for folder in (out, scratch):
         speed = json.loads((folder / "speed.json").read_text())
         assert speed["replicas"] == 2 and speed["batch_size"] == 2 * tiny_config.train.batch_size
+        plans.append(json.loads((folder / "budget.json").read_text()))
+        assert speed["epochs"] == plans[-1]["epochs"]
+    assert plans[0]["epochs"] == plans[1]["epochs"] and plans[0]["epoch_seconds"] == plans[1]["epoch_seconds"]
     chief_weights = trained.load(chief).get_weights()
     worker_weights = trained.load(worker).get_weights()
     assert len(chief_weights) == len(worker_weights) > 100

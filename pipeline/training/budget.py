@@ -1,0 +1,261 @@
+"""A wall-clock budget for the train stage (train.minutes): the epochs are planned after the first one.
+
+How many steps fit in 15 minutes depends on the CPU: the default's 1,050 steps took 11.7 minutes on
+an AVX-512 EPYC and 14.5-17.9 minutes on an AVX2 one. A fixed epoch count leaves the fast machine's
+minutes unused and overruns on the slow one. With a budget, the first epoch measures what an epoch
+costs (its steps after the first two, which trace, and its validation) and the plan is the most
+epochs whose steps, validations and RESERVE_SECONDS (saving the model) fit in what is left. The
+cosine learning-rate schedule is then laid over exactly the planned steps: decided at the end of the
+first epoch, while the default's warm-up (100 steps, 70 per epoch) is still running, so the first
+plan moves no learning rate. Validation keeps its rule (the first epoch, every
+train.validate_every-th, the last), and training stops after the planned epoch.
+
+The first epoch's steps are a rough guide: on the AVX-512 EPYC they promised 42 s and 48 s an
+epoch in two runs whose later epochs took 40-59 s (each also writes its backup between epochs). So
+after every later epoch's last step the plan is made again from the mean time from one epoch's last
+step to the next so far (validations left out, the checkpoint and backup written between epochs
+counted), and when the epochs that fit change (more of them only with half an epoch to spare), the
+cosine is re-laid over the new count: the
+learning rate moves onto the new curve, by little while most of the cosine is ahead, which is when
+the estimate changes most. Re-planning before the epoch's validation is decided means an epoch
+that becomes the last is validated, as the last epoch always is.
+
+The plan is saved with the run (budget.json): a run resumed from a backup (Keras restored epoch
+k > 0) continues it instead of planning again, since its clock restarted; a run that starts at
+epoch 0 plans afresh, whatever file is there.
+Under tf.distribute every worker plans from the mean of all workers' measurements, so all of them
+stop at the same epoch with one schedule.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from models.optimizer import set_total_steps
+from pipeline import atomic
+
+# What the stage does outside the epochs: the interpreter's start before the clock starts and, after
+# the last epoch, loading the best weights, rebuilding the net at the frame size, saving model.keras
+# and plotting the curves. Measured on the default (2-core AVX-512 EPYC, `python -m pipeline train`):
+# 8 s before, 3 s after.
+RESERVE_SECONDS = 25.0
+TRACED_STEPS = 2  # the first steps of a run trace the train function: left out of the step time
+PLAN_FILE = "budget.json"
+
+
+def validation_epochs(epochs: int, every: int) -> list[int]:
+    """The 1-based epochs fit validates on: every `every`-th, the first and the last.
+
+    The first validation sets history.csv's columns (and shows early whether the model generalises);
+    the last is where the decayed learning rate usually leaves the best weights. A validation of the
+    default (200 frames) took 3.4-8.2 s on the 2-core machine (the first traces the test step), 69 s
+    over 15 epochs, plus 0.6 s for each checkpoint it improved."""
+    return sorted({1, epochs} | set(range(every, epochs + 1, every)))
+
+
+def _cost(epochs: int, elapsed_s: float, epoch_s: float, validation_s: float, every: int, reserve_s: float,
+          done: int, validated: int) -> float:
+    """Seconds the stage takes for `epochs` epochs: the time elapsed (the steps of `done` epochs and
+    the validations through epoch `validated`), the steps of the epochs after `done`, the
+    validations after `validated`, and the reserve."""
+    ahead = sum(1 for epoch in validation_epochs(epochs, every) if epoch > validated)
+    return elapsed_s + (epochs - done) * epoch_s + ahead * validation_s + reserve_s
+
+
+def plan_epochs(budget_s: float, elapsed_s: float, epoch_s: float, validation_s: float, every: int,
+                reserve_s: float = RESERVE_SECONDS, done: int = 1, validated: int | None = None) -> int:
+    """The most epochs (at least `done`, the ones whose steps are trained) whose cost (_cost) fits
+    the budget. `validated` (default `done`): the last epoch whose validation is in elapsed_s."""
+    if epoch_s <= 0:
+        raise ValueError(f"epoch_s must be > 0; Received: epoch_s={epoch_s}")
+    validated = done if validated is None else validated
+
+    def fits(epochs):
+        return _cost(epochs, elapsed_s, epoch_s, validation_s, every, reserve_s, done, validated) <= budget_s
+
+    # The cost grows with every epoch (its steps; a validation moves to the new last epoch or is
+    # added), so a binary search between `done` and an epoch count whose steps alone overrun.
+    low, high = done, done + max(1, int((budget_s - elapsed_s) / epoch_s) + 1)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
+
+
+class PlannedValidation(list):
+    """fit()'s validation_freq (Keras tests `epoch in validation_freq` on a list): the first epoch
+    before the plan, validation_epochs(planned, every) after it."""
+
+    def __init__(self, every: int):
+        super().__init__()
+        self.every = every
+        self.epochs = None
+
+    def __contains__(self, epoch) -> bool:
+        if self.epochs is None:
+            return epoch == 1
+        return epoch in validation_epochs(self.epochs, self.every)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Plans the epochs at the end of the first one, lays the learning-rate schedule over them, plans
+    again at every later epoch's last step, and stops fit() after the last epoch (see the module
+    docstring). Pass `validation` to fit() as its validation_freq and a large `epochs`: this callback
+    ends the run. Place it before the checkpoint and backup callbacks, so a backup always has its plan."""
+
+    def __init__(self, minutes: float, started: float, steps_per_epoch: int, validate_every: int,
+                 plan_path: pathlib.Path, strategy: tf.distribute.Strategy | None = None, clock=time.perf_counter):
+        super().__init__()
+        self.budget_s = 60.0 * minutes
+        self.started = started  # clock() when the stage began
+        self.steps_per_epoch = steps_per_epoch
+        self.plan_path = pathlib.Path(plan_path)
+        self.strategy = strategy
+        self.clock = clock
+        self.validation = PlannedValidation(validate_every)
+        self.plan = None
+        self.resumed = False
+        self.trained_seconds = None
+        self._saved = None  # the plan file found at the start, used if Keras resumes from a backup
+        self._first_epoch = None  # the first epoch (0-based) this fit() runs
+        self._step_times, self._cycles = [], []  # the first epoch's steps; later last-step-to-last-step times
+        self._last_mark = None
+        self._validation_s = self._validation_since_mark = 0.0
+        self._message = None
+        self._mean = None
+
+    @property
+    def epochs(self) -> int | None:
+        return self.plan["epochs"] if self.plan else None
+
+    def on_train_begin(self, logs=None):
+        self._saved = json.loads(self.plan_path.read_text()) if self.plan_path.exists() else None
+        if self.strategy is not None and self.strategy.num_replicas_in_sync > 1:
+            strategy = self.strategy
+
+            def replica_fn(values):
+                # The identity puts the values on the replica's device: the collective needs one.
+                return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN,
+                                                                       tf.identity(values))
+
+            # Built once: a new tf.function per call would retrace at every epoch.
+            self._mean = tf.function(lambda values: strategy.run(replica_fn, args=(values,)),
+                                     input_signature=[tf.TensorSpec([None], tf.float64)])
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._show_message()
+        self._epoch = epoch
+        if self._first_epoch is None:  # Keras has restored any backup by now: epoch says where it starts
+            self._first_epoch = epoch
+            if epoch > 0 and self._saved:
+                self.resumed = True
+                self._apply(self._saved)
+                print(f"train: continuing the plan of {self.epochs} epochs for the "
+                      f"{self._saved['minutes']:g}-minute budget ({self.plan_path})")
+            else:  # a fresh run, or a resumed one without a plan: plan at the end of this epoch
+                self.params["epochs"] = None  # the bar shows "Epoch k/?" until the plan
+        if self.epochs is not None and epoch >= self.epochs:
+            # A run killed after its last epoch's backup: Keras still runs one step (at learning rate
+            # 0, past the cosine's end) before it looks at stop_training.
+            self.model.stop_training = True
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.plan is None:
+            self._batch_start = self.clock()
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = self.clock()
+        if self.plan is None:
+            self._step_times.append(now - self._batch_start)
+        if batch != self.steps_per_epoch - 1:
+            return
+        if self.plan is not None and not self.resumed and self._last_mark is not None:
+            self._cycles.append(now - self._last_mark - self._validation_since_mark)
+            self._replan(done=self._epoch + 1)
+        self._last_mark, self._validation_since_mark = now, 0.0
+
+    def on_test_begin(self, logs=None):
+        self._test_start = self.clock()
+
+    def on_test_end(self, logs=None):
+        self._validation_s = self.clock() - self._test_start
+        self._validation_since_mark += self._validation_s
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.plan is None:
+            self._plan_first(done=epoch + 1)
+        if epoch + 1 >= self.epochs:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        self._show_message()  # a plan of one epoch
+        self.trained_seconds = self.clock() - self.started  # what follows is the reserve's
+
+    def _plan_first(self, done: int) -> None:
+        steps = self._step_times[TRACED_STEPS:] or self._step_times  # a 1-2 step epoch: the traced ones too
+        epoch_s, validation_s, elapsed_s = self._agree(
+            [float(np.mean(steps)) * self.steps_per_epoch, self._validation_s, self.clock() - self.started])
+        epochs = plan_epochs(self.budget_s, elapsed_s, epoch_s, validation_s, self.validation.every, done=done)
+        self._save(epochs, epoch_s, validation_s, elapsed_s, done=done, validated=done)
+        self._message = (f"train: the first epoch took {elapsed_s:.0f} s with start-up "
+                         f"({epoch_s / self.steps_per_epoch:.2f} s per step, validation {validation_s:.1f} s): "
+                         f"{self.epochs} epoch{'s' if self.epochs != 1 else ''} ({self.plan['steps']:,} steps) fit the {self.budget_s / 60:g}-minute "
+                         f"budget, ending at about {self.plan['planned_seconds'] / 60:.1f} min")
+
+    def _replan(self, done: int) -> None:
+        """At epoch `done`'s last step (its validation still ahead): the epochs that fit at the mean
+        epoch so far, when they differ from the plan's."""
+        if done >= self.epochs:
+            return
+        epoch_s, elapsed_s = self._agree([float(np.mean(self._cycles)), self.clock() - self.started])
+        validation_s = self.plan["validation_seconds"]
+        fits = plan_epochs(self.budget_s, elapsed_s, epoch_s, validation_s, self.validation.every,
+                           done=done, validated=done - 1)
+        if fits > self.epochs:
+            # Lengthen only with half an epoch to spare: an epoch's noise (40-59 s) alone would flip the
+            # plan between two counts, re-laying the cosine back and forth.
+            fits = max(self.epochs, plan_epochs(self.budget_s - epoch_s / 2, elapsed_s, epoch_s, validation_s,
+                                                self.validation.every, done=done, validated=done - 1))
+        if fits != self.epochs:
+            planned = self.epochs
+            self._save(fits, epoch_s, validation_s, elapsed_s, done=done, validated=done - 1)
+            self._message = (f"train: epochs take {epoch_s:.3g} s on average, the first epoch's steps "
+                             f"promised {self.plan['first_epoch_seconds']:.3g} s: {fits} epochs instead of "
+                             f"{planned} fit the {self.budget_s / 60:g}-minute budget")
+
+    def _save(self, epochs: int, epoch_s: float, validation_s: float, elapsed_s: float, done: int,
+              validated: int) -> None:
+        planned_s = _cost(epochs, elapsed_s, epoch_s, validation_s, self.validation.every, RESERVE_SECONDS,
+                          done, validated)
+        plan = {"minutes": self.budget_s / 60, "epochs": epochs, "steps": epochs * self.steps_per_epoch,
+                "first_epoch_seconds": (self.plan or {}).get("first_epoch_seconds", round(epoch_s, 2)),
+                "epoch_seconds": round(epoch_s, 2), "validation_seconds": round(validation_s, 2),
+                "planned_after_epoch": done, "seconds_at_plan": round(elapsed_s, 2),
+                "reserve_seconds": RESERVE_SECONDS, "planned_seconds": round(planned_s, 1)}
+        atomic.write_text(self.plan_path, json.dumps(plan, indent=1))
+        self._apply(plan)
+
+    def _show_message(self) -> None:
+        # Shown when the next epoch begins: the progress bar finishes an epoch's line after on_epoch_end.
+        if self._message:
+            print(self._message, flush=True)
+            self._message = None
+
+    def _apply(self, plan: dict) -> None:
+        self.plan = plan
+        self.validation.epochs = plan["epochs"]
+        self.params["epochs"] = plan["epochs"]
+        set_total_steps(self.model.optimizer, plan["epochs"] * self.steps_per_epoch)
+
+    def _agree(self, values: list[float]) -> list[float]:
+        """The mean of every replica's values: under tf.distribute each worker measures its own times,
+        and all must plan the same epochs and schedule."""
+        if self._mean is None:
+            return values
+        result = self._mean(tf.constant(values, tf.float64))
+        return [float(v) for v in self.strategy.experimental_local_results(result)[0].numpy()]

@@ -1,0 +1,239 @@
+"""train.minutes: the epochs planned after the first one, the schedule laid over them, the plan kept
+for a resume, and the studies that must not follow a wall clock."""
+from __future__ import annotations
+
+import csv
+import json
+import types
+
+import pytest
+
+from data.errors import UserError
+from models.optimizer import make_optimizer, set_total_steps
+from pipeline.config import load_config
+from pipeline.training import ablation, baselines, budget
+from pipeline.training import fit as train_stage
+from support import REPO, tiny
+
+
+def test_plan_fits_steps_validations_and_the_reserve_in_the_budget():
+    # 900 s: 60 s spent through epoch 1; each further epoch 50 s, each further validation 4 s
+    # (epochs 5, 10, 15 and the last), 25 s reserve. 16 epochs: 60 + 15*50 + 4*4 + 25 = 851;
+    # 17 epochs: 60 + 16*50 + 4*4 + 25 = 901 > 900.
+    assert budget.plan_epochs(900, 60, 50, 4, every=5, reserve_s=25) == 16
+    # The validations count: at 30 s each, 16 epochs need 60 + 750 + 4*30 + 25 = 955; 15 need 875.
+    assert budget.plan_epochs(900, 60, 50, 30, every=5, reserve_s=25) == 15
+    assert budget.plan_epochs(900, 60, 50, 10, every=1, reserve_s=25) == 14  # 60 + 13*60 + 25 = 865
+    # A first epoch that already used the budget is the only one.
+    assert budget.plan_epochs(60, 80, 50, 4, every=5) == 1
+    # A re-plan after 10 epochs, 500 s spent, 30 s validations: with epoch 10's validation done,
+    # 16 epochs fit (500 + 6*50 + 2*30 + 25 = 885; 17: 935); with it still ahead, 15 (16: 915).
+    assert budget.plan_epochs(900, 500, 50, 30, every=5, reserve_s=25, done=10) == 16
+    assert budget.plan_epochs(900, 500, 50, 30, every=5, reserve_s=25, done=10, validated=9) == 15
+    assert budget.plan_epochs(900, 950, 50, 4, every=5, done=10) == 10  # never fewer than those done
+    # Tiny epochs (a GPU, a small net): 43,751 epochs of 20 ms with validations fit; found quickly.
+    assert budget.plan_epochs(900, 0, 0.01, 0.01, every=1, reserve_s=25) == 43_751
+    with pytest.raises(ValueError, match="epoch_s"):
+        budget.plan_epochs(900, 60, 0, 4, every=5)
+
+
+def test_planned_validation_is_the_first_epoch_then_every_nth_and_the_last():
+    validation = budget.PlannedValidation(every=5)
+    assert isinstance(validation, list)  # what Keras' fit() accepts as validation_freq
+    assert [epoch for epoch in range(1, 20) if epoch in validation] == [1]
+    validation.epochs = 12
+    assert [epoch for epoch in range(1, 20) if epoch in validation] == [1, 5, 10, 12]
+
+
+def test_set_total_steps_moves_the_cosine_end_inside_a_traced_step():
+    import keras
+    import tensorflow as tf
+
+    train = load_config(REPO / "configs" / "tiny.yaml", ["train.warmup_steps=10", "train.learning_rate=0.01"]).train
+    optimizer = make_optimizer(train, total_steps=100)
+    schedule = optimizer._learning_rate
+    rate = tf.function(lambda step: schedule(step))  # traced once, as the train step is
+    assert float(rate(tf.constant(5))) == pytest.approx(0.005)  # warm-up
+    assert float(rate(tf.constant(100))) == pytest.approx(0.0, abs=1e-7)
+    # compile() under mixed_float16 wraps the optimizer: the schedule inside is the one to move.
+    set_total_steps(keras.optimizers.LossScaleOptimizer(optimizer), 190)
+    assert float(rate(tf.constant(5))) == pytest.approx(0.005)  # the warm-up keeps its length
+    assert float(rate(tf.constant(100))) == pytest.approx(0.005)  # half-way down the new cosine
+    assert float(rate(tf.constant(190))) == pytest.approx(0.0, abs=1e-7)
+
+
+def budget_callback(tmp_path, budget_s=1000.0, total_steps=6):
+    """A TimeBudget on a fake clock, its model only the optimizer it re-plans (10 steps an epoch)."""
+    train = load_config(REPO / "configs" / "tiny.yaml").train
+    optimizer = make_optimizer(train, total_steps=total_steps)
+    clock = FakeClock()
+    callback = budget.TimeBudget(budget_s / 60, started=0.0, steps_per_epoch=10, validate_every=5,
+                                 plan_path=tmp_path / budget.PLAN_FILE, clock=clock)
+    callback.set_model(types.SimpleNamespace(optimizer=optimizer, stop_training=False))
+    callback.set_params({"epochs": 1_000_000})
+    return callback, clock, optimizer, train.warmup_steps
+
+
+def test_a_resumed_run_continues_its_saved_plan_and_a_fresh_one_plans_anew(tmp_path, capsys):
+    plan_path = tmp_path / budget.PLAN_FILE
+    plan_path.write_text(json.dumps({"minutes": 2.0, "epochs": 7, "steps": 70}))
+    callback, _, optimizer, warmup = budget_callback(tmp_path)
+    callback.on_train_begin()
+    callback.on_epoch_begin(5)  # Keras restored the backup after epoch 5
+    assert callback.resumed and callback.epochs == 7 and callback.params["epochs"] == 7
+    assert "continuing the plan of 7 epochs for the 2-minute budget" in capsys.readouterr().out
+    assert 7 in callback.validation and 5 in callback.validation and 6 not in callback.validation
+    assert float(optimizer._learning_rate.decay_steps.numpy()) == 70 - warmup
+    callback.on_epoch_end(5)
+    assert not callback.model.stop_training
+    callback.on_epoch_begin(6)
+    callback.on_epoch_end(6)  # the 7th epoch
+    assert callback.model.stop_training
+
+    # Keras starts at epoch 0 (no backup, or one set aside): the file is stale, a new plan comes.
+    fresh, _, _, _ = budget_callback(tmp_path)
+    fresh.on_train_begin()
+    fresh.on_epoch_begin(0)
+    assert not fresh.resumed and fresh.epochs is None and fresh.params["epochs"] is None
+    # A run killed after its last epoch's backup resumes past the plan: it stops at once.
+    finished, _, _, _ = budget_callback(tmp_path)
+    finished.on_train_begin()
+    finished.on_epoch_begin(7)
+    assert finished.model.stop_training
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def run_epoch(callback, clock, epoch, step_s, steps=10, validation_s=5.0, traced_s=None):
+    """Drives the callback's hooks through one epoch as fit() does (validating when the epoch is in
+    the validation list after its last step); the clock advances by each step's and validation's
+    seconds. Returns whether the epoch validated."""
+    callback.on_epoch_begin(epoch)
+    for step in range(steps):
+        callback.on_train_batch_begin(step)
+        clock.now += traced_s if traced_s is not None and step < budget.TRACED_STEPS else step_s
+        callback.on_train_batch_end(step)
+    validated = epoch + 1 in callback.validation
+    if validated:
+        callback.on_test_begin()
+        clock.now += validation_s
+        callback.on_test_end()
+    callback.on_epoch_end(epoch)
+    return validated
+
+
+def test_the_plan_and_the_schedule_follow_the_mean_epoch_after_every_epoch(tmp_path, capsys):
+    callback, clock, optimizer, warmup = budget_callback(tmp_path)
+    callback.on_train_begin()
+    # Epoch 1: two 20 s steps that trace (left out), eight of 4 s (40 s an epoch), validation 5 s, at
+    # 77 s: 22 epochs fit (77 + 21*40 + 5*5 + 25 = 967); 23 would need 1007.
+    assert run_epoch(callback, clock, 0, step_s=4.0, traced_s=20.0)
+    assert callback.epochs == 22 and callback.params["epochs"] == 22
+    saved = json.loads((tmp_path / budget.PLAN_FILE).read_text())
+    assert saved["planned_seconds"] == 967.0 and saved["epoch_seconds"] == 40
+    assert float(optimizer._learning_rate.decay_steps.numpy()) == 220 - warmup
+    # Epoch 2 takes 30 s (107 s spent, epoch 1's validation left out): 29 epochs fit,
+    # 107 + 27*30 + 6*5 + 25 = 972; 30 would need 1002.
+    run_epoch(callback, clock, 1, step_s=3.0)
+    assert callback.epochs == 29 and callback.params["epochs"] == 29
+    assert float(optimizer._learning_rate.decay_steps.numpy()) == 290 - warmup
+    # Epoch 3 takes 60 s: mean 45 s over epochs 2-3, 167 s spent; validations left on 5, 10, 15 and
+    # 20, the last: 20 epochs (167 + 17*45 + 4*5 + 25 = 977); 21 would need 1027.
+    run_epoch(callback, clock, 2, step_s=6.0)
+    assert callback.epochs == 20 and callback.validation.epochs == 20
+    assert float(optimizer._learning_rate.decay_steps.numpy()) == 200 - warmup
+    saved = json.loads((tmp_path / budget.PLAN_FILE).read_text())
+    assert saved["epochs"] == 20 and saved["planned_after_epoch"] == 3 and saved["first_epoch_seconds"] == 40
+    callback.on_epoch_begin(3)
+    assert "20 epochs instead of 29" in capsys.readouterr().out
+    # Time between epochs (the checkpoint, the backup) counts: 10 s after epoch 3, 45 s of steps.
+    clock.now += 10.0
+    run_epoch(callback, clock, 3, step_s=4.5)  # cycles 30, 60, 55: mean 48.3 s; 19 epochs fit
+    saved = json.loads((tmp_path / budget.PLAN_FILE).read_text())
+    assert saved["epochs"] == 19 and saved["epoch_seconds"] == pytest.approx(48.33, abs=0.01)
+    assert run_epoch(callback, clock, 4, step_s=4.5)  # epoch 5 validates (every 5th); 19 still fit
+    assert callback.epochs == 19 and not callback.model.stop_training
+    # Epoch 6 crawls (70 s steps): the budget is spent, it becomes the last and is validated as such.
+    assert run_epoch(callback, clock, 5, step_s=70.0)
+    assert callback.epochs == 6 and callback.model.stop_training
+
+
+def test_a_plan_grows_only_with_half_an_epoch_to_spare(tmp_path):
+    callback, clock, _, _ = budget_callback(tmp_path)
+    callback.on_train_begin()
+    run_epoch(callback, clock, 0, step_s=4.0, traced_s=20.0)  # 22 epochs planned, as above
+    # Epoch 2 takes 39 s (116 s spent): 23 epochs would end at 116 + 21*39 + 5*5 + 25 = 985 s, inside
+    # the 1000 s but not by half an epoch (19.5 s): the plan stays.
+    run_epoch(callback, clock, 1, step_s=3.9)
+    assert callback.epochs == 22
+    # Epoch 3 takes 35 s (mean 37 s, 151 s spent): 24 epochs end at 151 + 21*37 + 5*5 + 25 = 978 s,
+    # inside 1000 - 18.5.
+    run_epoch(callback, clock, 2, step_s=3.5)
+    assert callback.epochs == 24
+
+
+def test_training_under_a_budget_follows_the_plan_made_after_the_first_epoch(tiny_config, tmp_path, monkeypatch,
+                                                                            capsys):
+    seen = {}
+
+    def plan(budget_s, elapsed_s, epoch_s, validation_s, every, reserve_s=budget.RESERVE_SECONDS, done=1,
+             validated=None):
+        if done == 1:  # the plan; the checks after epochs 2 and 3 find it still fits
+            seen.update(budget_s=budget_s, elapsed_s=elapsed_s, epoch_s=epoch_s, validation_s=validation_s,
+                        every=every)
+        return 3
+
+    monkeypatch.setattr(budget, "plan_epochs", plan)
+    # train.epochs=2 only sizes the schedule until the plan: 6 steps, so without re-laying it over the
+    # plan's 9 the learning rate would be 0 from step 6 on.
+    config = tiny(tiny_config.run_root, "train.minutes=1.5", "train.epochs=2", "train.validate_every=5")
+    out = tmp_path / "train"
+    train_stage.run_training(config, out=out, verbose=1)
+
+    assert seen["budget_s"] == 90 and seen["every"] == 5
+    assert seen["epoch_s"] > 0 and seen["validation_s"] > 0 and seen["elapsed_s"] >= seen["validation_s"]
+    with open(out / "history.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2]
+    assert [int(row["epoch"]) for row in rows if row["val_task_loss_sum"]] == [0, 2]  # the first and the last
+    rates = [float(row["learning_rate"]) for row in rows]
+    assert rates[1] > 1e-4 and rates[2] == pytest.approx(0.0, abs=1e-7)
+    plan_saved = json.loads((out / budget.PLAN_FILE).read_text())
+    assert plan_saved["epochs"] == 3 and plan_saved["steps"] == 9 and plan_saved["minutes"] == 1.5
+    assert json.loads((out / "speed.json").read_text())["epochs"] == 3
+    printed = capsys.readouterr().out
+    assert "Epoch 1/?" in printed and "Epoch 2/3" in printed and "Epoch 3/3" in printed
+    assert "3 epochs (9 steps) fit the 1.5-minute budget" in printed
+
+
+def test_a_budget_spent_by_the_first_epoch_ends_the_run_after_it(tiny_config, tmp_path, capsys):
+    # No stub: the real plan. 0.01 minutes (0.6 s) is gone before the first epoch ends (it traces).
+    config = tiny(tiny_config.run_root, "train.minutes=0.01", "train.epochs=2")
+    out = tmp_path / "train"
+    train_stage.run_training(config, out=out, verbose=0)
+    with open(out / "history.csv", newline="") as handle:
+        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [0]
+    assert json.loads((out / budget.PLAN_FILE).read_text())["epochs"] == 1
+    assert (out / "model.keras").is_file()
+    assert "1 epoch (3 steps) fit the 0.01-minute budget" in capsys.readouterr().out
+
+
+def test_the_studies_train_a_fixed_epoch_count_whatever_the_budget(tiny_config):
+    config = tiny(tiny_config.run_root, "train.minutes=15")
+    assert config.train.minutes == 15
+    assert all(variant.train.minutes is None for variant in baselines.variants(config).values())
+    budgeted = ablation.budgeted(REPO / "configs" / "tiny.yaml", ["train.minutes=15"], config,
+                                 step_seconds=0.5, budget_seconds=30)
+    assert budgeted.train.minutes is None
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_a_budget_must_be_positive(value):
+    with pytest.raises(UserError, match="train.minutes must be > 0"):
+        load_config(REPO / "configs" / "tiny.yaml", [f"train.minutes={value}"])
