@@ -178,6 +178,19 @@ def test_a_plan_grows_only_with_half_an_epoch_to_spare(tmp_path):
     assert callback.epochs == 24
 
 
+def test_a_plan_grows_only_in_its_first_half(tmp_path):
+    callback, clock, _, _ = budget_callback(tmp_path)
+    callback.on_train_begin()
+    run_epoch(callback, clock, 0, step_s=4.0, traced_s=20.0)  # 22 epochs planned
+    # At 300 s with 10 s epochs, dozens more would fit. After epoch 12 of 22 the plan stays (a longer
+    # cosine would raise the annealing learning rate); after epoch 11, half-way, it grows.
+    callback._cycles, clock.now = [10.0] * 11, 300.0
+    callback._replan(done=12)
+    assert callback.epochs == 22
+    callback._replan(done=11)
+    assert callback.epochs > 22
+
+
 def test_training_under_a_budget_follows_the_plan_made_after_the_first_epoch(tiny_config, tmp_path, monkeypatch,
                                                                             capsys):
     seen = {}
