@@ -10,21 +10,20 @@ first epoch, while the default's warm-up (100 steps, 70 per epoch) is still runn
 plan moves no learning rate. Validation keeps its rule (the first epoch, every
 train.validate_every-th, the last), and training stops after the planned epoch.
 
-The first epoch's steps are a rough guide: on the AVX-512 EPYC they promised 42 s and 48 s an
-epoch in two runs whose later epochs took 40-59 s (each also writes its backup between epochs). So
-after every later epoch's last step the plan is made again from the mean time from one epoch's last
-step to the next so far (validations left out, the checkpoint and backup written between epochs
+The first epoch's steps are a rough guide: on the AVX-512 EPYC they promised 42-44 s an epoch in
+three runs whose later epochs took 40-59 s (each also writes its backup between epochs). So after
+every later epoch's last step the plan is made again from the mean time from one epoch's last step
+to the next so far (validations left out, the checkpoint and backup written between epochs
 counted), and when the epochs that fit change (more of them only in the plan's first half and with
-half an epoch to spare), the cosine is re-laid over the new count: the
-learning rate moves onto the new curve, by little while most of the cosine is ahead, which is when
-the estimate changes most. Re-planning before the epoch's validation is decided means an epoch
-that becomes the last is validated, as the last epoch always is.
+half an epoch to spare), the cosine is re-laid over the new count: the learning rate moves onto the
+new curve, by little while most of the cosine is ahead, which is when the estimate changes most.
+Re-planning before the epoch's validation is decided means an epoch that becomes the last is
+validated, as the last epoch always is.
 
 The plan is saved with the run (budget.json): a run resumed from a backup (Keras restored epoch
 k > 0) continues it instead of planning again, since its clock restarted; a run that starts at
-epoch 0 plans afresh, whatever file is there.
-Under tf.distribute every worker plans from the mean of all workers' measurements, so all of them
-stop at the same epoch with one schedule.
+epoch 0 plans afresh, whatever file is there. Under tf.distribute every worker plans from the mean
+of all workers' measurements, so all of them stop at the same epoch with one schedule.
 """
 from __future__ import annotations
 
