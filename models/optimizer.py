@@ -110,8 +110,10 @@ def make_optimizer(train_config, total_steps):
     decay_steps = keras.Variable(max(1, total_steps - warmup), dtype="float32", trainable=False,
                                  name="decay_steps")
     if warmup:
+        warmup_steps = keras.Variable(warmup, dtype="float32", trainable=False, name="warmup_steps")
         schedule = keras.optimizers.schedules.CosineDecay(
-            0.0, decay_steps, warmup_target=train_config.learning_rate, warmup_steps=warmup)
+            0.0, decay_steps, warmup_target=train_config.learning_rate, warmup_steps=warmup_steps)
+        schedule.configured_warmup = int(train_config.warmup_steps)  # set_total_steps re-fits it
     else:
         schedule = keras.optimizers.schedules.CosineDecay(train_config.learning_rate, decay_steps)
     ema = float(getattr(train_config, "ema", 0.0) or 0.0)
@@ -123,12 +125,16 @@ def make_optimizer(train_config, total_steps):
 
 def set_total_steps(optimizer, total_steps: int) -> None:
     """Lays make_optimizer's warm-up + cosine over `total_steps` instead: the warm-up keeps its
-    length, the cosine reaches 0 at the new end. A step already past the warm-up sees the rate jump
-    to the new curve."""
+    configured length (cut to total_steps - 1, as make_optimizer cuts it), the cosine reaches 0 at the
+    new end. A step already past the warm-up sees the rate jump to the new curve."""
     # Under mixed_float16, compile() wraps the optimizer in a LossScaleOptimizer: the schedule is the inner one's.
     schedule = getattr(optimizer, "inner_optimizer", optimizer)._learning_rate
-    warmup = int(schedule.warmup_steps or 0) if schedule.warmup_target is not None else 0
-    schedule.decay_steps.assign(float(max(1, int(total_steps) - warmup)))
+    total_steps = int(total_steps)
+    warmup = 0
+    if schedule.warmup_target is not None:
+        warmup = max(0, min(schedule.configured_warmup, total_steps - 1))
+        schedule.warmup_steps.assign(float(warmup))
+    schedule.decay_steps.assign(float(max(1, total_steps - warmup)))
 
 
 def make_task_weight_optimizer(train_config):

@@ -87,17 +87,19 @@ def plan_epochs(budget_s: float, elapsed_s: float, epoch_s: float, validation_s:
 
 
 class PlannedValidation(list):
-    """fit()'s validation_freq (Keras tests `epoch in validation_freq` on a list): the first epoch
-    before the plan, validation_epochs(planned, every) after it."""
+    """fit()'s validation_freq (Keras tests `epoch in validation_freq` on a list): the first epoch this
+    fit() runs before the plan (epoch 1, or the one after a resumed backup: its time is the plan's
+    validation time), validation_epochs(planned, every) after it."""
 
     def __init__(self, every: int):
         super().__init__()
         self.every = every
         self.epochs = None
+        self.first = 1
 
     def __contains__(self, epoch) -> bool:
         if self.epochs is None:
-            return epoch == 1
+            return epoch == self.first
         return epoch in validation_epochs(self.epochs, self.every)
 
 
@@ -157,6 +159,7 @@ class TimeBudget(keras.callbacks.Callback):
                 print(f"train: continuing the plan of {self.epochs} epochs for the "
                       f"{self._saved['minutes']:g}-minute budget ({self.plan_path})")
             else:  # a fresh run, or a resumed one without a plan: plan at the end of this epoch
+                self.validation.first = epoch + 1
                 self.params["epochs"] = None  # the bar shows "Epoch k/?" until the plan
         if self.epochs is not None and epoch >= self.epochs:
             # A run killed after its last epoch's backup: Keras still runs one step (at learning rate

@@ -60,6 +60,11 @@ def test_set_total_steps_moves_the_cosine_end_inside_a_traced_step():
     assert float(rate(tf.constant(5))) == pytest.approx(0.005)  # the warm-up keeps its length
     assert float(rate(tf.constant(100))) == pytest.approx(0.005)  # half-way down the new cosine
     assert float(rate(tf.constant(190))) == pytest.approx(0.0, abs=1e-7)
+    # A plan shorter than the warm-up cuts it, as make_optimizer does: 6 steps, 5 of warm-up, then 0.
+    set_total_steps(optimizer, 6)
+    assert float(rate(tf.constant(5))) == pytest.approx(0.01) and float(rate(tf.constant(6))) == 0.0
+    set_total_steps(optimizer, 190)  # and a longer plan gives the configured warm-up back
+    assert float(rate(tf.constant(5))) == pytest.approx(0.005)
 
 
 def budget_callback(tmp_path, budget_s=1000.0, total_steps=6):
@@ -95,6 +100,15 @@ def test_a_resumed_run_continues_its_saved_plan_and_a_fresh_one_plans_anew(tmp_p
     fresh.on_train_begin()
     fresh.on_epoch_begin(0)
     assert not fresh.resumed and fresh.epochs is None and fresh.params["epochs"] is None
+    # A backup without a plan (trained before train.minutes was set): the first epoch this run trains
+    # is timed, validated (its validation time goes into the plan) and planned from.
+    (tmp_path / budget.PLAN_FILE).rename(tmp_path / "kept.json")
+    unplanned, _, _, _ = budget_callback(tmp_path)
+    unplanned.on_train_begin()
+    unplanned.on_epoch_begin(5)
+    assert not unplanned.resumed and unplanned.epochs is None
+    assert 6 in unplanned.validation and 1 not in unplanned.validation
+    (tmp_path / "kept.json").rename(tmp_path / budget.PLAN_FILE)
     # A run killed after its last epoch's backup resumes past the plan: it stops at once.
     finished, _, _, _ = budget_callback(tmp_path)
     finished.on_train_begin()
@@ -164,6 +178,19 @@ def test_the_plan_and_the_schedule_follow_the_mean_epoch_after_every_epoch(tmp_p
     assert callback.epochs == 6 and callback.model.stop_training
 
 
+def test_a_replan_at_a_validation_epoch_counts_that_epochs_validation(tmp_path):
+    callback, clock, _, _ = budget_callback(tmp_path)
+    callback.on_train_begin()
+    for epoch, step_s in enumerate([4.0, 3.0, 6.0]):  # as above: 20 epochs planned after epoch 3
+        run_epoch(callback, clock, epoch, step_s=step_s, traced_s=20.0 if epoch == 0 else None)
+    clock.now += 10.0
+    run_epoch(callback, clock, 3, step_s=4.5)  # 19 planned
+    # Epoch 5's last step, its validation still ahead: 284 s spent, mean 51.75 s. 17 epochs end at
+    # 284 + 12*51.75 + 4*5 + 25 = 950 s; 18 at 1001.75 s, only with epoch 5's validation counted.
+    run_epoch(callback, clock, 4, step_s=6.2)
+    assert callback.epochs == 17
+
+
 def test_a_plan_grows_only_with_half_an_epoch_to_spare(tmp_path):
     callback, clock, _, _ = budget_callback(tmp_path)
     callback.on_train_begin()
@@ -197,14 +224,14 @@ def test_training_under_a_budget_follows_the_plan_made_after_the_first_epoch(tin
 
     def plan(budget_s, elapsed_s, epoch_s, validation_s, every, reserve_s=budget.RESERVE_SECONDS, done=1,
              validated=None):
-        if done == 1:  # the plan; the checks after epochs 2 and 3 find it still fits
+        if done == 1:  # the plan: 4 epochs; at epoch 3's last step the re-plan cuts it to 3
             seen.update(budget_s=budget_s, elapsed_s=elapsed_s, epoch_s=epoch_s, validation_s=validation_s,
                         every=every)
-        return 3
+        return 3 if done == 3 else 4
 
     monkeypatch.setattr(budget, "plan_epochs", plan)
     # train.epochs=2 only sizes the schedule until the plan: 6 steps, so without re-laying it over the
-    # plan's 9 the learning rate would be 0 from step 6 on.
+    # plan's 12 the learning rate would be 0 from step 6 on; the cut to 9 steps brings it to 0 at step 9.
     config = tiny(tiny_config.run_root, "train.minutes=1.5", "train.epochs=2", "train.validate_every=5")
     out = tmp_path / "train"
     train_stage.run_training(config, out=out, verbose=1)
@@ -214,15 +241,16 @@ def test_training_under_a_budget_follows_the_plan_made_after_the_first_epoch(tin
     with open(out / "history.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(row["epoch"]) for row in rows] == [0, 1, 2]
-    assert [int(row["epoch"]) for row in rows if row["val_task_loss_sum"]] == [0, 2]  # the first and the last
+    # The first and the last: epoch 3 became the last at its last step, before Keras decided to validate.
+    assert [int(row["epoch"]) for row in rows if row["val_task_loss_sum"]] == [0, 2]
     rates = [float(row["learning_rate"]) for row in rows]
     assert rates[1] > 1e-4 and rates[2] == pytest.approx(0.0, abs=1e-7)
     plan_saved = json.loads((out / budget.PLAN_FILE).read_text())
     assert plan_saved["epochs"] == 3 and plan_saved["steps"] == 9 and plan_saved["minutes"] == 1.5
     assert json.loads((out / "speed.json").read_text())["epochs"] == 3
     printed = capsys.readouterr().out
-    assert "Epoch 1/?" in printed and "Epoch 2/3" in printed and "Epoch 3/3" in printed
-    assert "3 epochs (9 steps) fit the 1.5-minute budget" in printed
+    assert "Epoch 1/?" in printed and "Epoch 2/4" in printed and "Epoch 3/4" in printed
+    assert "4 epochs (12 steps) fit the 1.5-minute budget" in printed and "3 epochs instead of 4" in printed
 
 
 def test_a_budget_spent_by_the_first_epoch_ends_the_run_after_it(tiny_config, tmp_path, capsys):
