@@ -121,9 +121,8 @@ class TimeBudget(keras.callbacks.Callback):
         self.validation = PlannedValidation(validate_every)
         self.plan = None
         self.resumed = False
-        self.trained_seconds = None
         self._saved = None  # the plan file found at the start, used if Keras resumes from a backup
-        self._first_epoch = None  # the first epoch (0-based) this fit() runs
+        self._begun = False  # whether this fit() has begun its first epoch
         self._step_times, self._cycles = [], []  # the first epoch's steps; later last-step-to-last-step times
         self._last_mark = None
         self._validation_s = self._validation_since_mark = 0.0
@@ -151,8 +150,8 @@ class TimeBudget(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._show_message()
         self._epoch = epoch
-        if self._first_epoch is None:  # Keras has restored any backup by now: epoch says where it starts
-            self._first_epoch = epoch
+        if not self._begun:  # Keras has restored any backup by now: epoch says where it starts
+            self._begun = True
             if epoch > 0 and self._saved:
                 self.resumed = True
                 self._apply(self._saved)
@@ -196,7 +195,6 @@ class TimeBudget(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._show_message()  # a plan of one epoch
-        self.trained_seconds = self.clock() - self.started  # what follows is the reserve's
 
     def _plan_first(self, done: int) -> None:
         steps = self._step_times[TRACED_STEPS:] or self._step_times  # a 1-2 step epoch: the traced ones too
@@ -204,10 +202,11 @@ class TimeBudget(keras.callbacks.Callback):
             [float(np.mean(steps)) * self.steps_per_epoch, self._validation_s, self.clock() - self.started])
         epochs = plan_epochs(self.budget_s, elapsed_s, epoch_s, validation_s, self.validation.every, done=done)
         self._save(epochs, epoch_s, validation_s, elapsed_s, done=done, validated=done)
+        epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''} ({self.plan['steps']:,} steps)"
         self._message = (f"train: the first epoch took {elapsed_s:.0f} s with start-up "
                          f"({epoch_s / self.steps_per_epoch:.2f} s per step, validation {validation_s:.1f} s): "
-                         f"{self.epochs} epoch{'s' if self.epochs != 1 else ''} ({self.plan['steps']:,} steps) fit the {self.budget_s / 60:g}-minute "
-                         f"budget, ending at about {self.plan['planned_seconds'] / 60:.1f} min")
+                         f"{epochs} fit the {self.budget_s / 60:g}-minute budget, ending at about "
+                         f"{self.plan['planned_seconds'] / 60:.1f} min")
 
     def _replan(self, done: int) -> None:
         """At epoch `done`'s last step (its validation still ahead): the epochs that fit at the mean
@@ -221,7 +220,7 @@ class TimeBudget(keras.callbacks.Callback):
         if fits > self.epochs:
             # Lengthen only in the plan's first half, with half an epoch to spare: later, a longer cosine
             # would raise the learning rate while it anneals (one run's plan grew 18 -> 19 at epoch 17,
-            # lifting it from 0.9 % to 3.1 % of the peak); and an epoch's noise (40-59 s) alone would
+            # lifting it from 0.9 % to 3.2 % of the peak); and an epoch's noise (40-59 s) alone would
             # flip the plan between two counts, re-laying the cosine back and forth.
             grown = plan_epochs(self.budget_s - epoch_s / 2, elapsed_s, epoch_s, validation_s,
                                 self.validation.every, done=done, validated=done - 1)

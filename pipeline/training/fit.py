@@ -245,7 +245,6 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
         "jit_compile": jit, "onednn": onednn.enabled(), "replicas": strategy.num_replicas_in_sync,
         "resumed_from_epoch": resume.resumed_from, "epochs": budget.epochs if budget else config.train.epochs,
         "stage_seconds": round(time.perf_counter() - started, 1),
-        "seconds_to_last_epoch_end": round(budget.trained_seconds, 1) if budget else None,
         "note": "the first epoch includes tracing/compilation and is left out of the median"}, indent=1))
     weights = {task: round(float(w), 4) for task, w in trainer.weighting.effective_weights().items()}
     (work / "task_weights.json").write_text(json.dumps(weights, indent=1))
