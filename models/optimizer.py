@@ -15,6 +15,8 @@ Two rules make partial labels and learned task weights work:
 """
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
 
@@ -95,27 +97,82 @@ class LazyAdamW(keras.optimizers.Adam):
         return {**super().get_config(), "weight_decay": self.decoupled_weight_decay, "skip": self.skip}
 
 
+@keras.saving.register_keras_serializable(package="dashcam")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up 0 -> `peak` over `warmup_steps`, then a cosine down to 0 at `total_steps` (Keras'
+    CosineDecay with warmup_target and alpha 0, step for step), whose end can move while training
+    runs without a jump in the rate (a time budget plans the steps then: pipeline/training/budget.py).
+
+    The cosine's phase runs linearly from `anchor_phase` at `anchor_step` to 1 at `end_step`; it is
+    0 at the warm-up's end until the end moves. `relay` past the warm-up anchors the phase the rate
+    has now, so the rate goes on from where it is and only decays faster or slower to the new end;
+    inside the warm-up it re-fits the warm-up (its configured length, cut to total_steps - 1) and
+    lays the whole cosine after it. The four numbers are variables: the traced train step reads
+    them at every step.
+    """
+
+    def __init__(self, peak, warmup_steps, total_steps, configured_warmup=None):
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1; Received: total_steps={total_steps}")
+        self.peak = float(peak)
+        self.configured_warmup = int(warmup_steps if configured_warmup is None else configured_warmup)
+        warmup = max(0, min(int(warmup_steps), int(total_steps) - 1))
+        variable = lambda value, name: keras.Variable(float(value), dtype="float32", trainable=False,  # noqa: E731
+                                                      name=name)
+        self.warmup_steps = variable(warmup, "warmup_steps")
+        self.anchor_step = variable(warmup, "anchor_step")
+        self.anchor_phase = variable(0.0, "anchor_phase")
+        self.end_step = variable(total_steps, "end_step")
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup, anchor, phase0, end = (tf.convert_to_tensor(v) for v in self._variables())
+        warming = self.peak * step / tf.maximum(warmup, 1.0)
+        phase = phase0 + (step - anchor) * (1.0 - phase0) / tf.maximum(end - anchor, 1.0)
+        cosine = self.peak * 0.5 * (1.0 + tf.cos(math.pi * tf.clip_by_value(phase, 0.0, 1.0)))
+        return tf.where(step < warmup, warming, cosine)
+
+    def _variables(self):
+        return self.warmup_steps, self.anchor_step, self.anchor_phase, self.end_step
+
+    def state(self) -> dict:
+        """The schedule's variables, for a plan file (restore() takes them back)."""
+        names = ("warmup_steps", "anchor_step", "anchor_phase", "end_step")
+        return {name: float(keras.ops.convert_to_numpy(v)) for name, v in zip(names, self._variables())}
+
+    def restore(self, state: dict) -> None:
+        for variable, name in zip(self._variables(), ("warmup_steps", "anchor_step", "anchor_phase", "end_step")):
+            variable.assign(float(state[name]))
+
+    def relay(self, total_steps: int, step: int) -> None:
+        """Lays the rest of the schedule over `total_steps` from `step` on (see the class docstring)."""
+        total_steps, step = int(total_steps), int(step)
+        state = self.state()
+        if step < state["warmup_steps"]:  # still warming up: nothing of the cosine has run
+            warmup = max(0, min(self.configured_warmup, total_steps - 1))
+            state.update(warmup_steps=warmup, anchor_step=warmup, anchor_phase=0.0)
+        else:
+            span = max(state["end_step"] - state["anchor_step"], 1.0)
+            phase = state["anchor_phase"] + (step - state["anchor_step"]) * (1.0 - state["anchor_phase"]) / span
+            state.update(anchor_step=step, anchor_phase=min(max(phase, 0.0), 1.0))
+        state["end_step"] = total_steps
+        self.restore(state)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": int(self.state()["warmup_steps"]),
+                "total_steps": int(self.state()["end_step"]), "configured_warmup": self.configured_warmup}
+
+
 def make_optimizer(train_config, total_steps):
     """The network's LazyAdamW (lr: 0 -> learning_rate over warmup_steps, then cosine -> 0 at
-    total_steps). train.ema > 0 keeps an exponential moving average of the weights (Keras'
+    total_steps; WarmupCosine). train.ema > 0 keeps an exponential moving average of the weights (Keras'
     use_ema) that validation, the best checkpoint and the saved model see
     (pipeline/training/callbacks.AveragedWeightsForValidation); training goes on from the raw weights."""
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1; Received: total_steps={total_steps}")
     if train_config.learning_rate <= 0:
         raise ValueError(f"learning_rate must be > 0; Received: learning_rate={train_config.learning_rate}")
-    warmup = max(0, min(int(train_config.warmup_steps), total_steps - 1))
-    # A variable, so that a time budget (pipeline/training/budget.py) can lay the cosine over a step
-    # count decided after training has started: the traced train step reads it at every step.
-    decay_steps = keras.Variable(max(1, total_steps - warmup), dtype="float32", trainable=False,
-                                 name="decay_steps")
-    if warmup:
-        warmup_steps = keras.Variable(warmup, dtype="float32", trainable=False, name="warmup_steps")
-        schedule = keras.optimizers.schedules.CosineDecay(
-            0.0, decay_steps, warmup_target=train_config.learning_rate, warmup_steps=warmup_steps)
-        schedule.configured_warmup = int(train_config.warmup_steps)  # set_total_steps re-fits it
-    else:
-        schedule = keras.optimizers.schedules.CosineDecay(train_config.learning_rate, decay_steps)
+    schedule = WarmupCosine(train_config.learning_rate, int(train_config.warmup_steps), total_steps)
     ema = float(getattr(train_config, "ema", 0.0) or 0.0)
     optimizer = LazyAdamW(learning_rate=schedule, weight_decay=train_config.weight_decay,
                           use_ema=ema > 0, ema_momentum=ema or 0.99)
@@ -123,18 +180,18 @@ def make_optimizer(train_config, total_steps):
     return optimizer
 
 
-def set_total_steps(optimizer, total_steps: int) -> None:
-    """Lays make_optimizer's warm-up + cosine over `total_steps` instead: the warm-up keeps its
-    configured length (cut to total_steps - 1, as make_optimizer cuts it), the cosine reaches 0 at the
-    new end. A step already past the warm-up sees the rate jump to the new curve."""
-    # Under mixed_float16, compile() wraps the optimizer in a LossScaleOptimizer: the schedule is the inner one's.
-    schedule = getattr(optimizer, "inner_optimizer", optimizer)._learning_rate
-    total_steps = int(total_steps)
-    warmup = 0
-    if schedule.warmup_target is not None:
-        warmup = max(0, min(schedule.configured_warmup, total_steps - 1))
-        schedule.warmup_steps.assign(float(warmup))
-    schedule.decay_steps.assign(float(max(1, total_steps - warmup)))
+def schedule_of(optimizer) -> WarmupCosine:
+    """make_optimizer's schedule; under mixed_float16 compile() wraps the optimizer in a
+    LossScaleOptimizer, and the schedule is the inner one's."""
+    return getattr(optimizer, "inner_optimizer", optimizer)._learning_rate
+
+
+def relay_schedule(optimizer, total_steps: int) -> dict:
+    """Lays the rest of make_optimizer's schedule over `total_steps` from the optimizer's current step,
+    without a jump in the rate (WarmupCosine.relay); returns the schedule's state for a plan file."""
+    schedule = schedule_of(optimizer)
+    schedule.relay(total_steps, int(keras.ops.convert_to_numpy(optimizer.iterations)))
+    return schedule.state()
 
 
 def make_task_weight_optimizer(train_config):

@@ -14,13 +14,15 @@ The first epoch's steps are a rough guide: on the AVX-512 EPYC they promised 42-
 three runs whose later epochs took 40-59 s (each also writes its backup between epochs). So after
 every later epoch's last step the plan is made again from the mean time from one epoch's last step
 to the next so far (validations left out, the checkpoint and backup written between epochs
-counted), and when the epochs that fit change (more of them only in the plan's first half and with
-half an epoch to spare), the cosine is re-laid over the new count: the learning rate moves onto the
-new curve, by little while most of the cosine is ahead, which is when the estimate changes most.
-Re-planning before the epoch's validation is decided means an epoch that becomes the last is
-validated, as the last epoch always is.
+counted), and when the epochs that fit change (more of them only with half an epoch to spare), the
+rest of the cosine is laid over the new count from the current step on (models/optimizer.py,
+WarmupCosine.relay): the learning rate goes on from where it is and decays faster or slower, never
+jumps. (Re-laying the whole cosine instead lifted the rate from 0.9 % to 3.2 % of its peak when one
+run's plan grew 18 -> 19 at epoch 17; forbidding growth after the plan's first half then left 1.5 of
+the 15 minutes unused in `make run` when its epochs got faster late.) Re-planning before the epoch's
+validation is decided means an epoch that becomes the last is validated, as the last epoch always is.
 
-The plan is saved with the run (budget.json): a run resumed from a backup (Keras restored epoch
+The plan and its schedule are saved with the run (budget.json): a run resumed from a backup (Keras restored epoch
 k > 0) continues it instead of planning again, since its clock restarted; a run that starts at
 epoch 0 plans afresh, whatever file is there. Under tf.distribute every worker plans from the mean
 of all workers' measurements, so all of them stop at the same epoch with one schedule.
@@ -35,7 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models.optimizer import set_total_steps
+from models.optimizer import relay_schedule, schedule_of
 from pipeline import atomic
 
 # What the stage does outside the epochs: the interpreter's start before the clock starts and, after
@@ -218,13 +220,10 @@ class TimeBudget(keras.callbacks.Callback):
         fits = plan_epochs(self.budget_s, elapsed_s, epoch_s, validation_s, self.validation.every,
                            done=done, validated=done - 1)
         if fits > self.epochs:
-            # Lengthen only in the plan's first half, with half an epoch to spare: later, a longer cosine
-            # would raise the learning rate while it anneals (one run's plan grew 18 -> 19 at epoch 17,
-            # lifting it from 0.9 % to 3.2 % of the peak); and an epoch's noise (40-59 s) alone would
-            # flip the plan between two counts, re-laying the cosine back and forth.
-            grown = plan_epochs(self.budget_s - epoch_s / 2, elapsed_s, epoch_s, validation_s,
-                                self.validation.every, done=done, validated=done - 1)
-            fits = max(self.epochs, grown) if done <= self.epochs // 2 else self.epochs
+            # Lengthen only with half an epoch to spare: an epoch's noise (40-59 s) alone would
+            # otherwise flip the plan between two counts.
+            fits = max(self.epochs, plan_epochs(self.budget_s - epoch_s / 2, elapsed_s, epoch_s, validation_s,
+                                                self.validation.every, done=done, validated=done - 1))
         if fits != self.epochs:
             planned = self.epochs
             self._save(fits, epoch_s, validation_s, elapsed_s, done=done, validated=done - 1)
@@ -240,7 +239,9 @@ class TimeBudget(keras.callbacks.Callback):
                 "first_epoch_seconds": (self.plan or {}).get("first_epoch_seconds", round(epoch_s, 2)),
                 "epoch_seconds": round(epoch_s, 2), "validation_seconds": round(validation_s, 2),
                 "planned_after_epoch": done, "seconds_at_plan": round(elapsed_s, 2),
-                "reserve_seconds": RESERVE_SECONDS, "planned_seconds": round(planned_s, 1)}
+                "reserve_seconds": RESERVE_SECONDS, "planned_seconds": round(planned_s, 1),
+                # The learning-rate schedule laid over the plan from this step on; a resumed run sets it back.
+                "schedule": relay_schedule(self.model.optimizer, epochs * self.steps_per_epoch)}
         atomic.write_text(self.plan_path, json.dumps(plan, indent=1))
         self._apply(plan)
 
@@ -254,7 +255,10 @@ class TimeBudget(keras.callbacks.Callback):
         self.plan = plan
         self.validation.epochs = plan["epochs"]
         self.params["epochs"] = plan["epochs"]
-        set_total_steps(self.model.optimizer, plan["epochs"] * self.steps_per_epoch)
+        if "schedule" in plan:
+            schedule_of(self.model.optimizer).restore(plan["schedule"])
+        else:  # a plan written before plans kept their schedule: laid from the restored step
+            relay_schedule(self.model.optimizer, plan["epochs"] * self.steps_per_epoch)
 
     def _agree(self, values: list[float]) -> list[float]:
         """The mean of every replica's values: under tf.distribute each worker measures its own times,

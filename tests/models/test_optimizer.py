@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 from models.multitask import TASKS, build_model
-from models.optimizer import LazyAdamW, make_optimizer, make_task_weight_optimizer
+from models.optimizer import (LazyAdamW, WarmupCosine, make_optimizer, make_task_weight_optimizer,
+                              relay_schedule, schedule_of)
 from models.trainer import MultiTaskTrainer
 from models.weighting import UncertaintyWeighting
 from pipeline.config import TrainConfig
@@ -153,3 +154,43 @@ def test_task_weight_learning_rate_must_be_positive():
     with pytest.raises(ValueError, match="task_weight_learning_rate"):
         make_task_weight_optimizer(TrainConfig(task_weight_learning_rate=0.0))
 
+
+
+def test_warmup_cosine_is_keras_cosine_decay_with_warm_up_step_for_step():
+    ours = WarmupCosine(0.01, warmup_steps=10, total_steps=100)
+    theirs = keras.optimizers.schedules.CosineDecay(0.0, 90, warmup_target=0.01, warmup_steps=10)
+    no_warmup = WarmupCosine(0.01, warmup_steps=0, total_steps=100)
+    plain = keras.optimizers.schedules.CosineDecay(0.01, 100)
+    for step in range(0, 111):
+        assert float(ours(step)) == pytest.approx(float(theirs(step)), abs=1e-7)
+        assert float(no_warmup(step)) == pytest.approx(float(plain(step)), abs=1e-7)
+
+
+def test_relaying_the_schedule_inside_a_traced_step_never_makes_the_rate_jump():
+    train = TrainConfig(learning_rate=0.01, warmup_steps=10)
+    optimizer = make_optimizer(train, total_steps=100)
+    schedule = schedule_of(optimizer)
+    rate = tf.function(lambda step: schedule(step))  # traced once, as the train step is
+    # Inside the warm-up (a budget's first plan): the warm-up keeps its length, the cosine is laid after it.
+    optimizer.iterations.assign(5)
+    relay_schedule(optimizer, 190)
+    assert float(rate(tf.constant(5))) == pytest.approx(0.005)
+    assert float(rate(tf.constant(100))) == pytest.approx(0.005)  # half-way down the new cosine
+    assert float(rate(tf.constant(190))) == pytest.approx(0.0, abs=1e-7)
+    # Past the warm-up, a longer plan: the rate goes on from where it is and reaches 0 at the new end.
+    optimizer.iterations.assign(150)
+    before = float(rate(tf.constant(150)))
+    state = relay_schedule(keras.optimizers.LossScaleOptimizer(optimizer), 250)  # mixed_float16 wraps it
+    assert float(rate(tf.constant(150))) == pytest.approx(before, rel=1e-5)
+    assert before > float(rate(tf.constant(200))) > float(rate(tf.constant(249))) > 0.0
+    assert float(rate(tf.constant(250))) == pytest.approx(0.0, abs=1e-7)
+    assert state["anchor_step"] == 150 and state["end_step"] == 250
+    later = float(rate(tf.constant(200)))
+    # A shorter plan: the same rate now, 0 sooner.
+    relay_schedule(optimizer, 160)
+    assert float(rate(tf.constant(150))) == pytest.approx(before, rel=1e-5)
+    assert float(rate(tf.constant(160))) == pytest.approx(0.0, abs=1e-7)
+    # A plan file's state sets it back exactly (a resumed run).
+    fresh = make_optimizer(train, total_steps=100)
+    schedule_of(fresh).restore(state)
+    assert float(schedule_of(fresh)(200)) == pytest.approx(later, rel=1e-6)

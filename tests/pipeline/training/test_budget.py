@@ -9,7 +9,7 @@ import types
 import pytest
 
 from data.errors import UserError
-from models.optimizer import make_optimizer, set_total_steps
+from models.optimizer import make_optimizer, schedule_of
 from pipeline.config import load_config
 from pipeline.training import ablation, baselines, budget
 from pipeline.training import fit as train_stage
@@ -45,28 +45,6 @@ def test_planned_validation_is_the_first_epoch_then_every_nth_and_the_last():
     assert [epoch for epoch in range(1, 20) if epoch in validation] == [1, 5, 10, 12]
 
 
-def test_set_total_steps_moves_the_cosine_end_inside_a_traced_step():
-    import keras
-    import tensorflow as tf
-
-    train = load_config(REPO / "configs" / "tiny.yaml", ["train.warmup_steps=10", "train.learning_rate=0.01"]).train
-    optimizer = make_optimizer(train, total_steps=100)
-    schedule = optimizer._learning_rate
-    rate = tf.function(lambda step: schedule(step))  # traced once, as the train step is
-    assert float(rate(tf.constant(5))) == pytest.approx(0.005)  # warm-up
-    assert float(rate(tf.constant(100))) == pytest.approx(0.0, abs=1e-7)
-    # compile() under mixed_float16 wraps the optimizer: the schedule inside is the one to move.
-    set_total_steps(keras.optimizers.LossScaleOptimizer(optimizer), 190)
-    assert float(rate(tf.constant(5))) == pytest.approx(0.005)  # the warm-up keeps its length
-    assert float(rate(tf.constant(100))) == pytest.approx(0.005)  # half-way down the new cosine
-    assert float(rate(tf.constant(190))) == pytest.approx(0.0, abs=1e-7)
-    # A plan shorter than the warm-up cuts it, as make_optimizer does: 6 steps, 5 of warm-up, then 0.
-    set_total_steps(optimizer, 6)
-    assert float(rate(tf.constant(5))) == pytest.approx(0.01) and float(rate(tf.constant(6))) == 0.0
-    set_total_steps(optimizer, 190)  # and a longer plan gives the configured warm-up back
-    assert float(rate(tf.constant(5))) == pytest.approx(0.005)
-
-
 def budget_callback(tmp_path, budget_s=1000.0, total_steps=6):
     """A TimeBudget on a fake clock, its model only the optimizer it re-plans (10 steps an epoch)."""
     train = load_config(REPO / "configs" / "tiny.yaml").train
@@ -88,12 +66,20 @@ def test_a_resumed_run_continues_its_saved_plan_and_a_fresh_one_plans_anew(tmp_p
     assert callback.resumed and callback.epochs == 7 and callback.params["epochs"] == 7
     assert "continuing the plan of 7 epochs for the 2-minute budget" in capsys.readouterr().out
     assert 7 in callback.validation and 5 in callback.validation and 6 not in callback.validation
-    assert float(optimizer._learning_rate.decay_steps.numpy()) == 70 - warmup
+    assert end_step(optimizer) == 70  # a plan from before plans kept their schedule: laid from the step
     callback.on_epoch_end(5)
     assert not callback.model.stop_training
     callback.on_epoch_begin(6)
     callback.on_epoch_end(6)  # the 7th epoch
     assert callback.model.stop_training
+
+    # A plan with its schedule (re-laid at step 40 a third of the way down) sets it back as it was.
+    kept = {"warmup_steps": 2.0, "anchor_step": 40.0, "anchor_phase": 0.3, "end_step": 70.0}
+    plan_path.write_text(json.dumps({"minutes": 2.0, "epochs": 7, "steps": 70, "schedule": kept}))
+    again, _, optimizer, _ = budget_callback(tmp_path)
+    again.on_train_begin()
+    again.on_epoch_begin(5)
+    assert schedule_of(optimizer).state() == pytest.approx(kept)
 
     # Keras starts at epoch 0 (no backup, or one set aside): the file is stale, a new plan comes.
     fresh, _, _, _ = budget_callback(tmp_path)
@@ -114,6 +100,10 @@ def test_a_resumed_run_continues_its_saved_plan_and_a_fresh_one_plans_anew(tmp_p
     finished.on_train_begin()
     finished.on_epoch_begin(7)
     assert finished.model.stop_training
+
+
+def end_step(optimizer):
+    return schedule_of(optimizer).state()["end_step"]
 
 
 class FakeClock:
@@ -151,17 +141,17 @@ def test_the_plan_and_the_schedule_follow_the_mean_epoch_after_every_epoch(tmp_p
     assert callback.epochs == 22 and callback.params["epochs"] == 22
     saved = json.loads((tmp_path / budget.PLAN_FILE).read_text())
     assert saved["planned_seconds"] == 967.0 and saved["epoch_seconds"] == 40
-    assert float(optimizer._learning_rate.decay_steps.numpy()) == 220 - warmup
+    assert end_step(optimizer) == 220
     # Epoch 2 takes 30 s (107 s spent, epoch 1's validation left out): 29 epochs fit,
     # 107 + 27*30 + 6*5 + 25 = 972; 30 would need 1002.
     run_epoch(callback, clock, 1, step_s=3.0)
     assert callback.epochs == 29 and callback.params["epochs"] == 29
-    assert float(optimizer._learning_rate.decay_steps.numpy()) == 290 - warmup
+    assert end_step(optimizer) == 290
     # Epoch 3 takes 60 s: mean 45 s over epochs 2-3, 167 s spent; validations left on 5, 10, 15 and
     # 20, the last: 20 epochs (167 + 17*45 + 4*5 + 25 = 977); 21 would need 1027.
     run_epoch(callback, clock, 2, step_s=6.0)
     assert callback.epochs == 20 and callback.validation.epochs == 20
-    assert float(optimizer._learning_rate.decay_steps.numpy()) == 200 - warmup
+    assert end_step(optimizer) == 200
     saved = json.loads((tmp_path / budget.PLAN_FILE).read_text())
     assert saved["epochs"] == 20 and saved["planned_after_epoch"] == 3 and saved["first_epoch_seconds"] == 40
     callback.on_epoch_begin(3)
@@ -205,17 +195,21 @@ def test_a_plan_grows_only_with_half_an_epoch_to_spare(tmp_path):
     assert callback.epochs == 24
 
 
-def test_a_plan_grows_only_in_its_first_half(tmp_path):
-    callback, clock, _, _ = budget_callback(tmp_path)
+def test_a_late_growth_goes_on_from_the_learning_rate_it_has(tmp_path):
+    callback, clock, optimizer, _ = budget_callback(tmp_path)
     callback.on_train_begin()
-    run_epoch(callback, clock, 0, step_s=4.0, traced_s=20.0)  # 22 epochs planned
-    # At 300 s with 10 s epochs, dozens more would fit. After epoch 12 of 22 the plan stays (a longer
-    # cosine would raise the annealing learning rate); after epoch 11, half-way, it grows.
-    callback._cycles, clock.now = [10.0] * 11, 300.0
-    callback._replan(done=12)
-    assert callback.epochs == 22
-    callback._replan(done=11)
-    assert callback.epochs > 22
+    run_epoch(callback, clock, 0, step_s=4.0, traced_s=20.0)  # 22 epochs planned, as above
+    # At 300 s with 10 s epochs, after epoch 18 of 22, dozens more fit: the plan grows, and the
+    # rate at step 180 stays what it was (re-laying the whole cosine over the new count would lift it).
+    schedule = schedule_of(optimizer)
+    optimizer.iterations.assign(180)
+    before = float(schedule(180))
+    callback._cycles, clock.now = [10.0] * 17, 300.0
+    callback._replan(done=18)
+    assert callback.epochs > 22 and end_step(optimizer) == callback.epochs * 10
+    assert float(schedule(180)) == pytest.approx(before, rel=1e-5) and 0 < before < schedule.peak
+    saved = json.loads((tmp_path / budget.PLAN_FILE).read_text())
+    assert saved["schedule"] == schedule.state() and saved["schedule"]["anchor_step"] == 180
 
 
 def test_training_under_a_budget_follows_the_plan_made_after_the_first_epoch(tiny_config, tmp_path, monkeypatch,
@@ -231,7 +225,8 @@ def test_training_under_a_budget_follows_the_plan_made_after_the_first_epoch(tin
 
     monkeypatch.setattr(budget, "plan_epochs", plan)
     # train.epochs=2 only sizes the schedule until the plan: 6 steps, so without re-laying it over the
-    # plan's 12 the learning rate would be 0 from step 6 on; the cut to 9 steps brings it to 0 at step 9.
+    # plan's 12 the learning rate would be 0 from step 6 on; the cut to 9 steps at step 9 leaves it
+    # decaying from where it is (no steps are left to take it).
     config = tiny(tiny_config.run_root, "train.minutes=1.5", "train.epochs=2", "train.validate_every=5")
     out = tmp_path / "train"
     train_stage.run_training(config, out=out, verbose=1)
@@ -244,9 +239,10 @@ def test_training_under_a_budget_follows_the_plan_made_after_the_first_epoch(tin
     # The first and the last: epoch 3 became the last at its last step, before Keras decided to validate.
     assert [int(row["epoch"]) for row in rows if row["val_task_loss_sum"]] == [0, 2]
     rates = [float(row["learning_rate"]) for row in rows]
-    assert rates[1] > 1e-4 and rates[2] == pytest.approx(0.0, abs=1e-7)
+    assert rates[0] > rates[1] > rates[2] and rates[1] > 1e-4
     plan_saved = json.loads((out / budget.PLAN_FILE).read_text())
     assert plan_saved["epochs"] == 3 and plan_saved["steps"] == 9 and plan_saved["minutes"] == 1.5
+    assert plan_saved["schedule"]["end_step"] == 9 and plan_saved["schedule"]["anchor_step"] == 9
     assert json.loads((out / "speed.json").read_text())["epochs"] == 3
     printed = capsys.readouterr().out
     assert "Epoch 1/?" in printed and "Epoch 2/4" in printed and "Epoch 3/4" in printed
