@@ -103,24 +103,38 @@ class UncertaintyWeighting(TaskWeighting):
     classification (others):        exp(-s) * L + 0.5 * s   (minimum at s = log 2L)
     s is named "log_var" so make_optimizer keeps AdamW's weight decay off it (decay would pull
     every sigma to 1 regardless of the data).
+
+    `priorities` {task: k} (train.uncertainty_priority; 1 for a task it does not name) multiply a
+    task's whole term: its optimum s stays where it was, and the network sees k times the gradient
+    the weighting would give it. At the optimum every task's gradient is (1/2) grad log L: each
+    loss's relative change counts the same, so the task whose loss is smallest in relative terms
+    gets the largest share; a priority says which task matters more to the user.
     """
 
-    def __init__(self, tasks, **kwargs):
+    def __init__(self, tasks, priorities=None, **kwargs):
         super().__init__(tasks, **kwargs)
+        priorities = {task: float(k) for task, k in dict(priorities or {}).items()}
+        if any(not k > 0 for k in priorities.values()):
+            raise ValueError(f"uncertainty priorities must be > 0; Received: priorities={priorities}")
+        self.priorities = {task: priorities.get(task, 1.0) for task in self.tasks}
         self.log_var = self.add_weight(shape=(len(self.tasks),), initializer="zeros", name="log_var")
         self.factors = tf.constant([0.5 if t in REGRESSION_TASKS else 1.0 for t in self.tasks])
+        self.scales = tf.constant([self.priorities[t] for t in self.tasks])
 
     def effective_weights(self):
-        weights = self.factors * tf.exp(-tf.convert_to_tensor(self.log_var))
+        weights = self.scales * self.factors * tf.exp(-tf.convert_to_tensor(self.log_var))
         return {task: weights[i] for i, task in enumerate(self.tasks)}
 
     def combine(self, losses, present):
         log_var = tf.convert_to_tensor(self.log_var)
         terms = self.factors * tf.exp(-log_var) * self._stack(losses) + 0.5 * log_var
-        return tf.reduce_sum(terms * self._stack(present))
+        return tf.reduce_sum(self.scales * terms * self._stack(present))
 
     def extra_logs(self):
         return {f"{task}_log_var": self.log_var[i] for i, task in enumerate(self.tasks)}
+
+    def get_config(self):
+        return {**super().get_config(), "priorities": self.priorities}
 
 
 @keras.saving.register_keras_serializable(package="dashcam")
@@ -405,7 +419,7 @@ def make_weighting(train_config, tasks):
     if name == "fixed":
         return FixedWeighting(tasks, weights=train_config.fixed_weights, name="weighting")
     if name == "uncertainty":
-        return UncertaintyWeighting(tasks, name="weighting")
+        return UncertaintyWeighting(tasks, priorities=train_config.uncertainty_priority, name="weighting")
     if name == "dwa":
         return DWAWeighting(tasks, temperature=train_config.dwa_temperature, name="weighting")
     if name == "gradnorm":

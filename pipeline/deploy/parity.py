@@ -48,7 +48,7 @@ def size_bytes(path: pathlib.Path) -> int:
 
 
 def parity_examples(config: Config) -> tuple[list[np.ndarray], list[dict]]:
-    """config.export.parity_examples validation frames as uint8 batches with their labels."""
+    """config.export.parity_examples frames of evaluate.split as uint8 batches with their labels."""
     source = config.data.sources[0]
     dataset = inputs.make_dataset(deterministic(config), config.evaluate.split, training=False, sources=[source])
     images, labels, seen = [], [], 0

@@ -46,6 +46,32 @@ def test_uncertainty_minimum_is_at_log_loss(task, optimum):
     assert float(weighting.log_var[0]) == pytest.approx(optimum(loss), abs=1e-3)
 
 
+def test_a_priority_scales_a_tasks_gradient_and_leaves_its_optimum():
+    """train.uncertainty_priority: k times the task's whole term, so its s optimum (log 2L here) stays
+    and the network's gradient through the task's loss is k times the weight exp(-s)."""
+    loss = tf.constant(0.8)
+    plain = UncertaintyWeighting(["segmentation", "depth"])
+    ranked = UncertaintyWeighting(["segmentation", "depth"], priorities={"segmentation": 2.0})
+    for weighting in (plain, ranked):
+        weighting.log_var.assign([np.log(2 * 0.8), 0.0])
+    gradients = {}
+    for name, weighting in (("plain", plain), ("ranked", ranked)):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(loss)
+            total = weighting.combine({"segmentation": loss, "depth": tf.constant(0.1)}, {"segmentation": ONE, "depth": ONE})
+        gradients[name] = (float(tape.gradient(total, loss)), tape.gradient(total, weighting.log_var).numpy())
+    assert gradients["ranked"][0] == pytest.approx(2 * gradients["plain"][0])  # 2 x exp(-s) = 2 / (2L)
+    assert gradients["plain"][1][0] == pytest.approx(0.0, abs=1e-6)  # s = log 2L is the optimum ...
+    assert gradients["ranked"][1][0] == pytest.approx(0.0, abs=1e-6)  # ... with the priority too
+    assert gradients["ranked"][1][1] == pytest.approx(gradients["plain"][1][1])  # depth: untouched
+    assert float(ranked.effective_weights()["segmentation"]) == pytest.approx(2 / 1.6)
+    assert ranked.priorities == {"segmentation": 2.0, "depth": 1.0}
+    with pytest.raises(ValueError, match="Received: priorities="):
+        UncertaintyWeighting(["depth"], priorities={"depth": 0.0})
+    made = make_weighting(TrainConfig(uncertainty_priority={"segmentation": 2.0}), ["segmentation", "depth"])
+    assert made.priorities == {"segmentation": 2.0, "depth": 1.0}
+
+
 def test_uncertainty_ignores_tasks_without_labels():
     weighting = UncertaintyWeighting(["detection", "depth"])
     with tf.GradientTape() as tape:
@@ -114,7 +140,8 @@ def test_make_weighting_picks_by_name_and_rejects_unknown():
 
 def test_weighting_layers_round_trip_config_and_reject_bad_args():
     for layer in (DWAWeighting(["depth"], temperature=3.0), GradNormWeighting(["a", "b"], alpha=0.5),
-                  FixedWeighting(["depth"], weights={"depth": 2.0}), UncertaintyWeighting(["a"])):
+                  FixedWeighting(["depth"], weights={"depth": 2.0}), UncertaintyWeighting(["a"]),
+                  UncertaintyWeighting(["a", "b"], priorities={"b": 3.0})):
         assert type(layer).from_config(layer.get_config()).get_config() == layer.get_config()
     with pytest.raises(ValueError, match="Received: temperature=0"):
         DWAWeighting(["depth"], temperature=0.0)

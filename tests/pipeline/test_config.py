@@ -64,6 +64,8 @@ MISTAKES = [
     ("data", "data.synthetic.train_frames=1.5", ["data.synthetic.train_frames", "1.5", "an integer"]),
     ("train", "train.weighting=magic", ["train.weighting", "'magic'", "valid: fixed, uncertainty"]),
     ("train", "train.fixed_weights={detection: heavy}", ["train.fixed_weights.detection", "'heavy'", "a number"]),
+    ("train", "train.uncertainty_priority={segmentation: 0}", ["train.uncertainty_priority must each be > 0", "'segmentation': 0.0"]),
+    ("train", "train.uncertainty_priority={lidar: 2}", ["train.uncertainty_priority", "unknown task 'lidar'"]),
     ("train", "train.validation_steps=-1", ["train.validation_steps", "-1", "> 0 (or null)"]),
     # Classes and label tables (data/classes.py, data/label_maps.py).
     ("train", "model.classes.detection=[]", ["model.classes.detection", "1 to 255 classes", "Received: 0"]),
@@ -137,6 +139,7 @@ def test_every_ablation_variant_loads(path):
     ("train.jit_compile=false", "false"),  # a YAML boolean for a string choice
     ("train.validation_steps=null", None),
     ("train.fixed_weights={detection: 2}", {"detection": 2.0}),
+    ("train.uncertainty_priority={segmentation: 2}", {"segmentation": 2.0}),
     ("data.augment.enabled=false", False),
 ])
 def test_values_are_coerced_to_their_type(override, value):
@@ -146,6 +149,13 @@ def test_values_are_coerced_to_their_type(override, value):
     for part in key:
         node = getattr(node, part)
     assert node == value and type(node) is type(value)
+
+
+def test_the_default_ranks_segmentation_and_an_override_replaces_the_whole_mapping():
+    assert load_config(REPO / "configs" / "default.yaml").train.uncertainty_priority == {"segmentation": 2.0}
+    cleared = load_config(REPO / "configs" / "default.yaml", ["train.uncertainty_priority={}"])
+    assert cleared.train.uncertainty_priority == {}
+
 
 
 @pytest.mark.parametrize("override, message", [
