@@ -101,66 +101,73 @@ class LazyAdamW(keras.optimizers.Adam):
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up 0 -> `peak` over `warmup_steps`, then a cosine down to 0 at `total_steps` (Keras'
     CosineDecay with warmup_target and alpha 0, step for step), whose end can move while training
-    runs without a jump in the rate (a time budget plans the steps then: pipeline/training/budget.py).
+    runs (a time budget plans the steps then: pipeline/training/budget.py).
 
-    The cosine's phase runs linearly from `anchor_phase` at `anchor_step` to 1 at `end_step`; it is
-    0 at the warm-up's end until the end moves. `relay` past the warm-up anchors the phase the rate
-    has now, so the rate goes on from where it is and only decays faster or slower to the new end;
-    inside the warm-up it re-fits the warm-up (its configured length, cut to total_steps - 1) and
-    lays the whole cosine after it. The four numbers are variables: the traced train step reads
-    them at every step.
+    The cosine's phase runs linearly from `anchor_phase` at `anchor_step` to 1 at `end_step` (and
+    stays 1 from there: the rate is 0 at and past the end); it is 0 at the warm-up's end until the end
+    moves. `relay` past the warm-up anchors the phase the rate has now, so the rate goes on from
+    where it is and only decays faster or slower to the new end. Inside the configured warm-up, or
+    once the schedule it was on is used up (a provisional schedule shorter than the first epoch),
+    it lays the whole schedule over the new count instead (`lay`: the warm-up at its configured
+    length, cut to total_steps - 1, then the cosine). The four numbers are variables: the traced
+    train step reads them at every step.
     """
 
-    def __init__(self, peak, warmup_steps, total_steps, configured_warmup=None):
+    NAMES = ("warmup_steps", "anchor_step", "anchor_phase", "end_step")
+
+    def __init__(self, peak, warmup_steps, total_steps, configured_warmup=None, anchor_step=None,
+                 anchor_phase=0.0):
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1; Received: total_steps={total_steps}")
         self.peak = float(peak)
         self.configured_warmup = int(warmup_steps if configured_warmup is None else configured_warmup)
         warmup = max(0, min(int(warmup_steps), int(total_steps) - 1))
-        variable = lambda value, name: keras.Variable(float(value), dtype="float32", trainable=False,  # noqa: E731
-                                                      name=name)
-        self.warmup_steps = variable(warmup, "warmup_steps")
-        self.anchor_step = variable(warmup, "anchor_step")
-        self.anchor_phase = variable(0.0, "anchor_phase")
-        self.end_step = variable(total_steps, "end_step")
+        anchor = warmup if anchor_step is None else anchor_step
+        values = (warmup, anchor, anchor_phase, total_steps)
+        self._state = [keras.Variable(float(value), dtype="float32", trainable=False, name=name)
+                       for value, name in zip(values, self.NAMES)]
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
-        warmup, anchor, phase0, end = (tf.convert_to_tensor(v) for v in self._variables())
+        warmup, anchor, phase0, end = (tf.convert_to_tensor(v) for v in self._state)
         warming = self.peak * step / tf.maximum(warmup, 1.0)
         phase = phase0 + (step - anchor) * (1.0 - phase0) / tf.maximum(end - anchor, 1.0)
-        cosine = self.peak * 0.5 * (1.0 + tf.cos(math.pi * tf.clip_by_value(phase, 0.0, 1.0)))
+        phase = tf.where(step >= end, 1.0, tf.clip_by_value(phase, 0.0, 1.0))
+        cosine = self.peak * 0.5 * (1.0 + tf.cos(math.pi * phase))
         return tf.where(step < warmup, warming, cosine)
-
-    def _variables(self):
-        return self.warmup_steps, self.anchor_step, self.anchor_phase, self.end_step
 
     def state(self) -> dict:
         """The schedule's variables, for a plan file (restore() takes them back)."""
-        names = ("warmup_steps", "anchor_step", "anchor_phase", "end_step")
-        return {name: float(keras.ops.convert_to_numpy(v)) for name, v in zip(names, self._variables())}
+        return {name: float(keras.ops.convert_to_numpy(v)) for name, v in zip(self.NAMES, self._state)}
 
     def restore(self, state: dict) -> None:
-        for variable, name in zip(self._variables(), ("warmup_steps", "anchor_step", "anchor_phase", "end_step")):
+        for variable, name in zip(self._state, self.NAMES):
             variable.assign(float(state[name]))
+
+    def lay(self, total_steps: int) -> None:
+        """The whole schedule over `total_steps`: the configured warm-up (cut to total_steps - 1),
+        then the cosine to 0 at total_steps."""
+        warmup = max(0, min(self.configured_warmup, int(total_steps) - 1))
+        self.restore({"warmup_steps": warmup, "anchor_step": warmup, "anchor_phase": 0.0,
+                      "end_step": int(total_steps)})
 
     def relay(self, total_steps: int, step: int) -> None:
         """Lays the rest of the schedule over `total_steps` from `step` on (see the class docstring)."""
         total_steps, step = int(total_steps), int(step)
         state = self.state()
-        if step < state["warmup_steps"]:  # still warming up: nothing of the cosine has run
-            warmup = max(0, min(self.configured_warmup, total_steps - 1))
-            state.update(warmup_steps=warmup, anchor_step=warmup, anchor_phase=0.0)
-        else:
-            span = max(state["end_step"] - state["anchor_step"], 1.0)
-            phase = state["anchor_phase"] + (step - state["anchor_step"]) * (1.0 - state["anchor_phase"]) / span
-            state.update(anchor_step=step, anchor_phase=min(max(phase, 0.0), 1.0))
-        state["end_step"] = total_steps
-        self.restore(state)
+        if step < self.configured_warmup or step >= state["end_step"]:
+            self.lay(total_steps)
+            return
+        span = max(state["end_step"] - state["anchor_step"], 1.0)
+        phase = state["anchor_phase"] + (step - state["anchor_step"]) * (1.0 - state["anchor_phase"]) / span
+        self.restore({**state, "anchor_step": step, "anchor_phase": min(max(phase, 0.0), 1.0),
+                      "end_step": total_steps})
 
     def get_config(self):
-        return {"peak": self.peak, "warmup_steps": int(self.state()["warmup_steps"]),
-                "total_steps": int(self.state()["end_step"]), "configured_warmup": self.configured_warmup}
+        state = self.state()
+        return {"peak": self.peak, "warmup_steps": int(state["warmup_steps"]), "total_steps": int(state["end_step"]),
+                "configured_warmup": self.configured_warmup, "anchor_step": state["anchor_step"],
+                "anchor_phase": state["anchor_phase"]}
 
 
 def make_optimizer(train_config, total_steps):

@@ -544,16 +544,11 @@ def from_dict(values: dict, overrides: typing.Sequence[str] = ()) -> Config:
     return config
 
 
-# train.<key> mappings of task -> number: a config file that sets one replaces it whole (a task it does
-# not name gets the default), rather than merging into the file it extends.
-TASK_MAPPINGS = ("fixed_weights", "uncertainty_priority")
-
-
 def _merge(base: dict, new: dict, where: str):
     if not isinstance(new, dict):
         raise UserError(f"config: '{where or 'top level'}' must be a mapping")
     for key, value in new.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and key not in TASK_MAPPINGS:
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "fixed_weights":
             _merge(base[key], value, _join(where, key))
         else:
             base[key] = value
@@ -602,7 +597,7 @@ def validate(config: Config) -> None:
     if shared is not None and frozen is not None and shared < frozen:  # "P1" < "P4": levels sort by name
         raise UserError(f"config: model.shared_through cannot be below model.freeze_through (frozen levels are "
                         f"always shared); Received: model.shared_through={shared}, model.freeze_through={frozen}")
-    for key in TASK_MAPPINGS:
+    for key in ("fixed_weights", "uncertainty_priority"):  # train.<key>: task -> number
         unknown = sorted(set(getattr(config.train, key)) - set(TASKS))
         if unknown:
             raise UserError(f"config: train.{key} has unknown task '{unknown[0]}'; valid: {', '.join(TASKS)}")

@@ -16,14 +16,15 @@ every later epoch's last step the plan is made again from the mean time from one
 to the next so far (validations left out, the checkpoint and backup written between epochs
 counted), and when the epochs that fit change (more of them only with half an epoch to spare), the
 rest of the cosine is laid over the new count from the current step on (models/optimizer.py,
-WarmupCosine.relay): the learning rate goes on from where it is and decays faster or slower, never
-jumps. (Re-laying the whole cosine instead lifted the rate from 0.9 % to 3.2 % of its peak when one
+WarmupCosine.relay): past the warm-up the learning rate goes on from where it is and decays
+faster or slower, never jumps. (Re-laying the whole cosine instead lifted the rate from 0.9 % to 3.2 % of its peak when one
 run's plan grew 18 -> 19 at epoch 17; forbidding growth after the plan's first half then left 1.5 of
 the 15 minutes unused in `make run` when its epochs got faster late.) Re-planning before the epoch's
 validation is decided means an epoch that becomes the last is validated, as the last epoch always is.
 
 The plan and its schedule are saved with the run (budget.json): a run resumed from a backup (Keras restored epoch
-k > 0) continues it instead of planning again, since its clock restarted; a run that starts at
+k > 0) continues it instead of planning again, since its clock restarted (one killed between a
+re-plan and that epoch's backup re-runs the epoch on the new plan's line, without a jump); a run that starts at
 epoch 0 plans afresh, whatever file is there. Under tf.distribute every worker plans from the mean
 of all workers' measurements, so all of them stop at the same epoch with one schedule.
 """
@@ -257,8 +258,8 @@ class TimeBudget(keras.callbacks.Callback):
         self.params["epochs"] = plan["epochs"]
         if "schedule" in plan:
             schedule_of(self.model.optimizer).restore(plan["schedule"])
-        else:  # a plan written before plans kept their schedule: laid from the restored step
-            relay_schedule(self.model.optimizer, plan["epochs"] * self.steps_per_epoch)
+        else:  # a plan written before plans kept their schedule: its whole cosine over the plan's steps
+            schedule_of(self.model.optimizer).lay(plan["epochs"] * self.steps_per_epoch)
 
     def _agree(self, values: list[float]) -> list[float]:
         """The mean of every replica's values: under tf.distribute each worker measures its own times,

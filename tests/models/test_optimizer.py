@@ -194,3 +194,28 @@ def test_relaying_the_schedule_inside_a_traced_step_never_makes_the_rate_jump():
     fresh = make_optimizer(train, total_steps=100)
     schedule_of(fresh).restore(state)
     assert float(schedule_of(fresh)(200)) == pytest.approx(later, rel=1e-6)
+    # A plan that ends now (the current epoch becomes the last): 0 at its end, as every plan's end.
+    relay_schedule(optimizer, 150)
+    assert float(rate(tf.constant(150))) == 0.0
+    # Its config carries the re-laid state too.
+    copy = WarmupCosine.from_config(schedule_of(fresh).get_config())
+    assert [float(copy(step)) for step in (5, 160, 200, 249)] == pytest.approx(
+        [float(schedule_of(fresh)(step)) for step in (5, 160, 200, 249)])
+
+
+def test_relaying_a_cut_warm_up_or_a_used_up_schedule_lays_the_whole_schedule_afresh():
+    # A provisional schedule shorter than the warm-up (train.epochs=1 under a budget): the warm-up was
+    # cut to 5 of its 10 steps; the plan at step 5 gives it back, and the rate never sticks at 0.
+    optimizer = make_optimizer(TrainConfig(learning_rate=0.01, warmup_steps=10), total_steps=6)
+    schedule = schedule_of(optimizer)
+    optimizer.iterations.assign(5)
+    relay_schedule(optimizer, 100)
+    assert schedule.state()["warmup_steps"] == 10
+    assert float(schedule(5)) == pytest.approx(0.005) and float(schedule(50)) > 0.0
+    # A schedule used up before the plan (no warm-up, 70 provisional steps, planned at step 70): the
+    # whole cosine over the plan's steps, not a phase anchored at its end.
+    optimizer = make_optimizer(TrainConfig(learning_rate=0.01, warmup_steps=0), total_steps=70)
+    schedule = schedule_of(optimizer)
+    optimizer.iterations.assign(70)
+    relay_schedule(optimizer, 280)
+    assert float(schedule(140)) == pytest.approx(0.005) and float(schedule(200)) > 0.0

@@ -62,11 +62,15 @@ def test_a_resumed_run_continues_its_saved_plan_and_a_fresh_one_plans_anew(tmp_p
     plan_path.write_text(json.dumps({"minutes": 2.0, "epochs": 7, "steps": 70}))
     callback, _, optimizer, warmup = budget_callback(tmp_path)
     callback.on_train_begin()
+    optimizer.iterations.assign(50)  # past the warm-up and the provisional schedule's 6 steps
     callback.on_epoch_begin(5)  # Keras restored the backup after epoch 5
     assert callback.resumed and callback.epochs == 7 and callback.params["epochs"] == 7
     assert "continuing the plan of 7 epochs for the 2-minute budget" in capsys.readouterr().out
     assert 7 in callback.validation and 5 in callback.validation and 6 not in callback.validation
-    assert end_step(optimizer) == 70  # a plan from before plans kept their schedule: laid from the step
+    # A plan from before plans kept their schedule: its whole cosine over the plan's 70 steps, as then.
+    assert schedule_of(optimizer).state() == {"warmup_steps": warmup, "anchor_step": warmup, "anchor_phase": 0.0,
+                                              "end_step": 70}
+    assert float(schedule_of(optimizer)(50)) > 0.0
     callback.on_epoch_end(5)
     assert not callback.model.stop_training
     callback.on_epoch_begin(6)
@@ -225,8 +229,8 @@ def test_training_under_a_budget_follows_the_plan_made_after_the_first_epoch(tin
 
     monkeypatch.setattr(budget, "plan_epochs", plan)
     # train.epochs=2 only sizes the schedule until the plan: 6 steps, so without re-laying it over the
-    # plan's 12 the learning rate would be 0 from step 6 on; the cut to 9 steps at step 9 leaves it
-    # decaying from where it is (no steps are left to take it).
+    # plan's 12 the learning rate would be 0 from step 6 on; the cut to 9 steps at step 9 ends the
+    # schedule there.
     config = tiny(tiny_config.run_root, "train.minutes=1.5", "train.epochs=2", "train.validate_every=5")
     out = tmp_path / "train"
     train_stage.run_training(config, out=out, verbose=1)
@@ -239,7 +243,7 @@ def test_training_under_a_budget_follows_the_plan_made_after_the_first_epoch(tin
     # The first and the last: epoch 3 became the last at its last step, before Keras decided to validate.
     assert [int(row["epoch"]) for row in rows if row["val_task_loss_sum"]] == [0, 2]
     rates = [float(row["learning_rate"]) for row in rows]
-    assert rates[0] > rates[1] > rates[2] and rates[1] > 1e-4
+    assert rates[1] > 1e-4 and rates[2] == pytest.approx(0.0, abs=1e-7)
     plan_saved = json.loads((out / budget.PLAN_FILE).read_text())
     assert plan_saved["epochs"] == 3 and plan_saved["steps"] == 9 and plan_saved["minutes"] == 1.5
     assert plan_saved["schedule"]["end_step"] == 9 and plan_saved["schedule"]["anchor_step"] == 9
