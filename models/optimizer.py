@@ -115,17 +115,15 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
     NAMES = ("warmup_steps", "anchor_step", "anchor_phase", "end_step")
 
-    def __init__(self, peak, warmup_steps, total_steps, configured_warmup=None, anchor_step=None,
-                 anchor_phase=0.0):
+    def __init__(self, peak, warmup_steps, total_steps, anchor_step=None, anchor_phase=0.0):
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1; Received: total_steps={total_steps}")
         self.peak = float(peak)
-        self.configured_warmup = int(warmup_steps if configured_warmup is None else configured_warmup)
-        warmup = max(0, min(int(warmup_steps), int(total_steps) - 1))
-        anchor = warmup if anchor_step is None else anchor_step
-        values = (warmup, anchor, anchor_phase, total_steps)
-        self._state = [keras.Variable(float(value), dtype="float32", trainable=False, name=name)
-                       for value, name in zip(values, self.NAMES)]
+        self.configured_warmup = int(warmup_steps)
+        self._state = [keras.Variable(0.0, dtype="float32", trainable=False, name=name) for name in self.NAMES]
+        self.lay(total_steps)
+        if anchor_step is not None:  # a re-laid schedule's config
+            self.restore({**self.state(), "anchor_step": anchor_step, "anchor_phase": anchor_phase})
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
@@ -165,9 +163,8 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         state = self.state()
-        return {"peak": self.peak, "warmup_steps": int(state["warmup_steps"]), "total_steps": int(state["end_step"]),
-                "configured_warmup": self.configured_warmup, "anchor_step": state["anchor_step"],
-                "anchor_phase": state["anchor_phase"]}
+        return {"peak": self.peak, "warmup_steps": self.configured_warmup, "total_steps": int(state["end_step"]),
+                "anchor_step": state["anchor_step"], "anchor_phase": state["anchor_phase"]}
 
 
 def make_optimizer(train_config, total_steps):

@@ -184,13 +184,13 @@ class EvaluateConfig:
     rescale_depth: bool = False
     # true: every frame is also run mirrored and the two predictions averaged before decoding
     # (pipeline/evaluation/flip_test.py): test mAP50 +0.020, mAP +0.022, AbsRel -2 % for a seed-0
-    # default, at 1.5-1.75x the batch-1 latency (README, "The flip test"). Exports and clip run one pass;
+    # default, at 1.5-1.75x the batch-1 latency (docs/results-history.md, "The flip test"). Exports and clip run one pass;
     # scored into eval-...-flip/.
     flip_test: bool = False
     # > 1: a second pass on each frame upscaled by this factor supplies the boxes under 36 px (the
     # smaller two AP50 height bands at a 192-px input), the first pass the rest, and segmentation
     # averages the two (pipeline/evaluation/upscale_test.py). 1.5 was chosen on validation over 1.33
-    # and 2 (README, "The upscale test"); 2.7x the batch-1 latency. Scored into eval-...-up<x>/.
+    # and 2 (docs/results-history.md, "The upscale test"); 2.7x the batch-1 latency. Scored into eval-...-up<x>/.
     upscale_test: float = 1.0
     # The rows (shares of the frame's height, top and bottom) the upscale test's second pass sees: small
     # objects are far away, near the horizon, so a band around it costs a fraction of the whole frame.

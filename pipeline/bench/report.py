@@ -1,4 +1,4 @@
-"""BENCH.md: the bench's results as tables a person reads (and the README's performance section)."""
+"""BENCH.md: the bench's results as tables a person reads (and docs/performance.md)."""
 from __future__ import annotations
 
 # The sections' keys in bench.json (numbers: the order they appear in BENCH.md).

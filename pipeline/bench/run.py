@@ -1,7 +1,7 @@
 """The benchmark (the bench stage's work): speed against the alternatives and the machine's own limits.
 
 The bench stage (`python -m pipeline bench [--quick] --config configs/<name>.yaml`) writes <run_root>/bench/bench.json (every figure with its samples and how it was measured) and
-<run_root>/bench/BENCH.md (tables, pasteable as the README's performance section). Sections:
+<run_root>/bench/BENCH.md (tables, pasteable into docs/performance.md). Sections:
   1 input pipeline vs train step       (bench/train.py InputBench, in this process)
   2 train step: XLA, precision, task weighting   (bench/worker.py processes, alternated)
   3 one multi-task model vs three single-task models          (bench/infer.py)

@@ -32,8 +32,8 @@ class OnnxPredictor(runtimes.Predictor):
         # ONNX Runtime's idle threads spin-wait after every run by default, burning the cores that the
         # rest of a pipeline (the clip stage's reader, writer and encoder threads) or the next model
         # needs: on 2 cores, TFLite's invoke() right after an ONNX predict() ran 1.24-1.47x slower with
-        # spinning, at its own speed without; ONNX's own call took 5-14 % longer without (README,
-        # Performance).
+        # spinning, at its own speed without; ONNX's own call took 5-14 % longer without (docs/performance.md,
+        # "What limits the missed targets (the Intel run)").
         for pool in ("intra_op", "inter_op"):
             options.add_session_config_entry(f"session.{pool}.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -1,5 +1,5 @@
 """The horizontal flip test (CenterNet's "flip test"): run the net on a frame and on its mirror image
-and average the two predictions before decoding. Two passes for better boxes and maps (README,
+and average the two predictions before decoding. Two passes for better boxes and maps (docs/results-history.md,
 "The flip test"); the evaluate stage uses it under evaluate.flip_test.
 
 A road scene is mirror-symmetric in distribution but not frame by frame, so the mirrored pass is a

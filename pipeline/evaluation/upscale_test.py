@@ -1,5 +1,5 @@
 """The small-object upscale test: a second pass on the frame upscaled (e.g. 1.5x) supplies the boxes
-of small objects, the first pass everything else (README, "The upscale test"); the evaluate stage
+of small objects, the first pass everything else (docs/results-history.md, "The upscale test"); the evaluate stage
 uses it under evaluate.upscale_test.
 
 Small people lose most of the missed AP (AP50 by height), and on a larger frame they cover more

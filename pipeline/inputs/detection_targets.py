@@ -14,7 +14,7 @@ from data.vocabulary import STRIDE
 
 GAUSSIAN_ALPHA = 0.54  # TTFNet: sigma = alpha * side / 6
 # The box size is learned over the box scaled by this about its centre (TTFNet's beta), not only at
-# the centre cell: several cells per object for the box branch, which underfits (README, "Where the
+# the centre cell: several cells per object for the box branch, which underfits (docs/results-history.md, "Where the
 # AP goes").
 SIZE_AREA_BETA = 0.54
 

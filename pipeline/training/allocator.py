@@ -10,7 +10,7 @@ threshold, a high trim threshold and a large top pad keep most of that memory in
 Buffers over 64 MiB (the widest early activations of a 192x256 batch of 16) are still mmapped
 when a TensorFlow pool thread asks: a per-thread arena's heap holds at most 64 MiB. Short default
 trainings alternated on one machine: half the page faults, a third less system time, 4 % more
-images/s (README, Performance).
+images/s (docs/performance.md, "Memory allocator").
 """
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, when it loads. Left unset, it turns
 where the CPU has AVX-512 VNNI, AVX-512 BF16, AVX-VNNI or AMX, and runs its Eigen kernels on other
 CPUs, AVX2-only ones such as the project's AMD EPYC. There, one default train step on held batches
 took 0.66-0.67 s with oneDNN against 0.88-0.90 s without; in TensorFlow's profiler the
-convolutions' backprop (40 % of the Eigen step's op time) took 1.8x less CPU (README,
-Performance). A value the user set wins; `make bench` (section 7) times the other setting beside
+convolutions' backprop (40 % of the Eigen step's op time) took 1.8x less CPU (docs/performance.md,
+"oneDNN kernels"). A value the user set wins; `make bench` (section 7) times the other setting beside
 it on each machine.
 """
 from __future__ import annotations
