@@ -157,7 +157,6 @@ def test_the_default_ranks_segmentation_and_an_override_replaces_the_whole_mappi
     assert cleared.train.uncertainty_priority == {}
 
 
-
 @pytest.mark.parametrize("override, message", [
     ("data.augment.crop_scale=[0.9,0.5]", "low <= high"),
     ("data.augment.crop_scale=[0,1]", r"each be in \(0, 1\]"),
