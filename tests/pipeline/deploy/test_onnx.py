@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from data.errors import UserError
+from detection_match import assert_same_detections, keras_heat
 from pipeline.deploy import parity, predict, runtimes
 from pipeline.stages import clip as clip_stage
 
@@ -41,28 +42,6 @@ def test_parity_json_checks_onnx_with_the_float_rules(tiny_exported):
     assert report["conversion"]["onnx"]["opset"] >= 13
 
 
-def assert_same_detections(out: dict, reference: dict, score_atol=1e-4, box_atol=1e-2) -> None:
-    """Every slot of `out` is a distinct slot of `reference` in the same frame: same class, score within
-    score_atol, box within box_atol. Slots whose scores tie within score_atol may come in either order
-    (top-k among equal scores is the runtime's choice), so slots are matched, not compared by index.
-    For the same reason a slot may be missing from `reference` when its score ties, within score_atol,
-    with the lowest score `reference` kept: the two runtimes cut the top k between tied candidates."""
-    for i in range(len(reference["scores"])):
-        free = list(range(len(reference["scores"][i])))
-        lowest_kept = float(np.min(reference["scores"][i])) if len(free) else -np.inf
-        for score, cls, box in zip(out["scores"][i], out["classes"][i], out["boxes"][i]):
-            match = next((j for j in free if reference["classes"][i][j] == cls
-                          and abs(reference["scores"][i][j] - score) <= score_atol
-                          and np.allclose(reference["boxes"][i][j], box, atol=box_atol)), None)
-            if match is None and abs(score - lowest_kept) <= score_atol:
-                continue  # tied with the cut-off of the top k
-            assert match is not None, (i, score, cls, box)
-            free.remove(match)
-        # ...and every reference slot left over is one of those ties at the cut-off, not a lost detection.
-        for j in free:
-            assert abs(reference["scores"][i][j] - lowest_kept) <= score_atol, (i, j, reference["scores"][i][j])
-
-
 def test_onnx_matches_keras_frame_by_frame(tiny_exported, onnx_path):
     config, _, _ = tiny_exported
     images = parity.parity_examples(config)[0]
@@ -71,7 +50,7 @@ def test_onnx_matches_keras_frame_by_frame(tiny_exported, onnx_path):
     assert predictor.name == "onnx" and predictor.tasks == ["detection", "segmentation", "depth"]
     assert predictor.input_size == tuple(config.data.image_size)
     onnx_out = parity.run_predictor(predictor, images)
-    assert_same_detections(onnx_out, keras_out)
+    assert_same_detections(onnx_out, keras_out, keras_heat(config.run_dir / "train" / "model.keras", images))
     np.testing.assert_array_equal(onnx_out["num_detections"], keras_out["num_detections"])
     assert np.mean(onnx_out["segmentation"] == keras_out["segmentation"]) > 0.999
     np.testing.assert_allclose(onnx_out["depth"], keras_out["depth"], rtol=1e-3)
