@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline import trained
-
 # Float32 rounding moves a score by up to about 1e-7 between ONNX Runtime and TensorFlow (at most
 # 9.7e-8 over six trainings of the tiny model, on its parity frames; the TFLite float32 detector at
 # most 1.2e-8 over three); ten times the larger is a near-tie.
@@ -64,9 +62,9 @@ def assert_same_detections(out: dict, reference: dict, heat=None, score_atol=1e-
             assert abs(score - lowest_kept) <= score_atol or near_tie(i, score, cls), (i, j, score)
 
 
-def keras_heat(model_path, images: list[np.ndarray]) -> np.ndarray:
-    """The Keras net's heat-map scores [B,h,w,C] on the parity batches (frames at the model size)."""
-    net = trained.load(model_path)
+def keras_heat(net, images: list[np.ndarray]) -> np.ndarray:
+    """The Keras net's heat-map scores [B,h,w,C] on the parity batches (frames at the model size);
+    `net`: the reference predictor's own (runtimes.KerasPredictor.net), not a second load."""
     logits = [net({"image": batch.astype(np.float32)}, training=False)["detection"].numpy() for batch in images]
     logits = np.concatenate(logits)
     classes = logits.shape[-1] - 4  # heat maps, then size and offset

@@ -41,8 +41,8 @@ def test_values_are_the_keras_detections(tiny_exported, detector_path):
     config, _, _ = tiny_exported
     height, width = config.data.image_size
     frames = parity.parity_examples(config)[0][0][:2]
-    model_path = config.run_dir / "train" / "model.keras"
-    reference = runtimes.load_predictor(model_path).predict(frames)
+    keras = runtimes.load_predictor(config.run_dir / "train" / "model.keras")
+    reference = keras.predict(frames)
     runner = Interpreter(model_path=str(detector_path)).get_signature_runner()
     lite = {"boxes": [], "scores": [], "classes": []}
     for frame in frames:
@@ -58,7 +58,7 @@ def test_values_are_the_keras_detections(tiny_exported, detector_path):
         lite["scores"].append(scores)
         lite["classes"].append(classes.astype(np.int32))
     # the Keras detections, slot for slot up to the ties float32 rounding decides
-    assert_same_detections(lite, reference, keras_heat(model_path, [frames]))
+    assert_same_detections(lite, reference, keras_heat(keras.net, [frames]))
 
 
 def test_metadata_and_label_file_are_in_the_file(detector_path):

@@ -45,12 +45,13 @@ def test_parity_json_checks_onnx_with_the_float_rules(tiny_exported):
 def test_onnx_matches_keras_frame_by_frame(tiny_exported, onnx_path):
     config, _, _ = tiny_exported
     images = parity.parity_examples(config)[0]
-    keras_out = parity.run_predictor(runtimes.load_predictor(config.run_dir / "train" / "model.keras"), images)
+    keras = runtimes.load_predictor(config.run_dir / "train" / "model.keras")
+    keras_out = parity.run_predictor(keras, images)
     predictor = runtimes.load_predictor(onnx_path, num_threads=1)
     assert predictor.name == "onnx" and predictor.tasks == ["detection", "segmentation", "depth"]
     assert predictor.input_size == tuple(config.data.image_size)
     onnx_out = parity.run_predictor(predictor, images)
-    assert_same_detections(onnx_out, keras_out, keras_heat(config.run_dir / "train" / "model.keras", images))
+    assert_same_detections(onnx_out, keras_out, keras_heat(keras.net, images))
     np.testing.assert_array_equal(onnx_out["num_detections"], keras_out["num_detections"])
     assert np.mean(onnx_out["segmentation"] == keras_out["segmentation"]) > 0.999
     np.testing.assert_allclose(onnx_out["depth"], keras_out["depth"], rtol=1e-3)
