@@ -68,24 +68,44 @@ class BoxSize(keras.layers.Layer):
         return ops.exp(bounded_log(x, MIN_SIZE, MAX_SIZE))
 
 
-def focal_loss(heat_true, logits, ignore=None):
+def focal_loss(heat_true, logits, ignore=None, quality=None):
     """CenterNet's penalty-reduced pixel-wise focal loss, per example [B], / max(1, #centres).
 
     ignore [B, h, w] (1 = ignore region: KITTI DontCare, crowds, objects below the size protocol)
     removes the negative term there, as evaluation ignores detections there; a labelled centre
     inside an ignore region stays positive.
+
+    quality [B, h, w] (train.detection_quality): each centre's target is this, the IoU of the box
+    decoded there, instead of 1: Generalized Focal Loss's quality focal loss (Li et al. 2020),
+    -|q - p|^2 (q log p + (1 - q) log(1 - p)), which at q = 1 is CenterNet's positive term. The score
+    then ranks a well-fitted box above a loose one, which is what AP at IoU 0.5-0.95 rewards.
     """
     positive = ops.cast(heat_true >= 1.0 - 1e-3, "float32")  # gaussian peaks are exactly 1
+    target = positive if quality is None else positive * ops.cast(quality, "float32")[..., None]
     prob = ops.sigmoid(logits)
     negative = 1.0 - positive
     if ignore is not None:
         negative *= 1.0 - ops.cast(ignore, "float32")[..., None]
     # log_sigmoid keeps log(p) and log(1-p) finite for large logits.
-    pos_term = -ops.power(1.0 - prob, FOCAL_ALPHA) * ops.log_sigmoid(logits) * positive
+    pos_term = (-ops.power(ops.abs(target - prob), FOCAL_ALPHA) * positive
+                * (target * ops.log_sigmoid(logits) + (1.0 - target) * ops.log_sigmoid(-logits)))
     neg_term = (-ops.power(prob, FOCAL_ALPHA) * ops.log_sigmoid(-logits)
                 * ops.power(1.0 - heat_true, FOCAL_BETA) * negative)
     count = ops.sum(positive, axis=(1, 2, 3))
     return ops.sum(pos_term + neg_term, axis=(1, 2, 3)) / ops.maximum(count, 1.0)
+
+
+def box_iou_at_cells(box_pred, size_true, offset_true):
+    """[B, h, w]: IoU of the box each cell decodes (size in cells, sub-cell offset: box_pred [..., 4])
+    with the box its targets give there (det_size, det_offset). Both centres are in the same cell, so
+    the cell's position cancels; meaningful at centre cells, where both targets are set."""
+    size_pred, offset_pred = box_pred[..., :2], box_pred[..., 2:]
+    size_true, offset_true = ops.cast(size_true, "float32"), ops.cast(offset_true, "float32")
+    low = ops.maximum(offset_pred - size_pred / 2.0, offset_true - size_true / 2.0)
+    high = ops.minimum(offset_pred + size_pred / 2.0, offset_true + size_true / 2.0)
+    overlap = ops.prod(ops.maximum(high - low, 0.0), axis=-1)
+    union = ops.prod(size_pred, axis=-1) + ops.prod(size_true, axis=-1) - overlap
+    return overlap / ops.maximum(union, 1e-6)
 
 
 def _weighted_l1(pred, true, weight, mask):
@@ -97,19 +117,25 @@ def _weighted_l1(pred, true, weight, mask):
     return total / ops.maximum(count, 1.0)
 
 
-def detection_loss(y_true, y_pred):
+def detection_loss(y_true, y_pred, quality=False):
     """Per-example loss [B]: focal(heat) + 1.0 * L1(log size) over each object's area + 1.0 *
     L1(offset) at centre cells.
 
     y_true: the batch dict (det_heatmap, det_size and det_size_weight over each object's area,
     det_offset and det_mask at its centre cell, optional det_ignore);
-    y_pred: [B, h, w, C+4].
+    y_pred: [B, h, w, C+4]. quality: the heat map's centres learn their box's IoU (focal_loss).
     """
     y_pred = ops.cast(y_pred, "float32")
     classes = y_pred.shape[-1] - 4
     mask = ops.cast(y_true["det_mask"], "float32")
+    iou = None
+    if quality:
+        # No gradient through the target: the score learns how good the box is; the box is not
+        # shrunk or moved to make its score easier to learn (as in GFL).
+        iou = ops.stop_gradient(box_iou_at_cells(y_pred[..., classes:], y_true["det_size"],
+                                                 y_true["det_offset"]))
     heat = focal_loss(ops.cast(y_true["det_heatmap"], "float32"), y_pred[..., :classes],
-                      y_true.get("det_ignore"))
+                      y_true.get("det_ignore"), iou)
     # Log sizes: relative errors, whatever the box size. BoxSize never goes below MIN_SIZE; the
     # prediction's floor only keeps log(0) out, far below it, so the gradient is never cut.
     log_pred = ops.log(ops.maximum(y_pred[..., classes:classes + 2], 1e-6))

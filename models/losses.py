@@ -15,12 +15,14 @@ from models.segmentation import segmentation_loss
 def per_example_losses(model_config, train_config=None):
     """{task: (batch targets y, the task's output) -> per-example loss [B]}.
 
-    With train_config, the training objective (train.segmentation_ohem); without, the plain losses
-    that validation reports, so that validation losses compare across training objectives.
+    With train_config, the training objective (train.segmentation_ohem, train.detection_quality);
+    without, the plain losses that validation reports, so that validation losses compare across
+    training objectives.
     """
     hard_pixels = bool(train_config is not None and train_config.segmentation_ohem)
+    quality = bool(train_config is not None and train_config.detection_quality)
     return {
-        "detection": lambda y, out: detection_loss(y, out),
+        "detection": lambda y, out: detection_loss(y, out, quality),
         "segmentation": lambda y, out: segmentation_loss(y["segmentation"], out, hard_pixels),
         # Depth is scored on the range the model can output (the evaluation protocol's too).
         "depth": lambda y, out: depth_loss(y["depth"], out, model_config.max_depth),

@@ -103,7 +103,8 @@ class MultiTaskTrainer(keras.Model):
 
         Each task loss is the mean over the examples that have the label; total is what the
         optimiser minimises (weighting + soft-sharing penalty). training: the training objective's
-        task losses (train.segmentation_ohem), else the plain ones validation reports.
+        task losses (train.segmentation_ohem, train.detection_quality), else the plain ones
+        validation reports.
         """
         losses, present, penalty = self.compute_task_losses(y, outputs, training)
         total = self.weighting.combine(losses, present)

@@ -151,6 +151,10 @@ class TrainConfig:
     # true: the segmentation loss trains on the hard pixels only (OHEM, models/segmentation.py);
     # validation still reports the plain cross-entropy.
     segmentation_ohem: bool = False
+    # true: each object's heat-map peak learns the IoU of the box decoded there, not 1 (GFL's quality
+    # focal loss, models/detection.py), so scores rank well-fitted boxes first; validation still
+    # reports the plain focal loss.
+    detection_quality: bool = False
     fixed_weights: dict[str, float] = field(
         default_factory=lambda: {"detection": 1.0, "segmentation": 1.0, "depth": 1.0})
     # Uncertainty weighting's task priorities: k multiplies a task's whole term (its learned weight's
