@@ -43,20 +43,25 @@ def encode_detection(boxes: tf.Tensor, classes: tf.Tensor, image_size: tuple[int
     heatmap = tf.reshape(heatmap, [out_h, out_w, num_classes])  # static shape even when N = 0
 
     indices = tf.cast(tf.stack([cell[:, 1], cell[:, 0]], axis=1), tf.int32)
-    zeros2 = tf.zeros([out_h, out_w, 2], tf.float32)
-    size_map, size_weight = _size_area(peaks, centre, cell, size, xs, ys)
+    mask = tf.tensor_scatter_nd_update(tf.zeros([out_h, out_w]), indices, tf.ones_like(classes, tf.float32))
+    owner, size_weight = _size_area(peaks, centre, cell, size, xs, ys)
+    # Size and offset both from the cell's owner: at a centre cell two objects share, the smaller box,
+    # so that the box a centre decodes (and, with train.detection_quality, its IoU target) is one
+    # object's. (A scatter of the offsets would keep whichever duplicate it wrote last.)
+    size_map = tf.gather(tf.concat([tf.zeros([1, 2]), size], axis=0), owner)  # the dummy's cells get 0
+    offset_map = tf.gather(tf.concat([tf.zeros([1, 2]), offset], axis=0), owner) * mask[..., None]
     return {
         "det_heatmap": heatmap,
         "det_size": size_map,
         "det_size_weight": size_weight,
-        "det_offset": tf.tensor_scatter_nd_update(zeros2, indices, offset),
-        "det_mask": tf.tensor_scatter_nd_update(tf.zeros([out_h, out_w]), indices,
-                                                tf.ones_like(classes, tf.float32)),
+        "det_offset": offset_map,
+        "det_mask": mask,
     }
 
 
 def _size_area(peaks, centre, cell, size, xs, ys):
-    """Box size target [h,w,2] and its weight [h,w] over each object's area (TTFNet).
+    """Each cell's owner [h,w] (0: none, i: object i-1) and the box size's weight [h,w] over each
+    object's area (TTFNet).
 
     The area: cells whose centre lies in the box scaled by SIZE_AREA_BETA about its centre, and
     always the centre cell. Weights follow the object's Gaussian and sum to 1 per object, so each
@@ -73,7 +78,6 @@ def _size_area(peaks, centre, cell, size, xs, ys):
     weight = peaks * tf.cast((in_y[:, :, None] & in_x[:, None, :]) | at_centre, tf.float32)
     # A leading all-zero "object" keeps argmax defined without objects; the cells it wins weigh 0.
     weight = tf.concat([tf.zeros([1, ys.shape[0], xs.shape[0]]), weight], axis=0)
-    sizes = tf.concat([tf.zeros([1, 2]), size], axis=0)
     # Two objects centred in one cell both peak at exactly 1 there: the smaller box takes it. The
     # factor breaks ties (within 0.01 %) by log area, which float32 resolves at any box size, and
     # keeps zero weights at zero.
@@ -81,7 +85,7 @@ def _size_area(peaks, centre, cell, size, xs, ys):
     owner = tf.argmax(weight * (1.0 + 1e-4 / (1.0 + log_area))[:, None, None], axis=0)
     owned = weight * tf.one_hot(owner, tf.shape(weight)[0], axis=0)
     owned /= tf.maximum(tf.reduce_sum(owned, axis=(1, 2), keepdims=True), 1e-12)
-    return tf.gather(sizes, owner), tf.reduce_sum(owned, axis=0)  # the dummy's cells get size 0
+    return owner, tf.reduce_sum(owned, axis=0)
 
 
 def encode_ignore(ignore_boxes: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:

@@ -40,10 +40,13 @@ def test_a_cell_in_two_areas_belongs_to_the_object_centred_nearer():
         np.testing.assert_allclose(maps["det_size_weight"].sum(), 2.0, rtol=1e-5)  # each object once
 
 
-def test_a_centre_cell_two_objects_share_goes_to_the_smaller_box():
+def test_a_centre_cell_two_objects_share_goes_to_the_smaller_box_size_and_offset_alike():
     car, person = [40.0, 20.0, 80.0, 44.0], [58.0, 26.0, 64.0, 42.0]  # both centred in cell (8, 15)
     for boxes, classes in (([car, person], [0, 1]), ([person, car], [1, 0])):
-        np.testing.assert_array_equal(_encode(boxes, classes)["det_size"][8, 15], [1.5, 4.0])
+        maps = _encode(boxes, classes)
+        np.testing.assert_array_equal(maps["det_size"][8, 15], [1.5, 4.0])
+        np.testing.assert_array_equal(maps["det_offset"][8, 15], [0.25, 0.5])  # the car's is (0, 0)
+        assert maps["det_mask"].sum() == 1.0 and maps["det_mask"][8, 15] == 1.0
 
 
 def test_a_frame_without_objects_has_no_size_targets():
