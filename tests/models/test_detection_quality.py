@@ -44,7 +44,8 @@ def test_box_iou_at_cells_is_the_iou_of_the_two_boxes():
     assert np.isclose(iou([1.0, 5.0], [0.5, 0.5]), 0.5)  # half as wide, same centre
     assert np.isclose(iou([2.0, 2.0], [0.5, 0.5]), 4.0 / 10.0)
     assert np.isclose(iou([2.0, 5.0], [1.5, 0.5]), 1.0 / 3.0)  # a cell to the right: 5 of 15 cells
-    assert iou([0.4, 0.4], [0.9, 0.9]) > 0.0 and np.isclose(iou([0.2, 5.0], [0.5, 0.5]), 0.1)
+    assert np.isclose(iou([0.4, 0.4], [0.9, 0.9]), 0.16 / 10.0)  # inside it, off centre: its own area
+    assert np.isclose(iou([0.2, 5.0], [0.5, 0.5]), 0.1)
 
 
 def test_quality_one_is_centernets_focal_loss_and_below_one_gfls():
