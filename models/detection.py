@@ -87,9 +87,10 @@ def focal_loss(heat_true, logits, ignore=None, quality=None):
     if ignore is not None:
         negative *= 1.0 - ops.cast(ignore, "float32")[..., None]
     # log_sigmoid keeps log(p) and log(1-p) finite for large logits.
+    log_p, log_not_p = ops.log_sigmoid(logits), ops.log_sigmoid(-logits)
     pos_term = (-ops.power(ops.abs(target - prob), FOCAL_ALPHA) * positive
-                * (target * ops.log_sigmoid(logits) + (1.0 - target) * ops.log_sigmoid(-logits)))
-    neg_term = (-ops.power(prob, FOCAL_ALPHA) * ops.log_sigmoid(-logits)
+                * (target * log_p + (1.0 - target) * log_not_p))
+    neg_term = (-ops.power(prob, FOCAL_ALPHA) * log_not_p
                 * ops.power(1.0 - heat_true, FOCAL_BETA) * negative)
     count = ops.sum(positive, axis=(1, 2, 3))
     return ops.sum(pos_term + neg_term, axis=(1, 2, 3)) / ops.maximum(count, 1.0)

@@ -48,13 +48,12 @@ def encode_detection(boxes: tf.Tensor, classes: tf.Tensor, image_size: tuple[int
     # Size and offset both from the cell's owner: at a centre cell two objects share, the smaller box,
     # so that the box a centre decodes (and, with train.detection_quality, its IoU target) is one
     # object's. (A scatter of the offsets would keep whichever duplicate it wrote last.)
-    size_map = tf.gather(tf.concat([tf.zeros([1, 2]), size], axis=0), owner)  # the dummy's cells get 0
-    offset_map = tf.gather(tf.concat([tf.zeros([1, 2]), offset], axis=0), owner) * mask[..., None]
+    box = tf.gather(tf.concat([tf.zeros([1, 4]), tf.concat([size, offset], axis=1)], axis=0), owner)
     return {
         "det_heatmap": heatmap,
-        "det_size": size_map,
+        "det_size": box[..., :2],  # the dummy's cells get 0
         "det_size_weight": size_weight,
-        "det_offset": offset_map,
+        "det_offset": box[..., 2:] * mask[..., None],
         "det_mask": mask,
     }
 
