@@ -2,8 +2,9 @@
 
 Speed notes (measured on the 2-core CPU this project must train on): memory traffic, not
 multiply-adds, dominates, so high-resolution maps are kept few and thin. ReLU (not swish): cheaper
-and quantises cleanly for the int8 TFLite export. Heads use no BatchNorm (as in CenterNet): one
-tensor less per layer at stride 4 and above. Every layer gets an explicit name so that weights,
+and quantises cleanly for the int8 TFLite export. The neck and the dense heads use no BatchNorm (as
+in CenterNet): one tensor less per layer at stride 4 and above; the detection head may
+(model.detection_head_batch_norm). Every layer gets an explicit name so that weights,
 the GradNorm shared layer and the soft-sharing penalty can find corresponding layers.
 """
 from __future__ import annotations
@@ -75,6 +76,14 @@ def inverted_residual(x, filters, strides, expansion, name):
 def separable_relu(x, filters, name):
     """SeparableConv2D 3x3 (+ bias) + ReLU, no BatchNorm: the light head / neck conv."""
     return keras.layers.SeparableConv2D(filters, 3, padding="same", activation="relu", name=name)(x)
+
+
+def separable_bn_relu(x, filters, name):
+    """SeparableConv2D 3x3 (no bias) -> BatchNorm -> ReLU; the conv keeps separable_relu's name, so
+    the two are interchangeable by name. The normalised head conv (model.detection_head_batch_norm)."""
+    x = keras.layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
+    x = FusedBatchNorm(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    return keras.layers.Activation("relu", name=f"{name}_relu")(x)
 
 
 def dense_head(feature, skip, out_channels, width, name):

@@ -17,7 +17,7 @@ import keras
 from keras import ops
 
 from data.schema import DETECTION_CLASSES
-from models.blocks import bounded_log, separable_relu
+from models.blocks import bounded_log, separable_bn_relu, separable_relu
 
 NUM_CLASSES = len(DETECTION_CLASSES)
 # Focal-loss prior (Lin et al. 2017): start every pixel at p=0.01 so the ~all-negative heat map
@@ -32,30 +32,35 @@ FOCAL_ALPHA = 2.0
 FOCAL_BETA = 4.0
 
 
-def build_detection_head(feature, width, num_classes=NUM_CLASSES, convs=1, name="detection"):
+def build_detection_head(feature, width, num_classes=NUM_CLASSES, convs=1, batch_norm=False,
+                         name="detection"):
     """Stride-4 feature -> [B, h, w, C+4] float32 (see module docstring).
 
     The heat map and the box each read the feature through `convs` separable 3x3 convs of their own:
     each adds 8 px of context at stride 4, which the box needs to find the edges of its object.
+    batch_norm: each of those convs is followed by BatchNorm (normalised heads, as FCOS's GroupNorm
+    ones; BatchNorm because it folds into the conv for the exports).
     """
     if num_classes < 1 or width < 1 or convs < 1:
         raise ValueError(f"detection head needs positive sizes; Received: num_classes={num_classes}, "
                          f"width={width}, convs={convs}")
-    heat = _branch(feature, width, convs, name=f"{name}_heat")
+    heat = _branch(feature, width, convs, batch_norm, name=f"{name}_heat")
     heat = keras.layers.Conv2D(
         num_classes, 1, name=f"{name}_heat_logits",
         bias_initializer=keras.initializers.Constant(-math.log((1 - HEAT_PRIOR) / HEAT_PRIOR)))(heat)
-    box = _branch(feature, width, convs, name=f"{name}_box")
+    box = _branch(feature, width, convs, batch_norm, name=f"{name}_box")
     size = BoxSize(name=f"{name}_size_cells")(keras.layers.Conv2D(2, 1, name=f"{name}_size")(box))
     offset = keras.layers.Conv2D(2, 1, activation="sigmoid", name=f"{name}_offset")(box)
     # float32 output: losses and decoding stay exact under mixed precision.
     return keras.layers.Concatenate(name=name, dtype="float32")([heat, size, offset])
 
 
-def _branch(x, width, convs, name):
-    """`convs` separable 3x3 + ReLU; the first is named `name` (the single-conv head's layer name)."""
+def _branch(x, width, convs, batch_norm, name):
+    """`convs` separable 3x3 (+ BatchNorm) + ReLU; the first is named `name` (the single-conv head's
+    layer name)."""
+    conv = separable_bn_relu if batch_norm else separable_relu
     for index in range(convs):
-        x = separable_relu(x, width, name=name if index == 0 else f"{name}_{index}")
+        x = conv(x, width, name=name if index == 0 else f"{name}_{index}")
     return x
 
 

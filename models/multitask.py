@@ -112,7 +112,8 @@ def build_model(model_config, image_size):
         if task == "detection":
             outputs[task] = build_detection_head(feature, model_config.head_width,
                                                  num_classes=len(model_config.classes.detection),
-                                                 convs=model_config.detection_head_convs)
+                                                 convs=model_config.detection_head_convs,
+                                                 batch_norm=model_config.detection_head_batch_norm)
         elif task == "segmentation":
             outputs[task] = build_segmentation_head(feature, skip, model_config.head_width,
                                                     num_classes=len(model_config.classes.segmentation))

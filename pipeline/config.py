@@ -121,6 +121,7 @@ class ModelConfig:
     neck_width: int = 64
     head_width: int = 64
     detection_head_convs: int = 1  # separable 3x3 convs in each of the detection head's two branches
+    detection_head_batch_norm: bool = False  # BatchNorm after each of those convs
     sharing: str = "hard"
     soft_sharing_beta: float = 1e-3
     top_k: int = 100  # decoded peaks per frame: COCO evaluation keeps 100 (maxDets)

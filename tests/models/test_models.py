@@ -148,6 +148,29 @@ def test_detection_head_convs_stack_in_both_branches():
         build_model(tiny_model(tasks=["detection"], detection_head_convs=0), SIZE)
 
 
+def test_detection_head_batch_norm_follows_every_branch_conv():
+    """batch_norm: each head conv loses its bias and feeds a BatchNorm, then the ReLU; the convs keep
+    their names (weights and the GradNorm / soft-sharing lookups find them); nothing else changes.
+    In training mode the BatchNorm reads the batch, so the outputs differ from inference mode's."""
+    plain = build_model(tiny_model(tasks=["detection"], detection_head_convs=2), SIZE)
+    normed = build_model(tiny_model(tasks=["detection"], detection_head_convs=2,
+                                    detection_head_batch_norm=True), SIZE)
+    names = {layer.name for layer in normed.layers} - {layer.name for layer in plain.layers}
+    convs = ("detection_heat", "detection_heat_1", "detection_box", "detection_box_1")
+    assert names == {f"{conv}_{part}" for conv in convs for part in ("bn", "relu")}
+    for conv in convs:
+        layer = normed.get_layer(conv)
+        assert layer.use_bias is False and layer.activation is keras.activations.linear
+        assert normed.get_layer(f"{conv}_bn").input is layer.output
+        assert normed.get_layer(f"{conv}_relu").input is normed.get_layer(f"{conv}_bn").output
+    # per conv: the bias (16) goes, BatchNorm's gamma, beta, moving mean and variance (4 x 16) come
+    assert normed.count_params() - plain.count_params() == 4 * (4 * 16 - 16)
+    x = make_batch()[0]
+    inference, training = normed(x, training=False)["detection"], normed(x, training=True)["detection"]
+    assert inference.shape == plain(x)["detection"].shape
+    assert not np.allclose(keras.ops.convert_to_numpy(inference), keras.ops.convert_to_numpy(training))
+
+
 def test_decode_recovers_a_hand_made_box():
     h, w, classes = 16, 24, 3
     out = np.full((1, h, w, classes + 4), -10.0, np.float32)
