@@ -150,7 +150,7 @@ def test_detection_head_convs_stack_in_both_branches():
 
 def test_detection_head_batch_norm_follows_every_branch_conv():
     """batch_norm: each head conv loses its bias and feeds a BatchNorm, then the ReLU; the convs keep
-    their names (weights and the GradNorm / soft-sharing lookups find them); nothing else changes.
+    the plain head's names, and no other layer is added.
     A training-mode pass moves the head's BatchNorm statistics; an inference pass leaves them."""
     plain = build_model(tiny_model(tasks=["detection"], detection_head_convs=2), SIZE)
     normed = build_model(tiny_model(tasks=["detection"], detection_head_convs=2,
