@@ -34,6 +34,7 @@ from data import classes as class_sets
 from data.classes import ClassSet
 from data.errors import UserError
 from data.vocabulary import SCORE_THRESHOLD, STRIDE
+from models.detection_decode import NEIGHBOURS, PEAK, REFINE_POWER
 from pipeline import classes as model_classes
 from pipeline import trained
 from pipeline.config import ModelConfig
@@ -280,7 +281,11 @@ class TFLitePredictor(Predictor):
         decoded = {name: np.concatenate([f[name] for f in per_frame]) for name in per_frame[0]}
         if "log_depth" in decoded:
             decoded["depth"] = np.exp(decoded.pop("log_depth").astype(np.float32))
-        if "box_sizes" in decoded:  # int8 models: boxes from the peak cell, offset and size
+        if "box_logits" in decoded:  # int8 models: each peak's neighbourhood (detection_decode.refine)
+            offsets, sizes = refined_parts(decoded.pop("box_logits"), decoded.pop("box_offsets"),
+                                           decoded.pop("box_sizes"))
+            decoded["boxes"] = _boxes_from_parts(decoded.pop("box_cells"), offsets, sizes, self.input_size)
+        if "box_sizes" in decoded:  # int8 models exported before: boxes from the peak cell, offset and size
             decoded["boxes"] = _boxes_from_parts(decoded.pop("box_cells"), decoded.pop("box_offsets"),
                                                  decoded.pop("box_sizes"), self.input_size)
         if STANDARD_DETECTION[0] in decoded:  # model_detection.tflite (pipeline/deploy/detector.py)
@@ -345,6 +350,17 @@ def _from_standard_detection(decoded: dict, input_size) -> dict:
     scale = np.array([width, height, width, height], np.float32)
     return {**decoded, "boxes": locations.astype(np.float32)[..., [1, 0, 3, 2]] * scale,
             "classes": np.round(classes).astype(np.int32), "scores": scores.astype(np.float32)}
+
+
+def refined_parts(logits, offsets, sizes) -> tuple[np.ndarray, np.ndarray]:
+    """models.detection_decode.refine in NumPy: [B,K,9] logits, [B,K,9,2] offsets and sizes -> each
+    peak's offset and size [B,K,2]."""
+    weights = (0.5 + 0.5 * np.tanh(0.5 * logits.astype(np.float32))) ** REFINE_POWER  # sigmoid, no overflow
+    weights[..., PEAK] += 1e-12
+    weights = (weights / weights.sum(axis=-1, keepdims=True))[..., None]
+    centres = offsets.astype(np.float32) + np.asarray(NEIGHBOURS, np.float32)
+    log_sizes = np.log(np.maximum(sizes.astype(np.float32), 1e-6))
+    return (weights * centres).sum(axis=-2), np.exp((weights * log_sizes).sum(axis=-2))
 
 
 def _boxes_from_parts(cells, offsets, sizes, input_size) -> np.ndarray:

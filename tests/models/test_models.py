@@ -18,7 +18,7 @@ from data.schema import IGNORE
 from models.depth import LogDepth, depth_loss
 from data.vocabulary import STRIDE
 from models.detection import MIN_SIZE, BoxSize, detection_loss
-from models.detection_decode import _local_peaks, decode_detections
+from models.detection_decode import REFINE_POWER, _local_peaks, decode_detections
 from models.multitask import TASKS, build_model, rebuild_at
 from models.optimizer import make_optimizer
 from models.segmentation import segmentation_loss
@@ -175,22 +175,78 @@ def test_detection_head_batch_norm_follows_every_branch_conv():
     assert not any(np.array_equal(old, keras.ops.convert_to_numpy(new)) for old, new in zip(before, statistics))
 
 
+def _logit(score):
+    return float(np.log(score / (1.0 - score)))
+
+
+def _head_output(h=16, w=24, classes=3):
+    """A detection output with no object: every score ~0, sizes 1 cell, offsets 0."""
+    out = np.full((1, h, w, classes + 4), -20.0, np.float32)
+    out[..., classes:classes + 2] = 1.0
+    out[..., classes + 2:] = 0.0
+    return out
+
+
 def test_decode_recovers_a_hand_made_box():
-    h, w, classes = 16, 24, 3
-    out = np.full((1, h, w, classes + 4), -10.0, np.float32)
-    out[..., 3:] = 0.0
+    out = _head_output()
     out[0, 5, 7, 1] = 10.0  # a peak of class 1 at cell (x=7, y=5)
-    out[0, 5, 8, 1] = 9.0  # a weaker neighbour: not a local maximum, must be suppressed
     out[0, 5, 7, 3:5] = (3.0, 4.0)  # 3 x 4 cells
     out[0, 5, 7, 5:7] = (0.25, 0.5)  # centre (7.25, 5.5) cells
+    out[0, 5, 8, 2] = 9.0  # another class's score beside it: not this peak's neighbourhood
+    for neighbourhood in (True, False):
+        result = decode_detections(out, top_k=5, neighbourhood=neighbourhood)
+        assert result["boxes"].shape == (1, 5, 4) and result["classes"].dtype == tf.int32
+        cx, cy = 7.25 * STRIDE, 5.5 * STRIDE
+        expected = [cx - 1.5 * STRIDE, cy - 2 * STRIDE, cx + 1.5 * STRIDE, cy + 2 * STRIDE]
+        np.testing.assert_allclose(result["boxes"][0, 0], expected, atol=1e-4)
+        assert int(result["classes"][0, 0]) == 1
+        assert float(result["scores"][0, 0]) > 0.99
+        assert int(result["classes"][0, 1]) == 2  # the other class's peak is a detection of its own
+
+
+def test_decode_suppresses_a_weaker_neighbour_and_reads_its_box_estimate():
+    """A neighbour of the peak's class is no detection of its own, but its estimate of the centre
+    (its cell + its offset) and of the log size count, weighted by score ** REFINE_POWER."""
+    out = _head_output()
+    out[0, 5, 7, 1], out[0, 5, 8, 1] = _logit(0.8), _logit(0.6)
+    out[0, 5, 7, 3:7] = (3.0, 4.0, 0.9, 0.5)  # centre estimate (7.9, 5.5), 3 x 4 cells
+    out[0, 5, 8, 3:7] = (2.0, 4.0, 0.1, 0.5)  # centre estimate (8.1, 5.5), 2 x 4 cells
     result = decode_detections(out, top_k=5)
-    assert result["boxes"].shape == (1, 5, 4) and result["classes"].dtype == tf.int32
-    cx, cy = 7.25 * STRIDE, 5.5 * STRIDE
-    expected = [cx - 1.5 * STRIDE, cy - 2 * STRIDE, cx + 1.5 * STRIDE, cy + 2 * STRIDE]
-    np.testing.assert_allclose(result["boxes"][0, 0], expected, atol=1e-4)
-    assert int(result["classes"][0, 0]) == 1
-    assert float(result["scores"][0, 0]) > 0.99
-    assert float(result["scores"][0, 1]) < 0.01
+    assert float(result["scores"][0, 1]) < 0.01  # the neighbour is suppressed
+    weights = np.array([0.8, 0.6]) ** REFINE_POWER
+    weights /= weights.sum()
+    cx, cy = (weights @ [7.9, 8.1]) * STRIDE, 5.5 * STRIDE
+    half_w, half_h = np.exp(weights @ np.log([3.0, 2.0])) * STRIDE / 2, 2.0 * STRIDE
+    np.testing.assert_allclose(result["boxes"][0, 0], [cx - half_w, cy - half_h, cx + half_w, cy + half_h], atol=1e-3)
+
+
+def test_a_peak_a_cell_off_the_centre_decodes_the_centre_cells_box():
+    """The case the neighbourhood is for: the peak lands on the cell beside the object's centre cell,
+    whose offset and size were trained; the peak cell's own box is far off, the neighbourhood's fits."""
+    truth = np.array([6.2, 3.0, 7.4, 7.0]) * STRIDE  # a person 1.2 x 4 cells, centre (6.8, 5.0)
+    out = _head_output()
+    out[0, 5, 6, 0], out[0, 5, 7, 0] = _logit(0.7), _logit(0.75)  # the peak one cell right of the centre cell
+    out[0, 5, 6, 3:7] = (1.2, 4.0, 0.8, 0.0)  # the centre cell: the trained box
+    out[0, 5, 7, 3:7] = (2.0, 4.5, 0.5, 0.0)  # the peak cell: an untrained guess
+    own = decode_detections(out, top_k=1, neighbourhood=False)["boxes"][0, 0].numpy()
+    refined = decode_detections(out, top_k=1)["boxes"][0, 0].numpy()
+
+    def iou(a, b):
+        overlap = np.prod(np.maximum(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), 0))
+        return overlap / (np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2]) - overlap)
+    assert iou(own, truth) < 0.5 < iou(refined, truth)
+
+
+def test_decode_at_the_map_edge_reads_no_cell_beyond_it():
+    """A peak on the left edge has no left neighbours: in the flattened map the cell before it is the
+    previous row's last one, here another peak, which must not count."""
+    out = _head_output(h=4, w=6)
+    out[0, 1, 0, 0] = 10.0  # row 1, column 0
+    out[0, 1, 0, 3:7] = (2.0, 2.0, 0.5, 0.5)
+    out[0, 0, 5, 0] = 10.0  # row 0, last column: one cell before it when flattened
+    out[0, 0, 5, 3:7] = (1.0, 1.0, 0.5, 0.5)
+    boxes = decode_detections(out, top_k=2)["boxes"][0].numpy()
+    np.testing.assert_allclose(sorted(boxes.tolist()), [[0.0, 2.0, 6.0, 10.0], [20.0, 0.0, 24.0, 4.0]], atol=1e-3)
 
 
 def test_losses_are_per_example_and_zero_without_labels():

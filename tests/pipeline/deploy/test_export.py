@@ -213,7 +213,7 @@ def test_int8_io_types_follow_the_config(exported):
     (image,) = runner.get_input_details().values()
     assert np.dtype(image["dtype"]) == wanted
     outputs = runner.get_output_details()
-    for name in ("box_offsets", "box_sizes", "scores", "log_depth"):
+    for name in ("box_logits", "box_offsets", "box_sizes", "scores", "log_depth"):
         assert np.dtype(outputs[name]["dtype"]) == wanted
     for name in ("classes", "segmentation", "box_cells"):  # ids are integers whatever the io type
         assert np.dtype(outputs[name]["dtype"]) == np.int32
