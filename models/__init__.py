@@ -4,7 +4,7 @@ Public API:
   models.multitask.build_model(model_config, image_size) -> keras.Model  (input "image", dict outputs)
   models.trainer.MultiTaskTrainer(net, model_config, train_config)     (custom train_step)
   models.optimizer.make_optimizer(train_config, total_steps)            (AdamW, warm-up + cosine)
-  models.detection_decode.decode_detections(detection_output, top_k, stride=4)
+  models.detection_decode.decode_detections(detection_output, top_k, stride=4, neighbourhood=True)
   models.{detection,segmentation,depth} per-example losses; models.weighting; models.sharing.
 
 Importing the package registers the custom layers (package "dashcam"), so

@@ -5,10 +5,10 @@ the network and its losses (models/detection.py), which are backend-agnostic Ker
 
 Each peak's box comes from its 3x3 neighbourhood, not from the peak cell alone: every cell there
 gives its own estimate of the centre (its position + its offset) and of the log size, weighted by
-the peak class's score at that cell squared (`refine`). About 30 % of objects' peaks land a cell off
+the peak class's score at that cell squared (`refine`). 26-47 % of objects' peaks land a cell off
 the centre cell the offset and size were trained at; their boxes had a median IoU of 0.31 (small
-pedestrians) to 0.89 (large vehicles) against 0.70 to 0.92 for peaks on the centre cell (validation,
-the default's seed 1). Where the neighbours score nothing the box is the peak cell's own.
+pedestrians) to 0.89 (large vehicles) against 0.70 to 0.92 for those pedestrians and vehicles'
+peaks on the centre cell (validation, the default's seed 1). Where the neighbours score nothing the box is the peak cell's own.
 """
 from __future__ import annotations
 
@@ -130,7 +130,9 @@ def refine(logits, offsets, sizes):
 def boxes_from_parts(cell, offset, size, height, width, stride=STRIDE):
     """Cell index [B,K] (row-major on the h x w map), offset and size [B,K,2] -> boxes [B,K,4] px.
 
-    TF ops; the TFLite runtime calls it on an int8 model's `box_cells`/`box_offsets`/`box_sizes`.
+    TF ops; the TFLite runtime has a NumPy copy (pipeline/deploy/runtimes.py) for an int8 model's
+    `box_cells` and refined_parts' offsets and sizes (or, from a file exported before the
+    neighbourhood, its own [1,K,2] `box_offsets`/`box_sizes`).
     """
     cell = tf.convert_to_tensor(cell, tf.int32)
     offset, size = tf.cast(offset, tf.float32), tf.cast(size, tf.float32)

@@ -281,13 +281,8 @@ class TFLitePredictor(Predictor):
         decoded = {name: np.concatenate([f[name] for f in per_frame]) for name in per_frame[0]}
         if "log_depth" in decoded:
             decoded["depth"] = np.exp(decoded.pop("log_depth").astype(np.float32))
-        if "box_logits" in decoded:  # int8 models: each peak's neighbourhood (detection_decode.refine)
-            offsets, sizes = refined_parts(decoded.pop("box_logits"), decoded.pop("box_offsets"),
-                                           decoded.pop("box_sizes"))
-            decoded["boxes"] = _boxes_from_parts(decoded.pop("box_cells"), offsets, sizes, self.input_size)
-        if "box_sizes" in decoded:  # int8 models exported before: boxes from the peak cell, offset and size
-            decoded["boxes"] = _boxes_from_parts(decoded.pop("box_cells"), decoded.pop("box_offsets"),
-                                                 decoded.pop("box_sizes"), self.input_size)
+        if "box_cells" in decoded:  # int8 models: boxes as parts
+            decoded = boxes_of_parts(decoded, self.input_size)
         if STANDARD_DETECTION[0] in decoded:  # model_detection.tflite (pipeline/deploy/detector.py)
             decoded = _from_standard_detection(decoded, self.input_size)
         return at_frame_size(decoded, self.input_size, height, width, self.score_threshold)
@@ -350,6 +345,18 @@ def _from_standard_detection(decoded: dict, input_size) -> dict:
     scale = np.array([width, height, width, height], np.float32)
     return {**decoded, "boxes": locations.astype(np.float32)[..., [1, 0, 3, 2]] * scale,
             "classes": np.round(classes).astype(np.int32), "scores": scores.astype(np.float32)}
+
+
+def boxes_of_parts(decoded: dict, input_size) -> dict:
+    """An int8 model's outputs with its box parts (box_cells, box_offsets, box_sizes and, since the
+    neighbourhood decoding, box_logits) replaced by `boxes` [B,K,4] px."""
+    decoded = dict(decoded)
+    cells, offsets, sizes = (decoded.pop(name) for name in ("box_cells", "box_offsets", "box_sizes"))
+    if "box_logits" in decoded:  # each peak's 3x3 neighbourhood (models.detection_decode.refine)
+        offsets, sizes = refined_parts(decoded.pop("box_logits"), offsets, sizes)
+    # else a file exported before: the peak cell's own offset and size [B,K,2]
+    decoded["boxes"] = _boxes_from_parts(cells, offsets, sizes, input_size)
+    return decoded
 
 
 def refined_parts(logits, offsets, sizes) -> tuple[np.ndarray, np.ndarray]:

@@ -28,7 +28,7 @@ Two wrappers of the functional net (input "image" float32 [B,H,W,3] 0..255 at th
     Full-integer models emit boxes as parts (`box_parts`): `box_cells` int32 (the peak's cell
     index), and over its 3x3 neighbourhood the peak class's score logits `box_logits` [1,K,9], `box_offsets`
     and `box_sizes` [1,K,9,2] in grid cells, each with its own scale; the runtime composes boxes with
-    models.detection_decode.refine and boxes_from_parts. Box arithmetic in int8 (and a
+    NumPy copies of models.detection_decode.refine and boxes_from_parts (pipeline/deploy/runtimes.py). Box arithmetic in int8 (and a
     uint8 box output, 1 px steps) cost 10 mAP50 points; the head's own quantisation costs 0.3.
 
 Only the tasks the net was built with appear in the outputs.
@@ -41,7 +41,7 @@ import math
 import keras
 import tensorflow as tf
 
-from models.detection_decode import decode_parts
+from models.detection_decode import NEIGHBOURS, decode_parts
 from pipeline import trained
 
 def restore(decoded: dict, model_size, height, width, score_threshold: float) -> dict:
@@ -139,8 +139,9 @@ class DecodeDetections(keras.layers.Layer):
             classes = channels - 4
         k = min(self.top_k, height * width * classes)
         if self.box_parts:
-            return {"box_cells": (batch, k), "box_logits": (batch, k, 9), "box_offsets": (batch, k, 9, 2),
-                    "box_sizes": (batch, k, 9, 2), "scores": (batch, k), "classes": (batch, k)}
+            n = len(NEIGHBOURS)
+            return {"box_cells": (batch, k), "box_logits": (batch, k, n), "box_offsets": (batch, k, n, 2),
+                    "box_sizes": (batch, k, n, 2), "scores": (batch, k), "classes": (batch, k)}
         return {"boxes": (batch, k, 4), "scores": (batch, k), "classes": (batch, k)}
 
     def get_config(self):

@@ -18,7 +18,7 @@ from data.schema import IGNORE
 from models.depth import LogDepth, depth_loss
 from data.vocabulary import STRIDE
 from models.detection import MIN_SIZE, BoxSize, detection_loss
-from models.detection_decode import REFINE_POWER, _local_peaks, decode_detections
+from models.detection_decode import REFINE_POWER, _local_peaks, decode_detections, decode_parts
 from models.multitask import TASKS, build_model, rebuild_at
 from models.optimizer import make_optimizer
 from models.segmentation import segmentation_loss
@@ -247,6 +247,38 @@ def test_decode_at_the_map_edge_reads_no_cell_beyond_it():
     out[0, 0, 5, 3:7] = (1.0, 1.0, 0.5, 0.5)
     boxes = decode_detections(out, top_k=2)["boxes"][0].numpy()
     np.testing.assert_allclose(sorted(boxes.tolist()), [[0.0, 2.0, 6.0, 10.0], [20.0, 0.0, 24.0, 4.0]], atol=1e-3)
+
+
+def test_every_peaks_box_is_its_neighbourhoods_weighted_mean():
+    """Against a plain loop over each peak's 3x3 cells, on a batch of random maps whose peaks lie
+    on every edge: the batch offset, the row and column shifts and the class index all count."""
+    rng = np.random.default_rng(0)
+    batch, h, w, classes = 3, 5, 7, 3
+    out = np.concatenate([rng.normal(0, 2.5, (batch, h, w, classes)), rng.uniform(0.2, 9, (batch, h, w, 2)),
+                          rng.uniform(0, 1, (batch, h, w, 2))], -1).astype(np.float32)
+    top_k = h * w * classes
+    boxes = decode_detections(out, top_k)["boxes"].numpy()
+    parts = decode_parts(out[..., :classes], out[..., classes:classes + 2], out[..., classes + 2:], top_k, box_parts=True)
+    cells, labels = parts["box_cells"].numpy(), parts["classes"].numpy()
+    scores = 1.0 / (1.0 + np.exp(-out[..., :classes].astype(np.float64)))
+    on_edge = []
+    for b in range(batch):
+        for k in np.flatnonzero(parts["scores"].numpy()[b] > 0):
+            row, col, c = *divmod(int(cells[b, k]), w), int(labels[b, k])
+            on_edge.append(row in (0, h - 1) or col in (0, w - 1))
+            total, centre, log_size = 0.0, np.zeros(2), np.zeros(2)
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    y, x = row + dy, col + dx
+                    if 0 <= y < h and 0 <= x < w:
+                        weight = scores[b, y, x, c] ** REFINE_POWER
+                        total += weight
+                        centre += weight * (np.array([x, y]) + out[b, y, x, classes + 2:])
+                        log_size += weight * np.log(out[b, y, x, classes:classes + 2])
+            centre, size = centre / total * STRIDE, np.exp(log_size / total) * STRIDE
+            expected = np.clip(np.concatenate([centre - size / 2, centre + size / 2]), 0, [w * STRIDE, h * STRIDE] * 2)
+            np.testing.assert_allclose(boxes[b, k], expected, atol=1e-3)
+    assert 0 < sum(on_edge) < len(on_edge)  # peaks on the map's edges and inside it were both checked
 
 
 def test_losses_are_per_example_and_zero_without_labels():

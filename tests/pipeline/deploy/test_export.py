@@ -215,6 +215,9 @@ def test_int8_io_types_follow_the_config(exported):
     outputs = runner.get_output_details()
     for name in ("box_logits", "box_offsets", "box_sizes", "scores", "log_depth"):
         assert np.dtype(outputs[name]["dtype"]) == wanted
+    k = outputs["scores"]["shape"][1]  # each peak's 3x3 neighbourhood for the runtime to compose
+    assert list(outputs["box_logits"]["shape"]) == [1, k, 9]
+    assert list(outputs["box_offsets"]["shape"]) == list(outputs["box_sizes"]["shape"]) == [1, k, 9, 2]
     for name in ("classes", "segmentation", "box_cells"):  # ids are integers whatever the io type
         assert np.dtype(outputs[name]["dtype"]) == np.int32
     assert report["conversion"]["tflite-int8"]["int8_io"] == config.export.int8_io
