@@ -7,8 +7,9 @@ Each peak's box comes from its 3x3 neighbourhood, not from the peak cell alone: 
 gives its own estimate of the centre (its position + its offset) and of the log size, weighted by
 the peak class's score at that cell squared (`refine`). 26-47 % of objects' peaks land a cell off
 the centre cell the offset and size were trained at; their boxes had a median IoU of 0.31 (small
-pedestrians) to 0.89 (large vehicles) against 0.70 to 0.92 for those pedestrians and vehicles'
-peaks on the centre cell (validation, the default's seed 1). Where the neighbours score nothing the box is the peak cell's own.
+pedestrians) to 0.89 (large vehicles) against 0.70 to 0.92 for those pedestrians' and vehicles'
+peaks on the centre cell (validation, the default's seed 1). Where the neighbours score nothing
+the box is the peak cell's own.
 """
 from __future__ import annotations
 

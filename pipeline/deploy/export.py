@@ -135,7 +135,8 @@ def convert_tflite(net, path: pathlib.Path, kind: str, config: Config, frames=No
                    "inference_input_type": io_type, "inference_output_type": io_type}
         notes.update(representative_frames=len(frames), int8_io=config.export.int8_io,
                      supported_ops=["TFLITE_BUILTINS_INT8"], depth_output="log_depth (runtime takes exp)",
-                     box_output="box_cells, and box_logits/box_offsets/box_sizes over each peak's 3x3 neighbourhood (runtime composes boxes)")
+                     box_output="box_cells, and box_logits/box_offsets/box_sizes over each peak's "
+                                "3x3 neighbourhood (runtime composes boxes)")
     with (serving.int8_friendly(net) if int8 else contextlib.nullcontext([])) as rewritten, \
             split_concat.split_concat_convs(net) as split, warnings.catch_warnings():
         # int8 calibration runs TF's own deprecated tf.lite.Interpreter internally; not ours to fix.

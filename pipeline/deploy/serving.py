@@ -26,10 +26,11 @@ Two wrappers of the functional net (input "image" float32 [B,H,W,3] 0..255 at th
     box-size head, models.detection.BoxSize, is exp of a clipped log size and needs no rewrite;
     models trained before it have the softplus head.)
     Full-integer models emit boxes as parts (`box_parts`): `box_cells` int32 (the peak's cell
-    index), and over its 3x3 neighbourhood the peak class's score logits `box_logits` [1,K,9], `box_offsets`
-    and `box_sizes` [1,K,9,2] in grid cells, each with its own scale; the runtime composes boxes with
-    NumPy copies of models.detection_decode.refine and boxes_from_parts (pipeline/deploy/runtimes.py). Box arithmetic in int8 (and a
-    uint8 box output, 1 px steps) cost 10 mAP50 points; the head's own quantisation costs 0.3.
+    index), and over its 3x3 neighbourhood the peak class's score logits `box_logits` [1,K,9],
+    `box_offsets` and `box_sizes` [1,K,9,2] in grid cells, each with its own scale; the runtime
+    composes boxes with NumPy copies of models.detection_decode.refine and boxes_from_parts
+    (pipeline/deploy/runtimes.py). Box arithmetic in int8 (and a uint8 box output, 1 px steps) cost
+    10 mAP50 points; the head's own quantisation costs 0.3.
 
 Only the tasks the net was built with appear in the outputs.
 """

@@ -258,7 +258,8 @@ def test_every_peaks_box_is_its_neighbourhoods_weighted_mean():
                           rng.uniform(0, 1, (batch, h, w, 2))], -1).astype(np.float32)
     top_k = h * w * classes
     boxes = decode_detections(out, top_k)["boxes"].numpy()
-    parts = decode_parts(out[..., :classes], out[..., classes:classes + 2], out[..., classes + 2:], top_k, box_parts=True)
+    parts = decode_parts(out[..., :classes], out[..., classes:classes + 2], out[..., classes + 2:], top_k,
+                         box_parts=True)
     cells, labels = parts["box_cells"].numpy(), parts["classes"].numpy()
     scores = 1.0 / (1.0 + np.exp(-out[..., :classes].astype(np.float64)))
     on_edge = []
