@@ -65,7 +65,8 @@ def decode_parts(heat_logits, size, offset, top_k, stride=STRIDE, box_parts=Fals
 
     The int8 export decodes from these: one int8 scale for the concatenated tensor (logits down to
     about -20, sizes up to ~40 cells, offsets in 0..1) rounded offsets to a quarter cell.
-    neighbourhood=False: each box from its peak cell alone (CenterNet's decoding).
+    neighbourhood=False: each box from its peak cell alone (CenterNet's decoding); box_parts
+    always gives the neighbourhood.
     """
     heat_logits = tf.cast(heat_logits, tf.float32)
     size, offset = tf.cast(size, tf.float32), tf.cast(offset, tf.float32)
@@ -78,12 +79,6 @@ def decode_parts(heat_logits, size, offset, top_k, stride=STRIDE, box_parts=Fals
     cell = index // classes
     labels = index % classes
     result = {"scores": scores, "classes": tf.cast(labels, tf.int32)}
-    if not neighbourhood:
-        # Plain GATHER on a flattened batch (not gather(batch_dims=1)) keeps the TFLite graph simple.
-        flat_cell = tf.reshape(cell + tf.range(batch)[:, None] * (height * width), [-1])
-        size = tf.reshape(tf.gather(tf.reshape(size, [-1, 2]), flat_cell), [batch, k, 2])
-        offset = tf.reshape(tf.gather(tf.reshape(offset, [-1, 2]), flat_cell), [batch, k, 2])
-        return {**result, "boxes": boxes_from_parts(cell, offset, size, height, width, stride)}
     logits, offsets, sizes = gather_neighbourhood(heat_logits, size, offset, cell, labels)
     if box_parts:
         # int8 export: the box arithmetic, done in int8, rounds at every step (cell index, x4
@@ -91,9 +86,13 @@ def decode_parts(heat_logits, size, offset, top_k, stride=STRIDE, box_parts=Fals
         # against 0.3 for the head itself; the weighted means would round too. The model returns
         # the exact int32 cell and the gathered logits, offsets and sizes (each with its own
         # scale; logits because the converter left a gather of the scores in float); the runtime
-        # calls refine and boxes_from_parts.
+        # composes the boxes (pipeline/deploy/runtimes.py, NumPy copies of refine and
+        # boxes_from_parts).
         return {**result, "box_cells": cell, "box_logits": logits, "box_offsets": offsets, "box_sizes": sizes}
-    offset, size = refine(logits, offsets, sizes)
+    if neighbourhood:
+        offset, size = refine(logits, offsets, sizes)
+    else:
+        offset, size = offsets[:, :, PEAK], sizes[:, :, PEAK]
     return {**result, "boxes": boxes_from_parts(cell, offset, size, height, width, stride)}
 
 
@@ -110,6 +109,7 @@ def gather_neighbourhood(heat_logits, size, offset, cell, labels):
     start = tf.range(batch)[:, None, None] * ((height + 2) * (width + 2))
     shifts = tf.constant([dy * (width + 2) + dx for dx, dy in NEIGHBOURS], tf.int32)
     index = start + (row * (width + 2) + col)[..., None] + shifts  # [B,K,9] on the padded maps
+    # Plain GATHER on the flattened batch (not gather(batch_dims=1)) keeps the TFLite graph simple.
     logits = tf.gather(tf.reshape(heat_logits, [-1]), index * classes + labels[..., None])
     offsets = tf.gather(tf.reshape(offset, [-1, 2]), index)
     sizes = tf.gather(tf.reshape(size, [-1, 2]), index)
