@@ -1,8 +1,9 @@
 """Anchor-free CenterNet detection (Zhou et al. 2019, "Objects as Points") on the stride-4 feature.
 
-Output [B, H/4, W/4, C+4]: C centre heat-map logits, box size (w, h) in grid cells, sub-cell
-centre offset (x, y). A box centre in input pixels is (cell + offset) * STRIDE, its size
-size * STRIDE. Sizes are learned in log space (BoxSize, and an L1 loss on log sizes): a 4-px-wide
+Output [B, H/4, W/4, C+4]: C centre heat-map logits, box size (w, h) in grid cells, centre offset
+(x, y) from the cell's corner: within the cell (0..1), or with model.detection_neighbour_boxes
+-1..2, so that the cells around a centre point at it too. A box centre in input pixels is
+(cell + offset) * STRIDE, its size size * STRIDE. Sizes are learned in log space (BoxSize, and an L1 loss on log sizes): a 4-px-wide
 pedestrian's 1-px error then costs what a 40-px car's 10-px error does, where CenterNet's L1 in
 cells let the large boxes dominate (with it, pedestrian AP fell from 0.56 at IoU 0.5 to 0.06 at
 0.75 on the validation split: the boxes were found but not fitted). The head and its loss are
@@ -33,13 +34,15 @@ FOCAL_BETA = 4.0
 
 
 def build_detection_head(feature, width, num_classes=NUM_CLASSES, convs=1, batch_norm=False,
-                         name="detection"):
+                         neighbour_boxes=False, name="detection"):
     """Stride-4 feature -> [B, h, w, C+4] float32 (see module docstring).
 
     The heat map and the box each read the feature through `convs` separable 3x3 convs of their own:
     each adds 8 px of context at stride 4, which the box needs to find the edges of its object.
     batch_norm: each of those convs is followed by BatchNorm (normalised heads, as FCOS's GroupNorm
     ones; BatchNorm because it folds into the conv for the exports).
+    neighbour_boxes: the offset spans (-1, 2) cells (NeighbourOffset), so the 8 cells around a
+    centre cell can point at it (the boxes detection_loss's neighbours train).
     """
     if num_classes < 1 or width < 1 or convs < 1:
         raise ValueError(f"detection head needs positive sizes; Received: num_classes={num_classes}, "
@@ -50,7 +53,10 @@ def build_detection_head(feature, width, num_classes=NUM_CLASSES, convs=1, batch
         bias_initializer=keras.initializers.Constant(-math.log((1 - HEAT_PRIOR) / HEAT_PRIOR)))(heat)
     box = _branch(feature, width, convs, batch_norm, name=f"{name}_box")
     size = BoxSize(name=f"{name}_size_cells")(keras.layers.Conv2D(2, 1, name=f"{name}_size")(box))
-    offset = keras.layers.Conv2D(2, 1, activation="sigmoid", name=f"{name}_offset")(box)
+    if neighbour_boxes:
+        offset = NeighbourOffset(name=f"{name}_offset_cells")(keras.layers.Conv2D(2, 1, name=f"{name}_offset")(box))
+    else:
+        offset = keras.layers.Conv2D(2, 1, activation="sigmoid", name=f"{name}_offset")(box)
     # float32 output: losses and decoding stay exact under mixed precision.
     return keras.layers.Concatenate(name=name, dtype="float32")([heat, size, offset])
 
@@ -71,6 +77,15 @@ class BoxSize(keras.layers.Layer):
 
     def call(self, x):
         return ops.exp(bounded_log(x, MIN_SIZE, MAX_SIZE))
+
+
+@keras.saving.register_keras_serializable(package="dashcam")
+class NeighbourOffset(keras.layers.Layer):
+    """x -> 3 sigmoid(x) - 1: the object's centre from up to one cell before this one to one after
+    (0.5, the cell's middle, at x = 0, as the sigmoid offset)."""
+
+    def call(self, x):
+        return 3.0 * ops.sigmoid(x) - 1.0
 
 
 def focal_loss(heat_true, logits, ignore=None, quality=None):
@@ -123,9 +138,10 @@ def _weighted_l1(pred, true, weight, mask):
     return total / ops.maximum(count, 1.0)
 
 
-def detection_loss(y_true, y_pred, quality=False):
+def detection_loss(y_true, y_pred, quality=False, neighbours=False):
     """Per-example loss [B]: focal(heat) + 1.0 * L1(log size) over each object's area + 1.0 *
-    L1(offset) at centre cells.
+    L1(offset) at centre cells; with neighbours, + both L1 terms at the 8 cells around each centre
+    (det_near_box, det_near_weight).
 
     y_true: the batch dict (det_heatmap, det_size and det_size_weight over each object's area,
     det_offset and det_mask at its centre cell, optional det_ignore);
@@ -147,5 +163,14 @@ def detection_loss(y_true, y_pred, quality=False):
     log_pred = ops.log(ops.maximum(y_pred[..., classes:classes + 2], 1e-6))
     log_true = ops.log(ops.maximum(ops.cast(y_true["det_size"], "float32"), MIN_SIZE))
     size = _weighted_l1(log_pred, log_true, ops.cast(y_true["det_size_weight"], "float32"), mask)
-    offset = _weighted_l1(y_pred[..., classes + 2:], ops.cast(y_true["det_offset"], "float32"), mask, mask)
+    offset_pred = y_pred[..., classes + 2:]
+    offset = _weighted_l1(offset_pred, ops.cast(y_true["det_offset"], "float32"), mask, mask)
+    if neighbours:
+        # The 8 cells around each centre learn its box too, on top of the centre's (not shared out of
+        # it): a peak one cell off the centre then decodes a box of its object.
+        near_box = ops.cast(y_true["det_near_box"], "float32")
+        near_weight = ops.cast(y_true["det_near_weight"], "float32")
+        near_log_true = ops.log(ops.maximum(near_box[..., :2], MIN_SIZE))
+        size += _weighted_l1(log_pred, near_log_true, near_weight, mask)
+        offset += _weighted_l1(offset_pred, near_box[..., 2:], near_weight, mask)
     return heat + SIZE_WEIGHT * size + OFFSET_WEIGHT * offset

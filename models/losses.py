@@ -21,8 +21,9 @@ def per_example_losses(model_config, train_config=None):
     """
     hard_pixels = bool(train_config is not None and train_config.segmentation_ohem)
     quality = bool(train_config is not None and train_config.detection_quality)
+    neighbours = bool(train_config is not None and model_config.detection_neighbour_boxes)
     return {
-        "detection": lambda y, out: detection_loss(y, out, quality),
+        "detection": lambda y, out: detection_loss(y, out, quality, neighbours),
         "segmentation": lambda y, out: segmentation_loss(y["segmentation"], out, hard_pixels),
         # Depth is scored on the range the model can output (the evaluation protocol's too).
         "depth": lambda y, out: depth_loss(y["depth"], out, model_config.max_depth),

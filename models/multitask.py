@@ -113,7 +113,8 @@ def build_model(model_config, image_size):
             outputs[task] = build_detection_head(feature, model_config.head_width,
                                                  num_classes=len(model_config.classes.detection),
                                                  convs=model_config.detection_head_convs,
-                                                 batch_norm=model_config.detection_head_batch_norm)
+                                                 batch_norm=model_config.detection_head_batch_norm,
+                                                 neighbour_boxes=model_config.detection_neighbour_boxes)
         elif task == "segmentation":
             outputs[task] = build_segmentation_head(feature, skip, model_config.head_width,
                                                     num_classes=len(model_config.classes.segmentation))

@@ -122,6 +122,8 @@ class ModelConfig:
     head_width: int = 64
     detection_head_convs: int = 1  # separable 3x3 convs in each of the detection head's two branches
     detection_head_batch_norm: bool = False  # BatchNorm after each of those convs
+    # the box is also trained at the 8 cells around each centre cell (models/detection.py)
+    detection_neighbour_boxes: bool = False
     sharing: str = "hard"
     soft_sharing_beta: float = 1e-3
     top_k: int = 100  # decoded peaks per frame: COCO evaluation keeps 100 (maxDets)

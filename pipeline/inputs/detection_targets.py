@@ -17,6 +17,10 @@ GAUSSIAN_ALPHA = 0.54  # TTFNet: sigma = alpha * side / 6
 # the centre cell: several cells per object for the box branch, which underfits (docs/results-history.md, "Where the
 # AP goes").
 SIZE_AREA_BETA = 0.54
+# The box is also learned at the 8 cells around the centre cell (model.detection_neighbour_boxes),
+# where a heat-map peak lands when it misses the centre cell and decoding reads the box there:
+# weighted exp(-d^2 / 2 sigma^2), d the distance in cells from the object's centre to the cell's.
+NEIGHBOUR_SIGMA = 0.5
 
 
 def encode_detection(boxes: tf.Tensor, classes: tf.Tensor, image_size: tuple[int, int],
@@ -49,13 +53,40 @@ def encode_detection(boxes: tf.Tensor, classes: tf.Tensor, image_size: tuple[int
     # so that the box a centre decodes (and, with train.detection_quality, its IoU target) is one
     # object's. (A scatter of the offsets would keep whichever duplicate it wrote last.)
     box = tf.gather(tf.concat([tf.zeros([1, 4]), tf.concat([size, offset], axis=1)], axis=0), owner)
+    near_box, near_weight = _neighbour_boxes(centre, cell, size, mask, owner, size_weight, xs, ys)
     return {
         "det_heatmap": heatmap,
         "det_size": box[..., :2],  # the dummy's cells get 0
         "det_size_weight": size_weight,
         "det_offset": box[..., 2:] * mask[..., None],
         "det_mask": mask,
+        "det_near_box": near_box,
+        "det_near_weight": near_weight,
     }
+
+
+def _neighbour_boxes(centre, cell, size, mask, area_owner, size_weight, xs, ys):
+    """Box targets [h,w,4] (size, and the centre's offset from that cell, in (-1, 2)) and weights
+    [h,w] at the 8 cells around each object's centre cell.
+
+    A cell around two centres belongs to the nearer centre; no weight at a centre cell (it keeps its
+    own object's box) or where another object's size area lies (one size target per cell).
+    """
+    near_x = tf.abs(xs[None, :] - cell[:, 0:1]) <= 1.0  # [N,W]
+    near_y = tf.abs(ys[None, :] - cell[:, 1:2]) <= 1.0  # [N,H]
+    gx = tf.exp(-tf.square(xs[None, :] + 0.5 - centre[:, 0:1]) / (2 * NEIGHBOUR_SIGMA ** 2))
+    gy = tf.exp(-tf.square(ys[None, :] + 0.5 - centre[:, 1:2]) / (2 * NEIGHBOUR_SIGMA ** 2))
+    weight = (gy[:, :, None] * gx[:, None, :]
+              * tf.cast(near_y[:, :, None] & near_x[:, None, :], tf.float32))  # [N,H,W]
+    weight = tf.concat([tf.zeros([1, ys.shape[0], xs.shape[0]]), weight], axis=0)
+    owner = tf.argmax(weight, axis=0)  # 0: none
+    other_area = (size_weight > 0.0) & tf.not_equal(area_owner, owner)
+    keep = (1.0 - mask) * (1.0 - tf.cast(other_area, tf.float32))
+    near_weight = tf.reduce_max(weight, axis=0) * keep
+    box = tf.gather(tf.concat([tf.zeros([1, 4]), tf.concat([size, centre], axis=1)], axis=0), owner)
+    grid = tf.stack(tf.meshgrid(xs, ys), axis=-1)  # [H,W,2] (x, y)
+    near_offset = (box[..., 2:] - grid) * tf.cast(owner > 0, tf.float32)[..., None]
+    return tf.concat([box[..., :2], near_offset], axis=-1), near_weight
 
 
 def _size_area(peaks, centre, cell, size, xs, ys):

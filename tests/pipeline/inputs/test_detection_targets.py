@@ -53,3 +53,37 @@ def test_a_frame_without_objects_has_no_size_targets():
     maps = _encode(np.zeros((0, 4)), np.zeros((0,)))
     assert maps["det_size_weight"].shape == (32, 64) and not maps["det_size_weight"].any()
     assert not maps["det_size"].any()
+
+
+def test_the_cells_around_a_centre_learn_its_box_weighted_by_nearness():
+    # a person centred on the boundary of rows 7 and 8 (x 8.5, y 8.0 in cells): its centre cell is
+    # (8, 8), the row above as near to the centre as the centre cell is
+    maps = _encode([[30.0, 20.0, 38.0, 44.0]], [1])
+    weight, box = maps["det_near_weight"], maps["det_near_box"]
+    near = np.exp(-0.5 ** 2 / (2 * targets.NEIGHBOUR_SIGMA ** 2))
+    np.testing.assert_allclose(weight[7, 8], near, rtol=1e-5)
+    np.testing.assert_allclose(weight[9, 8], np.exp(-1.5 ** 2 / (2 * targets.NEIGHBOUR_SIGMA ** 2)), rtol=1e-5)
+    assert weight[8, 8] == 0.0  # the centre cell keeps its own target (det_offset, det_mask)
+    assert np.count_nonzero(weight) == 8 and weight[6].sum() == weight[10].sum() == 0.0
+    # each cell's offset points back at the object's centre; the size is the object's
+    np.testing.assert_allclose(box[7, 7], [2.0, 6.0, 1.5, 1.0])
+    np.testing.assert_allclose(box[9, 9], [2.0, 6.0, -0.5, -1.0])
+    np.testing.assert_allclose(box[8, 9, 2:] + [9, 8], box[7, 8, 2:] + [8, 7])
+
+
+def test_a_cell_around_two_centres_goes_to_the_nearer_and_never_over_another_objects_area():
+    left, right = [24.0, 20.0, 30.0, 36.0], [32.0, 20.0, 38.0, 36.0]  # centres x 6.75 and 8.75 cells
+    for boxes in ([left, right], [right, left]):
+        maps = _encode(boxes, [1, 1])
+        # column 7 lies between the centre cells 6 and 8 (row 7): its middle is nearer the left centre
+        np.testing.assert_allclose(maps["det_near_box"][6:9, 7, 2], 6.75 - 7.0)
+        np.testing.assert_allclose(maps["det_near_box"][6:9, 9, 2], 8.75 - 9.0)
+        # its middle (7.5, 7.5) is 0.75 and 0.5 cells from the left centre (6.75, 7.0)
+        distance2 = 0.75 ** 2 + 0.5 ** 2
+        np.testing.assert_allclose(maps["det_near_weight"][7, 7], np.exp(-distance2 / (2 * targets.NEIGHBOUR_SIGMA ** 2)),
+                                   rtol=1e-5)
+    car, person = [40.0, 20.0, 80.0, 44.0], [66.0, 26.0, 72.0, 42.0]  # the person's centre cell (8, 17)
+    maps = _encode([car, person], [0, 1])
+    # (8, 16) is around the person's centre but in the car's size area: one size target per cell
+    assert maps["det_size_weight"][8, 16] > 0 and maps["det_near_weight"][8, 16] == 0.0
+    assert maps["det_near_weight"][7, 18] > 0
