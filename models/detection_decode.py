@@ -64,7 +64,7 @@ def decode_parts(heat_logits, size, offset, top_k, stride=STRIDE, box_parts=Fals
     """decode_detections on the three head tensors before they are concatenated.
 
     The int8 export decodes from these: one int8 scale for the concatenated tensor (logits down to
-    about -20, sizes up to ~40 cells, offsets in 0..1) rounded offsets to a quarter cell.
+    about -20, sizes up to ~40 cells, offsets in 0..1 or -1..2) rounded offsets to a quarter cell.
     neighbourhood=False: each box from its peak cell alone (CenterNet's decoding); box_parts
     always gives the neighbourhood.
     """

@@ -17,9 +17,10 @@ import tensorflow as tf
 def mirror_outputs(outputs: dict) -> dict:
     """Raw outputs of a mirrored frame -> the same predictions in the original frame's coordinates.
 
-    Maps flip along the width. A detection map's offset x (0..1 of a cell from its left edge) becomes
-    1 - x: a centre at x px lies in cell floor(x / s) at offset x / s - cell, and its mirror image at
-    W - x in cell w - 1 - cell at offset 1 - that (W = w * s, the input width a whole number of cells).
+    Maps flip along the width. A detection map's offset x (in cells from the cell's left edge)
+    becomes 1 - x: a centre at x px read at cell c has offset x / s - c, and its mirror image at W - x
+    read at cell w - 1 - c has offset 1 - that (W = w * s, the input width a whole number of cells),
+    whether the centre lies in that cell (0..1) or beside it (model.detection_neighbour_boxes).
     Heat-map logits and sizes (w, h) do not change under the flip.
     """
     result = {}
