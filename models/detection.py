@@ -117,9 +117,10 @@ def focal_loss(heat_true, logits, ignore=None, quality=None):
 
 
 def box_iou_at_cells(box_pred, size_true, offset_true):
-    """[B, h, w]: IoU of the box each cell decodes (size in cells, sub-cell offset: box_pred [..., 4])
-    with the box its targets give there (det_size, det_offset). Both centres are in the same cell, so
-    the cell's position cancels; meaningful at centre cells, where both targets are set."""
+    """[B, h, w]: IoU of the box each cell decodes (size in cells, offset from the cell's corner:
+    box_pred [..., 4]) with the box its targets give there (det_size, det_offset). Both centres are
+    measured from the same cell's corner, so the cell's position cancels; meaningful at centre cells,
+    where both targets are set."""
     size_pred, offset_pred = box_pred[..., :2], box_pred[..., 2:]
     size_true, offset_true = ops.cast(size_true, "float32"), ops.cast(offset_true, "float32")
     low = ops.maximum(offset_pred - size_pred / 2.0, offset_true - size_true / 2.0)
