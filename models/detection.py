@@ -3,8 +3,8 @@
 Output [B, H/4, W/4, C+4]: C centre heat-map logits, box size (w, h) in grid cells, centre offset
 (x, y) from the cell's corner: within the cell (0..1), or with model.detection_neighbour_boxes
 -1..2, so that the cells around a centre point at it too. A box centre in input pixels is
-(cell + offset) * STRIDE, its size size * STRIDE. Sizes are learned in log space (BoxSize, and an L1 loss on log sizes): a 4-px-wide
-pedestrian's 1-px error then costs what a 40-px car's 10-px error does, where CenterNet's L1 in
+(cell + offset) * STRIDE, its size size * STRIDE. Sizes are learned in log space (BoxSize, and an
+L1 loss on log sizes): a 4-px-wide pedestrian's 1-px error then costs what a 40-px car's 10-px error does, where CenterNet's L1 in
 cells let the large boxes dominate (with it, pedestrian AP fell from 0.56 at IoU 0.5 to 0.06 at
 0.75 on the validation split: the boxes were found but not fitted). The head and its loss are
 backend-agnostic Keras (keras.ops); decoding, which the exports need in TensorFlow ops, is
@@ -54,7 +54,8 @@ def build_detection_head(feature, width, num_classes=NUM_CLASSES, convs=1, batch
     box = _branch(feature, width, convs, batch_norm, name=f"{name}_box")
     size = BoxSize(name=f"{name}_size_cells")(keras.layers.Conv2D(2, 1, name=f"{name}_size")(box))
     if neighbour_boxes:
-        offset = NeighbourOffset(name=f"{name}_offset_cells")(keras.layers.Conv2D(2, 1, name=f"{name}_offset")(box))
+        offset = keras.layers.Conv2D(2, 1, name=f"{name}_offset")(box)
+        offset = NeighbourOffset(name=f"{name}_offset_cells")(offset)
     else:
         offset = keras.layers.Conv2D(2, 1, activation="sigmoid", name=f"{name}_offset")(box)
     # float32 output: losses and decoding stay exact under mixed precision.

@@ -3,8 +3,9 @@
 CenterNet-style dense maps at the detector's output stride: a Gaussian peak per object at its centre
 cell in its class's heat map (elliptical, sized by the box as in TTFNet, so long thin objects such as
 pedestrians get thin peaks), the sub-cell offset at the centre cell, and the box size over a small
-area around it (TTFNet's regression area, see _size_area). Dense maps (rather than index lists) keep
-every shape static for XLA.
+area around it (TTFNet's regression area, see _size_area); and the box once more at the 8 cells
+around the centre cell (_neighbour_boxes; model.detection_neighbour_boxes trains on it). Dense maps
+(rather than index lists) keep every shape static for XLA.
 """
 from __future__ import annotations
 
