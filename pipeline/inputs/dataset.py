@@ -78,8 +78,10 @@ def _augment_and_resize(example: dict, seed: tf.Tensor, config: Config, training
 
 def _to_model_io(example: dict, resized: dict, config: Config, training: bool, image_size: tuple[int, int]):
     """(x, y) of the batch contract: image for the model, targets and flags for the losses."""
+    # A heat map per class; the boxes around each centre only where the training objective reads them.
     det = targets.encode_detection(resized["boxes"], resized["classes"], image_size,
-                                   len(config.model.classes.detection))  # a heat map per class
+                                   len(config.model.classes.detection),
+                                   neighbour_boxes=training and config.model.detection_neighbour_boxes)
     y = {**det,
          "det_ignore": targets.encode_ignore(resized["ignore_boxes"], image_size),
          "segmentation": tf.cast(resized["segmentation"], tf.int32),

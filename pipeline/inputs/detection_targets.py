@@ -25,8 +25,12 @@ NEIGHBOUR_SIGMA = 0.5
 
 
 def encode_detection(boxes: tf.Tensor, classes: tf.Tensor, image_size: tuple[int, int],
-                     num_classes: int) -> dict[str, tf.Tensor]:
-    """boxes [N,4] x1,y1,x2,y2 model-input pixels, classes [N] -> dense maps at stride 4."""
+                     num_classes: int, neighbour_boxes: bool = False) -> dict[str, tf.Tensor]:
+    """boxes [N,4] x1,y1,x2,y2 model-input pixels, classes [N] -> dense maps at stride 4.
+
+    neighbour_boxes: also det_near_box and det_near_weight (_neighbour_boxes), which only the
+    training objective of model.detection_neighbour_boxes reads.
+    """
     out_h, out_w = image_size[0] // STRIDE, image_size[1] // STRIDE
     boxes = tf.reshape(tf.cast(boxes, tf.float32), [-1, 4]) / STRIDE
     classes = tf.reshape(tf.cast(classes, tf.int32), [-1])
@@ -54,16 +58,17 @@ def encode_detection(boxes: tf.Tensor, classes: tf.Tensor, image_size: tuple[int
     # so that the box a centre decodes (and, with train.detection_quality, its IoU target) is one
     # object's. (A scatter of the offsets would keep whichever duplicate it wrote last.)
     box = tf.gather(tf.concat([tf.zeros([1, 4]), tf.concat([size, offset], axis=1)], axis=0), owner)
-    near_box, near_weight = _neighbour_boxes(centre, cell, size, mask, owner, size_weight, xs, ys)
-    return {
+    maps = {
         "det_heatmap": heatmap,
         "det_size": box[..., :2],  # the dummy's cells get 0
         "det_size_weight": size_weight,
         "det_offset": box[..., 2:] * mask[..., None],
         "det_mask": mask,
-        "det_near_box": near_box,
-        "det_near_weight": near_weight,
     }
+    if neighbour_boxes:
+        maps["det_near_box"], maps["det_near_weight"] = _neighbour_boxes(
+            centre, cell, size, mask, owner, size_weight, xs, ys)
+    return maps
 
 
 def _neighbour_boxes(centre, cell, size, mask, area_owner, size_weight, xs, ys):

@@ -8,7 +8,8 @@ IMAGE = (128, 256)  # 32 x 64 cells at stride 4
 
 
 def _encode(boxes, classes):
-    maps = targets.encode_detection(tf.constant(boxes, tf.float32), tf.constant(classes, tf.int32), IMAGE, 3)
+    maps = targets.encode_detection(tf.constant(boxes, tf.float32), tf.constant(classes, tf.int32), IMAGE, 3,
+                                    neighbour_boxes=True)
     return {k: v.numpy() for k, v in maps.items()}
 
 

@@ -43,6 +43,17 @@ def two_sources(tmp_path_factory):
     return config
 
 
+def test_only_training_batches_carry_the_boxes_around_each_centre(tiny_config):
+    # the tiny config, as the default, trains them (model.detection_neighbour_boxes); validation
+    # and evaluation report the plain loss, which does not read them
+    assert tiny_config.model.detection_neighbour_boxes
+    _, y = next(iter(inputs.make_dataset(tiny_config, "train", training=True)))
+    b, (h, w) = tiny_config.train.batch_size, tiny_config.data.image_size
+    assert y["det_near_box"].shape == (b, h // 4, w // 4, 4) and y["det_near_weight"].shape == (b, h // 4, w // 4)
+    _, y = next(iter(inputs.make_dataset(tiny_config, "validation", training=False)))
+    assert "det_near_box" not in y and "det_near_weight" not in y
+
+
 def test_batches_have_the_contract_shapes(tiny_config):
     x, y = next(iter(inputs.make_dataset(tiny_config, "train", training=True)))
     b, (h, w) = tiny_config.train.batch_size, tiny_config.data.image_size
