@@ -1,11 +1,12 @@
 """Training targets for the anchor-free detector, encoded in TF ops inside the input pipeline.
 
-CenterNet-style dense maps at the detector's output stride: a Gaussian peak per object at its centre
-cell in its class's heat map (elliptical, sized by the box as in TTFNet, so long thin objects such as
-pedestrians get thin peaks), the sub-cell offset at the centre cell, and the box size over a small
-area around it (TTFNet's regression area, see _size_area); and the box once more at the 8 cells
-around the centre cell (_neighbour_boxes; model.detection_neighbour_boxes trains on it). Dense maps
-(rather than index lists) keep every shape static for XLA.
+CenterNet-style dense maps at the detector's output stride: a peak per object at its centre cell in
+its class's heat map, with a Gaussian about the object's centre around it (elliptical, sized by the
+box as in TTFNet, so long thin objects such as pedestrians get thin peaks; _heat_peaks), the
+sub-cell offset at the centre cell, and the box size over a small area around it (TTFNet's
+regression area, see _size_area); and the box once more at the 8 cells around the centre cell
+(_neighbour_boxes; model.detection_neighbour_boxes trains on it). Dense maps (rather than index
+lists) keep every shape static for XLA.
 """
 from __future__ import annotations
 
@@ -45,10 +46,11 @@ def encode_detection(boxes: tf.Tensor, classes: tf.Tensor, image_size: tuple[int
     ys = tf.range(out_h, dtype=tf.float32)
     gx = tf.exp(-tf.square(xs[None, :] - cell[:, 0:1]) / (2 * tf.square(sigma[:, 0:1])))  # [N,W]
     gy = tf.exp(-tf.square(ys[None, :] - cell[:, 1:2]) / (2 * tf.square(sigma[:, 1:2])))  # [N,H]
-    peaks = gy[:, :, None] * gx[:, None, :]  # [N,H,W]
+    peaks = gy[:, :, None] * gx[:, None, :]  # [N,H,W]: the size area's weights (_size_area)
     one_hot = tf.one_hot(classes, num_classes)  # [N,C]
+    heat = _heat_peaks(centre, cell, sigma, xs, ys)
     # max over no boxes is -inf: a frame without objects (every CamVid frame) must give zeros.
-    heatmap = tf.maximum(tf.reduce_max(peaks[..., None] * one_hot[:, None, None, :], axis=0), 0.0)  # [H,W,C]
+    heatmap = tf.maximum(tf.reduce_max(heat[..., None] * one_hot[:, None, None, :], axis=0), 0.0)  # [H,W,C]
     heatmap = tf.reshape(heatmap, [out_h, out_w, num_classes])  # static shape even when N = 0
 
     indices = tf.cast(tf.stack([cell[:, 1], cell[:, 0]], axis=1), tf.int32)
@@ -69,6 +71,22 @@ def encode_detection(boxes: tf.Tensor, classes: tf.Tensor, image_size: tuple[int
         maps["det_near_box"], maps["det_near_weight"] = _neighbour_boxes(
             centre, cell, size, mask, owner, size_weight, xs, ys)
     return maps
+
+
+def _heat_peaks(centre, cell, sigma, xs, ys):
+    """Each object's heat-map target [N,H,W]: exactly 1 at its centre cell (the focal loss's one
+    positive), elsewhere its Gaussian about the object's own centre, not the centre cell's corner.
+
+    An object whose centre sits near the edge of its cell is then nearly as much at home in the
+    next cell, and a peak there is punished as the near miss it is: 0.38 for a 16-px-tall person
+    whose centre lies on the boundary, where a Gaussian about the cell gave 0.02, a full negative
+    (DARK's unbiased encoding, Zhang et al. 2020, in CenterNet's focal loss).
+    """
+    gx = tf.exp(-tf.square(xs[None, :] + 0.5 - centre[:, 0:1]) / (2 * tf.square(sigma[:, 0:1])))  # [N,W]
+    gy = tf.exp(-tf.square(ys[None, :] + 0.5 - centre[:, 1:2]) / (2 * tf.square(sigma[:, 1:2])))  # [N,H]
+    at_centre = (tf.equal(ys[None, :, None], cell[:, 1, None, None])
+                 & tf.equal(xs[None, None, :], cell[:, 0, None, None]))  # [N,H,W]
+    return tf.maximum(gy[:, :, None] * gx[:, None, :], tf.cast(at_centre, tf.float32))
 
 
 def _neighbour_boxes(centre, cell, size, mask, area_owner, size_weight, xs, ys):

@@ -88,3 +88,27 @@ def test_a_cell_around_two_centres_goes_to_the_nearer_and_never_over_another_obj
     # (8, 16) is around the person's centre but in the car's size area: one size target per cell
     assert maps["det_size_weight"][8, 16] > 0 and maps["det_near_weight"][8, 16] == 0.0
     assert maps["det_near_weight"][7, 18] > 0
+
+
+def test_a_heat_map_peak_is_one_at_each_centre_cell_and_nowhere_else():
+    car, person = [40.0, 20.0, 80.0, 44.0], [180.0, 60.0, 186.0, 76.0]
+    heat = _encode([car, person], [0, 1])["det_heatmap"]
+    assert heat[8, 15, 0] == 1.0 and heat[17, 45, 1] == 1.0  # centres (15.0, 8.0) and (45.75, 17.0)
+    assert (heat >= 1.0 - 1e-3).sum() == 2  # the focal loss's positives: one per object
+    assert heat[..., 2].max() == 0.0  # no cyclist
+
+
+def test_the_heat_map_gaussian_is_centred_on_the_object_not_on_its_cell():
+    # a 1.5 x 4-cell person centred at (45.75, 17.0) cells: on the border of rows 16 and 17 (its
+    # centre cell is row 17), and in the right half of column 45
+    heat = _encode([[180.0, 60.0, 186.0, 76.0]], [1])["det_heatmap"][..., 1]
+    sigma_x, sigma_y = 0.3, 0.54 * 4.0 / 6.0  # TTFNet's alpha x side / 6, floored at 0.3 cells
+
+    def gaussian(row, column):  # about the object's centre, measured to the cell's middle
+        dx, dy = column + 0.5 - 45.75, row + 0.5 - 17.0
+        return np.exp(-dx ** 2 / (2 * sigma_x ** 2) - dy ** 2 / (2 * sigma_y ** 2))
+
+    for cell in ((16, 45), (18, 45), (17, 46), (17, 44), (16, 46)):
+        np.testing.assert_allclose(heat[cell], gaussian(*cell), rtol=1e-4, atol=1e-7)
+    assert heat[16, 45] > 0.25  # the cell across the border its centre sits on: a near miss
+    assert heat[16, 45] > 10 * heat[18, 45] and heat[17, 46] > 10 * heat[17, 44]  # the sides it leans to
