@@ -23,6 +23,8 @@ SIZE_AREA_BETA = 0.54
 # where a heat-map peak lands when it misses the centre cell and decoding reads the box there:
 # weighted exp(-d^2 / 2 sigma^2), d the distance in cells from the object's centre to the cell's.
 NEIGHBOUR_SIGMA = 0.5
+# The heat map's largest target off a centre cell: the focal loss counts 0.999 and above as a centre.
+NEAR_MISS_CAP = 0.998
 
 
 def encode_detection(boxes: tf.Tensor, classes: tf.Tensor, image_size: tuple[int, int],
@@ -78,15 +80,16 @@ def _heat_peaks(centre, cell, sigma, xs, ys):
     positive), elsewhere its Gaussian about the object's own centre, not the centre cell's corner.
 
     An object whose centre sits near the edge of its cell is then nearly as much at home in the
-    next cell, and a peak there is punished as the near miss it is: 0.38 for a 16-px-tall person
-    whose centre lies on the boundary, where a Gaussian about the cell gave 0.02, a full negative
-    (DARK's unbiased encoding, Zhang et al. 2020, in CenterNet's focal loss).
+    next cell, and a peak there is punished as the near miss it is: up to 0.38 for a 16-px-tall
+    person whose centre lies on a row boundary, where a Gaussian about the cell gave 0.02, a full
+    negative (DARK's unbiased encoding, Zhang et al. 2020, in CenterNet's focal loss). Other cells
+    stay below NEAR_MISS_CAP, so that a very large box centred on a boundary still has one positive.
     """
     gx = tf.exp(-tf.square(xs[None, :] + 0.5 - centre[:, 0:1]) / (2 * tf.square(sigma[:, 0:1])))  # [N,W]
     gy = tf.exp(-tf.square(ys[None, :] + 0.5 - centre[:, 1:2]) / (2 * tf.square(sigma[:, 1:2])))  # [N,H]
     at_centre = (tf.equal(ys[None, :, None], cell[:, 1, None, None])
                  & tf.equal(xs[None, None, :], cell[:, 0, None, None]))  # [N,H,W]
-    return tf.maximum(gy[:, :, None] * gx[:, None, :], tf.cast(at_centre, tf.float32))
+    return tf.where(at_centre, 1.0, tf.minimum(gy[:, :, None] * gx[:, None, :], NEAR_MISS_CAP))
 
 
 def _neighbour_boxes(centre, cell, size, mask, area_owner, size_weight, xs, ys):

@@ -112,3 +112,12 @@ def test_the_heat_map_gaussian_is_centred_on_the_object_not_on_its_cell():
         np.testing.assert_allclose(heat[cell], gaussian(*cell), rtol=1e-4, atol=1e-7)
     assert heat[16, 45] > 0.25  # the cell across the border its centre sits on: a near miss
     assert heat[16, 45] > 10 * heat[18, 45] and heat[17, 46] > 10 * heat[17, 44]  # the sides it leans to
+
+
+def test_a_very_large_box_centred_on_a_cell_border_still_has_one_positive():
+    # 250 x 125 cells, its centre on the border of columns 124 and 125: sigma 22.5 cells across, so
+    # the next cell's Gaussian is 0.9998, above the focal loss's 0.999 for a centre
+    maps = targets.encode_detection(tf.constant([[0.0, 0.0, 1000.0, 500.0]]), tf.constant([0]), (512, 1024), 3)
+    heat = maps["det_heatmap"].numpy()
+    assert (heat >= 1.0 - 1e-3).sum() == 1 and heat[62, 125, 0] == 1.0
+    assert heat[62, 124, 0] == np.float32(targets.NEAR_MISS_CAP)
