@@ -4,11 +4,11 @@ Output [B, H/4, W/4, C+4]: C centre heat-map logits, box size (w, h) in grid cel
 (x, y) from the cell's corner: within the cell (0..1), or with model.detection_neighbour_boxes
 -1..2, so that the cells around a centre point at it too. A box centre in input pixels is
 (cell + offset) * STRIDE, its size size * STRIDE. Sizes are learned in log space (BoxSize, and an
-L1 loss on log sizes): a 4-px-wide pedestrian's 1-px error then costs what a 40-px car's 10-px error does, where CenterNet's L1 in
-cells let the large boxes dominate (with it, pedestrian AP fell from 0.56 at IoU 0.5 to 0.06 at
-0.75 on the validation split: the boxes were found but not fitted). The head and its loss are
-backend-agnostic Keras (keras.ops); decoding, which the exports need in TensorFlow ops, is
-models/detection_decode.py.
+L1 loss on log sizes): a 4-px-wide pedestrian's 1-px error then costs what a 40-px car's 10-px
+error does, where CenterNet's L1 in cells let the large boxes dominate (with it, pedestrian AP
+fell from 0.56 at IoU 0.5 to 0.06 at 0.75 on the validation split: the boxes were found but not
+fitted). The head and its loss are backend-agnostic Keras (keras.ops); decoding, which the exports
+need in TensorFlow ops, is models/detection_decode.py.
 """
 from __future__ import annotations
 

@@ -46,18 +46,20 @@ def encode_detection(boxes: tf.Tensor, classes: tf.Tensor, image_size: tuple[int
     sigma = tf.maximum(GAUSSIAN_ALPHA * size / 6.0, 0.3)  # [N,2] (x, y)
     xs = tf.range(out_w, dtype=tf.float32)
     ys = tf.range(out_h, dtype=tf.float32)
-    gx = tf.exp(-tf.square(xs[None, :] - cell[:, 0:1]) / (2 * tf.square(sigma[:, 0:1])))  # [N,W]
-    gy = tf.exp(-tf.square(ys[None, :] - cell[:, 1:2]) / (2 * tf.square(sigma[:, 1:2])))  # [N,H]
-    peaks = gy[:, :, None] * gx[:, None, :]  # [N,H,W]: the size area's weights (_size_area)
+    # The size area's weights follow a Gaussian about the centre cell (its middle, cell + 0.5); the
+    # heat map's, one about the object's own centre (_heat_peaks).
+    peaks = _gaussian(cell + 0.5, sigma, xs, ys)
+    at_centre = (tf.equal(ys[None, :, None], cell[:, 1, None, None])
+                 & tf.equal(xs[None, None, :], cell[:, 0, None, None]))  # [N,H,W]
     one_hot = tf.one_hot(classes, num_classes)  # [N,C]
-    heat = _heat_peaks(centre, cell, sigma, xs, ys)
+    heat = _heat_peaks(centre, at_centre, sigma, xs, ys)
     # max over no boxes is -inf: a frame without objects (every CamVid frame) must give zeros.
     heatmap = tf.maximum(tf.reduce_max(heat[..., None] * one_hot[:, None, None, :], axis=0), 0.0)  # [H,W,C]
     heatmap = tf.reshape(heatmap, [out_h, out_w, num_classes])  # static shape even when N = 0
 
     indices = tf.cast(tf.stack([cell[:, 1], cell[:, 0]], axis=1), tf.int32)
     mask = tf.tensor_scatter_nd_update(tf.zeros([out_h, out_w]), indices, tf.ones_like(classes, tf.float32))
-    owner, size_weight = _size_area(peaks, centre, cell, size, xs, ys)
+    owner, size_weight = _size_area(peaks, at_centre, centre, size, xs, ys)
     # Size and offset both from the cell's owner: at a centre cell two objects share, the smaller box,
     # so that the box a centre decodes (and, with train.detection_quality, its IoU target) is one
     # object's. (A scatter of the offsets would keep whichever duplicate it wrote last.)
@@ -75,7 +77,16 @@ def encode_detection(boxes: tf.Tensor, classes: tf.Tensor, image_size: tuple[int
     return maps
 
 
-def _heat_peaks(centre, cell, sigma, xs, ys):
+def _gaussian(centre, sigma, xs, ys):
+    """[N,H,W]: exp(-d^2 / 2 sigma^2) along each axis, d from each centre [N,2] (cells) to each
+    cell's middle; sigma [N,2] or one number."""
+    sigma = sigma * tf.ones_like(centre)
+    gx = tf.exp(-tf.square(xs[None, :] + 0.5 - centre[:, 0:1]) / (2 * tf.square(sigma[:, 0:1])))  # [N,W]
+    gy = tf.exp(-tf.square(ys[None, :] + 0.5 - centre[:, 1:2]) / (2 * tf.square(sigma[:, 1:2])))  # [N,H]
+    return gy[:, :, None] * gx[:, None, :]
+
+
+def _heat_peaks(centre, at_centre, sigma, xs, ys):
     """Each object's heat-map target [N,H,W]: exactly 1 at its centre cell (the focal loss's one
     positive), elsewhere its Gaussian about the object's own centre, not the centre cell's corner.
 
@@ -85,11 +96,7 @@ def _heat_peaks(centre, cell, sigma, xs, ys):
     negative (DARK's unbiased encoding, Zhang et al. 2020, in CenterNet's focal loss). Other cells
     stay below NEAR_MISS_CAP, so that a very large box centred on a boundary still has one positive.
     """
-    gx = tf.exp(-tf.square(xs[None, :] + 0.5 - centre[:, 0:1]) / (2 * tf.square(sigma[:, 0:1])))  # [N,W]
-    gy = tf.exp(-tf.square(ys[None, :] + 0.5 - centre[:, 1:2]) / (2 * tf.square(sigma[:, 1:2])))  # [N,H]
-    at_centre = (tf.equal(ys[None, :, None], cell[:, 1, None, None])
-                 & tf.equal(xs[None, None, :], cell[:, 0, None, None]))  # [N,H,W]
-    return tf.where(at_centre, 1.0, tf.minimum(gy[:, :, None] * gx[:, None, :], NEAR_MISS_CAP))
+    return tf.where(at_centre, 1.0, tf.minimum(_gaussian(centre, sigma, xs, ys), NEAR_MISS_CAP))
 
 
 def _neighbour_boxes(centre, cell, size, mask, area_owner, size_weight, xs, ys):
@@ -101,9 +108,7 @@ def _neighbour_boxes(centre, cell, size, mask, area_owner, size_weight, xs, ys):
     """
     near_x = tf.abs(xs[None, :] - cell[:, 0:1]) <= 1.0  # [N,W]
     near_y = tf.abs(ys[None, :] - cell[:, 1:2]) <= 1.0  # [N,H]
-    gx = tf.exp(-tf.square(xs[None, :] + 0.5 - centre[:, 0:1]) / (2 * NEIGHBOUR_SIGMA ** 2))
-    gy = tf.exp(-tf.square(ys[None, :] + 0.5 - centre[:, 1:2]) / (2 * NEIGHBOUR_SIGMA ** 2))
-    weight = (gy[:, :, None] * gx[:, None, :]
+    weight = (_gaussian(centre, NEIGHBOUR_SIGMA, xs, ys)
               * tf.cast(near_y[:, :, None] & near_x[:, None, :], tf.float32))  # [N,H,W]
     weight = tf.concat([tf.zeros([1, ys.shape[0], xs.shape[0]]), weight], axis=0)
     owner = tf.argmax(weight, axis=0)  # 0: none
@@ -116,7 +121,7 @@ def _neighbour_boxes(centre, cell, size, mask, area_owner, size_weight, xs, ys):
     return tf.concat([box[..., :2], near_offset], axis=-1), near_weight
 
 
-def _size_area(peaks, centre, cell, size, xs, ys):
+def _size_area(peaks, at_centre, centre, size, xs, ys):
     """Each cell's owner [h,w] (0: none, i: object i-1) and the box size's weight [h,w] over each
     object's area (TTFNet).
 
@@ -130,8 +135,6 @@ def _size_area(peaks, centre, cell, size, xs, ys):
     half = SIZE_AREA_BETA * size / 2.0  # [N,2]
     in_x = tf.abs(xs[None, :] + 0.5 - centre[:, 0:1]) <= half[:, 0:1]  # [N,W]
     in_y = tf.abs(ys[None, :] + 0.5 - centre[:, 1:2]) <= half[:, 1:2]  # [N,H]
-    at_centre = (tf.equal(ys[None, :, None], cell[:, 1, None, None])
-                 & tf.equal(xs[None, None, :], cell[:, 0, None, None]))  # [N,H,W]
     weight = peaks * tf.cast((in_y[:, :, None] & in_x[:, None, :]) | at_centre, tf.float32)
     # A leading all-zero "object" keeps argmax defined without objects; the cells it wins weigh 0.
     weight = tf.concat([tf.zeros([1, ys.shape[0], xs.shape[0]]), weight], axis=0)
