@@ -23,7 +23,7 @@ few objects. Slots with score <= trained.METRIC_SCORE_FLOOR are dropped before C
 bottom of the ranking, so they change AP by less than COCO's 101-point recall grid resolves, and
 dropping them keeps the evaluator small. COCO keeps at most 100 detections per image (top_k <= 100).
 The detection result also says what its AP would be with one kind of error fixed ("if_fixed":
-class confusions, box sizes or whole boxes fixed; pipeline/evaluation/metrics/detection_errors.py).
+class confusions, box sizes, box centres or whole boxes fixed; pipeline/evaluation/metrics/detection_errors.py).
 """
 from __future__ import annotations
 

@@ -92,6 +92,7 @@ def detection_section(result: dict) -> str:
 # The what-if rows of metrics/detection_errors.py, in the order a reader follows them.
 _FIXES = (("classes_fixed", "classes fixed (a detection on another class's box takes its class)"),
           ("fitted_sizes", "sizes fitted to the ground truth (own centres)"),
+          ("fitted_centres", "centres fitted to the ground truth (own sizes)"),
           ("fitted_boxes", "boxes fitted to the ground truth (centres and sizes)"))
 
 
@@ -103,7 +104,7 @@ def _if_fixed(result: dict) -> str:
     rows = [["as measured", *(fmt(result.get(m)) for m in ("mAP", "mAP50", "mAP75"))]]
     rows += [[label, *(fmt(fixes[fix].get(m)) for m in ("mAP", "mAP50", "mAP75"))] for fix, label in _FIXES]
     return ("\n\nWhere the AP goes: the same evaluation with one kind of error fixed (in score order, a fitted "
-            "detection takes the size or the whole of the free box of its class it overlaps most, IoU >= "
+            "detection takes the size, the centre or the whole of the free box of its class it overlaps most, IoU >= "
             f"{FIT_IOU:g}; missed objects and duplicates stay errors):\n\n"
             + table(["", "mAP@[.5:.95]", "mAP50", "mAP75"], rows))
 

@@ -1,7 +1,7 @@
 """Where a detector's AP goes: the COCO evaluation re-run with one kind of error fixed.
 
 TIDE (Bolya et al. 2020) splits the AP a detector misses into error types by fixing each and measuring
-what AP it would then reach. Three of those fixes answer what limits a CenterNet-style detector:
+what AP it would then reach. Those fixes answer what limits a CenterNet-style detector:
 
   classes_fixed   a detection that covers a box of another class (IoU >= CLASS_IOU) but none of its
                   own takes that class: what confusing classes costs (a small pedestrian taken for a
@@ -10,6 +10,8 @@ what AP it would then reach. Three of those fixes answer what limits a CenterNet
   fitted_sizes    each detection keeps its centre but takes the size of the ground-truth box of its
                   class it overlaps most (IoU >= FIT_IOU, TIDE's background threshold): what the size
                   regression costs;
+  fitted_centres  ... keeps its size but takes that box's centre: what the centre (peak cell and
+                  offset) costs;
   fitted_boxes    ... takes that ground-truth box whole: what localisation (centre and size) costs.
 
 Like COCO's matching, detections go in score order and each ground-truth box goes to one of them only,
@@ -113,18 +115,19 @@ def classes_fixed(ground_truth: list[dict], detections: list[dict]) -> list[dict
     return _fix(ground_truth, detections, fix_one)
 
 
-def fitted(ground_truth: list[dict], detections: list[dict], whole_box: bool) -> list[dict]:
-    """The detections, each given the box (whole_box) or the box's size around its own centre of the
-    free ground-truth box of its class it overlaps most, IoU >= FIT_IOU (module doc)."""
+def fitted(ground_truth: list[dict], detections: list[dict], size: bool, centre: bool) -> list[dict]:
+    """The detections, each given the size and/or the centre of the free ground-truth box of its class
+    it overlaps most, IoU >= FIT_IOU (module doc); what is not fitted stays the detection's own."""
     def fix_one(detection, box, boxes, iou, classes, free):
         best = _best(iou, (classes == detection["category_id"]) & free, FIT_IOU)
         if best is None:
             return detection, None
-        x1, y1, x2, y2 = (float(v) for v in boxes[best])
-        w, h = x2 - x1, y2 - y1
-        if not whole_box:
-            x1, y1 = (box[0] + box[2] - w) / 2, (box[1] + box[3] - h) / 2
-        return {**detection, "bbox": [float(x1), float(y1), w, h], "area": w * h}, best
+        truth = boxes[best]
+        w, h = (float(truth[2] - truth[0]), float(truth[3] - truth[1])) if size else \
+            (float(box[2] - box[0]), float(box[3] - box[1]))
+        cx, cy = (float(truth[0] + truth[2]) / 2, float(truth[1] + truth[3]) / 2) if centre else \
+            (float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2)
+        return {**detection, "bbox": [cx - w / 2, cy - h / 2, w, h], "area": w * h}, best
     return _fix(ground_truth, detections, fix_one)
 
 
@@ -134,8 +137,9 @@ def error_breakdown(evaluator: DetectionEvaluator) -> dict:
     truth, found = evaluator.annotations()
     runs = {
         "classes_fixed": classes_fixed(truth, found),
-        "fitted_sizes": fitted(truth, found, whole_box=False),
-        "fitted_boxes": fitted(truth, found, whole_box=True),
+        "fitted_sizes": fitted(truth, found, size=True, centre=False),
+        "fitted_centres": fitted(truth, found, size=False, centre=True),
+        "fitted_boxes": fitted(truth, found, size=True, centre=True),
     }
     result = {}
     for fix, detections in runs.items():

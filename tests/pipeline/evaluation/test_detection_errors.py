@@ -22,25 +22,41 @@ def _breakdown(gt_boxes, gt_classes, pred_boxes, pred_classes, scores=None, igno
     return evaluator.result(), error_breakdown(evaluator)
 
 
-def test_a_wrong_size_is_fixed_by_fitted_sizes_and_boxes_but_not_by_classes():
+def test_a_wrong_size_is_fixed_by_fitted_sizes_and_boxes_but_not_by_classes_or_centres():
     # The right centre, twice the width: IoU 0.5 -> AP50 1, AP@[.5:.95] 0.1.
     wide = [103.0 - 6.0, 10.0, 103.0 + 6.0, 34.0]
     result, fixes = _breakdown([PERSON], [PEDESTRIAN], [wide], [PEDESTRIAN])
     assert result["mAP"] == pytest.approx(0.1)
     assert fixes["classes_fixed"]["mAP"] == pytest.approx(0.1)
+    assert fixes["fitted_centres"]["mAP"] == pytest.approx(0.1)
     assert fixes["fitted_sizes"]["mAP"] == pytest.approx(1.0)
     assert fixes["fitted_boxes"]["mAP"] == pytest.approx(1.0)
     json.dumps(fixes, allow_nan=False)
     section = detection_section({**result, "if_fixed": fixes})
     assert "| as measured | 0.100 | 1.000 | 0.000 |" in section
     assert "| sizes fitted to the ground truth (own centres) | 1.000 | 1.000 | 1.000 |" in section
+    assert "| centres fitted to the ground truth (own sizes) | 0.100 | 1.000 | 0.000 |" in section
 
 
-def test_a_shifted_box_keeps_its_error_under_fitted_sizes_only():
+def test_a_shifted_box_is_fixed_by_fitted_centres_and_boxes_not_by_sizes():
     # The right size, 2 px off in x on a 6-px-wide person: IoU 4/8 = 0.5.
     shifted = [102.0, 10.0, 108.0, 34.0]
     result, fixes = _breakdown([PERSON], [PEDESTRIAN], [shifted], [PEDESTRIAN])
     assert fixes["fitted_sizes"]["mAP"] == pytest.approx(result["mAP"]) == pytest.approx(0.1)
+    assert fixes["fitted_centres"]["mAP"] == pytest.approx(1.0)
+    assert fixes["fitted_boxes"]["mAP"] == pytest.approx(1.0)
+
+
+def test_a_box_wrong_in_centre_and_size_keeps_each_fixs_other_error():
+    """2 px off and 1.5x as tall: fitting the centre leaves the height's IoU 24/36, fitting the height
+    leaves the shift's 4/8; only the whole box is exact."""
+    both = [102.0, 4.0, 108.0, 40.0]  # centre (105, 22) against (103, 22), height 36 against 24
+    result, fixes = _breakdown([PERSON], [PEDESTRIAN], [both], [PEDESTRIAN])
+    assert result["mAP50"] == pytest.approx(0.0)  # IoU (4 x 24) / (6 x 36 + 6 x 24 - 96) = 0.36
+    assert fixes["fitted_centres"]["mAP50"] == pytest.approx(1.0)  # IoU 24 / 36 = 0.67
+    assert fixes["fitted_centres"]["mAP75"] == pytest.approx(0.0)
+    assert fixes["fitted_sizes"]["mAP50"] == pytest.approx(1.0)  # IoU 0.5
+    assert fixes["fitted_sizes"]["mAP75"] == pytest.approx(0.0)
     assert fixes["fitted_boxes"]["mAP"] == pytest.approx(1.0)
 
 
