@@ -102,10 +102,12 @@ def _if_fixed(result: dict) -> str:
     if not fixes:
         return ""
     rows = [["as measured", *(fmt(result.get(m)) for m in ("mAP", "mAP50", "mAP75"))]]
-    rows += [[label, *(fmt(fixes[fix].get(m)) for m in ("mAP", "mAP50", "mAP75"))] for fix, label in _FIXES]
+    # A metrics.json from before a fix existed (fitted_centres came later) renders without its row.
+    rows += [[label, *(fmt(fixes[fix].get(m)) for m in ("mAP", "mAP50", "mAP75"))]
+             for fix, label in _FIXES if fix in fixes]
     return ("\n\nWhere the AP goes: the same evaluation with one kind of error fixed (in score order, a fitted "
-            "detection takes the size, the centre or the whole of the free box of its class it overlaps most, IoU >= "
-            f"{FIT_IOU:g}; missed objects and duplicates stay errors):\n\n"
+            "detection takes the size, the centre or the whole of the free box of its class it overlaps "
+            f"most, IoU >= {FIT_IOU:g}; missed objects and duplicates stay errors):\n\n"
             + table(["", "mAP@[.5:.95]", "mAP50", "mAP75"], rows))
 
 

@@ -68,7 +68,7 @@ def _fix(ground_truth: list[dict], detections: list[dict], fix_one) -> list[dict
     """Each image's detections in score order, each through fix_one(detection, its x1y1x2y2 box, the
     image's boxes [N, 4], their IoU with it [N], their classes [N], which are still free [N]) -> (the
     detection, or None to drop it; the index of the box it takes, or None). A detection that evaluation
-    ignores, or that overlaps no box by FIT_IOU (the lowest threshold of both fixes), stays as is."""
+    ignores, or that overlaps no box by FIT_IOU (the lowest threshold of all the fixes), stays as is."""
     truth, regions = _by_image(ground_truth, crowd=False), _by_image(ground_truth, crowd=True)
     empty = (np.zeros((0, 4)), np.zeros((0,), int))
     per_image = defaultdict(list)
