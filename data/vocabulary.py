@@ -26,4 +26,7 @@ INT8_IO = ("uint8", "int8", "float32")
 SCORE_THRESHOLD = 0.3  # default export.score_threshold: a detection "is there" at or above this score
 
 STRIDE = 4  # detection output cell in input pixels: heat maps are 1/4 of the input size
+# A heat-map target at or above this marks an object's centre cell (the focal loss's positives);
+# the targets give centre cells exactly 1 and keep every other cell below it.
+HEAT_CENTRE = 1.0 - 1e-3
 DEPTH_SCALE = 256.0  # stored depth PNG = metres x 256 as uint16 (KITTI's encoding)

@@ -18,6 +18,7 @@ import keras
 from keras import ops
 
 from data.schema import DETECTION_CLASSES
+from data.vocabulary import HEAT_CENTRE
 from models.blocks import bounded_log, separable_bn_relu, separable_relu
 
 NUM_CLASSES = len(DETECTION_CLASSES)
@@ -101,7 +102,7 @@ def focal_loss(heat_true, logits, ignore=None, quality=None):
     -|q - p|^2 (q log p + (1 - q) log(1 - p)), which at q = 1 is CenterNet's positive term. The score
     then ranks a well-fitted box above a loose one, which is what AP at IoU 0.5-0.95 rewards.
     """
-    positive = ops.cast(heat_true >= 1.0 - 1e-3, "float32")  # gaussian peaks are exactly 1
+    positive = ops.cast(heat_true >= HEAT_CENTRE, "float32")  # centre cells are exactly 1
     target = positive if quality is None else positive * ops.cast(quality, "float32")[..., None]
     prob = ops.sigmoid(logits)
     negative = 1.0 - positive

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from data.vocabulary import STRIDE
+from data.vocabulary import HEAT_CENTRE, STRIDE
 
 GAUSSIAN_ALPHA = 0.54  # TTFNet: sigma = alpha * side / 6
 # The box size is learned over the box scaled by this about its centre (TTFNet's beta), not only at
@@ -23,8 +23,8 @@ SIZE_AREA_BETA = 0.54
 # where a heat-map peak lands when it misses the centre cell and decoding reads the box there:
 # weighted exp(-d^2 / 2 sigma^2), d the distance in cells from the object's centre to the cell's.
 NEIGHBOUR_SIGMA = 0.5
-# The heat map's largest target off a centre cell: the focal loss counts 0.999 and above as a centre.
-NEAR_MISS_CAP = 0.998
+# The heat map's largest target off a centre cell, below HEAT_CENTRE (the focal loss's centres).
+NEAR_MISS_CAP = HEAT_CENTRE - 1e-3
 
 
 def encode_detection(boxes: tf.Tensor, classes: tf.Tensor, image_size: tuple[int, int],

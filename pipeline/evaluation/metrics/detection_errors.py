@@ -122,11 +122,9 @@ def fitted(ground_truth: list[dict], detections: list[dict], size: bool, centre:
         best = _best(iou, (classes == detection["category_id"]) & free, FIT_IOU)
         if best is None:
             return detection, None
-        truth = boxes[best]
-        w, h = (float(truth[2] - truth[0]), float(truth[3] - truth[1])) if size else \
-            (float(box[2] - box[0]), float(box[3] - box[1]))
-        cx, cy = (float(truth[0] + truth[2]) / 2, float(truth[1] + truth[3]) / 2) if centre else \
-            (float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2)
+        sized, placed = (boxes[best] if size else box), (boxes[best] if centre else box)
+        w, h = (float(v) for v in sized[2:] - sized[:2])
+        cx, cy = (float(v) for v in (placed[:2] + placed[2:]) / 2)
         return {**detection, "bbox": [cx - w / 2, cy - h / 2, w, h], "area": w * h}, best
     return _fix(ground_truth, detections, fix_one)
 
