@@ -2,6 +2,7 @@
 import numpy as np
 import tensorflow as tf
 
+from data.vocabulary import HEAT_CENTRE
 from pipeline.inputs import detection_targets as targets
 
 IMAGE = (128, 256)  # 32 x 64 cells at stride 4
@@ -116,8 +117,8 @@ def test_the_heat_map_gaussian_is_centred_on_the_object_not_on_its_cell():
 
 def test_a_very_large_box_centred_on_a_cell_border_still_has_one_positive():
     # 250 x 125 cells, its centre on the border of columns 124 and 125: sigma 22.5 cells across, so
-    # the next cell's Gaussian is 0.9998, above the focal loss's 0.999 for a centre
+    # the next cell's Gaussian is 0.9998, above the focal loss's HEAT_CENTRE (0.999) for a centre
     maps = targets.encode_detection(tf.constant([[0.0, 0.0, 1000.0, 500.0]]), tf.constant([0]), (512, 1024), 3)
     heat = maps["det_heatmap"].numpy()
-    assert (heat >= 1.0 - 1e-3).sum() == 1 and heat[62, 125, 0] == 1.0
+    assert (heat >= HEAT_CENTRE).sum() == 1 and heat[62, 125, 0] == 1.0
     assert heat[62, 124, 0] == np.float32(targets.NEAR_MISS_CAP)
