@@ -179,7 +179,7 @@ def make_optimizer(train_config, total_steps):
     schedule = WarmupCosine(train_config.learning_rate, int(train_config.warmup_steps), total_steps)
     ema = float(getattr(train_config, "ema", 0.0) or 0.0)
     optimizer = LazyAdamW(learning_rate=schedule, weight_decay=train_config.weight_decay,
-                          use_ema=ema > 0, ema_momentum=ema or 0.99)
+                          beta_2=train_config.adam_beta_2, use_ema=ema > 0, ema_momentum=ema or 0.99)
     optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
     return optimizer
 

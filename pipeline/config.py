@@ -148,6 +148,9 @@ class TrainConfig:
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 100
+    # Adam's second-moment decay for the network (not the task weights): 0.999 averages the squared
+    # gradient over about 1,000 steps, a whole 15-minute training.
+    adam_beta_2: float = 0.999
     ema: float = 0.0  # > 0: keep an exponential moving average of the weights at this momentum
     weighting: str = "uncertainty"
     task_weight_learning_rate: float = 0.05  # Adam for uncertainty s / GradNorm w, constant
@@ -450,6 +453,7 @@ RULES: dict[str, Range | tuple] = {
     "train.learning_rate": POSITIVE,
     "train.weight_decay": NON_NEGATIVE,
     "train.warmup_steps": NON_NEGATIVE,
+    "train.adam_beta_2": Range(0, 1, high_open=True),
     "train.ema": Range(0, 1, high_open=True),
     "train.weighting": WEIGHTINGS,
     "train.task_weight_learning_rate": POSITIVE,

@@ -113,6 +113,29 @@ def test_lazy_adamw_steps_as_keras_adamw_where_gradients_arrive(compiled):
         np.testing.assert_allclose(mine, reference, rtol=1e-6, atol=1e-7)
 
 
+def test_make_optimizer_steps_with_the_configured_second_moment_decay():
+    """train.adam_beta_2 reaches Adam: with gradients that change from step to step, the network's
+    optimizer gives Keras AdamW's weights at that beta_2, and different ones at the default."""
+    rng = np.random.default_rng(1)
+    start = rng.normal(size=(3, 4)).astype(np.float32)
+    grads = [rng.normal(size=start.shape).astype(np.float32) * scale for scale in (1.0, 0.1, 3.0, 0.5)]
+
+    def run(optimizer):
+        variable = keras.Variable(start, name="kernel")
+        optimizer.build([variable])
+        for grad in grads:
+            optimizer.apply([tf.convert_to_tensor(grad)], [variable])
+        return variable.numpy()
+
+    train = TrainConfig(learning_rate=0.1, warmup_steps=0, weight_decay=0.0, adam_beta_2=0.9)
+    ours = run(make_optimizer(train, total_steps=100))
+    theirs = run(keras.optimizers.AdamW(keras.optimizers.schedules.CosineDecay(0.1, 100), weight_decay=0.0,
+                                        beta_2=0.9))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-7)
+    default = run(make_optimizer(TrainConfig(learning_rate=0.1, warmup_steps=0, weight_decay=0.0), 100))
+    assert np.abs(default - ours).max() > 1e-3
+
+
 def test_element_skip_moves_only_elements_with_a_gradient():
     moved = _one_step(LazyAdamW(learning_rate=0.1, skip="element"), [[1.0, 0.0], [0.0, -1.0]])
     np.testing.assert_array_equal(moved == 1.0, [[False, True], [True, False]])
