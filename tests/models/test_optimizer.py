@@ -71,10 +71,19 @@ def test_a_step_without_segmentation_labels_leaves_the_segmentation_head_bit_ide
 
 
 def _one_step(optimizer, grad):
-    variable = keras.Variable(np.ones((2, 2), np.float32), name="kernel")
-    optimizer.build([variable])
-    optimizer.apply([tf.constant(grad, tf.float32)], [variable])
-    return variable.numpy()
+    return _steps(optimizer, [np.ones((2, 2), np.float32)], ("kernel",), [[np.asarray(grad, np.float32)]])[0]
+
+
+def _steps(optimizer, start, names, grads, compiled=False):
+    """The weights after `optimizer` applies each of `grads` (one array per variable) to variables
+    that start at `start`, named `names` (weight decay excludes by name); traced when `compiled`."""
+    variables = [keras.Variable(w, name=name) for w, name in zip(start, names)]
+    optimizer.build(variables)
+    step = lambda g: optimizer.apply([tf.convert_to_tensor(x) for x in g], variables)  # noqa: E731
+    step = tf.function(step) if compiled else step
+    for g in grads:
+        step(g)
+    return [v.numpy() for v in variables]
 
 
 def test_lazy_adamw_decays_weights_where_a_gradient_arrives_and_nowhere_else():
@@ -95,15 +104,7 @@ def test_lazy_adamw_steps_as_keras_adamw_where_gradients_arrive(compiled):
     start = [rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32)]
     grads = [[rng.normal(size=w.shape).astype(np.float32) for w in start] for _ in range(3)]
 
-    def run(optimizer):
-        variables = [keras.Variable(w, name=name) for w, name in zip(start, ("kernel", "bias"))]
-        optimizer.build(variables)
-        step = lambda g: optimizer.apply([tf.convert_to_tensor(x) for x in g], variables)  # noqa: E731
-        step = tf.function(step) if compiled else step
-        for g in grads:
-            step(g)
-        return [v.numpy() for v in variables]
-
+    run = lambda optimizer: _steps(optimizer, start, ("kernel", "bias"), grads, compiled)  # noqa: E731
     schedule = lambda: keras.optimizers.schedules.CosineDecay(0.0, 4, warmup_target=0.1, warmup_steps=1)  # noqa: E731
     ours = LazyAdamW(learning_rate=schedule(), weight_decay=0.3)
     ours.exclude_from_weight_decay(var_names=["bias"])
@@ -118,14 +119,8 @@ def test_make_optimizer_steps_with_the_configured_second_moment_decay():
     optimizer gives Keras AdamW's weights at that beta_2, and different ones at the default."""
     rng = np.random.default_rng(1)
     start = rng.normal(size=(3, 4)).astype(np.float32)
-    grads = [rng.normal(size=start.shape).astype(np.float32) * scale for scale in (1.0, 0.1, 3.0, 0.5)]
-
-    def run(optimizer):
-        variable = keras.Variable(start, name="kernel")
-        optimizer.build([variable])
-        for grad in grads:
-            optimizer.apply([tf.convert_to_tensor(grad)], [variable])
-        return variable.numpy()
+    grads = [[rng.normal(size=start.shape).astype(np.float32) * scale] for scale in (1.0, 0.1, 3.0, 0.5)]
+    run = lambda optimizer: _steps(optimizer, [start], ("kernel",), grads)[0]  # noqa: E731
 
     train = TrainConfig(learning_rate=0.1, warmup_steps=0, weight_decay=0.0, adam_beta_2=0.9)
     ours = run(make_optimizer(train, total_steps=100))
