@@ -10,6 +10,9 @@ TASKS = ("detection", "segmentation", "depth")  # also the order of outputs, los
 # Valid choices of the config (pipeline/config.py checks them; models/ builds from them).
 WEIGHTINGS = ("fixed", "uncertainty", "dwa", "gradnorm", "famo", "pcgrad")
 SHARING_MODES = ("hard", "soft", "cross_stitch")
+# How the learning rate falls from its peak to 0 after the warm-up: SGDR's half cosine, or a straight
+# line (Bergsma et al. 2025, "Straight to Zero", found linear decay to zero best in LLM pre-training).
+LR_DECAYS = ("cosine", "linear")
 BACKBONES = ("builtin", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnetv2_b0", "efficientnet_lite0")
 REAL_SOURCES = ("kitti", "cityscapes", "camvid", "bdd100k")  # read from a folder in their public layout
 SOURCES = ("synthetic",) + REAL_SOURCES

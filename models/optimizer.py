@@ -1,4 +1,5 @@
-"""The optimizers: AdamW for the network (warm-up + cosine), Adam at a constant rate for task weights.
+"""The optimizers: AdamW for the network (warm-up, then a cosine or linear decay), Adam at a constant rate for
+task weights.
 
 Two rules make partial labels and learned task weights work:
 - A variable whose gradient is exactly zero this step is left untouched: no momentum step, no
@@ -19,6 +20,8 @@ import math
 
 import keras
 import tensorflow as tf
+
+from data.vocabulary import LR_DECAYS
 
 # Substrings of variable names kept out of AdamW's decoupled weight decay: biases and BatchNorm
 # scale/shift (decay only fights the normalisation), the uncertainty log-variances and GradNorm
@@ -98,12 +101,13 @@ class LazyAdamW(keras.optimizers.Adam):
 
 
 @keras.saving.register_keras_serializable(package="dashcam")
-class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up 0 -> `peak` over `warmup_steps`, then a cosine down to 0 at `total_steps` (Keras'
-    CosineDecay with warmup_target and alpha 0, step for step), whose end can move while training
-    runs (a time budget plans the steps then: pipeline/training/budget.py).
+class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up 0 -> `peak` over `warmup_steps`, then a decay down to 0 at `total_steps`, whose end
+    can move while training runs (a time budget plans the steps then: pipeline/training/budget.py).
+    `decay="cosine"` is Keras' CosineDecay with warmup_target and alpha 0, step for step;
+    `decay="linear"` falls in a straight line (Keras' PolynomialDecay with power 1 after the warm-up).
 
-    The cosine's phase runs linearly from `anchor_phase` at `anchor_step` to 1 at `end_step` (and
+    The decay's phase runs linearly from `anchor_phase` at `anchor_step` to 1 at `end_step` (and
     stays 1 from there: the rate is 0 at and past the end); it is 0 at the warm-up's end until the end
     moves. `relay` past the warm-up anchors the phase the rate has now, so the rate goes on from
     where it is and only decays faster or slower to the new end. Inside the configured warm-up, or
@@ -115,9 +119,12 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
     NAMES = ("warmup_steps", "anchor_step", "anchor_phase", "end_step")
 
-    def __init__(self, peak, warmup_steps, total_steps, anchor_step=None, anchor_phase=0.0):
+    def __init__(self, peak, warmup_steps, total_steps, anchor_step=None, anchor_phase=0.0, decay="cosine"):
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1; Received: total_steps={total_steps}")
+        if decay not in LR_DECAYS:
+            raise ValueError(f"decay must be one of {LR_DECAYS}; Received: decay={decay!r}")
+        self.decay = decay
         self.peak = float(peak)
         self.configured_warmup = int(warmup_steps)
         self._state = [keras.Variable(0.0, dtype="float32", trainable=False, name=name) for name in self.NAMES]
@@ -131,8 +138,8 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         warming = self.peak * step / tf.maximum(warmup, 1.0)
         phase = phase0 + (step - anchor) * (1.0 - phase0) / tf.maximum(end - anchor, 1.0)
         phase = tf.where(step >= end, 1.0, tf.clip_by_value(phase, 0.0, 1.0))
-        cosine = self.peak * 0.5 * (1.0 + tf.cos(math.pi * phase))
-        return tf.where(step < warmup, warming, cosine)
+        falling = 1.0 - phase if self.decay == "linear" else 0.5 * (1.0 + tf.cos(math.pi * phase))
+        return tf.where(step < warmup, warming, self.peak * falling)
 
     def state(self) -> dict:
         """The schedule's variables, for a plan file (restore() takes them back)."""
@@ -144,7 +151,7 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
     def lay(self, total_steps: int) -> None:
         """The whole schedule over `total_steps`: the configured warm-up (cut to total_steps - 1),
-        then the cosine to 0 at total_steps."""
+        then the decay to 0 at total_steps."""
         warmup = max(0, min(self.configured_warmup, int(total_steps) - 1))
         self.restore({"warmup_steps": warmup, "anchor_step": warmup, "anchor_phase": 0.0,
                       "end_step": int(total_steps)})
@@ -164,19 +171,20 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self):
         state = self.state()
         return {"peak": self.peak, "warmup_steps": self.configured_warmup, "total_steps": int(state["end_step"]),
-                "anchor_step": state["anchor_step"], "anchor_phase": state["anchor_phase"]}
+                "anchor_step": state["anchor_step"], "anchor_phase": state["anchor_phase"], "decay": self.decay}
 
 
 def make_optimizer(train_config, total_steps):
-    """The network's LazyAdamW (lr: 0 -> learning_rate over warmup_steps, then cosine -> 0 at
-    total_steps; WarmupCosine). train.ema > 0 keeps an exponential moving average of the weights (Keras'
+    """The network's LazyAdamW (lr: 0 -> learning_rate over warmup_steps, then train.lr_decay -> 0 at
+    total_steps; WarmupDecay). train.ema > 0 keeps an exponential moving average of the weights (Keras'
     use_ema) that validation, the best checkpoint and the saved model see
     (pipeline/training/callbacks.AveragedWeightsForValidation); training goes on from the raw weights."""
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1; Received: total_steps={total_steps}")
     if train_config.learning_rate <= 0:
         raise ValueError(f"learning_rate must be > 0; Received: learning_rate={train_config.learning_rate}")
-    schedule = WarmupCosine(train_config.learning_rate, int(train_config.warmup_steps), total_steps)
+    schedule = WarmupDecay(train_config.learning_rate, int(train_config.warmup_steps), total_steps,
+                           decay=train_config.lr_decay)
     ema = float(getattr(train_config, "ema", 0.0) or 0.0)
     optimizer = LazyAdamW(learning_rate=schedule, weight_decay=train_config.weight_decay,
                           beta_2=train_config.adam_beta_2, use_ema=ema > 0, ema_momentum=ema or 0.99)
@@ -184,7 +192,7 @@ def make_optimizer(train_config, total_steps):
     return optimizer
 
 
-def schedule_of(optimizer) -> WarmupCosine:
+def schedule_of(optimizer) -> WarmupDecay:
     """make_optimizer's schedule; under mixed_float16 compile() wraps the optimizer in a
     LossScaleOptimizer, and the schedule is the inner one's."""
     return getattr(optimizer, "inner_optimizer", optimizer)._learning_rate
@@ -192,7 +200,7 @@ def schedule_of(optimizer) -> WarmupCosine:
 
 def relay_schedule(optimizer, total_steps: int) -> dict:
     """Lays the rest of make_optimizer's schedule over `total_steps` from the optimizer's current step,
-    without a jump in the rate (WarmupCosine.relay); returns the schedule's state for a plan file."""
+    without a jump in the rate (WarmupDecay.relay); returns the schedule's state for a plan file."""
     schedule = schedule_of(optimizer)
     schedule.relay(total_steps, int(keras.ops.convert_to_numpy(optimizer.iterations)))
     return schedule.state()

@@ -20,8 +20,8 @@ import yaml
 from data import label_maps
 from data.classes import default_dict
 from data.errors import UserError
-from data.vocabulary import (BACKBONES, BAD_EXAMPLES, BEAM_RUNNERS, CLIP_RESIZE, INT8_IO, JIT_MODES, PRECISIONS,
-                             SCHEDULES, SCORE_THRESHOLD, SHARING_MODES, SOURCES, STRATEGIES, TASKS, WEIGHTINGS)
+from data.vocabulary import (BACKBONES, BAD_EXAMPLES, BEAM_RUNNERS, CLIP_RESIZE, INT8_IO, JIT_MODES, LR_DECAYS,
+                             PRECISIONS, SCHEDULES, SCORE_THRESHOLD, SHARING_MODES, SOURCES, STRATEGIES, TASKS, WEIGHTINGS)
 from pipeline import atomic
 
 
@@ -148,6 +148,9 @@ class TrainConfig:
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 100
+    # After the warm-up, to 0 at the last step: "cosine" or "linear". configs/default.yaml sets linear;
+    # the other configs keep the cosine, with which their documented numbers were measured.
+    lr_decay: str = "cosine"
     # Adam's second-moment decay for the network (not the task weights): 0.999 averages the squared
     # gradient over about 1,000 steps, a whole 15-minute training on a slower CPU. configs/default.yaml
     # sets 0.99; the other configs keep 0.999, with which their documented numbers were measured.
@@ -454,6 +457,7 @@ RULES: dict[str, Range | tuple] = {
     "train.learning_rate": POSITIVE,
     "train.weight_decay": NON_NEGATIVE,
     "train.warmup_steps": NON_NEGATIVE,
+    "train.lr_decay": LR_DECAYS,
     "train.adam_beta_2": Range(0, 1, high_open=True),
     "train.ema": Range(0, 1, high_open=True),
     "train.weighting": WEIGHTINGS,

@@ -15,8 +15,8 @@ three runs whose later epochs took 40-59 s (each also writes its backup between 
 every later epoch's last step the plan is made again from the mean time from one epoch's last step
 to the next so far (validations left out, the checkpoint and backup written between epochs
 counted), and when the epochs that fit change (more of them only with half an epoch to spare), the
-rest of the cosine is laid over the new count from the current step on (models/optimizer.py,
-WarmupCosine.relay): past the warm-up the learning rate goes on from where it is and decays
+rest of the decay is laid over the new count from the current step on (models/optimizer.py,
+WarmupDecay.relay): past the warm-up the learning rate goes on from where it is and decays
 faster or slower, never jumps. (Re-laying the whole cosine instead lifted the rate from 0.9 % to 3.2 % of its peak when one
 run's plan grew 18 -> 19 at epoch 17; forbidding growth after the plan's first half then left 1.5 of
 the 15 minutes unused in `make run` when its epochs got faster late.) Re-planning before the epoch's

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from models.multitask import TASKS, build_model
-from models.optimizer import (LazyAdamW, WarmupCosine, make_optimizer, make_task_weight_optimizer,
+from models.optimizer import (LazyAdamW, WarmupDecay, make_optimizer, make_task_weight_optimizer,
                               relay_schedule, schedule_of)
 from models.trainer import MultiTaskTrainer
 from models.weighting import UncertaintyWeighting
@@ -174,14 +174,40 @@ def test_task_weight_learning_rate_must_be_positive():
 
 
 
-def test_warmup_cosine_is_keras_cosine_decay_with_warm_up_step_for_step():
-    ours = WarmupCosine(0.01, warmup_steps=10, total_steps=100)
+def test_cosine_decay_is_keras_cosine_decay_with_warm_up_step_for_step():
+    ours = WarmupDecay(0.01, warmup_steps=10, total_steps=100)
     theirs = keras.optimizers.schedules.CosineDecay(0.0, 90, warmup_target=0.01, warmup_steps=10)
-    no_warmup = WarmupCosine(0.01, warmup_steps=0, total_steps=100)
+    no_warmup = WarmupDecay(0.01, warmup_steps=0, total_steps=100)
     plain = keras.optimizers.schedules.CosineDecay(0.01, 100)
     for step in range(0, 111):
         assert float(ours(step)) == pytest.approx(float(theirs(step)), abs=1e-7)
         assert float(no_warmup(step)) == pytest.approx(float(plain(step)), abs=1e-7)
+
+
+def test_linear_decay_is_keras_polynomial_decay_after_the_warm_up_step_for_step():
+    ours = WarmupDecay(0.01, warmup_steps=10, total_steps=100, decay="linear")
+    theirs = keras.optimizers.schedules.PolynomialDecay(0.01, 90, end_learning_rate=0.0, power=1.0)
+    for step in range(0, 111):
+        expected = 0.01 * step / 10 if step < 10 else float(theirs(step - 10))
+        assert float(ours(step)) == pytest.approx(expected, abs=1e-7)
+    assert float(ours(55)) == pytest.approx(0.005)  # half-way down: the cosine would be there too, at 0.005
+    assert float(ours(32)) < float(WarmupDecay(0.01, warmup_steps=10, total_steps=100)(32))  # lower early,
+    assert float(ours(78)) > float(WarmupDecay(0.01, warmup_steps=10, total_steps=100)(78))  # higher late
+
+
+def test_make_optimizer_lays_the_configured_decay_and_keeps_it_through_a_relay_and_its_config():
+    optimizer = make_optimizer(TrainConfig(learning_rate=0.01, warmup_steps=10, lr_decay="linear"), total_steps=100)
+    optimizer.iterations.assign(40)
+    before = float(schedule_of(optimizer)(40))
+    relay_schedule(optimizer, 190)  # a longer plan: on from the same rate, in a straight line to 0 at 190
+    schedule = schedule_of(optimizer)
+    assert float(schedule(40)) == pytest.approx(before, rel=1e-6)
+    assert float(schedule(115)) == pytest.approx(before / 2, rel=1e-5)
+    copy = WarmupDecay.from_config(schedule.get_config())
+    assert [float(copy(step)) for step in (5, 40, 115, 189)] == pytest.approx(
+        [float(schedule(step)) for step in (5, 40, 115, 189)])
+    with pytest.raises(ValueError, match="decay"):
+        WarmupDecay(0.01, warmup_steps=10, total_steps=100, decay="step")
 
 
 def test_relaying_the_schedule_inside_a_traced_step_never_makes_the_rate_jump():
@@ -216,7 +242,7 @@ def test_relaying_the_schedule_inside_a_traced_step_never_makes_the_rate_jump():
     relay_schedule(optimizer, 150)
     assert float(rate(tf.constant(150))) == 0.0
     # Its config carries the re-laid state too.
-    copy = WarmupCosine.from_config(schedule_of(fresh).get_config())
+    copy = WarmupDecay.from_config(schedule_of(fresh).get_config())
     assert [float(copy(step)) for step in (5, 160, 200, 249)] == pytest.approx(
         [float(schedule_of(fresh)(step)) for step in (5, 160, 200, 249)])
 

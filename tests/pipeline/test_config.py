@@ -32,6 +32,7 @@ def test_unknown_key_in_yaml_is_rejected(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("train.weighting=magic", "valid: fixed, uncertainty, dwa, gradnorm"),
     ("model.sharing=partial", "valid: hard, soft, cross_stitch"),
+    ("train.lr_decay=step", "valid: cosine, linear"),
     ("model.backbone=resnet9000", "valid: builtin"),
     ("model.tasks=[detection,flow]", "unknown model.tasks 'flow'"),
 ])
