@@ -79,7 +79,8 @@ class DataConfig:
     # true: the input pipeline hands over its batches in one order, so two trainings of one seed on one
     # machine are bit-identical (configs/tiny.yaml twice: max weight difference 0 with true, 0.12 with
     # false). Free: a default training batch took 50-64 ms to make with true, 69-73 ms with false,
-    # against a 0.9 s train step (docs/learning-efficiency.md, "A linear decay to zero").
+    # against a 0.9 s train step (docs/learning-efficiency.md, "A linear decay to zero", "How far one
+    # training is from another at the same seed").
     deterministic: bool = True
     bad_examples: str = "error"  # "error": stop naming the example; "drop": count, report and skip it
     # Processes that render or read the examples while the main one encodes and writes them
