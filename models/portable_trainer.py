@@ -12,7 +12,10 @@ keeps the network honest: the graph and the losses must not depend on TensorFlow
 """
 from __future__ import annotations
 
+import time
+
 import keras
+import numpy as np
 
 from models.losses import masked_task_loss, per_example_losses
 from data.vocabulary import TASKS
@@ -45,3 +48,29 @@ class PortableMultiTask(keras.Model):
             loss, _ = masked_task_loss(self.losses_by_task[task](y, y_pred[task]), y[f"has_{task}"])
             total = total + self.weights_by_task[task] * loss
         return total
+
+
+def tiled(batches, size: int, steps: int) -> tuple[dict, dict]:
+    """steps * size examples cycled in order from a list of (x, y) batches, as stacked arrays: fit
+    with shuffle=False and batch_size=size then trains on the same examples in the same order on
+    every backend."""
+    xs = {k: np.concatenate([b[0][k] for b in batches]) for k in batches[0][0]}
+    ys = {k: np.concatenate([b[1][k] for b in batches]) for k in batches[0][1]}
+    index = np.arange(steps * size) % len(next(iter(xs.values())))
+    return {k: v[index] for k, v in xs.items()}, {k: v[index] for k, v in ys.items()}
+
+
+class StepLosses(keras.callbacks.Callback):
+    """Each training step's own loss and the time it ended. Keras logs the epoch's running mean, so
+    step k's loss is k * mean_k - (k - 1) * mean_(k-1) (float64; the mean is kept in float32, so a
+    recovered loss carries about k * 1e-7 relative rounding)."""
+
+    def __init__(self):
+        super().__init__()
+        self.losses, self.ends, self._last_mean = [], [], 0.0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(time.perf_counter())
+        mean = float(logs["loss"])
+        self.losses.append((batch + 1) * mean - batch * self._last_mean)
+        self._last_mean = mean
