@@ -23,7 +23,10 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
 
     def _fusable(self, inputs, training, mask):
         axis = self.axis if isinstance(self.axis, int) else None
+        # The fused kernel takes float16, bfloat16 and float32 (a float64 net, e.g. a gradient
+        # reference, takes the parent's path).
         return (FUSED_BACKEND and training and self.trainable and mask is None and len(inputs.shape) == 4
+                and keras.backend.standardize_dtype(inputs.dtype) in ("float16", "bfloat16", "float32")
                 and axis in (-1, 3) and self.scale and self.center and not self.renorm
                 and not self.synchronized and self.epsilon >= 1.001e-5)
 

@@ -20,10 +20,9 @@ import pathlib
 import shutil
 
 if __name__ == "__main__":
-    # The reference is float32 as written: TensorFlow's Eigen kernels, not oneDNN's. On an AVX-512
-    # Xeon, oneDNN's step-0 gradients differed from float64's by up to 1.8e-3 on the default net and
-    # 3.7 % on the tiny one; the tiny one's Eigen and JAX gradients by at most 1.5e-5
-    # (docs/performance.md, section 8).
+    # The reference is as close to float32 as TensorFlow gets: its Eigen kernels, not oneDNN's. On an
+    # AVX-512 Xeon the default net's step-0 gradients were off from float64's by up to 1.8e-3 with
+    # oneDNN and 9.6e-5 without (docs/performance.md, section 8).
     # TensorFlow reads this once, when it loads, so only as a program (reference.npz records it).
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 

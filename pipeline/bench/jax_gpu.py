@@ -6,13 +6,14 @@ DIR comes from pipeline.bench.gpu_inputs (run with TensorFlow). Prints and write
 rewritten after every measurement (a run cut short keeps what it measured), in this order:
   parity     the trained net's outputs and loss on the reference batch against TensorFlow's
              (max abs difference per task; float32 arithmetic: matmul precision "highest")
-  training   PortableMultiTask.fit (fixed equal weights, the reference curve's optimizer and rate) on the
-             packed training batches in order: ms/step and images/s with XLA on (jit_compile) and
-             off (op by op), float32 / mixed_float16 / mixed_bfloat16, at the config's batch and at
-             a larger one. Each run at the config's batch also gives its loss curve, compared step
-             for step with TensorFlow's on the CPU (the reference): the largest relative
-             difference, held to CURVE_TOLERANCE for float32 arithmetic and MIXED_CURVE_TOLERANCE
-             for the mixed policies and XLA's default matmul precision (TF32 on recent GPUs).
+  training   PortableMultiTask.fit (fixed equal weights, the reference curve's optimizer and
+             rate) on the packed training batches in order: ms/step and images/s with XLA on
+             (jit_compile) and off (op by op), float32 / mixed_float16 / mixed_bfloat16, at the
+             config's batch and at a larger one. Each run at the config's batch also gives its loss
+             curve, compared step for step with TensorFlow's on the CPU (the reference): the
+             largest relative difference, held to CURVE_TOLERANCE for float32 arithmetic and
+             MIXED_CURVE_TOLERANCE for the mixed policies and XLA's default matmul precision (TF32
+             on recent GPUs).
   inference  images/s of the jitted forward pass at batch 1, 16 and 64 per policy
 --budget-s skips what would start after that many seconds (recorded as skipped), so the check fits
 a lent machine's minutes. The TensorFlow trainer (learned task weights, tf.distribute) needs
