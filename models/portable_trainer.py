@@ -61,9 +61,10 @@ def tiled(batches, size: int, steps: int) -> tuple[dict, dict]:
 
 
 class StepLosses(keras.callbacks.Callback):
-    """Each training step's own loss and the time it ended. Keras logs the epoch's running mean, so
-    step k's loss is k * mean_k - (k - 1) * mean_(k-1) (float64; the mean is kept in float32, so a
-    recovered loss carries about k * 1e-7 relative rounding)."""
+    """Each training step's own loss and the time it ended. Keras logs the epoch's running mean (over
+    equal batches), so step k's loss is k * mean_k - (k - 1) * mean_(k-1), k counted from 1 within each
+    epoch (float64; the mean is kept in float32, so a recovered loss carries
+    about k * 1e-7 relative rounding)."""
 
     def __init__(self):
         super().__init__()
@@ -74,3 +75,12 @@ class StepLosses(keras.callbacks.Callback):
         mean = float(logs["loss"])
         self.losses.append((batch + 1) * mean - batch * self._last_mean)
         self._last_mean = mean
+
+
+def fit_in_order(model, batches, size: int, steps: int) -> StepLosses:
+    """`steps` steps of a compiled model on the batches cycled in order (tiled), one epoch, no
+    shuffling: the same training on every backend. Returns the per-step losses and end times."""
+    x, y = tiled(batches, size, steps)
+    recorder = StepLosses()
+    model.fit(x, y, batch_size=size, epochs=1, shuffle=False, verbose=0, callbacks=[recorder])
+    return recorder

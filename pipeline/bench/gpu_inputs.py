@@ -29,7 +29,7 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 
 from models.multitask import rebuild_at  # noqa: E402
-from models.portable_trainer import PortableMultiTask, StepLosses, tiled  # noqa: E402
+from models.portable_trainer import PortableMultiTask, fit_in_order  # noqa: E402
 from pipeline import layout, trained  # noqa: E402
 from pipeline.bench.gpu_reference import curve_optimizer, flat, unpack_batches  # noqa: E402
 from pipeline.config import load_config, save_config  # noqa: E402
@@ -47,11 +47,7 @@ def cpu_curve(net, config, batches, steps: int, learning_rate: float) -> np.ndar
     """Per-step training losses of TensorFlow's PortableMultiTask.fit on the packed batches."""
     model = PortableMultiTask(net, config.model, {task: 1.0 for task in config.model.tasks})
     model.compile(optimizer=curve_optimizer(learning_rate), jit_compile=False)
-    x, y = tiled(batches, len(batches[0][0]["image"]), steps)
-    recorder = StepLosses()
-    model.fit(x, y, batch_size=len(batches[0][0]["image"]), epochs=1, shuffle=False, verbose=0,
-              callbacks=[recorder])
-    return np.asarray(recorder.losses, np.float64)
+    return np.asarray(fit_in_order(model, batches, len(batches[0][0]["image"]), steps).losses, np.float64)
 
 
 def pack(config, out: pathlib.Path, batches: int, curve_steps: int,
@@ -78,6 +74,7 @@ def pack(config, out: pathlib.Path, batches: int, curve_steps: int,
     loss = model.compute_loss(x, y, outputs)
     # The curve trains a copy at the training input's size (the crop), as the train stage does.
     cropped = rebuild_at(net, output_size(config, crop=True))
+    # Read back: the float16-rounded images, as the JAX run trains on them.
     curve = cpu_curve(cropped, config, unpack_batches(np.load(out / "batches.npz")), curve_steps, learning_rate)
     np.savez_compressed(out / "reference.npz", **flat("x/", {k: v.numpy() for k, v in x.items()}),
                         **flat("y/", {k: v.numpy() for k, v in y.items()}),
@@ -85,9 +82,10 @@ def pack(config, out: pathlib.Path, batches: int, curve_steps: int,
                         loss=np.float32(loss), curve=curve, curve_learning_rate=np.float64(learning_rate),
                         curve_trainable_weights=np.int64(len(cropped.trainable_weights)),
                         curve_onednn=np.bool_(onednn.enabled()))
+    fall = curve[-batches:].mean() / curve[:batches].mean()
     print(f"packed {batches} training batches, a reference batch and a {curve_steps}-step CPU loss curve "
-          f"(last pass over the batches {curve[-batches:].mean() / curve[:batches].mean():.2f} of the first; oneDNN {'on' if onednn.enabled() else 'off'}) into {out} "
-          f"({sum(f.stat().st_size for f in out.iterdir()) / 2**20:.1f} MiB)")
+          f"(last pass over the batches {fall:.2f} of the first; oneDNN {'on' if onednn.enabled() else 'off'}) "
+          f"into {out} ({sum(f.stat().st_size for f in out.iterdir()) / 2**20:.1f} MiB)")
 
 
 def main(argv=None) -> None:

@@ -39,7 +39,7 @@ import keras  # noqa: E402
 
 import models  # noqa: E402,F401  (registers the custom layers)
 from models.multitask import build_model  # noqa: E402
-from models.portable_trainer import PortableMultiTask, StepLosses, tiled  # noqa: E402
+from models.portable_trainer import PortableMultiTask, fit_in_order  # noqa: E402
 from pipeline.bench.gpu_reference import (CURVE_TOLERANCE, MIXED_CURVE_TOLERANCE, curve_comparison, curve_optimizer,  # noqa: E402
                                           unflatten, unpack_batches)  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
@@ -114,10 +114,8 @@ def train_run(run: Run, config, trained, batches, reference, steps: int) -> dict
     if run.policy == "mixed_float16":  # float16 gradients underflow without a loss scale
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(optimizer=optimizer, jit_compile=run.xla)
-    x, y = tiled(batches, size, steps)
-    recorder = StepLosses()
     with jax.default_matmul_precision(run.precision):
-        model.fit(x, y, batch_size=size, epochs=1, shuffle=False, verbose=0, callbacks=[recorder])
+        recorder = fit_in_order(model, batches, size, steps)
     # Steps after the first two (compilation, and the first dispatch) give the rate.
     seconds = (recorder.ends[-1] - recorder.ends[1]) / (len(recorder.ends) - 2)
     row = {"run": run.name, **dataclasses.asdict(run), "batch": size, "steps": steps,
