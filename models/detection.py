@@ -141,7 +141,7 @@ def _weighted_l1(pred, true, weight, mask):
     return total / ops.maximum(count, 1.0)
 
 
-def detection_loss(y_true, y_pred, quality=False, neighbours=False):
+def detection_loss(y_true, y_pred, quality=False, neighbours=False, size_gradient=1.0):
     """Per-example loss [B]: focal(heat) + 1.0 * L1(log size) over each object's area + 1.0 *
     L1(offset) at centre cells; with neighbours, + both L1 terms at the 8 cells around each centre
     (det_near_box, det_near_weight).
@@ -149,6 +149,9 @@ def detection_loss(y_true, y_pred, quality=False, neighbours=False):
     y_true: the batch dict (det_heatmap, det_size and det_size_weight over each object's area,
     det_offset and det_mask at its centre cell, optional det_ignore);
     y_pred: [B, h, w, C+4]. quality: the heat map's centres learn their box's IoU (focal_loss).
+    size_gradient (train.detection_size_gradient): the size terms' gradient is multiplied by this and
+    their value is not, so the loss uncertainty weighting reads, and with it the heat map's weight,
+    stays what it was (weighing the size up in the value diluted the heat map's gradient instead).
     """
     y_pred = ops.cast(y_pred, "float32")
     classes = y_pred.shape[-1] - 4
@@ -176,4 +179,7 @@ def detection_loss(y_true, y_pred, quality=False, neighbours=False):
         near_log_true = ops.log(ops.maximum(near_box[..., :2], MIN_SIZE))
         size += _weighted_l1(log_pred, near_log_true, near_weight, mask)
         offset += _weighted_l1(offset_pred, near_box[..., 2:], near_weight, mask)
-    return heat + SIZE_WEIGHT * size + OFFSET_WEIGHT * offset
+    size = SIZE_WEIGHT * size
+    # Value size, gradient size_gradient x size's.
+    size += (size_gradient - 1.0) * (size - ops.stop_gradient(size))
+    return heat + size + OFFSET_WEIGHT * offset

@@ -15,15 +15,17 @@ from models.segmentation import segmentation_loss
 def per_example_losses(model_config, train_config=None):
     """{task: (batch targets y, the task's output) -> per-example loss [B]}.
 
-    With train_config, the training objective (train.segmentation_ohem, train.detection_quality);
+    With train_config, the training objective (train.segmentation_ohem, train.detection_quality,
+    train.detection_size_gradient);
     without, the plain losses that validation reports, so that validation losses compare across
     training objectives.
     """
     hard_pixels = bool(train_config is not None and train_config.segmentation_ohem)
     quality = bool(train_config is not None and train_config.detection_quality)
     neighbours = bool(train_config is not None and model_config.detection_neighbour_boxes)
+    size_gradient = 1.0 if train_config is None else float(train_config.detection_size_gradient)
     return {
-        "detection": lambda y, out: detection_loss(y, out, quality, neighbours),
+        "detection": lambda y, out: detection_loss(y, out, quality, neighbours, size_gradient),
         "segmentation": lambda y, out: segmentation_loss(y["segmentation"], out, hard_pixels),
         # Depth is scored on the range the model can output (the evaluation protocol's too).
         "depth": lambda y, out: depth_loss(y["depth"], out, model_config.max_depth),

@@ -171,6 +171,10 @@ class TrainConfig:
     # focal loss, models/detection.py), so scores rank well-fitted boxes first; validation still
     # reports the plain focal loss.
     detection_quality: bool = False
+    # The box-size loss's gradient is multiplied by this, its value is not (models/detection.py), so
+    # the detection loss that uncertainty weighting reads, and the heat map's share of the detection
+    # gradient, stay as at 1.
+    detection_size_gradient: float = 1.0
     fixed_weights: dict[str, float] = field(
         default_factory=lambda: {"detection": 1.0, "segmentation": 1.0, "depth": 1.0})
     # Uncertainty weighting's task priorities: k multiplies a task's whole term (its learned weight's
@@ -468,6 +472,7 @@ RULES: dict[str, Range | tuple] = {
     "train.ema": Range(0, 1, high_open=True),
     "train.weighting": WEIGHTINGS,
     "train.task_weight_learning_rate": POSITIVE,
+    "train.detection_size_gradient": POSITIVE,  # 0 would leave the box sizes untrained
     "train.fixed_weights": NON_NEGATIVE,
     "train.uncertainty_priority": POSITIVE,
     "train.dwa_temperature": POSITIVE,

@@ -1,12 +1,14 @@
-"""Helpers the tests share: the repository's paths, the tiny config, running the command line, and
-the two promises every stage makes (a user's mistake is one line and exit 2; a failed run leaves no
-partial output)."""
+"""Helpers the tests share: the repository's paths, the tiny config, running the command line, the
+two promises every stage makes (a user's mistake is one line and exit 2; a failed run leaves no
+partial output), and one object's detection targets."""
 from __future__ import annotations
 
 import os
 import pathlib
 import subprocess
 import sys
+
+import numpy as np
 
 from pipeline.config import load_config
 
@@ -93,3 +95,19 @@ def evaluated_with(tiny_trained, out_root: pathlib.Path, override, folder: str):
     evaluate.evaluate_into(optioned, model_path, "validation", out)
     plain = evaluate.evaluate_model(config, trained.load(model_path), "validation")
     return json.loads((out / "metrics.json").read_text()), plain, (out / "report.md").read_text()
+
+
+def one_object_targets(grid=(6, 8), classes=3):
+    """Detection targets for one object of class 1 centred in cell (2, 3): a 2x5-cell box, offset
+    (0.5, 0.5), a Gaussian's shoulders of 0.5 around its centre."""
+    heat = np.zeros((1, *grid, classes), np.float32)
+    heat[0, 1:4, 2:5, 1] = 0.5
+    heat[0, 2, 3, 1] = 1.0
+    size = np.zeros((1, *grid, 2), np.float32)
+    size[0, 2, 3] = [2.0, 5.0]
+    offset = np.zeros((1, *grid, 2), np.float32)
+    offset[0, 2, 3] = [0.5, 0.5]
+    mask = np.zeros((1, *grid), np.float32)
+    mask[0, 2, 3] = 1.0
+    return {"det_heatmap": heat, "det_size": size, "det_size_weight": mask, "det_offset": offset,
+            "det_mask": mask}

@@ -8,24 +8,10 @@ from models.detection import box_iou_at_cells, detection_loss, focal_loss
 from models.multitask import build_model
 from models.trainer import MultiTaskTrainer
 from pipeline.config import ModelConfig, TrainConfig
+from support import one_object_targets
 
 CLASSES = 3
 GRID = (6, 8)
-
-
-def _one_object():
-    """Targets for one object centred in cell (2, 3) of class 1: a 2x5-cell box, offset (0.5, 0.5)."""
-    heat = np.zeros((1, *GRID, CLASSES), np.float32)
-    heat[0, 1:4, 2:5, 1] = 0.5  # the Gaussian's shoulders
-    heat[0, 2, 3, 1] = 1.0
-    size = np.zeros((1, *GRID, 2), np.float32)
-    size[0, 2, 3] = [2.0, 5.0]
-    offset = np.zeros((1, *GRID, 2), np.float32)
-    offset[0, 2, 3] = [0.5, 0.5]
-    mask = np.zeros((1, *GRID), np.float32)
-    mask[0, 2, 3] = 1.0
-    return {"det_heatmap": heat, "det_size": size, "det_size_weight": mask, "det_offset": offset,
-            "det_mask": mask}
 
 
 def _output(heat_logits, size, offset):
@@ -50,7 +36,7 @@ def test_box_iou_at_cells_is_the_iou_of_the_two_boxes():
 
 def test_quality_one_is_centernets_focal_loss_and_below_one_gfls():
     rng = np.random.default_rng(0)
-    y = _one_object()
+    y = one_object_targets(GRID, CLASSES)
     logits = rng.normal(-2.0, 2.0, (1, *GRID, CLASSES)).astype(np.float32)
     prob = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
     heat = y["det_heatmap"]
@@ -65,7 +51,7 @@ def test_quality_one_is_centernets_focal_loss_and_below_one_gfls():
 
 
 def test_a_centre_is_pulled_towards_its_iou_and_no_further():
-    heat = _one_object()["det_heatmap"]
+    heat = one_object_targets(GRID, CLASSES)["det_heatmap"]
     quality = np.full((1, *GRID), 0.6, np.float32)
 
     def gradient_at_centre(probability):
@@ -83,7 +69,7 @@ def test_a_centre_is_pulled_towards_its_iou_and_no_further():
 
 
 def test_the_quality_target_moves_the_score_not_the_box():
-    y = _one_object()
+    y = one_object_targets(GRID, CLASSES)
     logits = np.random.default_rng(1).normal(-2.0, 1.0, (1, *GRID, CLASSES))
     logits[0, 2, 3, 1] = 2.0  # a score of 0.88 on the centre's box (3x3 cells, offset 0.3): IoU 6 / 13
     out = _output(logits, np.full((1, *GRID, 2), 3.0), np.full((1, *GRID, 2), 0.3))
@@ -105,7 +91,7 @@ def test_the_trainer_trains_on_quality_targets_and_validates_on_the_plain_loss()
     net = build_model(model_config, (32, 32))  # the outputs below are given, not the net's
     plain = MultiTaskTrainer(net, model_config, TrainConfig(weighting="fixed"))
     quality = MultiTaskTrainer(net, model_config, TrainConfig(weighting="fixed", detection_quality=True))
-    y = {**_one_object(), "has_detection": np.ones(1, np.float32)}
+    y = {**one_object_targets(GRID, CLASSES), "has_detection": np.ones(1, np.float32)}
     logits = np.full((1, *GRID, CLASSES), -6.0, np.float32)
     logits[0, 2, 3, 1] = 4.0  # a confident peak on a box of IoU 0.4: the quality target penalises it
     outputs = {"detection": tf.constant(_output(logits, np.full((1, *GRID, 2), 2.0), np.full((1, *GRID, 2), 0.5)))}

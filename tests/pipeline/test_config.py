@@ -166,6 +166,7 @@ def test_the_default_ranks_segmentation_and_an_override_replaces_the_whole_mappi
     ("data.sources=[]", "data.sources is empty"),
     ("train.ema=1", r"in \[0, 1\)"),
     ("train.adam_beta_2=1.0", r"train.adam_beta_2 must be in \[0, 1\)"),
+    ("train.detection_size_gradient=0", "train.detection_size_gradient"),
     ("model.weights=foo", "valid: imagenet \\(or null\\)"),
     ("train=5", "'train' must be a mapping"),
     ("export.score_threshold=1.5", r"export.score_threshold must be in \[0, 1\]"),
