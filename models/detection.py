@@ -180,6 +180,6 @@ def detection_loss(y_true, y_pred, quality=False, neighbours=False, size_gradien
         size += _weighted_l1(log_pred, near_log_true, near_weight, mask)
         offset += _weighted_l1(offset_pred, near_box[..., 2:], near_weight, mask)
     size = SIZE_WEIGHT * size
-    # Value size, gradient size_gradient x size's.
-    size += (size_gradient - 1.0) * (size - ops.stop_gradient(size))
+    if size_gradient != 1.0:  # value size, gradient size_gradient x size's
+        size += (size_gradient - 1.0) * (size - ops.stop_gradient(size))
     return heat + size + OFFSET_WEIGHT * offset
