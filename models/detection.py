@@ -7,18 +7,22 @@ Output [B, H/4, W/4, C+4]: C centre heat-map logits, box size (w, h) in grid cel
 L1 loss on log sizes): a 4-px-wide pedestrian's 1-px error then costs what a 40-px car's 10-px
 error does, where CenterNet's L1 in cells let the large boxes dominate (with it, pedestrian AP
 fell from 0.56 at IoU 0.5 to 0.06 at 0.75 on the validation split: the boxes were found but not
-fitted). The head and its loss are backend-agnostic Keras (keras.ops); decoding, which the exports
-need in TensorFlow ops, is models/detection_decode.py.
+fitted). With model.detection_size_bins, each side is instead a distribution over log-size bins
+(BinSize; Generalized Focal Loss's distribution focal loss, Li et al. 2020): the output is still
+C+4 channels, the bins' logits a training-only output (with_size_bins). The head and its loss are
+backend-agnostic Keras (keras.ops); decoding, which the exports need in TensorFlow ops, is
+models/detection_decode.py.
 """
 from __future__ import annotations
 
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from data.schema import DETECTION_CLASSES
-from data.vocabulary import HEAT_CENTRE
+from data.vocabulary import HEAT_CENTRE, STRIDE
 from models.blocks import bounded_log, separable_bn_relu, separable_relu
 
 NUM_CLASSES = len(DETECTION_CLASSES)
@@ -30,12 +34,17 @@ SIZE_WEIGHT = 1.0  # on L1 of log sizes (CenterNet's 0.1 was on L1 in cells)
 MIN_SIZE = 0.1
 MAX_SIZE = 256.0
 OFFSET_WEIGHT = 1.0
+# Size bins (model.detection_size_bins): the bins' layer, and the trainer's extra output, by this name.
+SIZE_BINS = "detection_size_bins"
+SMALLEST_BIN = 0.5  # cells: 2 px, the smallest box side the data keeps after resizing
+# On the distribution focal loss, gradient only (GFL's weight; the L1 on the log size stays).
+BIN_LOSS_WEIGHT = 0.25
 FOCAL_ALPHA = 2.0
 FOCAL_BETA = 4.0
 
 
 def build_detection_head(feature, width, num_classes=NUM_CLASSES, convs=1, batch_norm=False,
-                         neighbour_boxes=False, name="detection"):
+                         neighbour_boxes=False, size_bins=0, largest_box=384, name="detection"):
     """Stride-4 feature -> [B, h, w, C+4] float32 (see module docstring).
 
     The heat map and the box each read the feature through `convs` separable 3x3 convs of their own:
@@ -47,13 +56,17 @@ def build_detection_head(feature, width, num_classes=NUM_CLASSES, convs=1, batch
     """
     if num_classes < 1 or width < 1 or convs < 1:
         raise ValueError(f"detection head needs positive sizes; Received: num_classes={num_classes}, "
-                         f"width={width}, convs={convs}")
+                         f"width={width}, convs={convs}, size_bins={size_bins}")
     heat = _branch(feature, width, convs, batch_norm, name=f"{name}_heat")
     heat = keras.layers.Conv2D(
         num_classes, 1, name=f"{name}_heat_logits",
         bias_initializer=keras.initializers.Constant(-math.log((1 - HEAT_PRIOR) / HEAT_PRIOR)))(heat)
     box = _branch(feature, width, convs, batch_norm, name=f"{name}_box")
-    size = BoxSize(name=f"{name}_size_cells")(keras.layers.Conv2D(2, 1, name=f"{name}_size")(box))
+    if size_bins:
+        logits = keras.layers.Conv2D(2 * size_bins, 1, name=f"{name}_size_bins")(box)
+        size = BinSize(size_bins, largest_box / STRIDE, name=f"{name}_size_cells")(logits)
+    else:
+        size = BoxSize(name=f"{name}_size_cells")(keras.layers.Conv2D(2, 1, name=f"{name}_size")(box))
     if neighbour_boxes:
         offset = keras.layers.Conv2D(2, 1, name=f"{name}_offset")(box)
         offset = NeighbourOffset(name=f"{name}_offset_cells")(offset)
@@ -79,6 +92,42 @@ class BoxSize(keras.layers.Layer):
 
     def call(self, x):
         return ops.exp(bounded_log(x, MIN_SIZE, MAX_SIZE))
+
+
+def bin_log_sizes(bins, largest):
+    """The bins' log sizes: `bins` evenly spaced from log(SMALLEST_BIN) to log(largest), in cells."""
+    return np.linspace(math.log(SMALLEST_BIN), math.log(largest), bins, dtype=np.float32)
+
+
+@keras.saving.register_keras_serializable(package="dashcam")
+class BinSize(keras.layers.Layer):
+    """[.., 2 bins] logits -> [.., 2] size in cells: per side, exp of the expected log size under a
+    softmax over `bins` log sizes (bin_log_sizes). Expected in log space, as the L1 measures sizes;
+    the distribution is what the distribution focal loss (detection_loss) trains."""
+
+    def __init__(self, bins, largest, **kwargs):
+        super().__init__(**kwargs)
+        self.bins, self.largest = int(bins), float(largest)
+
+    def call(self, x):
+        # A reshape to [.., 2, bins], not slices and a concatenation: TFLite keeps neither out of XNNPACK.
+        shape = ops.shape(x)
+        x = ops.reshape(ops.cast(x, "float32"), (*shape[:-1], 2, self.bins))
+        values = ops.convert_to_tensor(bin_log_sizes(self.bins, self.largest))
+        return ops.exp(ops.sum(ops.softmax(x, axis=-1) * values, axis=-1))
+
+    def get_config(self):
+        return {**super().get_config(), "bins": self.bins, "largest": self.largest}
+
+
+def with_size_bins(net):
+    """The net with its detection head's size-bin logits as one more output, SIZE_BINS, for the
+    distribution focal loss; the net itself when it has none. Same layers and weights: the saved net
+    keeps its C+4 detection output, which decoding, the exports and serving read."""
+    if SIZE_BINS not in [layer.name for layer in net.layers]:
+        return net
+    return keras.Model(net.input, {**net.output, SIZE_BINS: net.get_layer(SIZE_BINS).output},
+                       name=f"{net.name}_with_size_bins")
 
 
 @keras.saving.register_keras_serializable(package="dashcam")
@@ -141,7 +190,37 @@ def _weighted_l1(pred, true, weight, mask):
     return total / ops.maximum(count, 1.0)
 
 
-def detection_loss(y_true, y_pred, quality=False, neighbours=False, size_gradient=1.0):
+def _bin_loss(logits, log_true, weight, mask, values):
+    """GFL's distribution focal loss as a KL divergence: per side, the cross-entropy of the softmax
+    over the bins against the two-hot target (the two bins around the true log size, weighted by
+    nearness) minus the target's own entropy, so 0 when the distribution is the target. Weighted per
+    cell and averaged over objects and sides as _weighted_l1. True sizes outside the bins count as the
+    end bin."""
+    bins = values.shape[0]
+    spacing = float(values[1] - values[0])
+    position = (ops.clip(log_true, float(values[0]), float(values[-1])) - float(values[0])) / spacing
+    left = ops.minimum(ops.floor(position), bins - 2.0)
+    right_share = position - left  # 0..1
+    left_index = ops.cast(left, "int32")
+    total = 0.0
+    for side in range(2):
+        share = right_share[..., side]
+        target = (ops.one_hot(left_index[..., side], bins) * (1.0 - share)[..., None]
+                  + ops.one_hot(left_index[..., side] + 1, bins) * share[..., None])
+        log_p = ops.log_softmax(ops.cast(logits[..., side * bins:(side + 1) * bins], "float32"), axis=-1)
+        entropy = -ops.sum(target * ops.log(ops.maximum(target, 1e-12)), axis=-1)
+        total += ops.sum((-ops.sum(target * log_p, axis=-1) - entropy) * weight, axis=(1, 2))
+    return total / ops.maximum(ops.sum(mask, axis=(1, 2)) * 2, 1.0)
+
+
+def _gradient_only(term, factor):
+    """Value 0, gradient factor x term's: shapes the step without moving the loss that uncertainty
+    weighting reads (and so the heat map's share of the detection gradient)."""
+    return factor * (term - ops.stop_gradient(term))
+
+
+def detection_loss(y_true, y_pred, quality=False, neighbours=False, size_gradient=1.0, size_bins=None,
+                   largest=None):
     """Per-example loss [B]: focal(heat) + 1.0 * L1(log size) over each object's area + 1.0 *
     L1(offset) at centre cells; with neighbours, + both L1 terms at the 8 cells around each centre
     (det_near_box, det_near_weight).
@@ -152,6 +231,8 @@ def detection_loss(y_true, y_pred, quality=False, neighbours=False, size_gradien
     size_gradient (train.detection_size_gradient): the size terms' gradient is multiplied by this and
     their value is not, so the loss uncertainty weighting reads, and with it the heat map's weight,
     stays what it was (weighing the size up in the value diluted the heat map's gradient instead).
+    size_bins [B, h, w, 2n] (the SIZE_BINS output; largest: BinSize's, in cells): adds the
+    distribution focal loss at every cell the size L1 weighs, BIN_LOSS_WEIGHT x, gradient only.
     """
     y_pred = ops.cast(y_pred, "float32")
     classes = y_pred.shape[-1] - 4
@@ -168,7 +249,11 @@ def detection_loss(y_true, y_pred, quality=False, neighbours=False, size_gradien
     # prediction's floor only keeps log(0) out, far below it, so the gradient is never cut.
     log_pred = ops.log(ops.maximum(y_pred[..., classes:classes + 2], 1e-6))
     log_true = ops.log(ops.maximum(ops.cast(y_true["det_size"], "float32"), MIN_SIZE))
-    size = _weighted_l1(log_pred, log_true, ops.cast(y_true["det_size_weight"], "float32"), mask)
+    size_weight = ops.cast(y_true["det_size_weight"], "float32")
+    size = _weighted_l1(log_pred, log_true, size_weight, mask)
+    if size_bins is not None:
+        values = bin_log_sizes(size_bins.shape[-1] // 2, largest)
+        bins = _bin_loss(size_bins, log_true, size_weight, mask, values)
     offset_pred = y_pred[..., classes + 2:]
     offset = _weighted_l1(offset_pred, ops.cast(y_true["det_offset"], "float32"), mask, mask)
     if neighbours:
@@ -178,8 +263,12 @@ def detection_loss(y_true, y_pred, quality=False, neighbours=False, size_gradien
         near_weight = ops.cast(y_true["det_near_weight"], "float32")
         near_log_true = ops.log(ops.maximum(near_box[..., :2], MIN_SIZE))
         size += _weighted_l1(log_pred, near_log_true, near_weight, mask)
+        if size_bins is not None:
+            bins += _bin_loss(size_bins, near_log_true, near_weight, mask, values)
         offset += _weighted_l1(offset_pred, near_box[..., 2:], near_weight, mask)
     size = SIZE_WEIGHT * size
     if size_gradient != 1.0:  # value size, gradient size_gradient x size's
-        size += (size_gradient - 1.0) * (size - ops.stop_gradient(size))
+        size += _gradient_only(size, size_gradient - 1.0)
+    if size_bins is not None:
+        size += _gradient_only(bins, BIN_LOSS_WEIGHT)
     return heat + size + OFFSET_WEIGHT * offset

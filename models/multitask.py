@@ -114,7 +114,9 @@ def build_model(model_config, image_size):
                                                  num_classes=len(model_config.classes.detection),
                                                  convs=model_config.detection_head_convs,
                                                  batch_norm=model_config.detection_head_batch_norm,
-                                                 neighbour_boxes=model_config.detection_neighbour_boxes)
+                                                 neighbour_boxes=model_config.detection_neighbour_boxes,
+                                                 size_bins=model_config.detection_size_bins,
+                                                 largest_box=model_config.detection_largest_box)
         elif task == "segmentation":
             outputs[task] = build_segmentation_head(feature, skip, model_config.head_width,
                                                     num_classes=len(model_config.classes.segmentation))

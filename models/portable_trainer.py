@@ -45,7 +45,7 @@ class PortableMultiTask(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         total = 0.0
         for task in self.tasks:
-            loss, _ = masked_task_loss(self.losses_by_task[task](y, y_pred[task]), y[f"has_{task}"])
+            loss, _ = masked_task_loss(self.losses_by_task[task](y, y_pred), y[f"has_{task}"])
             total = total + self.weights_by_task[task] * loss
         return total
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from models.detection import with_size_bins
 from models.losses import masked_task_loss, per_example_losses
 from models.optimizer import make_task_weight_optimizer
 from models.sharing import shared_kernel, soft_sharing_penalty, task_encoders
@@ -45,6 +46,11 @@ class MultiTaskTrainer(keras.Model):
             raise ValueError(f"net outputs {sorted(built)} do not cover the configured tasks; "
                              f"Received: tasks={list(model_config.tasks)}")
         self.net = net
+        # Training reads the detection head's size-bin logits too (model.detection_size_bins), which
+        # the saved net does not output. Held in a closure: as an attribute, Keras would track the
+        # second model and save every shared weight twice in the checkpoints.
+        training_net = with_size_bins(net)
+        self.training_forward = lambda x: training_net(x, training=True)
         # The training objective, and the plain losses test_step reports (see per_example_losses).
         self.losses_by_task = per_example_losses(model_config, train_config)
         self.evaluation_losses = per_example_losses(model_config)
@@ -117,7 +123,7 @@ class MultiTaskTrainer(keras.Model):
         losses, present = {}, {}
         by_task = self.losses_by_task if training else self.evaluation_losses
         for task in self.tasks:
-            per_example = by_task[task](y, outputs[task])
+            per_example = by_task[task](y, outputs)
             losses[task], present[task] = masked_task_loss(per_example, y[f"has_{task}"])
         penalty = None
         if self.soft_beta:
@@ -146,7 +152,7 @@ class MultiTaskTrainer(keras.Model):
         per_task = self.weighting.needs_per_task_gradients
         persistent = self.weighting.needs_persistent_tape or per_task or bool(self.conflict_pairs)
         with tf.GradientTape(persistent=persistent) as tape:
-            outputs = self.net(x, training=True)
+            outputs = self.training_forward(x)
             losses, present, penalty = self.compute_task_losses(y, outputs, training=True)
             total = self.weighting.combine(losses, present)
             if penalty is not None:

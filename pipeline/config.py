@@ -130,6 +130,10 @@ class ModelConfig:
     detection_head_batch_norm: bool = False  # BatchNorm after each of those convs
     # the box is also trained at the 8 cells around each centre cell (models/detection.py)
     detection_neighbour_boxes: bool = False
+    # > 0: each box side is a distribution over this many log sizes, trained by GFL's distribution
+    # focal loss (models/detection.py); 0: one log size per side
+    detection_size_bins: int = 0
+    detection_largest_box: int = 384  # px: the size bins' top (the frame's longer side); the smallest is 2 px
     sharing: str = "hard"
     soft_sharing_beta: float = 1e-3
     top_k: int = 100  # decoded peaks per frame: COCO evaluation keeps 100 (maxDets)
@@ -453,6 +457,8 @@ RULES: dict[str, Range | tuple] = {
     "model.neck_width": POSITIVE,
     "model.head_width": POSITIVE,
     "model.detection_head_convs": POSITIVE,
+    "model.detection_size_bins": NON_NEGATIVE,
+    "model.detection_largest_box": Range(2, low_open=True),  # px above the smallest bin's 2
     "model.sharing": SHARING_MODES,
     "model.soft_sharing_beta": NON_NEGATIVE,
     "model.top_k": POSITIVE,
@@ -624,6 +630,9 @@ def validate(config: Config) -> None:
     if shared is not None and frozen is not None and shared < frozen:  # "P1" < "P4": levels sort by name
         raise UserError(f"config: model.shared_through cannot be below model.freeze_through (frozen levels are "
                         f"always shared); Received: model.shared_through={shared}, model.freeze_through={frozen}")
+    if config.model.detection_size_bins == 1:
+        raise UserError("config: model.detection_size_bins must be 0 (one size per side) or at least 2 "
+                        "(a distribution needs two bins); Received: model.detection_size_bins=1")
     for key in ("fixed_weights", "uncertainty_priority"):  # train.<key>: task -> number
         unknown = sorted(set(getattr(config.train, key)) - set(TASKS))
         if unknown:

@@ -65,8 +65,9 @@ def test_only_the_training_objective_reads_the_cells_around_a_centre():
     y = _one_object()
     size = np.full((1, *GRID, 2), 3.0, np.float32)
     out = _output(size, np.zeros((1, *GRID, 2), np.float32))
-    training = float(per_example_losses(model_config, TrainConfig())["detection"](y, out)[0])
-    reported = float(per_example_losses(model_config)["detection"](y, out)[0])
+    outputs = {"detection": out}
+    training = float(per_example_losses(model_config, TrainConfig())["detection"](y, outputs)[0])
+    reported = float(per_example_losses(model_config)["detection"](y, outputs)[0])
     assert np.isclose(reported, float(detection_loss(y, out)[0]))
     assert np.isclose(training, float(detection_loss(y, out, neighbours=True)[0])) and training > reported
 

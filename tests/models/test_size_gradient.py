@@ -41,12 +41,11 @@ def test_the_size_gradient_scales_the_sizes_gradient_and_leaves_the_value_and_th
 
 def test_training_reads_the_config_and_validation_does_not():
     model_config = ModelConfig(tasks=["detection"])
-    trained = per_example_losses(model_config, TrainConfig(detection_size_gradient=2.0))["detection"]
-    plain_training = per_example_losses(model_config, TrainConfig())["detection"]
-    validated = per_example_losses(model_config)["detection"]
-    _, doubled = _loss_and_gradient(trained)
-    _, single = _loss_and_gradient(plain_training)
-    _, plain = _loss_and_gradient(validated)
+    losses = [per_example_losses(model_config, train_config)["detection"]
+              for train_config in (TrainConfig(detection_size_gradient=2.0), TrainConfig(), None)]
+    # The per-task losses read the net's outputs by name.
+    doubled, single, plain = (_loss_and_gradient(lambda y, out, loss=loss: loss(y, {"detection": out}))[1]
+                              for loss in losses)
     sizes = slice(CLASSES, CLASSES + 2)
     np.testing.assert_allclose(doubled[..., sizes], 2.0 * single[..., sizes], rtol=1e-5)
     np.testing.assert_allclose(plain[..., sizes], single[..., sizes], rtol=1e-6)
