@@ -3,9 +3,9 @@
 MultiTaskTrainer (models/trainer.py) is the project's trainer: a TensorFlow train_step with every
 weighting (uncertainty, DWA, GradNorm, FAMO, PCGrad), the lazy optimizer and tf.distribute. This is
 the subset that Keras' `compute_loss` expresses on every backend: the same per-example losses (the
-plain ones validation reports: no OHEM, no quality targets, no boxes around the centres), partial
-labels, and fixed task weights (train.fixed_weights). Learned weightings need their own optimizer
-or per-task gradients, so they stay with the TensorFlow trainer.
+plain ones validation reports: no OHEM, no quality targets, no boxes around the centres, no size-bin
+loss), partial labels, and fixed task weights (train.fixed_weights). Learned weightings need their
+own optimizer or per-task gradients, so they stay with the TensorFlow trainer.
 
 It is what the GPU readiness check trains with XLA under JAX (pipeline/bench/jax_gpu.py), and it
 keeps the network honest: the graph and the losses must not depend on TensorFlow.
