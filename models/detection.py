@@ -53,10 +53,13 @@ def build_detection_head(feature, width, num_classes=NUM_CLASSES, convs=1, batch
     ones; BatchNorm because it folds into the conv for the exports).
     neighbour_boxes: the offset spans (-1, 2) cells (NeighbourOffset), so the 8 cells around a
     centre cell can point at it (the boxes detection_loss's neighbours train).
+    size_bins >= 2: each box side is a distribution over this many log sizes from SMALLEST_BIN cells
+    to largest_box px (BinSize); its 2 x size_bins logits are the layer SIZE_BINS (with_size_bins).
+    0: one log size per side (BoxSize).
     """
-    if num_classes < 1 or width < 1 or convs < 1:
-        raise ValueError(f"detection head needs positive sizes; Received: num_classes={num_classes}, "
-                         f"width={width}, convs={convs}, size_bins={size_bins}")
+    if num_classes < 1 or width < 1 or convs < 1 or size_bins < 0 or size_bins == 1:
+        raise ValueError(f"detection head needs positive sizes and 0 or >= 2 size bins; Received: "
+                         f"num_classes={num_classes}, width={width}, convs={convs}, size_bins={size_bins}")
     heat = _branch(feature, width, convs, batch_norm, name=f"{name}_heat")
     heat = keras.layers.Conv2D(
         num_classes, 1, name=f"{name}_heat_logits",

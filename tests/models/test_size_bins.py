@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from data.errors import UserError
 from models.detection import (BIN_LOSS_WEIGHT, SIZE_BINS, SMALLEST_BIN, BinSize, bin_log_sizes,
-                              detection_loss, with_size_bins)
+                              build_detection_head, detection_loss, with_size_bins)
 from models.multitask import MultiTaskTrainer, build_model
 from pipeline.config import load_config
 from support import one_object_targets
@@ -106,3 +106,9 @@ def test_bad_size_bin_settings_are_one_line_errors(override, fragment):
     with pytest.raises(UserError, match=fragment) as raised:
         load_config(None, [override])
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("bins", [1, -1])
+def test_the_head_refuses_a_bin_count_that_is_no_distribution(bins):
+    with pytest.raises(ValueError, match=f"size_bins={bins}"):
+        build_detection_head(keras.Input((8, 8, 16)), 16, size_bins=bins)
