@@ -97,6 +97,12 @@ class BoxSize(keras.layers.Layer):
         return ops.exp(bounded_log(x, MIN_SIZE, MAX_SIZE))
 
 
+def _per_side(logits, bins):
+    """[.., 2 bins] -> float32 [.., 2, bins]. A reshape, not slices and a concatenation: TFLite keeps
+    neither out of XNNPACK."""
+    return ops.reshape(ops.cast(logits, "float32"), (*ops.shape(logits)[:-1], 2, bins))
+
+
 def bin_log_sizes(bins, largest):
     """The bins' log sizes: `bins` evenly spaced from log(SMALLEST_BIN) to log(largest), in cells."""
     return np.linspace(math.log(SMALLEST_BIN), math.log(largest), bins, dtype=np.float32)
@@ -113,11 +119,8 @@ class BinSize(keras.layers.Layer):
         self.bins, self.largest = int(bins), float(largest)
 
     def call(self, x):
-        # A reshape to [.., 2, bins], not slices and a concatenation: TFLite keeps neither out of XNNPACK.
-        shape = ops.shape(x)
-        x = ops.reshape(ops.cast(x, "float32"), (*shape[:-1], 2, self.bins))
         values = ops.convert_to_tensor(bin_log_sizes(self.bins, self.largest))
-        return ops.exp(ops.sum(ops.softmax(x, axis=-1) * values, axis=-1))
+        return ops.exp(ops.sum(ops.softmax(_per_side(x, self.bins), axis=-1) * values, axis=-1))
 
     def get_config(self):
         return {**super().get_config(), "bins": self.bins, "largest": self.largest}
@@ -194,25 +197,20 @@ def _weighted_l1(pred, true, weight, mask):
 
 
 def _bin_loss(logits, log_true, weight, mask, values):
-    """GFL's distribution focal loss as a KL divergence: per side, the cross-entropy of the softmax
-    over the bins against the two-hot target (the two bins around the true log size, weighted by
-    nearness) minus the target's own entropy, so 0 when the distribution is the target. Weighted per
-    cell and averaged over objects and sides as _weighted_l1. True sizes outside the bins count as the
-    end bin."""
+    """GFL's distribution focal loss as a KL divergence: per side, from the two-hot target (the two
+    bins around the true log size, weighted by nearness) to the softmax over the bins, so 0 when the
+    distribution is the target. Weighted per cell and averaged over objects and sides as _weighted_l1.
+    True sizes outside the bins count as the end bin."""
     bins = values.shape[0]
-    spacing = float(values[1] - values[0])
-    position = (ops.clip(log_true, float(values[0]), float(values[-1])) - float(values[0])) / spacing
-    left = ops.minimum(ops.floor(position), bins - 2.0)
-    right_share = position - left  # 0..1
+    position = (ops.clip(log_true, values[0], values[-1]) - values[0]) / float(values[1] - values[0])
+    left = ops.minimum(ops.floor(position), bins - 2.0)  # [B, h, w, 2]
+    right_share = (position - left)[..., None]
     left_index = ops.cast(left, "int32")
-    total = 0.0
-    for side in range(2):
-        share = right_share[..., side]
-        target = (ops.one_hot(left_index[..., side], bins) * (1.0 - share)[..., None]
-                  + ops.one_hot(left_index[..., side] + 1, bins) * share[..., None])
-        log_p = ops.log_softmax(ops.cast(logits[..., side * bins:(side + 1) * bins], "float32"), axis=-1)
-        entropy = -ops.sum(target * ops.log(ops.maximum(target, 1e-12)), axis=-1)
-        total += ops.sum((-ops.sum(target * log_p, axis=-1) - entropy) * weight, axis=(1, 2))
+    target = (ops.one_hot(left_index, bins) * (1.0 - right_share)
+              + ops.one_hot(left_index + 1, bins) * right_share)  # [B, h, w, 2, bins]
+    log_p = ops.log_softmax(_per_side(logits, bins), axis=-1)
+    divergence = ops.sum(target * (ops.log(ops.maximum(target, 1e-12)) - log_p), axis=-1)
+    total = ops.sum(divergence * weight[..., None], axis=(1, 2, 3))
     return total / ops.maximum(ops.sum(mask, axis=(1, 2)) * 2, 1.0)
 
 
