@@ -21,6 +21,7 @@ def per_example_losses(model_config, train_config=None):
     reports, so that validation losses compare across training objectives.
     """
     hard_pixels = bool(train_config is not None and train_config.segmentation_ohem)
+    balance = 0.0 if train_config is None else float(train_config.segmentation_class_balance)
     quality = bool(train_config is not None and train_config.detection_quality)
     neighbours = bool(train_config is not None and model_config.detection_neighbour_boxes)
     size_gradient = 1.0 if train_config is None else float(train_config.detection_size_gradient)
@@ -31,7 +32,7 @@ def per_example_losses(model_config, train_config=None):
             y, outputs["detection"], quality, neighbours, size_gradient,
             outputs[SIZE_BINS] if bins else None, largest),
         "segmentation": lambda y, outputs: segmentation_loss(y["segmentation"], outputs["segmentation"],
-                                                             hard_pixels),
+                                                             hard_pixels, balance),
         # Depth is scored on the range the model can output (the evaluation protocol's too).
         "depth": lambda y, outputs: depth_loss(y["depth"], outputs["depth"], model_config.max_depth),
     }

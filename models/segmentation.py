@@ -28,22 +28,39 @@ def build_segmentation_head(feature, skip, width, num_classes=NUM_CLASSES, name=
     return keras.layers.Activation("linear", name=name, dtype="float32")(logits)
 
 
-def segmentation_loss(labels, logits, hard_pixels=False):
+def segmentation_loss(labels, logits, hard_pixels=False, class_balance=0.0):
     """Per-example mean cross-entropy over labelled pixels [B]; an all-IGNORE example gives 0.
 
     one_hot(IGNORE) is all zeros, so ignored pixels drop out of the sum without a gather or a
     select; this form is also ~2.5x faster on CPU than sparse_softmax_cross_entropy_with_logits.
     hard_pixels: the mean over the hard pixels only (OHEM, see OHEM_THRESHOLD).
+    class_balance: > 0, a weighted mean: each pixel weighs its class's share of the batch's labelled
+    pixels to the power -class_balance (see _class_weights).
     """
     logits = ops.cast(logits, "float32")
     labels = ops.cast(labels, "int32")
     one_hot = ops.one_hot(labels, logits.shape[-1], dtype="float32")
     xent = -ops.sum(one_hot * ops.log_softmax(logits), axis=-1)
     labelled = ops.cast(ops.not_equal(labels, IGNORE), "float32")
+    if class_balance > 0:
+        weights = _class_weights(one_hot, labelled, class_balance)
     if hard_pixels:
         labelled *= _hard(xent, labelled)
+    if class_balance > 0:
+        labelled *= weights
+    if hard_pixels or class_balance > 0:
         xent *= labelled
     return ops.sum(xent, axis=(1, 2)) / ops.maximum(ops.sum(labelled, axis=(1, 2)), 1.0)
+
+
+def _class_weights(one_hot, labelled, power):
+    """Each pixel's weight: its class's share of the batch's labelled pixels to the power -power, a
+    class's total weight then grows as count^(1 - power), so a class of one pixel cannot swamp the
+    batch. Weights, not a gradient path: the counts are constants."""
+    counts = ops.sum(one_hot * labelled[..., None], axis=(0, 1, 2))
+    share = counts / ops.maximum(ops.sum(counts), 1.0)
+    per_class = ops.where(counts > 0, ops.power(ops.maximum(share, 1e-12), -power), 0.0)
+    return ops.stop_gradient(ops.sum(one_hot * per_class, axis=-1))
 
 
 def _hard(xent, labelled):

@@ -171,6 +171,11 @@ class TrainConfig:
     # true: the segmentation loss trains on the hard pixels only (OHEM, models/segmentation.py);
     # validation still reports the plain cross-entropy.
     segmentation_ohem: bool = False
+    # > 0: each labelled pixel's cross-entropy is weighted by its class's share of the batch's labelled
+    # pixels to the power -this, as a weighted mean per example, so rare classes (poles, people), where
+    # mIoU is lost, weigh more (models/segmentation.py). configs/default.yaml sets 0.25; larger values
+    # trade their precision for recall
+    segmentation_class_balance: float = 0.0
     # true: each object's heat-map peak learns the IoU of the box decoded there, not 1 (GFL's quality
     # focal loss, models/detection.py), so scores rank well-fitted boxes first; validation still
     # reports the plain focal loss.
@@ -479,6 +484,7 @@ RULES: dict[str, Range | tuple] = {
     "train.weighting": WEIGHTINGS,
     "train.task_weight_learning_rate": POSITIVE,
     "train.detection_size_gradient": POSITIVE,  # 0 would leave the box sizes untrained
+    "train.segmentation_class_balance": NON_NEGATIVE,
     "train.fixed_weights": NON_NEGATIVE,
     "train.uncertainty_priority": POSITIVE,
     "train.dwa_temperature": POSITIVE,
