@@ -42,15 +42,12 @@ def segmentation_loss(labels, logits, hard_pixels=False, class_balance=0.0):
     one_hot = ops.one_hot(labels, logits.shape[-1], dtype="float32")
     xent = -ops.sum(one_hot * ops.log_softmax(logits), axis=-1)
     labelled = ops.cast(ops.not_equal(labels, IGNORE), "float32")
-    if class_balance > 0:
-        weights = _class_weights(one_hot, labelled, class_balance)
+    weights = labelled
+    if class_balance > 0:  # the shares count every labelled pixel, hard or not
+        weights = weights * _class_weights(one_hot, labelled, class_balance)
     if hard_pixels:
-        labelled *= _hard(xent, labelled)
-    if class_balance > 0:
-        labelled *= weights
-    if hard_pixels or class_balance > 0:
-        xent *= labelled
-    return ops.sum(xent, axis=(1, 2)) / ops.maximum(ops.sum(labelled, axis=(1, 2)), 1.0)
+        weights = weights * _hard(xent, labelled)
+    return ops.sum(weights * xent, axis=(1, 2)) / ops.maximum(ops.sum(weights, axis=(1, 2)), 1.0)
 
 
 def _class_weights(one_hot, labelled, power):
