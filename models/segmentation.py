@@ -44,20 +44,20 @@ def segmentation_loss(labels, logits, hard_pixels=False, class_balance=0.0):
     labelled = ops.cast(ops.not_equal(labels, IGNORE), "float32")
     weights = labelled
     if class_balance > 0:  # the shares count every labelled pixel, hard or not
-        weights = weights * _class_weights(one_hot, labelled, class_balance)
+        weights = weights * _class_weights(one_hot, class_balance)
     if hard_pixels:
         weights = weights * _hard(xent, labelled)
     return ops.sum(weights * xent, axis=(1, 2)) / ops.maximum(ops.sum(weights, axis=(1, 2)), 1.0)
 
 
-def _class_weights(one_hot, labelled, power):
+def _class_weights(one_hot, power):
     """Each pixel's weight: its class's share of the batch's labelled pixels to the power -power, a
     class's total weight then grows as count^(1 - power), so a class of one pixel cannot swamp the
-    batch. Weights, not a gradient path: the counts are constants."""
-    counts = ops.sum(one_hot * labelled[..., None], axis=(0, 1, 2))
-    share = counts / ops.maximum(ops.sum(counts), 1.0)
-    per_class = ops.where(counts > 0, ops.power(ops.maximum(share, 1e-12), -power), 0.0)
-    return ops.stop_gradient(ops.sum(one_hot * per_class, axis=-1))
+    batch. one_hot(IGNORE) is all zeros, so unlabelled pixels neither count nor take a weight, and an
+    absent class's (finite) weight reaches no pixel. Weights, not a gradient path."""
+    counts = ops.maximum(ops.sum(one_hot, axis=(0, 1, 2)), 1.0)
+    share = counts / ops.maximum(ops.sum(one_hot), 1.0)
+    return ops.stop_gradient(ops.sum(one_hot * ops.power(share, -power), axis=-1))
 
 
 def _hard(xent, labelled):
