@@ -28,6 +28,9 @@ from data.vocabulary import LR_DECAYS
 # task weights (decay would bias the weighting, not regularise the net), cross-stitch matrices
 # (decay would pull them away from the identity towards 0).
 NO_DECAY = ("bias", "gamma", "beta", "log_var", "task_weight", "stitch")
+# The shared encoder's variables (and soft sharing's per-task copies, "encoder_<task>_*"): models/
+# multitask.py names every encoder layer with this prefix. `encoder_rate_scale` applies to them.
+ENCODER_PREFIX = "encoder"
 SKIP_GRANULARITIES = ("variable", "element")
 
 
@@ -42,7 +45,7 @@ class LazyAdamW(keras.optimizers.Adam):
     gradient it tests is the all-reduced one, identical on every replica.
     """
 
-    def __init__(self, weight_decay=0.0, skip="variable", **kwargs):
+    def __init__(self, weight_decay=0.0, skip="variable", encoder_rate_scale=1.0, **kwargs):
         kwargs.pop("name", None)
         super().__init__(name="lazy_adamw", **kwargs)
         if weight_decay < 0:
@@ -51,9 +54,21 @@ class LazyAdamW(keras.optimizers.Adam):
             raise ValueError(f"skip must be one of {SKIP_GRANULARITIES}; Received: skip={skip!r}")
         if self.amsgrad:  # update_step writes out plain Adam
             raise ValueError("LazyAdamW has no amsgrad; Received: amsgrad=True")
+        if encoder_rate_scale <= 0:
+            raise ValueError(f"encoder_rate_scale must be > 0; Received: encoder_rate_scale={encoder_rate_scale}")
         self.decoupled_weight_decay = float(weight_decay)
         self.skip = skip
+        # The encoder's steps (Adam's and the decay's) are this share of everyone else's.
+        self.encoder_rate_scale = float(encoder_rate_scale)
         self._step_scalars = None
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        # Per variable index: update_step sees the backend's variable, which lacks the Keras path.
+        self._rate_scales = [self.encoder_rate_scale if variable.path.startswith(ENCODER_PREFIX) else 1.0
+                             for variable in self._trainable_variables]
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         # The step's scalars (learning rate, Adam's bias correction) once per step, not once per variable.
@@ -80,6 +95,8 @@ class LazyAdamW(keras.optimizers.Adam):
         index = self._get_variable_index(variable)
         momentum, velocity = self._momentums[index], self._velocities[index]
         rate, alpha = self._step_scalars or self._scalars(learning_rate)
+        if self._rate_scales[index] != 1.0:
+            rate, alpha = rate * self._rate_scales[index], alpha * self._rate_scales[index]
         rate, alpha = tf.cast(rate, dtype), tf.cast(alpha, dtype)
         gradient = tf.cast(gradient, dtype)
         moved = tf.not_equal(gradient, 0)
@@ -97,7 +114,8 @@ class LazyAdamW(keras.optimizers.Adam):
         self.assign(variable, tf.where(moved, w, w_old))
 
     def get_config(self):
-        return {**super().get_config(), "weight_decay": self.decoupled_weight_decay, "skip": self.skip}
+        return {**super().get_config(), "weight_decay": self.decoupled_weight_decay, "skip": self.skip,
+                "encoder_rate_scale": self.encoder_rate_scale}
 
 
 @keras.saving.register_keras_serializable(package="dashcam")
@@ -176,7 +194,7 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 def make_optimizer(train_config, total_steps):
     """The network's LazyAdamW (lr: 0 -> learning_rate over warmup_steps, then train.lr_decay -> 0 at
-    total_steps; WarmupDecay). train.ema > 0 keeps an exponential moving average of the weights (Keras'
+    total_steps; WarmupDecay; the encoder's times train.encoder_learning_rate_scale). train.ema > 0 keeps an exponential moving average of the weights (Keras'
     use_ema) that validation, the best checkpoint and the saved model see
     (pipeline/training/callbacks.AveragedWeightsForValidation); training goes on from the raw weights."""
     if total_steps < 1:
@@ -187,6 +205,7 @@ def make_optimizer(train_config, total_steps):
                            decay=train_config.lr_decay)
     ema = float(getattr(train_config, "ema", 0.0) or 0.0)
     optimizer = LazyAdamW(learning_rate=schedule, weight_decay=train_config.weight_decay,
+                          encoder_rate_scale=train_config.encoder_learning_rate_scale,
                           beta_2=train_config.adam_beta_2, use_ema=ema > 0, ema_momentum=ema or 0.99)
     optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
     return optimizer

@@ -156,6 +156,9 @@ class TrainConfig:
     minutes: float | None = None
     batch_size: int = 16
     learning_rate: float = 3e-3
+    # The pretrained encoder's rate as a share of learning_rate (its weight decay follows), the neck
+    # and heads at learning_rate itself, as Detectron2-style backbone multipliers do.
+    encoder_learning_rate_scale: float = 1.0
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     # After the warm-up, to 0 at the last step: "cosine" or "linear". configs/default.yaml sets linear;
@@ -476,6 +479,7 @@ RULES: dict[str, Range | tuple] = {
     "train.minutes": POSITIVE,
     "train.batch_size": POSITIVE,
     "train.learning_rate": POSITIVE,
+    "train.encoder_learning_rate_scale": POSITIVE,
     "train.weight_decay": NON_NEGATIVE,
     "train.warmup_steps": NON_NEGATIVE,
     "train.lr_decay": LR_DECAYS,

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from models.multitask import TASKS, build_model
-from models.optimizer import (LazyAdamW, WarmupDecay, make_optimizer, make_task_weight_optimizer,
+from models.optimizer import (ENCODER_PREFIX, LazyAdamW, WarmupDecay, make_optimizer, make_task_weight_optimizer,
                               relay_schedule, schedule_of)
 from models.trainer import MultiTaskTrainer
 from models.weighting import UncertaintyWeighting
@@ -262,3 +262,32 @@ def test_relaying_a_cut_warm_up_or_a_used_up_schedule_lays_the_whole_schedule_af
     optimizer.iterations.assign(70)
     relay_schedule(optimizer, 280)
     assert float(schedule(140)) == pytest.approx(0.005) and float(schedule(200)) > 0.0
+
+
+def test_encoder_rate_scale_shrinks_the_encoders_steps_and_decay_and_nothing_else():
+    """Adam's first step moves each weight by about lr (times the sign of its gradient); the encoder's
+    by scale * lr, and AdamW's decay w -= lr * wd * w by scale * lr too."""
+    grad = [np.full((2, 2), 0.5, np.float32)] * 2
+    names = ("encoder_blocks_5_expand_conv_kernel", "neck_lateral_kernel")
+    start = [np.ones((2, 2), np.float32)] * 2
+    train = TrainConfig(learning_rate=0.1, warmup_steps=0, weight_decay=0.0, encoder_learning_rate_scale=0.25)
+    encoder, neck = _steps(make_optimizer(train, total_steps=100), start, names, [grad])
+    np.testing.assert_allclose(1.0 - encoder, 0.025, rtol=1e-3)
+    np.testing.assert_allclose(1.0 - neck, 0.1, rtol=1e-3)
+    decayed = TrainConfig(learning_rate=0.1, warmup_steps=0, weight_decay=0.5, encoder_learning_rate_scale=0.25)
+    encoder_decayed, neck_decayed = _steps(make_optimizer(decayed, total_steps=100), start, names, [grad])
+    np.testing.assert_allclose(encoder - encoder_decayed, 0.25 * 0.1 * 0.5, rtol=1e-3)
+    np.testing.assert_allclose(neck - neck_decayed, 0.1 * 0.5, rtol=1e-3)
+
+
+@pytest.mark.parametrize("sharing", ["hard", "soft"])
+def test_the_encoder_prefix_names_exactly_the_encoders_variables(sharing):
+    """encoder_rate_scale finds the encoder by ENCODER_PREFIX: every trainable variable of the
+    encoder (its per-task copies under soft sharing) carries it, and no neck or head variable does."""
+    config = tiny_model(sharing=sharing)
+    net = build_model(config, SIZE)
+    encoders = [layer for layer in net.layers if layer.name.startswith(ENCODER_PREFIX) and isinstance(layer, keras.Model)]
+    assert encoders
+    encoder_paths = {v.path for encoder in encoders for v in encoder.trainable_variables}
+    prefixed = {v.path for v in net.trainable_variables if v.path.startswith(ENCODER_PREFIX)}
+    assert encoder_paths and prefixed == encoder_paths

@@ -170,6 +170,7 @@ def test_the_default_ranks_segmentation_and_an_override_replaces_the_whole_mappi
     ("model.detection_size_bins=1", "model.detection_size_bins must be 0 .* or at least 2"),
     ("model.detection_size_bins=-3", "model.detection_size_bins must be >= 0"),
     ("train.segmentation_class_balance=-0.5", "train.segmentation_class_balance must be >= 0"),
+    ("train.encoder_learning_rate_scale=0", "train.encoder_learning_rate_scale must be > 0"),
     ("model.detection_largest_box=2", "model.detection_largest_box must be > 2"),
     ("model.weights=foo", "valid: imagenet \\(or null\\)"),
     ("train=5", "'train' must be a mapping"),
