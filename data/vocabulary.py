@@ -14,6 +14,10 @@ SHARING_MODES = ("hard", "soft", "cross_stitch")
 # line (Bergsma et al. 2025, "Straight to Zero", found linear decay to zero best in LLM pre-training).
 LR_DECAYS = ("cosine", "linear")
 BACKBONES = ("builtin", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnetv2_b0", "efficientnet_lite0")
+# Backbones whose layers are built here (models/encoder.py), level by level and named with the encoder's
+# prefix: per-task copies of them can be stitched between levels or share a frozen trunk, and the
+# optimizer finds their variables by name. The keras.applications ones come whole, without those seams.
+LEVELLED_BACKBONES = ("builtin", "efficientnet_lite0")
 REAL_SOURCES = ("kitti", "cityscapes", "camvid", "bdd100k")  # read from a folder in their public layout
 SOURCES = ("synthetic",) + REAL_SOURCES
 STRATEGIES = ("none", "mirrored", "multi_worker")

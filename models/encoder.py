@@ -21,15 +21,12 @@ import urllib.error
 import keras
 
 from data.errors import UserError
-from data.vocabulary import BACKBONES
+from data.vocabulary import BACKBONES, LEVELLED_BACKBONES
 from models.blocks import conv_bn_act, depth_scaled, fused_block, inverted_residual
 from models.efficientnet_lite import freeze_through, lite0_level, load_imagenet_weights
 
 LEVELS = (1, 2, 3, 4, 5)
 LEVEL_NAMES = tuple(f"P{level}" for level in LEVELS)
-# Backbones whose layers are built here, level by level: per-task copies of them can be stitched
-# between levels or share a frozen trunk. The keras.applications ones come whole, without those seams.
-LEVELLED_BACKBONES = ("builtin", "efficientnet_lite0")
 # Built-in stages (strides 4, 8, 16, 32): (block type, blocks). Dense "fused" convs where the maps
 # are large (cheap on CPU and under XLA), depthwise inverted residuals where channels are many.
 STAGES = (("fused", 2), ("inverted", 2), ("inverted", 3), ("inverted", 2))

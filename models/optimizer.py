@@ -194,8 +194,9 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 def make_optimizer(train_config, total_steps):
     """The network's LazyAdamW (lr: 0 -> learning_rate over warmup_steps, then train.lr_decay -> 0 at
-    total_steps; WarmupDecay; the encoder's times train.encoder_learning_rate_scale). train.ema > 0 keeps an exponential moving average of the weights (Keras'
-    use_ema) that validation, the best checkpoint and the saved model see
+    total_steps; WarmupDecay; the encoder's times train.encoder_learning_rate_scale). train.ema > 0
+    keeps an exponential moving average of the weights (Keras' use_ema) that validation, the best
+    checkpoint and the saved model see
     (pipeline/training/callbacks.AveragedWeightsForValidation); training goes on from the raw weights."""
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1; Received: total_steps={total_steps}")

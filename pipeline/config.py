@@ -20,8 +20,9 @@ import yaml
 from data import label_maps
 from data.classes import default_dict
 from data.errors import UserError
-from data.vocabulary import (BACKBONES, BAD_EXAMPLES, BEAM_RUNNERS, CLIP_RESIZE, INT8_IO, JIT_MODES, LR_DECAYS,
-                             PRECISIONS, SCHEDULES, SCORE_THRESHOLD, SHARING_MODES, SOURCES, STRATEGIES, TASKS, WEIGHTINGS)
+from data.vocabulary import (BACKBONES, BAD_EXAMPLES, BEAM_RUNNERS, CLIP_RESIZE, INT8_IO, JIT_MODES, LEVELLED_BACKBONES,
+                             LR_DECAYS, PRECISIONS, SCHEDULES, SCORE_THRESHOLD, SHARING_MODES, SOURCES, STRATEGIES, TASKS,
+                             WEIGHTINGS)
 from pipeline import atomic
 
 
@@ -640,6 +641,10 @@ def validate(config: Config) -> None:
     if shared is not None and frozen is not None and shared < frozen:  # "P1" < "P4": levels sort by name
         raise UserError(f"config: model.shared_through cannot be below model.freeze_through (frozen levels are "
                         f"always shared); Received: model.shared_through={shared}, model.freeze_through={frozen}")
+    if config.train.encoder_learning_rate_scale != 1 and config.model.backbone not in LEVELLED_BACKBONES:
+        # The optimizer finds the encoder by its layers' name prefix; keras.applications name theirs their own way.
+        raise UserError(f"config: train.encoder_learning_rate_scale needs an encoder built here "
+                        f"({', '.join(LEVELLED_BACKBONES)}); Received: model.backbone={config.model.backbone}")
     if config.model.detection_size_bins == 1:
         raise UserError("config: model.detection_size_bins must be 0 (one size per side) or at least 2 "
                         "(a distribution needs two bins); Received: model.detection_size_bins=1")

@@ -208,3 +208,10 @@ def test_other_classes_with_their_tables_load():
     camvid = load_config("configs/camvid.yaml")
     assert len(camvid.model.classes.segmentation) == 11
     assert camvid.data.sources[0].label_map["segmentation"]["11"] == "ignore"
+
+
+def test_an_encoder_rate_scale_needs_an_encoder_whose_variables_the_optimizer_can_find():
+    overrides = ["model.backbone=mobilenet_v3_small", "model.weights=null"]
+    with pytest.raises(UserError, match="train.encoder_learning_rate_scale needs an encoder built here"):
+        load_config("configs/tiny.yaml", overrides + ["train.encoder_learning_rate_scale=0.5"])
+    assert load_config("configs/tiny.yaml", overrides).train.encoder_learning_rate_scale == 1
