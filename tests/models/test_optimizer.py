@@ -280,11 +280,13 @@ def test_encoder_rate_scale_shrinks_the_encoders_steps_and_decay_and_nothing_els
     np.testing.assert_allclose(neck - neck_decayed, 0.1 * 0.5, rtol=1e-3)
 
 
-@pytest.mark.parametrize("sharing", ["hard", "soft"])
-def test_the_encoder_prefix_names_exactly_the_encoders_variables(sharing):
+@pytest.mark.parametrize("sharing, encoder", [("hard", {}), ("soft", {}),
+                                               ("hard", {"backbone": "efficientnet_lite0"})])
+def test_the_encoder_prefix_names_exactly_the_encoders_variables(sharing, encoder):
     """encoder_rate_scale finds the encoder by ENCODER_PREFIX: every trainable variable of the
-    encoder (its per-task copies under soft sharing) carries it, and no neck or head variable does."""
-    config = tiny_model(sharing=sharing)
+    encoder (its per-task copies under soft sharing; the default's EfficientNet-Lite0 too) carries
+    it, and no neck or head variable does."""
+    config = tiny_model(sharing=sharing, **encoder)
     net = build_model(config, SIZE)
     encoders = [layer for layer in net.layers if layer.name.startswith(ENCODER_PREFIX) and isinstance(layer, keras.Model)]
     assert encoders
