@@ -98,12 +98,12 @@ def dense_head(feature, skip, out_channels, width, name):
     x = separable_relu(feature, width, name=f"{name}_s4")
     if skip is not None:
         x = keras.layers.Conv2D(max(8, width // 4), 1, activation="relu", name=f"{name}_squeeze")(x)
-        x = BilinearUpSampling2D(2, name=f"{name}_up2")(x)
+        x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_up2")(x)
         x = keras.layers.Concatenate(name=f"{name}_concat")([x, skip])
         x = keras.layers.Conv2D(out_channels, 1, name=f"{name}_logits")(x)
-        return BilinearUpSampling2D(2, name=f"{name}_up1")(x)
+        return keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_up1")(x)
     x = keras.layers.Conv2D(out_channels, 1, name=f"{name}_logits")(x)
-    return BilinearUpSampling2D(4, name=f"{name}_up1")(x)
+    return keras.layers.UpSampling2D(4, interpolation="bilinear", name=f"{name}_up1")(x)
 
 
 def bounded_log(x, minimum, maximum):
@@ -114,24 +114,3 @@ def bounded_log(x, minimum, maximum):
     low, high = math.log(minimum), math.log(maximum)
     raw = ops.cast(x, "float32") + 0.5 * (low + high)
     return raw + ops.stop_gradient(ops.clip(raw, low, high) - raw)
-
-
-@keras.saving.register_keras_serializable(package="dashcam")
-class BilinearUpSampling2D(keras.layers.UpSampling2D):
-    """keras.layers.UpSampling2D(interpolation="bilinear") that also runs where the map's height is
-    unknown until the step runs: the train stage's net when short crops alternate with full-height
-    ones (data.short_crop). Keras checks the new size in Python (`size[0] <= 0`), which a symbolic
-    size cannot answer; TensorFlow's resize takes it. Known sizes take Keras's own path, the same
-    ResizeBilinear, so saved nets, exports and outputs are those of the Keras layer."""
-
-    def __init__(self, size, **kwargs):
-        kwargs.pop("interpolation", None)  # from_config passes it back
-        super().__init__(size, interpolation="bilinear", **kwargs)
-
-    def _resize_images(self, x, height_factor, width_factor, data_format, interpolation="bilinear"):
-        if None not in x.shape[1:3] or keras.backend.backend() != "tensorflow":
-            return super()._resize_images(x, height_factor, width_factor, data_format, interpolation)
-        import tensorflow as tf  # only on the TensorFlow backend
-
-        shape = tf.shape(x)
-        return tf.image.resize(x, (shape[1] * height_factor, shape[2] * width_factor), method="bilinear")

@@ -175,7 +175,7 @@ def build_encoder(image, config, prefix="encoder"):
     if not hasattr(image, "shape") or not hasattr(image, "dtype"):
         image = keras.Input(shape=tuple(image), name="image")
     height, width = image.shape[1], image.shape[2]
-    if any(side is not None and side % 32 for side in (height, width)):  # None: set at each step
+    if height % 32 or width % 32:
         raise ValueError(f"encoder input must be a multiple of 32 px; Received: image_size={(height, width)}")
     if config.backbone not in LEVELLED_BACKBONES:
         return _application_pyramid(image, config)

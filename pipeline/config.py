@@ -71,12 +71,6 @@ class DataConfig:
     # whole frames at image_size: small objects get image_size's pixels at train_crop's cost per step.
     # None: train on whole frames.
     train_crop: tuple[int, int] | None = None
-    # Every short_crop_every-th training step takes short crops (height, width) of the frames instead,
-    # with every task's labels: the rows above and below the road's band hold few objects, so a short
-    # crop holds more objects per pixel, which detection learns from, while the full-height steps keep
-    # what depth reads from a frame's whole height. Needs train_crop. None: every step is train_crop.
-    short_crop: tuple[int, int] | None = None
-    short_crop_every: int = 2
     max_boxes: int = 32  # box-list length of a training batch (the losses read dense maps, not the list)
     # Size protocol: boxes shorter than this (model-input px) become ignore regions, in training and
     # evaluation alike. 0 = every object counts.
@@ -455,8 +449,6 @@ RULES: dict[str, Range | tuple] = {
     "data.augment.noise": PROBABILITY,
     "data.image_size": POSITIVE,
     "data.train_crop": POSITIVE,
-    "data.short_crop": POSITIVE,
-    "data.short_crop_every": Range(2),
     "data.max_boxes": POSITIVE,
     "data.min_box_height": NON_NEGATIVE,
     "data.shuffle_buffer": POSITIVE,
@@ -634,13 +626,6 @@ def validate(config: Config) -> None:
     if crop is not None and (crop[0] % 32 or crop[1] % 32 or crop[0] > height or crop[1] > width):
         raise UserError(f"config: data.train_crop must be multiples of 32 no larger than data.image_size "
                         f"{list(config.data.image_size)}; Received: data.train_crop={list(crop)}")
-    short = config.data.short_crop
-    if short is not None and crop is None:
-        raise UserError(f"config: data.short_crop needs data.train_crop (the other steps' crop); "
-                        f"Received: data.short_crop={list(short)}, data.train_crop=null")
-    if short is not None and (short[0] % 32 or short[1] % 32 or short[0] > height or short[1] > width):
-        raise UserError(f"config: data.short_crop must be multiples of 32 no larger than data.image_size "
-                        f"{list(config.data.image_size)}; Received: data.short_crop={list(short)}")
     top, bottom = config.evaluate.upscale_rows
     if top >= bottom:
         raise UserError(f"config: evaluate.upscale_rows must be [top, bottom] with top < bottom; "

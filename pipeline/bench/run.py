@@ -64,8 +64,8 @@ def quick_config(config: Config) -> Config:
     pick = lambda obj, src, *names: dataclasses.replace(obj, **{n: getattr(src, n) for n in names})  # noqa: E731
     return dataclasses.replace(
         config, tiny=True, experiment=f"{config.experiment}-quick",
-        data=pick(config.data, tiny.data, "image_size", "train_crop", "short_crop", "synthetic",
-                  "shuffle_buffer", "max_boxes"),
+        data=pick(config.data, tiny.data, "image_size", "train_crop", "synthetic", "shuffle_buffer",
+                  "max_boxes"),
         model=pick(config.model, tiny.model, "widths", "neck_width", "head_width", "top_k"),
         train=pick(config.train, tiny.train, "batch_size", "epochs", "steps_per_epoch", "warmup_steps"),
         export=pick(config.export, tiny.export, "representative_frames", "latency_runs", "parity_examples"))

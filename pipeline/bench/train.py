@@ -138,7 +138,7 @@ def other_kernels() -> str:
 def scaling_settings(config: Config, quick: bool) -> dict[str, tuple[tuple[int, int], int]]:
     """name -> (training input size, batch) for section 7: the config's, the config's on the other
     kernels (other_kernels()), then other sizes and batches. The size is what a train step sees:
-    data.train_crop when set, else data.image_size (data.short_crop's cheaper steps are not among them)."""
+    data.train_crop when set, else data.image_size."""
     (height, width), batch = inputs.output_size(config, crop=True), config.train.batch_size
 
     def size(scale):
@@ -173,7 +173,7 @@ def worker_specs(config: Config, config_yaml: str, quick: bool) -> tuple[dict, d
     for name, ((h, w), batch) in scaling_settings(config, quick).items():
         overrides = [f"train.weighting={config.train.weighting}"]
         if (h, w) != inputs.output_size(config, crop=True):  # whole frames of that size: the same step
-            overrides += [f"data.image_size=[{h},{w}]", "data.train_crop=null", "data.short_crop=null"]
+            overrides += [f"data.image_size=[{h},{w}]", "data.train_crop=null"]
         if batch != config.train.batch_size:
             overrides.append(f"train.batch_size={batch}")
         by_setting[name] = add(overrides, jit, precision, onednn.enabled() != (name == other_kernels()))

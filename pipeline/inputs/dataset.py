@@ -3,13 +3,11 @@
   read TFDS shards (interleaved) -> decode -> cache (before any random work) -> shuffle -> repeat
   -> mix sources at their sampling weights -> parallel map: augment + resize (albumentations via
   tf.numpy_function) -> encode detection targets (TF ops) -> batch(drop_remainder) -> prefetch
-  [-> with data.short_crop, every Nth training batch from a second such stream of short crops]
 
 Evaluation takes the same path with augmentation, shuffling and repetition off.
 """
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 
 import numpy as np
@@ -45,15 +43,6 @@ def load_source(config: Config, source: SourceConfig, split: str, shuffle_files:
 def split_size(config: Config, source: SourceConfig, split: str) -> int:
     builder = storage.builder_for(source.name, config.data_dir)
     return builder.info.splits[split].num_examples
-
-
-def training_input_size(config: Config) -> tuple[int | None, int | None]:
-    """(height, width) the train stage's net takes: a side that short crops change is None (unknown
-    until the step runs)."""
-    size = output_size(config, crop=True)
-    if not config.data.short_crop:
-        return size
-    return tuple(side if side == short else None for side, short in zip(size, config.data.short_crop))
 
 
 def output_size(config: Config, crop: bool) -> tuple[int, int]:
@@ -190,24 +179,3 @@ def make_dataset(config: Config, split: str, training: bool, batch_size: int | N
     if training and config.data.schedule == "alternating":
         ds = ds.enumerate().map(lambda i, xy: _alternate_tasks(i, xy[0], xy[1], config.model.tasks))
     return ds.prefetch(AUTOTUNE).with_options(_options(config))
-
-
-# The short crops' stream shuffles and draws its crops with its own seed, so that its frames are not
-# the full-height stream's in the same order.
-SHORT_CROP_SEED_OFFSET = 7919
-
-
-def make_training_dataset(config: Config, batch_size: int | None = None,
-                          data_dir: pathlib.Path | None = None) -> tf.data.Dataset:
-    """The train stage's batches: make_dataset's training batches, and with data.short_crop every
-    data.short_crop_every-th batch one of short crops instead (same frames, tasks and labels)."""
-    full = make_dataset(config, "train", training=True, batch_size=batch_size, data_dir=data_dir)
-    if not config.data.short_crop:
-        return full
-    short_config = dataclasses.replace(
-        config, seed=config.seed + SHORT_CROP_SEED_OFFSET,
-        data=dataclasses.replace(config.data, train_crop=tuple(config.data.short_crop), short_crop=None))
-    short = make_dataset(short_config, "train", training=True, batch_size=batch_size, data_dir=data_dir)
-    every = config.data.short_crop_every
-    order = tf.data.Dataset.from_tensor_slices(tf.constant([0] * (every - 1) + [1], tf.int64)).repeat()
-    return tf.data.Dataset.choose_from_datasets([full, short], order).with_options(_options(config))

@@ -72,7 +72,7 @@ def measure_step_seconds(config: Config) -> tuple[float, float]:
     variants measured at different moments get the same budget.
     """
     keras.mixed_precision.set_global_policy(devices.resolve_precision(config.train.precision))
-    net = multitask.build_model(config.model, inputs.training_input_size(config))
+    net = multitask.build_model(config.model, inputs.output_size(config, crop=True))
     trainer = multitask.MultiTaskTrainer(net, config.model, config.train)
     trainer.compile(optimizer=multitask.make_optimizer(config.train, 1000),
                     jit_compile=devices.resolve_jit(config.train.jit_compile))
@@ -87,13 +87,10 @@ def measure_step_seconds(config: Config) -> tuple[float, float]:
                 cpu.append(time.process_time() - self.start[0])
                 wall.append(time.perf_counter() - self.start[1])
 
-    dataset = inputs.make_training_dataset(config)
+    dataset = inputs.make_dataset(config, "train", training=True)
     trainer.fit(dataset, epochs=1, steps_per_epoch=PROBE_STEPS + 2, callbacks=[Timer()], verbose=0)
     keras.backend.clear_session()
-    # With short crops every data.short_crop_every-th step is cheaper: the mean over the probe's
-    # steps, not the median of two kinds of step.
-    typical = np.mean if config.data.short_crop else np.median
-    return float(typical(cpu)) / (os.cpu_count() or 1), float(typical(wall))
+    return float(np.median(cpu)) / (os.cpu_count() or 1), float(np.median(wall))
 
 
 def budgeted(config_path, overrides: list[str], config: Config, step_seconds: float,

@@ -154,7 +154,7 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
 
     tasks = list(config.model.tasks)
     global_batch = config.train.batch_size * strategy.num_replicas_in_sync
-    train_ds = inputs.make_training_dataset(config, batch_size=global_batch)
+    train_ds = inputs.make_dataset(config, "train", training=True, batch_size=global_batch)
     # With data.train_crop the net trains on crops and validates on centred crops of the same size;
     # the saved model.keras takes whole frames at data.image_size (the same weights).
     val_ds = inputs.make_dataset(config, "validation", training=False, batch_size=global_batch, crop=True)
@@ -169,7 +169,7 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
     total_steps = config.train.epochs * config.train.steps_per_epoch
 
     with strategy.scope():
-        net = multitask.build_model(config.model, inputs.training_input_size(config))
+        net = multitask.build_model(config.model, inputs.output_size(config, crop=True))
         trainer = multitask.MultiTaskTrainer(net, config.model, config.train)
         trainer.compile(optimizer=multitask.make_optimizer(config.train, total_steps), jit_compile=jit)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -232,11 +232,7 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
 
     if best.exists():
         trainer.load_weights(str(best))
-    if config.data.short_crop:  # a net of unknown height cannot be scaled: built anew, same weights
-        whole_frames = multitask.build_model(config.model, tuple(config.data.image_size))
-        whole_frames.set_weights(net.get_weights())
-        net = whole_frames
-    elif config.data.train_crop:
+    if config.data.train_crop:
         net = multitask.rebuild_at(net, tuple(config.data.image_size))
     with atomic.partial_file(work / layout.MODEL_FILE) as partial:
         net.save(str(partial))

@@ -124,26 +124,6 @@ def test_rebuild_at_is_the_same_net_at_another_size(sharing):
                                    rtol=1e-5, atol=1e-5)
 
 
-def test_a_net_of_unknown_height_runs_traced_and_matches_the_net_of_each_height():
-    """data.short_crop's train-stage net: built with height None, traced once for batches of two
-    heights (as fit() traces it over the mixed stream), its outputs are the fixed-size nets'."""
-    config = tiny_model()
-    flexible = build_model(config, (None, SIZE[1]))
-    rng = np.random.default_rng(0)
-
-    @tf.function(input_signature=[tf.TensorSpec([1, None, SIZE[1], 3], tf.float32)])
-    def forward(image):
-        return flexible({"image": image}, training=False)
-
-    for height in (SIZE[0], SIZE[0] // 2):
-        fixed = build_model(config, (height, SIZE[1]))
-        fixed.set_weights(flexible.get_weights())
-        image = tf.constant(rng.uniform(0, 255, (1, height, SIZE[1], 3)), tf.float32)
-        for task, value in fixed({"image": image}, training=False).items():
-            np.testing.assert_allclose(forward(image)[task].numpy(), value.numpy(), rtol=1e-5, atol=1e-5)
-    assert forward.experimental_get_tracing_count() == 1  # one trace served both heights
-
-
 def test_single_task_ignores_sharing_mode():
     soft = build_model(tiny_model(tasks=["depth"], sharing="soft"), SIZE)
     hard = build_model(tiny_model(tasks=["depth"]), SIZE)

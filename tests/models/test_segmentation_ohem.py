@@ -56,27 +56,6 @@ def test_ohem_keeps_the_hardest_pixels_when_few_are_hard():
     assert -math.log(OHEM_THRESHOLD) > hardest.max()  # they were kept for the count, not the threshold
 
 
-def test_ohem_keeps_the_same_pixels_when_the_size_is_known_only_at_run_time():
-    """A batch whose height varies from step to step (data.short_crop) traces with size None: the
-    kept count then comes from the run-time size, the same pixels as with the size known."""
-    rng = np.random.default_rng(1)
-    logits = _logits_with_probability(rng.uniform(0.75, 0.99, (2, *SIZE)))
-    labels = np.zeros((2, *SIZE), np.int32)
-
-    @tf.function(input_signature=[tf.TensorSpec([2, None, None], tf.int32),
-                                  tf.TensorSpec([2, None, None, CLASSES], tf.float32)])
-    def unknown_size(labels, logits):
-        with tf.GradientTape() as tape:
-            tape.watch(logits)
-            loss = segmentation_loss(labels, logits, True)
-        return loss, tape.gradient(loss, logits)
-
-    loss, gradient = unknown_size(tf.constant(labels), tf.constant(logits))
-    known_loss, known_gradient = _loss_and_gradient(labels, logits, True)
-    np.testing.assert_allclose(loss.numpy(), known_loss, rtol=1e-6)
-    np.testing.assert_array_equal(np.abs(gradient.numpy()).sum(-1) > 0, np.abs(known_gradient).sum(-1) > 0)
-
-
 def test_ohem_ignores_unlabelled_pixels_and_keeps_a_sparse_example_whole():
     probability = np.full((2, *SIZE), 0.9)
     labels = np.full((2, *SIZE), IGNORE, np.int32)

@@ -112,12 +112,11 @@ def test_training_measurements_follow_the_training_crop():
     assert "data.train_crop=null" not in specs[by_setting["config"]]["overrides"]
     for name, key in by_setting.items():
         if settings[name][0] != (128, 256):
-            assert specs[key]["overrides"][-3:] == [f"data.image_size=[{settings[name][0][0]},{settings[name][0][1]}]",
-                                                    "data.train_crop=null", "data.short_crop=null"]
+            assert specs[key]["overrides"][-2:] == [f"data.image_size=[{settings[name][0][0]},{settings[name][0][1]}]",
+                                                    "data.train_crop=null"]
             load_config(REPO / "configs" / "default.yaml", [*overrides, *specs[key]["overrides"]])
     quick = bench.quick_config(config)
-    assert quick.data.train_crop is None and quick.data.short_crop is None
-    assert tuple(quick.data.image_size) == (64, 96)
+    assert quick.data.train_crop is None and tuple(quick.data.image_size) == (64, 96)
 
 
 def test_worker_protocol(tiny_config, tmp_path):

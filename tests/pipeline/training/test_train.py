@@ -146,32 +146,6 @@ def test_train_crop_trains_on_crops_and_saves_a_whole_frame_model(tiny_config, t
         assert any(v.shape == value.shape and np.array_equal(v, value) for v in trained_values), weight.path
 
 
-def test_short_crops_take_every_nth_step_and_the_saved_model_takes_whole_frames(tiny_config, tmp_path):
-    """data.short_crop: every data.short_crop_every-th training batch is short crops with every task's
-    labels, the others full-height train_crop ones; the net trains on both and is saved for whole frames."""
-    config = load_config(REPO / "configs" / "tiny.yaml",
-                         [f"run_root={tiny_config.run_root}", "data.train_crop=[64,64]", "data.short_crop=[32,64]",
-                          "data.short_crop_every=3", "train.epochs=1", "train.steps_per_epoch=3"])
-    assert inputs.training_input_size(config) == (None, 64)
-    batches = list(inputs.make_training_dataset(config).take(6))
-    assert [x["image"].shape[1] for x, _ in batches] == [64, 64, 32, 64, 64, 32]
-    for x, y in batches:
-        height = x["image"].shape[1]
-        assert y["segmentation"].shape[1:] == (height, 64) and y["depth"].shape[1:] == (height, 64)
-        assert y["det_heatmap"].shape[1:3] == (height // 4, 16)
-        assert all(float(np.min(y[flag])) == 1.0 for flag in ("has_detection", "has_segmentation", "has_depth"))
-
-    model_path = train_stage.run_training(config, out=tmp_path / "train", verbose=0)
-    net = trained.load(model_path)
-    assert trained.input_size(net) == (64, 96)
-    best = h5_arrays(model_path.parent / "best.weights.h5")
-    trained_values = [np.asarray(v) for v in best.values()]
-    for weight in net.weights:  # the whole-frame net holds the trained (best-epoch) weights
-        value = np.asarray(weight.numpy())
-        assert any(v.shape == value.shape and np.array_equal(v, value) for v in trained_values), weight.path
-    assert math.isfinite(float(history(model_path.parent / "history.csv")[-1]["loss"]))
-
-
 # --- resume bookkeeping, without training --------------------------------------------------------
 
 
