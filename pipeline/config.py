@@ -77,6 +77,9 @@ class DataConfig:
     min_box_height: float = 0.0
     cache: bool = True
     shuffle_buffer: int = 1024
+    # Repeat factor sampling's threshold t (pipeline/inputs/repeat_factor.py): training frames that
+    # hold a class in a share f of a source's frames repeat up to sqrt(t / f) times a pass. 0: off.
+    repeat_factor_threshold: float = 0.0
     # true: the input pipeline hands over its batches in one order, so two trainings of one seed on one
     # machine repeat (configs/tiny.yaml twice: max weight difference 0 with true, 0.12 with false;
     # the default's 12 epochs twice: bit-identical through the 10th epoch, then a little apart, mAP 0.001
@@ -452,6 +455,7 @@ RULES: dict[str, Range | tuple] = {
     "data.max_boxes": POSITIVE,
     "data.min_box_height": NON_NEGATIVE,
     "data.shuffle_buffer": POSITIVE,
+    "data.repeat_factor_threshold": NON_NEGATIVE,
     "data.bad_examples": BAD_EXAMPLES,
     "data.workers": NON_NEGATIVE,
     "data.beam_runner": BEAM_RUNNERS,

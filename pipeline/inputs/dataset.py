@@ -1,8 +1,10 @@
 """The tf.data input pipeline, written out once for training and evaluation.
 
   read TFDS shards (interleaved) -> decode -> cache (before any random work) -> shuffle -> repeat
-  -> mix sources at their sampling weights -> parallel map: augment + resize (albumentations via
-  tf.numpy_function) -> encode detection targets (TF ops) -> batch(drop_remainder) -> prefetch
+  (with data.repeat_factor_threshold: repeat, each frame as often as its rarest class asks, then
+  shuffle; repeat_factor.py) -> mix sources at their sampling weights -> parallel map: augment +
+  resize (albumentations via tf.numpy_function) -> encode detection targets (TF ops)
+  -> batch(drop_remainder) -> prefetch
 
 Evaluation takes the same path with augmentation, shuffling and repetition off.
 """
@@ -21,6 +23,7 @@ from data.vocabulary import DEPTH_SCALE
 from pipeline.config import Config, SourceConfig
 from pipeline.inputs import augment as augment_lib
 from pipeline.inputs import detection_targets as targets
+from pipeline.inputs import repeat_factor
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -38,6 +41,14 @@ def load_source(config: Config, source: SourceConfig, split: str, shuffle_files:
                         f"{', '.join(builder.info.splits)}")
     read_config = tfds.ReadConfig(shuffle_seed=config.seed, interleave_cycle_length=4)
     return builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config)
+
+
+def _class_factors(config: Config, source: SourceConfig, split: str, data_dir) -> np.ndarray:
+    """Repeat factor sampling's per-class factors for one source's split (repeat_factor.py)."""
+    builder = storage.builder_for(source.name, pathlib.Path(data_dir or config.data_dir))
+    shares = repeat_factor.class_shares(builder, split, len(config.model.classes.detection),
+                                        config.data.image_size[0], config.data.min_box_height)
+    return repeat_factor.class_factors(shares, config.data.repeat_factor_threshold)
 
 
 def split_size(config: Config, source: SourceConfig, split: str) -> int:
@@ -141,7 +152,13 @@ def make_dataset(config: Config, split: str, training: bool, batch_size: int | N
         ds = load_source(config, source, split, shuffle_files=training, data_dir=data_dir)
         if config.data.cache:
             ds = ds.cache()  # decoded frames; all random work comes after
-        if training:
+        if training and config.data.repeat_factor_threshold > 0:
+            # Frames of rare classes come back more often; their copies leave side by side, so the
+            # shuffle comes after.
+            ds = repeat_factor.repeated(ds, _class_factors(config, source, split, data_dir),
+                                        config.data.image_size[0], config.data.min_box_height, config.seed)
+            ds = ds.shuffle(config.data.shuffle_buffer, seed=config.seed)
+        elif training:
             ds = ds.shuffle(config.data.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
             ds = ds.repeat()
         per_source.append(ds)
