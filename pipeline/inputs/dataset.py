@@ -28,9 +28,8 @@ from pipeline.inputs import repeat_factor
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def load_source(config: Config, source: SourceConfig, split: str, shuffle_files: bool = False,
-                data_dir: pathlib.Path | None = None) -> tf.data.Dataset:
-    """Decoded examples of one source and split, in the schema's dtypes (depth still uint16)."""
+def _prepared_builder(config: Config, source: SourceConfig, split: str, data_dir: pathlib.Path | None):
+    """The source's TFDS builder, refused with a one-line error unless its data set and split exist."""
     data_dir = pathlib.Path(data_dir or config.data_dir)
     builder = storage.builder_for(source.name, data_dir)
     if not builder.is_prepared():
@@ -39,15 +38,22 @@ def load_source(config: Config, source: SourceConfig, split: str, shuffle_files:
     if split not in builder.info.splits:
         raise UserError(f"source '{source.name}' has no split '{split}'; it has: "
                         f"{', '.join(builder.info.splits)}")
+    return builder
+
+
+def load_source(config: Config, source: SourceConfig, split: str, shuffle_files: bool = False,
+                data_dir: pathlib.Path | None = None) -> tf.data.Dataset:
+    """Decoded examples of one source and split, in the schema's dtypes (depth still uint16)."""
+    builder = _prepared_builder(config, source, split, data_dir)
     read_config = tfds.ReadConfig(shuffle_seed=config.seed, interleave_cycle_length=4)
     return builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config)
 
 
 def _class_factors(config: Config, source: SourceConfig, split: str, data_dir) -> np.ndarray:
     """Repeat factor sampling's per-class factors for one source's split (repeat_factor.py)."""
-    builder = storage.builder_for(source.name, pathlib.Path(data_dir or config.data_dir))
-    shares = repeat_factor.class_shares(builder, split, len(config.model.classes.detection),
-                                        config.data.image_size[0], config.data.min_box_height)
+    shares = repeat_factor.class_shares(_prepared_builder(config, source, split, data_dir), split,
+                                        len(config.model.classes.detection), tuple(config.data.image_size),
+                                        config.data.min_box_height)
     return repeat_factor.class_factors(shares, config.data.repeat_factor_threshold)
 
 
@@ -156,7 +162,7 @@ def make_dataset(config: Config, split: str, training: bool, batch_size: int | N
             # Frames of rare classes come back more often; their copies leave side by side, so the
             # shuffle comes after.
             ds = repeat_factor.repeated(ds, _class_factors(config, source, split, data_dir),
-                                        config.data.image_size[0], config.data.min_box_height, config.seed)
+                                        tuple(config.data.image_size), config.data.min_box_height, config.seed)
             ds = ds.shuffle(config.data.shuffle_buffer, seed=config.seed)
         elif training:
             ds = ds.shuffle(config.data.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
