@@ -132,12 +132,17 @@ def freeze_through(layers, level, prefix="effnet"):
     """
     if level not in PYRAMID_BLOCKS or level == "P5":
         raise ValueError(f"freeze level must be one of P1..P4; Received: {level!r}")
-    last = PYRAMID_BLOCKS[level]
     for layer in layers:
-        name = layer.name[len(prefix) + 1:] if layer.name.startswith(f"{prefix}_") else ""
-        block = name.split("_")[1] if name.startswith("blocks_") else None
-        if name.startswith(("conv_stem", "bn0")) or (block is not None and int(block) <= last):
+        if frozen_by(layer.name, level, prefix):
             layer.trainable = False
+
+
+def frozen_by(layer_name, level, prefix="effnet"):
+    """Whether freeze_through(..., level, prefix) freezes the layer named `layer_name`: the stem's
+    layers and those of the blocks up to pyramid level `level`'s."""
+    name = layer_name[len(prefix) + 1:] if layer_name.startswith(f"{prefix}_") else ""
+    block = name.split("_")[1] if name.startswith("blocks_") else None
+    return name.startswith(("conv_stem", "bn0")) or (block is not None and int(block) <= PYRAMID_BLOCKS[level])
 
 
 def efficientnet_lite0(input_shape=(224, 224, 3), weights="imagenet", classifier=False, prefix="effnet"):

@@ -23,7 +23,7 @@ import keras
 from data.errors import UserError
 from data.vocabulary import BACKBONES, LEVELLED_BACKBONES
 from models.blocks import conv_bn_act, depth_scaled, fused_block, inverted_residual
-from models.efficientnet_lite import freeze_through, lite0_level, load_imagenet_weights
+from models.efficientnet_lite import freeze_through, frozen_by, lite0_level, load_imagenet_weights
 
 LEVELS = (1, 2, 3, 4, 5)
 LEVEL_NAMES = tuple(f"P{level}" for level in LEVELS)
@@ -115,6 +115,17 @@ def frozen_levels(config):
     if config.freeze_through is None:
         return ()
     return LEVEL_NAMES[:LEVEL_NAMES.index(config.freeze_through) + 1]
+
+
+def thawing_layers(net, config, thaw_through):
+    """The layers of `net` that model.freeze_through (`config`) freezes and a freeze through
+    `thaw_through` would not: the pretrained encoder's blocks between the two levels (train.thaw_through
+    trains them late in training). Frozen levels are always one trunk named "encoder", nested or not."""
+    if thaw_through is None or config.freeze_through is None:
+        return []
+    return [layer for layer in net._flatten_layers(include_self=False)
+            if not isinstance(layer, keras.Model) and frozen_by(layer.name, config.freeze_through, "encoder")
+            and not frozen_by(layer.name, thaw_through, "encoder")]
 
 
 def shared_levels(config):

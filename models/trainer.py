@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from models.detection import with_size_bins
+from models.encoder import thawing_layers
 from models.losses import masked_task_loss, per_example_losses
 from models.optimizer import make_task_weight_optimizer
 from models.sharing import shared_kernel, soft_sharing_penalty, task_encoders
@@ -55,6 +56,11 @@ class MultiTaskTrainer(keras.Model):
         self.losses_by_task = per_example_losses(model_config, train_config)
         self.evaluation_losses = per_example_losses(model_config)
         self.weighting = make_weighting(train_config, self.tasks)
+        # train.thaw_through: the frozen encoder blocks that train late in training (thaw()). A
+        # closure, not an attribute: Keras would track the layers twice in the checkpoints.
+        thawing = thawing_layers(net, model_config, getattr(train_config, "thaw_through", None))
+        self.thawing_layers = lambda: thawing
+        self.thawed = False
         # Task weights learn on their own optimizer (see models/optimizer.py); built here, inside
         # the caller's strategy scope, so its slots exist before the first traced step.
         self.task_weight_optimizer = make_task_weight_optimizer(train_config)
@@ -102,7 +108,23 @@ class MultiTaskTrainer(keras.Model):
         # symbolic build, BackupAndRestore), and a restored backup's optimizer state (step count,
         # moments) would then not match the saved one and be skipped, restarting the schedule.
         if self.optimizer is not None and not self.optimizer.built:
+            # The blocks that thaw later get their Adam slots now, so that a checkpoint's optimizer
+            # state has one layout before and after the thaw.
+            for layer in self.thawing_layers():
+                layer.trainable = True
             self.optimizer.build(self.net.trainable_variables)
+            for layer in self.thawing_layers():
+                layer.trainable = self.thawed
+
+    def thaw(self):
+        """train.thaw_through: the frozen blocks between it and model.freeze_through train from the next
+        step on, their BatchNorms on the batch's statistics; the train step is traced again (a frozen
+        block's backward pass is not in the traced graph). -> how many layers thawed."""
+        for layer in self.thawing_layers():
+            layer.trainable = True
+        self.thawed = True
+        self.make_train_function(force=True)
+        return len(self.thawing_layers())
 
     def compute_losses(self, y, outputs, training=False):
         """-> (total, {task: loss}, {task: 1.0 if the batch had the label else 0.0}).

@@ -164,6 +164,12 @@ class TrainConfig:
     # and heads at learning_rate itself, as Detectron2-style backbone multipliers do.
     encoder_learning_rate_scale: float = 1.0
     weight_decay: float = 1e-4
+    # P1 or P2: once `thaw_at` of the training's steps are done (at the nearest epoch boundary), the
+    # encoder blocks that model.freeze_through keeps frozen above this level train too, for the rest of
+    # the training, their BatchNorms on the batch's statistics (pipeline/training/callbacks.EncoderThaw).
+    # Frozen steps are cheaper; late, the early levels adapt to what the heads learned.
+    thaw_through: str | None = None
+    thaw_at: float = 0.67
     warmup_steps: int = 100
     # After the warm-up, to 0 at the last step: "cosine" or "linear". configs/default.yaml sets linear;
     # the other configs keep the cosine, with which their documented numbers were measured.
@@ -486,6 +492,8 @@ RULES: dict[str, Range | tuple] = {
     "train.learning_rate": POSITIVE,
     "train.encoder_learning_rate_scale": POSITIVE,
     "train.weight_decay": NON_NEGATIVE,
+    "train.thaw_through": ("P1", "P2", "P3"),
+    "train.thaw_at": Range(0, 1, low_open=True, high_open=True),
     "train.warmup_steps": NON_NEGATIVE,
     "train.lr_decay": LR_DECAYS,
     "train.adam_beta_2": Range(0, 1, high_open=True),
@@ -645,6 +653,11 @@ def validate(config: Config) -> None:
     if shared is not None and frozen is not None and shared < frozen:  # "P1" < "P4": levels sort by name
         raise UserError(f"config: model.shared_through cannot be below model.freeze_through (frozen levels are "
                         f"always shared); Received: model.shared_through={shared}, model.freeze_through={frozen}")
+    thaw = config.train.thaw_through
+    if thaw is not None and (frozen is None or thaw >= frozen):
+        raise UserError(f"config: train.thaw_through must be a level below model.freeze_through (it trains the "
+                        f"frozen blocks between the two late in training); Received: train.thaw_through={thaw}, "
+                        f"model.freeze_through={frozen}")
     if config.train.encoder_learning_rate_scale != 1 and config.model.backbone not in LEVELLED_BACKBONES:
         # The optimizer finds the encoder by its layers' name prefix; keras.applications name theirs their own way.
         raise UserError(f"config: train.encoder_learning_rate_scale needs an encoder built here "

@@ -199,6 +199,11 @@ class TimeBudget(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         self._show_message()  # a plan of one epoch
 
+    def restart_timing(self) -> None:
+        """The epochs from here on cost differently (train.thaw_through trains more of the encoder):
+        later plans go by their times alone."""
+        self._cycles = []
+
     def _plan_first(self, done: int) -> None:
         steps = self._step_times[TRACED_STEPS:] or self._step_times  # a 1-2 step epoch: the traced ones too
         epoch_s, validation_s, elapsed_s = self._agree(

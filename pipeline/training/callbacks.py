@@ -1,6 +1,6 @@
 """Keras callbacks of the fit loop: the checkpoint metric, NaN guard, guarded backup and checkpoint,
-averaged weights for validation (train.ema), resumed history, replica statistics sync, throughput and
-the learning-rate log."""
+averaged weights for validation (train.ema), resumed history, replica statistics sync, throughput,
+the learning-rate log and the encoder's late thaw (train.thaw_through)."""
 from __future__ import annotations
 
 import csv
@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from data.errors import UserError
+from models.optimizer import schedule_of
 
 
 class ValidationTaskSum(keras.callbacks.Callback):
@@ -287,3 +288,31 @@ class LogLearningRate(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         optimizer = self.model.optimizer
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+class EncoderThaw(keras.callbacks.Callback):
+    """train.thaw_through: at the epoch boundary nearest `at` of the schedule's steps, the frozen
+    encoder blocks above thaw_through train too (MultiTaskTrainer.thaw), for the rest of the training.
+
+    Why late: frozen steps are cheaper, so the budget holds more of them, and once the heads have
+    learned the early levels can adapt to what they need (ULMFiT's gradual unfreezing, one step). A
+    resumed run past that boundary thaws at its first epoch. With a time budget, its later plans go by
+    the thawed epochs' times (TimeBudget.restart_timing).
+    """
+
+    def __init__(self, at: float, level: str, budget=None):
+        super().__init__()
+        self.at, self.level, self.budget = float(at), level, budget
+
+    def on_epoch_begin(self, epoch, logs=None):
+        trainer = self.model
+        if trainer.thawed or not trainer.thawing_layers():
+            return
+        end = schedule_of(trainer.optimizer).state()["end_step"]
+        if int(trainer.optimizer.iterations) < self.at * end - self.params["steps"] / 2:
+            return
+        layers = trainer.thaw()
+        if self.budget is not None:
+            self.budget.restart_timing()
+        print(f"train: the encoder's frozen blocks above {self.level} ({layers} layers) train from epoch "
+              f"{epoch + 1} on", flush=True)

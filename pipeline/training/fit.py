@@ -38,7 +38,7 @@ from pipeline.evaluation import plots
 from pipeline.inputs import dataset as inputs
 from pipeline.training import devices, onednn
 from pipeline.training.budget import PLAN_FILE, TimeBudget, validation_epochs
-from pipeline.training.callbacks import (AveragedWeightsForValidation, GuardedBackup, GuardedCheckpoint,
+from pipeline.training.callbacks import (AveragedWeightsForValidation, EncoderThaw, GuardedBackup, GuardedCheckpoint,
                                          HistoryCSV, LogLearningRate, ResumeHistory, StopOnNaNTask,
                                          SyncReplicaStatistics, Throughput, ValidationTaskSum)
 from pipeline.training.progress import CompactProgbarLogger
@@ -198,6 +198,8 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
         nan_guard,
         ValidationTaskSum(tasks),
         *([budget] if budget else []),  # before the backup: a run resumed from it finds the plan
+        # Before the checkpoint: the epoch it begins trains thawed. After the budget: its plan is laid.
+        *([EncoderThaw(config.train.thaw_at, config.train.thaw_through, budget)] if config.train.thaw_through else []),
         checkpoint,
         AveragedWeightsForValidation(),  # between the two: the checkpoint saves the average, the backup the raw
         backup,

@@ -233,6 +233,43 @@ def test_freeze_through_keeps_the_early_layers_and_their_statistics_bit_identica
             assert all(changed), layer.name
 
 
+def test_thaw_trains_the_blocks_between_its_level_and_the_frozen_one_from_then_on():
+    """train.thaw_through: the optimizer holds the thawing blocks from the start (one checkpoint layout);
+    before the thaw they stay bit-identical, after it they train, and the stem below its level stays."""
+    import tensorflow as tf
+
+    from models.encoder import thawing_layers
+    from models.trainer import MultiTaskTrainer
+    from models.optimizer import make_optimizer
+    from test_models import make_batch, tiny_train
+
+    config = lite_config(freeze_through="P3")
+    net = build_model(config, SIZE)
+    encoder = net.get_layer("encoder")
+    thawing = {layer.name for layer in thawing_layers(net, config, "P1")}
+    assert {"encoder_blocks_1_expand_conv", "encoder_blocks_4_bn2"} <= thawing
+    assert not any(name.startswith(("encoder_conv_stem", "encoder_bn0", "encoder_blocks_0_", "encoder_blocks_5_"))
+                   for name in thawing)
+    assert thawing_layers(net, config, None) == [] and thawing_layers(net, lite_config(), "P1") == []
+    trainer = MultiTaskTrainer(net, config, tiny_train(thaw_through="P1"))
+    trainer.compile(optimizer=make_optimizer(tiny_train(), 10), run_eagerly=True)
+    tracked = {v.path for v in trainer.optimizer._trainable_variables}
+    assert all(v.path in tracked for name in thawing for v in encoder.get_layer(name).trainable_weights)
+    assert not any(encoder.get_layer(name).trainable for name in thawing)  # frozen until thaw()
+    before = {v.path: v.numpy().copy() for v in encoder.weights}
+    data = tf.data.Dataset.from_tensors(make_batch()).repeat()
+
+    def changed(name):
+        return any(not np.array_equal(v.numpy(), before[v.path]) for v in encoder.get_layer(name).weights)
+
+    trainer.fit(data, epochs=1, steps_per_epoch=1, verbose=0)
+    assert not any(changed(name) for name in thawing)
+    assert trainer.thaw() == len(thawing) and trainer.thawed
+    trainer.fit(data, epochs=1, steps_per_epoch=1, verbose=0)
+    assert changed("encoder_blocks_1_expand_conv") and changed("encoder_blocks_4_bn2")  # kernel; moving stats
+    assert not changed("encoder_conv_stem") and not changed("encoder_blocks_0_depthwise_conv")
+
+
 def test_freeze_through_needs_the_pretrained_lite0():
     with pytest.raises(UserError, match="freeze_through"):
         check_backbone(lite_config(weights=None, freeze_through="P2"))

@@ -189,6 +189,17 @@ def test_a_branch_point_below_the_frozen_levels_is_refused():
         load_config("configs/default.yaml", ["model.shared_through=P5"])  # that is hard sharing
 
 
+def test_the_thaw_level_must_be_below_the_frozen_one():
+    config = load_config("configs/default.yaml", ["train.thaw_through=P2", "train.thaw_at=0.5"])  # frozen through P3
+    assert (config.train.thaw_through, config.train.thaw_at) == ("P2", 0.5)
+    for overrides in (["train.thaw_through=P3"], ["train.thaw_through=P1", "model.freeze_through=null"]):
+        with pytest.raises(UserError, match="train.thaw_through must be a level below model.freeze_through"):
+            load_config("configs/default.yaml", overrides)
+    for value in ("0", "1"):
+        with pytest.raises(UserError, match="train.thaw_at"):
+            load_config("configs/default.yaml", ["train.thaw_through=P1", f"train.thaw_at={value}"])
+
+
 def test_classes_default_to_the_unified_three_and_nine():
     config = load_config("configs/tiny.yaml")
     assert [c.name for c in config.model.classes.detection] == ["vehicle", "pedestrian", "cyclist"]

@@ -43,3 +43,36 @@ def test_ema_is_what_validation_and_the_checkpoint_see_while_training_goes_on_fr
         # The checkpoint sees the average on the validated epochs, the raw weights on the others.
         for got, want in zip(seen["checkpoint"][epoch], average if epoch in (1, 2) else trained):
             np.testing.assert_array_equal(got, want)
+
+
+def test_encoder_thaw_thaws_once_at_the_epoch_boundary_nearest_its_share_of_the_schedule():
+    """train.thaw_at 0.67 of a 12 x 70-step schedule: 8 frozen epochs (560 steps, the boundary nearest
+    562.8), then the thaw, once, and the time budget's later plans start timing afresh."""
+    from pipeline.training.callbacks import EncoderThaw
+
+    class Trainer:
+        thawed, thaws = False, 0
+        optimizer = make_optimizer(TrainConfig(), total_steps=12 * 70)
+
+        def thawing_layers(self):
+            return ["a block"]
+
+        def thaw(self):
+            self.thawed, self.thaws = True, self.thaws + 1
+            return 1
+
+    class Budget:
+        restarts = 0
+
+        def restart_timing(self):
+            self.restarts += 1
+
+    trainer, budget = Trainer(), Budget()
+    thaw = EncoderThaw(0.67, "P1", budget)
+    thaw.set_model(trainer)
+    thaw.set_params({"steps": 70, "epochs": 12})
+    for epoch in range(12):
+        trainer.optimizer.iterations.assign(epoch * 70)
+        thaw.on_epoch_begin(epoch)
+        assert trainer.thawed == (epoch >= 8), epoch
+    assert trainer.thaws == 1 and budget.restarts == 1
