@@ -58,7 +58,7 @@ class MultiTaskTrainer(keras.Model):
         self.weighting = make_weighting(train_config, self.tasks)
         # train.thaw_through: the frozen encoder blocks that train late in training (thaw()). A
         # closure, not an attribute: Keras would track the layers twice in the checkpoints.
-        thawing = thawing_layers(net, model_config, getattr(train_config, "thaw_through", None))
+        thawing = thawing_layers(net, model_config, train_config.thaw_through)
         self.thawing_layers = lambda: thawing
         self.thawed = False
         # Task weights learn on their own optimizer (see models/optimizer.py); built here, inside

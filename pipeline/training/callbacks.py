@@ -306,7 +306,7 @@ class EncoderThaw(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         trainer = self.model
-        if trainer.thawed or not trainer.thawing_layers():
+        if trainer.thawed:
             return
         end = schedule_of(trainer.optimizer).state()["end_step"]
         if int(trainer.optimizer.iterations) < self.at * end - self.params["steps"] / 2:

@@ -54,9 +54,6 @@ def test_encoder_thaw_thaws_once_at_the_epoch_boundary_nearest_its_share_of_the_
         thawed, thaws = False, 0
         optimizer = make_optimizer(TrainConfig(), total_steps=12 * 70)
 
-        def thawing_layers(self):
-            return ["a block"]
-
         def thaw(self):
             self.thawed, self.thaws = True, self.thaws + 1
             return 1
