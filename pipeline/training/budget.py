@@ -126,7 +126,8 @@ class TimeBudget(keras.callbacks.Callback):
         self.resumed = False
         self._saved = None  # the plan file found at the start, used if Keras resumes from a backup
         self._begun = False  # whether this fit() has begun its first epoch
-        self._step_times, self._cycles = [], []  # the first epoch's steps; later last-step-to-last-step times
+        self._step_times, self._cycles = [], []  # the first (or a retraced) epoch's steps; last-step-to-last-step times
+        self._retraced = False  # whether the epoch running traces the train step again (restart_timing)
         self._last_mark = None
         self._validation_s = self._validation_since_mark = 0.0
         self._message = None
@@ -169,17 +170,21 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self.plan is None:
+        if self.plan is None or self._retraced:
             self._batch_start = self.clock()
 
     def on_train_batch_end(self, batch, logs=None):
         now = self.clock()
-        if self.plan is None:
+        if self.plan is None or self._retraced:
             self._step_times.append(now - self._batch_start)
         if batch != self.steps_per_epoch - 1:
             return
         if self.plan is not None and not self.resumed and self._last_mark is not None:
-            self._cycles.append(now - self._last_mark - self._validation_since_mark)
+            cycle = now - self._last_mark - self._validation_since_mark
+            if self._retraced:  # the new trace happens once: the epochs ahead will not pay it
+                cycle -= self._trace_excess()
+                self._retraced, self._step_times = False, []
+            self._cycles.append(cycle)
             self._replan(done=self._epoch + 1)
         self._last_mark, self._validation_since_mark = now, 0.0
 
@@ -201,10 +206,17 @@ class TimeBudget(keras.callbacks.Callback):
 
     def restart_timing(self) -> None:
         """The epochs from here on cost differently (train.thaw_through trains more of the encoder):
-        later plans go by their times alone."""
-        self._cycles = []
+        later plans go by their times alone, and the epoch beginning, whose first steps trace the train
+        step again (about 12 s on the default), is counted as if they had not."""
+        self._cycles, self._step_times, self._retraced = [], [], True
+
+    def _trace_excess(self) -> float:
+        """Seconds the retraced epoch's first TRACED_STEPS steps took beyond as many of its other steps."""
+        traced, rest = self._step_times[:TRACED_STEPS], self._step_times[TRACED_STEPS:]
+        return max(0.0, sum(traced) - len(traced) * float(np.mean(rest))) if rest else 0.0
 
     def _plan_first(self, done: int) -> None:
+        self._retraced = False  # a thaw in the first epoch: its traced steps are left out below anyway
         steps = self._step_times[TRACED_STEPS:] or self._step_times  # a 1-2 step epoch: the traced ones too
         epoch_s, validation_s, elapsed_s = self._agree(
             [float(np.mean(steps)) * self.steps_per_epoch, self._validation_s, self.clock() - self.started])

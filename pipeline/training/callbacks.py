@@ -309,7 +309,7 @@ class EncoderThaw(keras.callbacks.Callback):
         if trainer.thawed:
             return
         end = schedule_of(trainer.optimizer).state()["end_step"]
-        if int(trainer.optimizer.iterations) < self.at * end - self.params["steps"] / 2:
+        if int(keras.ops.convert_to_numpy(trainer.optimizer.iterations)) < self.at * end - self.params["steps"] / 2:
             return
         layers = trainer.thaw()
         if self.budget is not None:

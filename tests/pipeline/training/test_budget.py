@@ -216,6 +216,24 @@ def test_a_late_growth_goes_on_from_the_learning_rate_it_has(tmp_path):
     assert saved["schedule"] == schedule.state() and saved["schedule"]["anchor_step"] == 180
 
 
+def test_after_a_thaw_the_plan_goes_by_the_thawed_epochs_without_their_one_new_trace(tmp_path):
+    callback, clock, _, _ = budget_callback(tmp_path)
+    callback.on_train_begin()
+    run_epoch(callback, clock, 0, step_s=4.0, traced_s=20.0)  # 22 epochs planned, as above
+    run_epoch(callback, clock, 1, step_s=4.0)  # 40 s: 22 still fit
+    assert callback.epochs == 22
+    # The thaw: epochs of 60 s from here on, the first of them tracing again (two 20 s steps): 205 s
+    # spent at its last step. Counted as 60 s, not the 88 s it took, and without the 40 s epochs
+    # before the thaw, 15 epochs fit: 205 + 12*60 + 3*5 + 25 = 965 (validations on 5, 10, 15);
+    # 16 would need 1030. At 88 s only 11 would.
+    callback.restart_timing()
+    run_epoch(callback, clock, 2, step_s=6.0, traced_s=20.0)
+    assert callback._cycles == [pytest.approx(60.0)] and callback.epochs == 15
+    # Only that epoch is corrected: the next one's slow first steps count in full.
+    run_epoch(callback, clock, 3, step_s=6.0, traced_s=20.0)
+    assert callback._cycles == [pytest.approx(60.0), pytest.approx(88.0)]
+
+
 def test_training_under_a_budget_follows_the_plan_made_after_the_first_epoch(tiny_config, tmp_path, monkeypatch,
                                                                             capsys):
     seen = {}

@@ -64,14 +64,22 @@ def _env(**extra):
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
 
 
+# The default's late thaw (train.thaw_through) on the pretrained encoder: the second epoch retraces
+# the train step with blocks 1-4 trainable inside the strategy, and the replicas must still agree.
+THAW = ["model.backbone=efficientnet_lite0", "model.weights=imagenet", "model.freeze_through=P3",
+        "train.thaw_through=P1", "train.thaw_at=0.5"]
+
+
 @pytest.mark.slow  # 40-110 s on the shared 2-core machine: tracing for two replicas
-def test_mirrored_strategy_over_two_cpu_devices_keeps_replicas_identical(tiny_config, tmp_path):
+@pytest.mark.parametrize("overrides", [[], THAW], ids=["builtin", "thawed_lite0"])
+def test_mirrored_strategy_over_two_cpu_devices_keeps_replicas_identical(tiny_config, tmp_path, overrides):
     out = tmp_path / "train"
     result = subprocess.run(
         [sys.executable, "-c", MIRRORED, str(out), f"run_root={tiny_config.run_root}",
-         "train.strategy=mirrored", "train.epochs=2", "train.conflict_every=2"],  # the conflict log's tf.cond too
+         "train.strategy=mirrored", "train.epochs=2", "train.conflict_every=2", *overrides],  # the conflict log's tf.cond too
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert ("blocks above P1 (34 layers) train from epoch 2 on" in result.stdout) == bool(overrides)
     verdict = json.loads(result.stdout.split("VERDICT ", 1)[1].splitlines()[0])
     assert verdict["replicas"] == 2 and len(verdict["devices"]) == 2, verdict
     assert not verdict["unmirrored"], verdict["unmirrored"]
@@ -95,7 +103,10 @@ def _free_ports(count):
 
 
 @pytest.mark.slow
-def test_multi_worker_strategy_over_two_local_processes(tiny_config, tmp_path):
+# The pretrained encoder's first epoch takes most of a minute (tracing for two workers): two minutes
+# hold epochs after the thaw, whose timing both workers re-plan from.
+@pytest.mark.parametrize("overrides", [[], THAW + ["train.minutes=2"]], ids=["builtin", "thawed_lite0"])
+def test_multi_worker_strategy_over_two_local_processes(tiny_config, tmp_path, overrides):
     out = tmp_path / "train"
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     procs, logs = [], []
@@ -107,7 +118,7 @@ def test_multi_worker_strategy_over_two_local_processes(tiny_config, tmp_path):
                 [sys.executable, "-m", "pipeline", "train", "--config", "configs/tiny.yaml",
                  f"run_root={tiny_config.run_root}", "train.strategy=multi_worker", "train.conflict_every=2",
                  # a time budget: each worker times its own epochs, both must plan the same ones
-                 "train.minutes=1", "--out", str(out)],
+                 "train.minutes=1", *overrides, "--out", str(out)],
                 cwd=REPO, env=_env(TF_CONFIG=json.dumps(tf_config)), stdout=logs[-1],
                 stderr=subprocess.STDOUT))
         codes = [proc.wait(timeout=500) for proc in procs]
@@ -120,6 +131,9 @@ def test_multi_worker_strategy_over_two_local_processes(tiny_config, tmp_path):
             log.close()
     tails = [(tmp_path / f"worker{i}.log").read_text()[-2000:] for i in range(2)]
     assert codes == [0, 0], tails
+    thawed = ["blocks above P1 (34 layers) train from epoch" in (tmp_path / f"worker{i}.log").read_text()
+              for i in range(2)]
+    assert thawed == [bool(overrides)] * 2, tails
 
     scratch = out.with_name(f".{out.name}.worker-1")  # a non-chief worker's own folder, beside the run's
     chief, worker = out / "model.keras", scratch / "model.keras"
