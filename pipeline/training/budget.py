@@ -183,9 +183,10 @@ class TimeBudget(keras.callbacks.Callback):
             cycle = now - self._last_mark - self._validation_since_mark
             if self._retraced:  # the new trace happens once: the epochs ahead will not pay it
                 cycle -= self._trace_excess()
-                self._retraced, self._step_times = False, []
             self._cycles.append(cycle)
             self._replan(done=self._epoch + 1)
+        if self.plan is not None:  # a retraced epoch is over (the first epoch's plan ends its own)
+            self._retraced, self._step_times = False, []
         self._last_mark, self._validation_since_mark = now, 0.0
 
     def on_test_begin(self, logs=None):
@@ -207,7 +208,8 @@ class TimeBudget(keras.callbacks.Callback):
     def restart_timing(self) -> None:
         """The epochs from here on cost differently (train.thaw_through trains more of the encoder):
         later plans go by their times alone, and the epoch beginning, whose first steps trace the train
-        step again (about 12 s on the default), is counted as if they had not."""
+        step again (about 12 s on the default), is counted as if they had not (with no more than
+        TRACED_STEPS steps an epoch there is nothing to compare them with: counted whole)."""
         self._cycles, self._step_times, self._retraced = [], [], True
 
     def _trace_excess(self) -> float:

@@ -234,6 +234,16 @@ def test_after_a_thaw_the_plan_goes_by_the_thawed_epochs_without_their_one_new_t
     assert callback._cycles == [pytest.approx(60.0), pytest.approx(88.0)]
 
 
+def test_a_thaw_in_the_first_epoch_leaves_the_later_epochs_uncorrected(tmp_path):
+    callback, clock, _, _ = budget_callback(tmp_path)
+    callback.on_train_begin()
+    callback.restart_timing()  # a thaw before any step: the first epoch's plan leaves its traces out anyway
+    run_epoch(callback, clock, 0, step_s=4.0, traced_s=20.0)
+    assert callback.epochs == 22
+    run_epoch(callback, clock, 1, step_s=4.0, traced_s=20.0)  # slow first steps, not a trace: counted
+    assert callback._cycles == [pytest.approx(72.0)]
+
+
 def test_training_under_a_budget_follows_the_plan_made_after_the_first_epoch(tiny_config, tmp_path, monkeypatch,
                                                                             capsys):
     seen = {}

@@ -104,7 +104,7 @@ def _free_ports(count):
 
 @pytest.mark.slow
 # The pretrained encoder's first epoch takes most of a minute (tracing for two workers): two minutes
-# hold epochs after the thaw, whose timing both workers re-plan from.
+# hold epochs after the thaw, so both workers thaw at the same epoch and train on after it.
 @pytest.mark.parametrize("overrides", [[], THAW + ["train.minutes=2"]], ids=["builtin", "thawed_lite0"])
 def test_multi_worker_strategy_over_two_local_processes(tiny_config, tmp_path, overrides):
     out = tmp_path / "train"
