@@ -169,7 +169,7 @@ class TrainConfig:
     # the training, their BatchNorms on the batch's statistics (pipeline/training/callbacks.EncoderThaw).
     # Frozen steps are cheaper; late, the early levels adapt to what the heads learned.
     thaw_through: str | None = None
-    thaw_at: float = 0.67
+    thaw_at: float = 0.5
     warmup_steps: int = 100
     # After the warm-up, to 0 at the last step: "cosine" or "linear". configs/default.yaml sets linear;
     # the other configs keep the cosine, with which their documented numbers were measured.

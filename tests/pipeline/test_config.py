@@ -190,8 +190,8 @@ def test_a_branch_point_below_the_frozen_levels_is_refused():
 
 
 def test_the_thaw_level_must_be_below_the_frozen_one():
-    config = load_config("configs/default.yaml", ["train.thaw_through=P2", "train.thaw_at=0.5"])  # frozen through P3
-    assert (config.train.thaw_through, config.train.thaw_at) == ("P2", 0.5)
+    config = load_config("configs/default.yaml", ["train.thaw_through=P2", "train.thaw_at=0.75"])  # frozen through P3
+    assert (config.train.thaw_through, config.train.thaw_at) == ("P2", 0.75)
     for overrides in (["train.thaw_through=P3"], ["train.thaw_through=P1", "model.freeze_through=null"]):
         with pytest.raises(UserError, match="train.thaw_through must be a level below model.freeze_through"):
             load_config("configs/default.yaml", overrides)
