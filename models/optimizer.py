@@ -218,11 +218,17 @@ def schedule_of(optimizer) -> WarmupDecay:
     return getattr(optimizer, "inner_optimizer", optimizer)._learning_rate
 
 
+def step_of(optimizer) -> int:
+    """The optimizer's step count as a Python int, read on the host (under tf.distribute its
+    iterations are a MirroredVariable, which int() refuses)."""
+    return int(keras.ops.convert_to_numpy(optimizer.iterations))
+
+
 def relay_schedule(optimizer, total_steps: int) -> dict:
     """Lays the rest of make_optimizer's schedule over `total_steps` from the optimizer's current step,
     without a jump in the rate (WarmupDecay.relay); returns the schedule's state for a plan file."""
     schedule = schedule_of(optimizer)
-    schedule.relay(total_steps, int(keras.ops.convert_to_numpy(optimizer.iterations)))
+    schedule.relay(total_steps, step_of(optimizer))
     return schedule.state()
 
 

@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 
 from data.errors import UserError
-from models.optimizer import schedule_of
+from models.optimizer import schedule_of, step_of
 
 
 class ValidationTaskSum(keras.callbacks.Callback):
@@ -309,7 +309,7 @@ class EncoderThaw(keras.callbacks.Callback):
         if trainer.thawed:
             return
         end = schedule_of(trainer.optimizer).state()["end_step"]
-        if int(keras.ops.convert_to_numpy(trainer.optimizer.iterations)) < self.at * end - self.params["steps"] / 2:
+        if step_of(trainer.optimizer) < self.at * end - self.params["steps"] / 2:
             return
         layers = trainer.thaw()
         if self.budget is not None:
