@@ -70,13 +70,17 @@ def training_facts(config: Config) -> dict:
     rows = _history(layout.train_dir(config) / "history.csv")
     last = rows[-1] if rows else {}
     steps, batch = train.get("steps_per_epoch"), train.get("batch_size")
+    speed = layout.train_dir(config) / "speed.json"
+    # The steps trained, from speed.json where it has them: a time budget's last epoch may be partial.
+    trained_steps = json.loads(speed.read_text()).get("steps") if speed.is_file() else None
+    trained_steps = trained_steps or (len(rows) * steps if rows and steps else None)
     return {
         "config": str(used) if trained else None,
         "data": {"sources": sources, "image_size": data.get("image_size"), "schedule": data.get("schedule")},
         "model": {key: model.get(key) for key in ("backbone", "weights", "sharing", "tasks") if key in model},
         "budget": {"epochs_configured": train.get("epochs"), "epochs_run": len(rows) or None,
                    "steps_per_epoch": steps, "batch_size": batch,
-                   "examples_seen": len(rows) * steps * batch if rows and steps and batch else None,
+                   "examples_seen": trained_steps * batch if trained_steps and batch else None,
                    "weighting": train.get("weighting"), "learning_rate": train.get("learning_rate"),
                    "precision": train.get("precision")},
         "final_losses": {key: _float(value) for key, value in last.items()

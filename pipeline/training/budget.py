@@ -1,36 +1,40 @@
-"""A wall-clock budget for the train stage (train.minutes): the epochs are planned after the first one.
+"""A wall-clock budget for the train stage (train.minutes): the steps are planned after the first epoch.
 
 How many steps fit in 15 minutes depends on the CPU: the default's 1,050 steps took 11.7 minutes on
 an AVX-512 EPYC and 14.5-17.9 minutes on an AVX2 one. A fixed epoch count leaves the fast machine's
 minutes unused and overruns on the slow one. With a budget, the first epoch measures what an epoch
 costs (its steps after the first two, which trace, and its validation) and the plan is the most
-epochs whose steps, validations and RESERVE_SECONDS (saving the model) fit in what is left. The
-cosine learning-rate schedule is then laid over exactly the planned steps: decided at the end of the
-first epoch, while the default's warm-up (100 steps, 70 per epoch) is still running, so the first
-plan moves no learning rate. Validation keeps its rule (the first epoch, every
-train.validate_every-th, the last), and training stops after the planned epoch.
+steps whose epochs, validations and RESERVE_SECONDS (saving the model) fit in what is left. The plan
+is in steps, not whole epochs: its last epoch stops after the steps that fit (Keras validates it and
+ends the run), since whole epochs left up to an epoch and a half of the budget unused (1.6 of the 15
+minutes in one `make run`, where growing the plan also waited for half an epoch to spare). The
+learning-rate schedule is then laid over exactly the planned steps: decided at the end of the first
+epoch, while the default's warm-up (100 steps, 70 per epoch) is still running, so the first plan
+moves no learning rate. Validation keeps its rule (the first epoch, every train.validate_every-th,
+the last).
 
 The first epoch's steps are a rough guide: on the AVX-512 EPYC they promised 42-44 s an epoch in
 three runs whose later epochs took 40-59 s (each also writes its backup between epochs). So after
 every later epoch's last step the plan is made again from the mean time from one epoch's last step
 to the next so far (validations left out, the checkpoint and backup written between epochs
-counted), and when the epochs that fit change (more of them only with half an epoch to spare), the
-rest of the decay is laid over the new count from the current step on (models/optimizer.py,
-WarmupDecay.relay): past the warm-up the learning rate goes on from where it is and decays
-faster or slower, never jumps. (Re-laying the whole cosine instead lifted the rate from 0.9 % to 3.2 % of its peak when one
-run's plan grew 18 -> 19 at epoch 17; forbidding growth after the plan's first half then left 1.5 of
-the 15 minutes unused in `make run` when its epochs got faster late.) Re-planning before the epoch's
-validation is decided means an epoch that becomes the last is validated, as the last epoch always is.
+counted, and spread over the epoch's steps: a short last epoch is counted a little cheap, which the
+reserve covers), and when the steps that fit change, the rest of the decay is laid over the new
+count from the current step on (models/optimizer.py, WarmupDecay.relay): past the warm-up the
+learning rate goes on from where it is and decays faster or slower, never jumps. (Re-laying the
+whole cosine instead lifted the rate from 0.9 % to 3.2 % of its peak when one run's plan grew 18 ->
+19 epochs at epoch 17.) Re-planning before the epoch's validation is decided means an epoch that becomes the
+last is validated, as the last epoch always is.
 
 The plan and its schedule are saved with the run (budget.json): a run resumed from a backup (Keras restored epoch
 k > 0) continues it instead of planning again, since its clock restarted (one killed between a
 re-plan and that epoch's backup re-runs the epoch on the new plan's line, without a jump); a run that starts at
 epoch 0 plans afresh, whatever file is there. Under tf.distribute every worker plans from the mean
-of all workers' measurements, so all of them stop at the same epoch with one schedule.
+of all workers' measurements, so all of them stop at the same step with one schedule.
 """
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import time
 
@@ -60,29 +64,39 @@ def validation_epochs(epochs: int, every: int) -> list[int]:
     return sorted({1, epochs} | set(range(every, epochs + 1, every)))
 
 
-def _cost(epochs: int, elapsed_s: float, epoch_s: float, validation_s: float, every: int, reserve_s: float,
-          done: int, validated: int) -> float:
-    """Seconds the stage takes for `epochs` epochs: the time elapsed (the steps of `done` epochs and
-    the validations through epoch `validated`), the steps of the epochs after `done`, the
-    validations after `validated`, and the reserve."""
-    ahead = sum(1 for epoch in validation_epochs(epochs, every) if epoch > validated)
-    return elapsed_s + (epochs - done) * epoch_s + ahead * validation_s + reserve_s
+def epochs_of(steps: int, steps_per_epoch: int) -> int:
+    """The epochs `steps` steps take: the last one partial when they are not a whole number."""
+    return math.ceil(steps / steps_per_epoch)
 
 
-def plan_epochs(budget_s: float, elapsed_s: float, epoch_s: float, validation_s: float, every: int,
-                reserve_s: float = RESERVE_SECONDS, done: int = 1, validated: int | None = None) -> int:
-    """The most epochs (at least `done`, the ones whose steps are trained) whose cost (_cost) fits
-    the budget. `validated` (default `done`): the last epoch whose validation is in elapsed_s."""
+def _cost(steps: int, elapsed_s: float, step_s: float, validation_s: float, every: int, reserve_s: float,
+          steps_per_epoch: int, done: int, validated: int) -> float:
+    """Seconds the stage takes for `steps` steps: the time elapsed (the steps of `done` epochs and
+    the validations through epoch `validated`), the steps after those epochs, the validations after
+    `validated` (the last epoch, partial or not, is validated), and the reserve."""
+    ahead = sum(1 for epoch in validation_epochs(epochs_of(steps, steps_per_epoch), every) if epoch > validated)
+    return elapsed_s + (steps - done * steps_per_epoch) * step_s + ahead * validation_s + reserve_s
+
+
+def plan_steps(budget_s: float, elapsed_s: float, epoch_s: float, validation_s: float, every: int,
+               steps_per_epoch: int, reserve_s: float = RESERVE_SECONDS, done: int = 1,
+               validated: int | None = None) -> int:
+    """The most steps (at least those of the `done` epochs already trained) whose cost (_cost, at
+    epoch_s / steps_per_epoch a step) fits the budget. `validated` (default `done`): the last epoch
+    whose validation is in elapsed_s."""
     if epoch_s <= 0:
         raise ValueError(f"epoch_s must be > 0; Received: epoch_s={epoch_s}")
     validated = done if validated is None else validated
+    step_s = epoch_s / steps_per_epoch
 
-    def fits(epochs):
-        return _cost(epochs, elapsed_s, epoch_s, validation_s, every, reserve_s, done, validated) <= budget_s
+    def fits(steps):
+        return _cost(steps, elapsed_s, step_s, validation_s, every, reserve_s, steps_per_epoch, done,
+                     validated) <= budget_s
 
-    # The cost grows with every epoch (its steps; a validation moves to the new last epoch or is
-    # added), so a binary search between `done` and an epoch count whose steps alone overrun.
-    low, high = done, done + max(1, int((budget_s - elapsed_s) / epoch_s) + 1)
+    # The cost grows with every step (its time; a validation moves to a new last epoch or is added),
+    # so a binary search between the steps done and a count whose steps alone overrun.
+    low = done * steps_per_epoch
+    high = low + max(1, int((budget_s - elapsed_s) / step_s) + 1)
     while high - low > 1:
         middle = (low + high) // 2
         low, high = (middle, high) if fits(middle) else (low, middle)
@@ -107,8 +121,8 @@ class PlannedValidation(list):
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Plans the epochs at the end of the first one, lays the learning-rate schedule over them, plans
-    again at every later epoch's last step, and stops fit() after the last epoch (see the module
+    """Plans the steps at the end of the first epoch, lays the learning-rate schedule over them, plans
+    again at every later epoch's last step, and stops fit() after the last step (see the module
     docstring). Pass `validation` to fit() as its validation_freq and a large `epochs`: this callback
     ends the run. Place it before the checkpoint and backup callbacks, so a backup always has its plan."""
 
@@ -136,6 +150,11 @@ class TimeBudget(keras.callbacks.Callback):
     @property
     def epochs(self) -> int | None:
         return self.plan["epochs"] if self.plan else None
+
+    @property
+    def steps(self) -> int | None:
+        """The planned steps (a plan written before plans were in steps: its whole epochs)."""
+        return self.plan.get("steps", self.plan["epochs"] * self.steps_per_epoch) if self.plan else None
 
     def on_train_begin(self, logs=None):
         self._saved = json.loads(self.plan_path.read_text()) if self.plan_path.exists() else None
@@ -177,6 +196,8 @@ class TimeBudget(keras.callbacks.Callback):
         now = self.clock()
         if self.plan is None or self._retraced:
             self._step_times.append(now - self._batch_start)
+        if self.plan is not None and self._epoch * self.steps_per_epoch + batch + 1 >= self.steps:
+            self.model.stop_training = True  # the plan's last step, in a partial last epoch or not
         if batch != self.steps_per_epoch - 1:
             return
         if self.plan is not None and not self.resumed and self._last_mark is not None:
@@ -222,46 +243,48 @@ class TimeBudget(keras.callbacks.Callback):
         steps = self._step_times[TRACED_STEPS:] or self._step_times  # a 1-2 step epoch: the traced ones too
         epoch_s, validation_s, elapsed_s = self._agree(
             [float(np.mean(steps)) * self.steps_per_epoch, self._validation_s, self.clock() - self.started])
-        epochs = plan_epochs(self.budget_s, elapsed_s, epoch_s, validation_s, self.validation.every, done=done)
-        self._save(epochs, epoch_s, validation_s, elapsed_s, done=done, validated=done)
-        epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''} ({self.plan['steps']:,} steps)"
+        steps = plan_steps(self.budget_s, elapsed_s, epoch_s, validation_s, self.validation.every,
+                           self.steps_per_epoch, done=done)
+        self._save(steps, epoch_s, validation_s, elapsed_s, done=done, validated=done)
         self._message = (f"train: the first epoch took {elapsed_s:.0f} s with start-up "
                          f"({epoch_s / self.steps_per_epoch:.2f} s per step, validation {validation_s:.1f} s): "
-                         f"{epochs} fit the {self.budget_s / 60:g}-minute budget, ending at about "
+                         f"{self.describe()} fit the {self.budget_s / 60:g}-minute budget, ending at about "
                          f"{self.plan['planned_seconds'] / 60:.1f} min")
 
     def _replan(self, done: int) -> None:
-        """At epoch `done`'s last step (its validation still ahead): the epochs that fit at the mean
-        epoch so far, when they differ from the plan's."""
+        """At epoch `done`'s last step (its validation still ahead): the steps that fit at the mean
+        epoch so far, when they differ from the plan's. Said when the epochs they take change."""
         if done >= self.epochs:
             return
         epoch_s, elapsed_s = self._agree([float(np.mean(self._cycles)), self.clock() - self.started])
         validation_s = self.plan["validation_seconds"]
-        fits = plan_epochs(self.budget_s, elapsed_s, epoch_s, validation_s, self.validation.every,
-                           done=done, validated=done - 1)
-        if fits > self.epochs:
-            # Lengthen only with half an epoch to spare: an epoch's noise (40-59 s) alone would
-            # otherwise flip the plan between two counts.
-            fits = max(self.epochs, plan_epochs(self.budget_s - epoch_s / 2, elapsed_s, epoch_s, validation_s,
-                                                self.validation.every, done=done, validated=done - 1))
-        if fits != self.epochs:
+        fits = plan_steps(self.budget_s, elapsed_s, epoch_s, validation_s, self.validation.every,
+                          self.steps_per_epoch, done=done, validated=done - 1)
+        if fits != self.steps:
             planned = self.epochs
             self._save(fits, epoch_s, validation_s, elapsed_s, done=done, validated=done - 1)
-            self._message = (f"train: epochs take {epoch_s:.3g} s on average, the first epoch's steps "
-                             f"promised {self.plan['first_epoch_seconds']:.3g} s: {fits} epochs instead of "
-                             f"{planned} fit the {self.budget_s / 60:g}-minute budget")
+            if self.epochs != planned:
+                self._message = (f"train: epochs take {epoch_s:.3g} s on average, the first epoch's steps "
+                                 f"promised {self.plan['first_epoch_seconds']:.3g} s: {self.describe()} "
+                                 f"instead of {planned} epochs fit the {self.budget_s / 60:g}-minute budget")
 
-    def _save(self, epochs: int, epoch_s: float, validation_s: float, elapsed_s: float, done: int,
+    def describe(self) -> str:
+        """The plan in words: "11 epochs (742 steps, the last epoch 42 of them)"."""
+        last = self.steps - (self.epochs - 1) * self.steps_per_epoch
+        partial = f", the last epoch {last} of them" if last < self.steps_per_epoch else ""
+        return f"{self.epochs} epoch{'s' if self.epochs != 1 else ''} ({self.steps:,} steps{partial})"
+
+    def _save(self, steps: int, epoch_s: float, validation_s: float, elapsed_s: float, done: int,
               validated: int) -> None:
-        planned_s = _cost(epochs, elapsed_s, epoch_s, validation_s, self.validation.every, RESERVE_SECONDS,
-                          done, validated)
-        plan = {"minutes": self.budget_s / 60, "epochs": epochs, "steps": epochs * self.steps_per_epoch,
+        planned_s = _cost(steps, elapsed_s, epoch_s / self.steps_per_epoch, validation_s, self.validation.every,
+                          RESERVE_SECONDS, self.steps_per_epoch, done, validated)
+        plan = {"minutes": self.budget_s / 60, "epochs": epochs_of(steps, self.steps_per_epoch), "steps": steps,
                 "first_epoch_seconds": (self.plan or {}).get("first_epoch_seconds", round(epoch_s, 2)),
                 "epoch_seconds": round(epoch_s, 2), "validation_seconds": round(validation_s, 2),
                 "planned_after_epoch": done, "seconds_at_plan": round(elapsed_s, 2),
                 "reserve_seconds": RESERVE_SECONDS, "planned_seconds": round(planned_s, 1),
                 # The learning-rate schedule laid over the plan from this step on; a resumed run sets it back.
-                "schedule": relay_schedule(self.model.optimizer, epochs * self.steps_per_epoch)}
+                "schedule": relay_schedule(self.model.optimizer, steps)}
         atomic.write_text(self.plan_path, json.dumps(plan, indent=1))
         self._apply(plan)
 
@@ -278,7 +301,7 @@ class TimeBudget(keras.callbacks.Callback):
         if "schedule" in plan:
             schedule_of(self.model.optimizer).restore(plan["schedule"])
         else:  # a plan written before plans kept their schedule: its whole cosine over the plan's steps
-            schedule_of(self.model.optimizer).lay(plan["epochs"] * self.steps_per_epoch)
+            schedule_of(self.model.optimizer).lay(self.steps)
 
     def _agree(self, values: list[float]) -> list[float]:
         """The mean of every replica's values: under tf.distribute each worker measures its own times,

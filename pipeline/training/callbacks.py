@@ -257,17 +257,18 @@ class SyncReplicaStatistics(keras.callbacks.Callback):
 
 
 class Throughput(keras.callbacks.Callback):
-    """Images per second per epoch (the first includes tracing and compilation), and the seconds
-    each validation took, which the images per second leave out."""
+    """Images per second per epoch (the first includes tracing and compilation; a time budget's last
+    epoch may stop early, so each epoch's steps are counted), and the seconds each validation took,
+    which the images per second leave out."""
 
-    def __init__(self, batch_size, steps):
+    def __init__(self, batch_size):
         super().__init__()
-        self.images = batch_size * steps
+        self.batch_size = batch_size
         self.per_epoch = []
         self.validation_seconds = []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
+        self._start, self._steps = time.perf_counter(), 0
 
     def on_test_begin(self, logs=None):
         self._test_start = time.perf_counter()
@@ -276,18 +277,22 @@ class Throughput(keras.callbacks.Callback):
         self.validation_seconds.append(round(time.perf_counter() - self._test_start, 2))
 
     def on_train_batch_end(self, batch, logs=None):
-        self._last = time.perf_counter()
+        self._last, self._steps = time.perf_counter(), self._steps + 1
 
     def on_epoch_end(self, epoch, logs=None):
         last = getattr(self, "_last", None)
-        if last is not None and last > self._start:
-            self.per_epoch.append(self.images / (last - self._start))
+        if self._steps and last > self._start:
+            self.per_epoch.append(self.batch_size * self._steps / (last - self._start))
 
 
-class LogLearningRate(keras.callbacks.Callback):
+class LogLearningRateAndStep(keras.callbacks.Callback):
+    """history.csv's learning_rate and step (the optimizer's steps so far, which a time budget's
+    partial last epoch makes more than epochs times steps_per_epoch tells)."""
+
     def on_epoch_end(self, epoch, logs=None):
         optimizer = self.model.optimizer
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        logs["step"] = step_of(optimizer)
 
 
 class EncoderThaw(keras.callbacks.Callback):

@@ -39,7 +39,7 @@ from pipeline.inputs import dataset as inputs
 from pipeline.training import devices, onednn
 from pipeline.training.budget import PLAN_FILE, TimeBudget, validation_epochs
 from pipeline.training.callbacks import (AveragedWeightsForValidation, EncoderThaw, GuardedBackup, GuardedCheckpoint,
-                                         HistoryCSV, LogLearningRate, ResumeHistory, StopOnNaNTask,
+                                         HistoryCSV, LogLearningRateAndStep, ResumeHistory, StopOnNaNTask,
                                          SyncReplicaStatistics, Throughput, ValidationTaskSum)
 from pipeline.training.progress import CompactProgbarLogger
 
@@ -179,7 +179,7 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
     begin_run(work, config, resuming)
 
     nan_guard = StopOnNaNTask(tasks)
-    speed = Throughput(global_batch, config.train.steps_per_epoch)
+    speed = Throughput(global_batch)
     best = work / "best.weights.h5"
     history_csv = work / "history.csv"
     backup = GuardedBackup(str(work / "backup"), nan_guard)
@@ -204,7 +204,7 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
         AveragedWeightsForValidation(),  # between the two: the checkpoint saves the average, the backup the raw
         backup,
         resume,
-        LogLearningRate(),
+        LogLearningRateAndStep(),
         HistoryCSV(history_csv),
         keras.callbacks.TensorBoard(str(work / "tensorboard"), write_graph=False, profile_batch=0),
         speed,
@@ -246,6 +246,7 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
         "batch_size": global_batch, "precision": precision,
         "jit_compile": jit, "onednn": onednn.enabled(), "replicas": strategy.num_replicas_in_sync,
         "resumed_from_epoch": resume.resumed_from, "epochs": budget.epochs if budget else config.train.epochs,
+        "steps": budget.steps if budget else config.train.epochs * config.train.steps_per_epoch,
         "stage_seconds": round(time.perf_counter() - started, 1),
         "note": "the first epoch includes tracing/compilation and is left out of the median"}, indent=1))
     weights = {task: round(float(w), 4) for task, w in trainer.weighting.effective_weights().items()}
@@ -256,7 +257,7 @@ def run_training(config: Config, out: pathlib.Path | None = None, verbose: int =
     else:
         model_path = work / layout.MODEL_FILE
     if budget:
-        print(f"train: {budget.epochs} epochs in {(time.perf_counter() - started) / 60:.1f} min "
+        print(f"train: {budget.describe()} in {(time.perf_counter() - started) / 60:.1f} min "
               f"(budget {config.train.minutes:g} min)")
     print(f"train: saved {model_path}; effective task weights at the end: {weights}")
     return model_path

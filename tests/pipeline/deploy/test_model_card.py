@@ -65,6 +65,17 @@ def test_model_card_from_hand_made_run(tmp_path):
         assert fragment in text, fragment
 
 
+def test_model_card_counts_the_steps_trained_when_the_last_epoch_was_partial(tmp_path):
+    # A time budget stopped the third epoch after 4 of its 10 steps: speed.json has the steps trained.
+    config = make_run(tmp_path)
+    (layout.train_dir(config) / "speed.json").write_text(json.dumps({"epochs": 3, "steps": 24}))
+    out = tmp_path / "export"
+    out.mkdir()
+    model_card.write(out, config, PARITY)
+    budget = json.loads((out / "model_card.json").read_text())["training"]["budget"]
+    assert (budget["epochs_run"], budget["examples_seen"]) == (3, 24 * 4)
+
+
 def test_model_card_without_evaluation_says_so(tmp_path):
     config = make_run(tmp_path, metrics=False)
     card = model_card.write(tmp_path, config, {"formats": {}})
