@@ -1,10 +1,10 @@
 """Training: fit the multi-task model on the input pipeline and save it (the train stage's work).
 
 Writes `runs/<experiment>/train/`: model.keras (the functional net, best validation epoch),
-best.weights.h5, history.csv (per-task losses, task weights, learning rate), training_curves.png,
+best.weights.h5, history.csv (per-task losses, task weights, learning rate, step), training_curves.png,
 tensorboard/, model_config.json (a resume with a changed model is refused), config.yaml (the
 resolved config), camera.json (the camera its depth assumes, pipeline/deploy/camera.py), speed.json,
-task_weights.json and, under train.minutes, budget.json (the epochs planned for the time budget,
+task_weights.json and, under train.minutes, budget.json (the steps planned for the time budget,
 pipeline/training/budget.py).
 
 A run writes nothing until everything it needs is checked (config, data set, resume, model), then

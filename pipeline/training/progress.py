@@ -115,3 +115,11 @@ class CompactProgbarLogger(keras.callbacks.ProgbarLogger):
     def _maybe_init_progbar(self):
         if self.progbar is None:
             self.progbar = CompactBar(self.target, self.verbose)
+
+    def _finalize_progbar(self, logs):
+        # A time budget's last epoch may stop before its steps_per_epoch: the bar ends at the steps
+        # it ran (Keras' would show the target, as if the epoch had run them all).
+        if self.target is not None and 0 < self.seen < self.target:
+            self.progbar.update(self.seen, list((logs or {}).items()), finalize=True)
+        else:
+            super()._finalize_progbar(logs)

@@ -324,7 +324,7 @@ def test_training_under_a_budget_follows_the_plan_made_after_the_first_epoch(tin
     speed = json.loads((out / "speed.json").read_text())
     assert (speed["epochs"], speed["steps"]) == (3, 8) and len(speed["per_epoch"]) == 3
     printed = capsys.readouterr().out
-    assert "Epoch 1/?" in printed and "Epoch 2/4" in printed and "Epoch 3/3" in printed
+    assert "Epoch 1/?" in printed and "Epoch 2/4" in printed and "Epoch 3/3\n2/3 " in printed  # the bar: 2 steps
     assert "4 epochs (11 steps, the last epoch 2 of them) fit the 1.5-minute budget" in printed
     assert "3 epochs (8 steps, the last epoch 2 of them) instead of 4 epochs" in printed
     assert "train: 3 epochs (8 steps, the last epoch 2 of them) in" in printed
