@@ -143,8 +143,9 @@ def test_multi_worker_strategy_over_two_local_processes(tiny_config, tmp_path, o
         speed = json.loads((folder / "speed.json").read_text())
         assert speed["replicas"] == 2 and speed["batch_size"] == 2 * tiny_config.train.batch_size
         plans.append(json.loads((folder / "budget.json").read_text()))
-        assert speed["epochs"] == plans[-1]["epochs"]
-    assert plans[0]["epochs"] == plans[1]["epochs"] and plans[0]["epoch_seconds"] == plans[1]["epoch_seconds"]
+        assert (speed["epochs"], speed["steps"]) == (plans[-1]["epochs"], plans[-1]["steps"])
+    # The same steps (a partial last epoch stops both workers at the same step: no collective left waiting).
+    assert plans[0]["steps"] == plans[1]["steps"] and plans[0]["epoch_seconds"] == plans[1]["epoch_seconds"]
     chief_weights = trained.load(chief).get_weights()
     worker_weights = trained.load(worker).get_weights()
     assert len(chief_weights) == len(worker_weights) > 100
