@@ -52,7 +52,7 @@ def _float(value):
 
 
 def training_facts(config: Config) -> dict:
-    """Data and budget of the training, from the train stage's own config.yaml and history.csv."""
+    """Data and budget of the training, from the train stage's own config.yaml, history.csv and speed.json."""
     config_file = layout.train_dir(config) / "config.yaml"
     trained = _read_yaml(config_file) or _read_yaml(layout.config_file(config)) or {}
     used = config_file if config_file.is_file() else layout.config_file(config)

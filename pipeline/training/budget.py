@@ -153,8 +153,7 @@ class TimeBudget(keras.callbacks.Callback):
 
     @property
     def steps(self) -> int | None:
-        """The planned steps (a plan written before plans were in steps: its whole epochs)."""
-        return self.plan.get("steps", self.plan["epochs"] * self.steps_per_epoch) if self.plan else None
+        return self.plan["steps"] if self.plan else None
 
     def on_train_begin(self, logs=None):
         self._saved = json.loads(self.plan_path.read_text()) if self.plan_path.exists() else None
